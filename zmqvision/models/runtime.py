@@ -1,0 +1,188 @@
+"""Compile a catalog model for a device and turn its raw outputs into Detections.
+
+Pre-processing (u8 to f32, normalisation, channel order, NHWC to NCHW) is built into the
+graph with OpenVINO's PrePostProcessor, so the compiled model takes exactly the tile that
+arrives on the wire: uint8 ``[1, H, W, 3]`` RGB. The worker can then wrap a received
+ZeroMQ frame in an ``ov.Tensor`` without a single numpy copy, and the device (a GPU, say)
+does the arithmetic. The worker and the single-process reference both go through
+``Detector``, which is what makes their results identical.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+from openvino.preprocess import PrePostProcessor
+
+from zmqvision.boxes import Detections
+from zmqvision.models import blazeface, centerface, detection_output, ssd, store
+from zmqvision.models.catalog import ModelSpec
+
+log = logging.getLogger(__name__)
+
+# family -> (choose output indices in decoder order, decode)
+Decoder = Callable[[list[np.ndarray], ModelSpec, float], Detections]
+FAMILIES: dict[str, tuple[Callable[[list[tuple[set[str], tuple[int, ...]]]], list[int]], Decoder]] = {
+    "ssd": (ssd.output_order, ssd.decode),
+    "blazeface": (blazeface.output_order, blazeface.decode),
+    "centerface": (centerface.output_order, centerface.decode),
+    "detection_output": (detection_output.output_order, detection_output.decode),
+}
+
+VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
+
+
+class DeviceError(ValueError):
+    """The requested OpenVINO device is not present on this machine."""
+
+
+class Detector:
+    """A compiled model plus its decoder; the worker and the single-process reference both
+    use it, so their results are identical."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        device: str = "CPU",
+        threads: int | None = None,
+        hint: str = "THROUGHPUT",
+        cache_dir: str | Path | None = None,
+        model_path: str | Path | None = None,
+        core: ov.Core | None = None,
+    ) -> None:
+        if spec.family not in FAMILIES:
+            raise ValueError(f"model {spec.ref}: no decoder for family {spec.family!r}")
+        self.spec = spec
+        self.device = device
+        core = core or ov.Core()
+        check_device(core, device)
+        path = Path(model_path) if model_path is not None else store.ensure(spec, log=log.info)
+        model = build_model(core.read_model(str(path)), spec)
+        config: dict[str, object] = {"PERFORMANCE_HINT": hint}
+        if threads:
+            if _supports(core, device, "INFERENCE_NUM_THREADS"):
+                config["INFERENCE_NUM_THREADS"] = int(threads)
+            else:
+                log.warning("device %s has no thread setting; threads=%s ignored", device, threads)
+        cache = Path(cache_dir) if cache_dir is not None else store.ov_cache_dir()
+        self.compiled = _compile(core, model, device, config, cache)
+        self.input_size = spec.input_size
+        order, self._decode = FAMILIES[spec.family]
+        self._outputs = order(
+            [(set(o.get_names()), tuple(o.get_shape())) for o in self.compiled.outputs]
+        )
+
+    def optimal_requests(self) -> int:
+        try:
+            n = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        except Exception:  # some virtual devices do not report it
+            n = 1
+        return max(1, n)
+
+    def input_tensor(self, pixels: np.ndarray) -> ov.Tensor:
+        """Wrap a uint8 ``[H, W, 3]`` RGB tile without copying it.
+
+        The shape-taking constructor is used because it also wraps read-only memory (a
+        received ZeroMQ frame); ``ov.Tensor(array, shared_memory=True)`` refuses that. The
+        tensor keeps a reference to the array, and the graph never writes to its input.
+        """
+        w, h = self.input_size
+        if pixels.dtype != np.uint8 or pixels.shape != (h, w, 3):
+            raise ValueError(
+                f"tile must be uint8 [{h}, {w}, 3] for {self.spec.ref}, "
+                f"got {pixels.dtype} {list(pixels.shape)}"
+            )
+        if not pixels.flags.c_contiguous:
+            raise ValueError("tile pixels must be C-contiguous (zero-copy input)")
+        return ov.Tensor(pixels[None], [1, h, w, 3], ov.Type.u8)
+
+    def outputs_of(self, request: ov.InferRequest) -> list[np.ndarray]:
+        """Copies of the outputs in decoder order, so the request can be reused at once."""
+        return [np.array(request.get_output_tensor(i).data, copy=True) for i in self._outputs]
+
+    def decode(
+        self, outputs: list[np.ndarray], score_threshold: float | None = None
+    ) -> Detections:
+        thr = self.spec.score_threshold if score_threshold is None else float(score_threshold)
+        return self._decode(outputs, self.spec, thr)
+
+    def infer(self, pixels: np.ndarray, score_threshold: float | None = None) -> Detections:
+        request = self.compiled.create_infer_request()
+        request.infer({0: self.input_tensor(pixels)})
+        return self.decode(self.outputs_of(request), score_threshold)
+
+
+def build_model(model: ov.Model, spec: ModelSpec) -> ov.Model:
+    """Reshape to the spec's input size and prepend the u8 RGB NHWC pre-processing."""
+    w, h = spec.input_size
+    pre = spec.preprocess
+    if spec.input_multiple is not None:
+        model.reshape({model.inputs[0]: [1, 3, h, w] if pre.layout == "NCHW" else [1, h, w, 3]})
+    shape = list(model.inputs[0].get_partial_shape().to_shape())
+    want = [1, 3, h, w] if pre.layout == "NCHW" else [1, h, w, 3]
+    if shape != want:
+        raise ValueError(f"model {spec.ref} takes input {shape}, expected {want}")
+    ppp = PrePostProcessor(model)
+    inp = ppp.input()
+    inp.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
+    inp.model().set_layout(ov.Layout(pre.layout))
+    steps = inp.preprocess()
+    steps.convert_element_type(ov.Type.f32)
+    if pre.color == "BGR":
+        steps.reverse_channels()
+    if pre.mean:
+        steps.mean(float(pre.mean))
+    if pre.scale != 1.0:
+        steps.scale(float(pre.scale))
+    return ppp.build()
+
+
+def check_device(core: ov.Core, device: str) -> None:
+    """Fail early, naming what exists, rather than with a plugin's stack trace."""
+    available = list(core.available_devices)
+    name, _, rest = device.partition(":")
+    if name in VIRTUAL_DEVICES:
+        wanted = [re.sub(r"\(.*\)$", "", d).lstrip("-") for d in rest.split(",") if d]
+    else:
+        wanted = [device]
+    bases = {a.split(".")[0] for a in available}
+    missing = [d for d in wanted if d not in available and d.split(".")[0] not in bases]
+    if not device or missing:
+        raise DeviceError(
+            f"OpenVINO device {device!r} is not available on this machine "
+            f"(missing: {', '.join(missing) or device!r}); available devices: "
+            f"{', '.join(available) or 'none'}; virtual devices AUTO, MULTI:<a>,<b> and "
+            "HETERO:<a>,<b> combine them"
+        )
+
+
+def _supports(core: ov.Core, device: str, prop: str) -> bool:
+    try:
+        return prop in core.get_property(device, "SUPPORTED_PROPERTIES")
+    except Exception:
+        return False
+
+
+def _compile(
+    core: ov.Core, model: ov.Model, device: str, config: dict, cache: Path
+) -> ov.CompiledModel:
+    """Compile with a blob cache; a device that cannot cache still compiles."""
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        return core.compile_model(model, device, {**config, "CACHE_DIR": str(cache)})
+    except OSError as exc:
+        log.warning("model cache %s unusable (%s); compiling without it", cache, exc)
+    except RuntimeError as exc:
+        log.warning("compiling with cache failed on %s (%s); retrying without it", device, exc)
+    try:
+        return core.compile_model(model, device, config)
+    except RuntimeError as exc:
+        raise DeviceError(
+            f"OpenVINO could not compile {model.friendly_name} for {device!r}: {exc}"
+        ) from exc

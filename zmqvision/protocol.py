@@ -1,0 +1,566 @@
+"""The wire format: the only module that knows how messages become ZeroMQ frames.
+
+Every message is one multipart ZeroMQ message::
+
+    frame 0   type tag, ASCII, e.g. b"zv.tile"   (also the PUB topic, for prefix filtering)
+    frame 1   header: a msgpack map, always with "v" (protocol version)
+    frame 2…  raw buffers (pixels, boxes), little-endian, exactly as sized in the header
+
+msgpack rather than JSON for the header: it is typed (ints stay ints, floats stay floats),
+compact, binary-safe and has a parser in every language; the pixels never go through it,
+they travel as their own frame and are handed to numpy and OpenVINO without a copy.
+Nothing here unpickles or evaluates anything: a frame is bytes until validated.
+
+``decode`` raises ``ProtocolError`` for anything malformed, foreign or of another version;
+the receiving loops count and log it and carry on. docs/protocol.md is the specification
+for other languages; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import socket
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from hashlib import blake2b
+from typing import Any, ClassVar
+
+import msgpack
+import numpy as np
+
+from zmqvision.boxes import Detections
+
+VERSION = 1
+MAX_HEADER_BYTES = 1 << 20
+MAX_TILE_SIDE = 1 << 14
+# Boxes, scores and class ids travel as little-endian raw frames of these types.
+BOX_DTYPE = np.dtype("<f8")
+SCORE_DTYPE = np.dtype("<f4")
+LABEL_DTYPE = np.dtype("<i4")
+
+
+class ProtocolError(ValueError):
+    """A message that is not ours, is malformed, or speaks another protocol version."""
+
+
+class MsgType(enum.Enum):
+    """Message types; the value is frame 0 (and the PUB topic)."""
+
+    JOB_START = "zv.job"
+    IMAGE = "zv.image"
+    TILE = "zv.tile"
+    RESULT = "zv.result"
+    JOB_END = "zv.job_end"
+    HEARTBEAT = "zv.heartbeat"
+    PROGRESS = "zv.progress"
+    JOB_DONE = "zv.job_done"
+    SINK_STATUS = "zv.sink"
+
+    @property
+    def tag(self) -> bytes:
+        return self.value.encode("ascii")
+
+
+_BY_TAG = {t.tag: t for t in MsgType}
+
+
+# ---------------------------------------------------------------------------- identifiers
+
+
+def new_job_id() -> str:
+    """Random, so that two ventilators never collide on one sink."""
+    return uuid.uuid4().hex[:16]
+
+
+def image_id(content_hash: str, path: str) -> str:
+    """Stable across runs: the same bytes at the same path get the same id; the same bytes
+    under two names are two images (two records) that a cache can still share by hash."""
+    h = blake2b(digest_size=12)
+    h.update(content_hash.encode())
+    h.update(b"\0")
+    h.update(os.path.abspath(path).encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+def failed_image_id(path: str) -> str:
+    """An image that could not be read has no content hash; its path alone names it."""
+    return image_id("unreadable", path)
+
+
+# ---------------------------------------------------------------------------- validation
+
+
+def _req(h: dict, key: str, types: type | tuple[type, ...], optional: bool = False) -> Any:
+    if key not in h:
+        if optional:
+            return None
+        raise ProtocolError(f"header lacks {key!r}")
+    value = h[key]
+    if value is None and optional:
+        return None
+    # bool is an int in Python; never accept it where a number is meant.
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise ProtocolError(f"{key!r} must be {types}, got bool")
+    if not isinstance(value, types):
+        raise ProtocolError(f"{key!r} must be {types}, got {type(value).__name__}")
+    return value
+
+
+_NUM = (int, float)
+
+
+def _box(h: dict, key: str) -> tuple[float, float, float, float]:
+    v = _req(h, key, list)
+    if len(v) != 4 or not all(isinstance(x, _NUM) and not isinstance(x, bool) for x in v):
+        raise ProtocolError(f"{key!r} must be 4 numbers")
+    return tuple(v)  # type: ignore[return-value]
+
+
+def _error(h: dict) -> dict | None:
+    e = _req(h, "error", dict, optional=True)
+    if e is None:
+        return None
+    _req(e, "type", str)
+    _req(e, "message", str)
+    return {"type": e["type"], "message": e["message"]}
+
+
+def _buffer(frame: Any) -> memoryview:
+    """A read-only view of a frame, whether it came as bytes or as a zero-copy zmq.Frame."""
+    buf = getattr(frame, "buffer", None)
+    return memoryview(frame) if buf is None else buf
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class JobStart:
+    """Ventilator → sink, before any image of the job: what to expect and how to merge."""
+
+    TYPE: ClassVar[MsgType] = MsgType.JOB_START
+    job: str
+    model: dict  # ModelSpec.describe(): name, version, ref, labels, input_size, …
+    tiling: dict  # tile_size, overlap, full_pass
+    merge: dict  # method, metric, threshold, class_agnostic
+    created: float = field(default_factory=time.time)
+    host: str = field(default_factory=socket.gethostname)
+    options: dict = field(default_factory=dict)  # free-form extras (score threshold, …)
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> JobStart:
+        model = _req(h, "model", dict)
+        _req(model, "ref", str)
+        labels = _req(model, "labels", list)
+        if not all(isinstance(x, str) for x in labels):
+            raise ProtocolError("model labels must be strings")
+        return cls(
+            job=_req(h, "job", str),
+            model=model,
+            tiling=_req(h, "tiling", dict),
+            merge=_req(h, "merge", dict),
+            created=float(_req(h, "created", _NUM)),
+            host=_req(h, "host", str),
+            options=_req(h, "options", dict, optional=True) or {},
+        )
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """Ventilator → sink: one input image, announced before its tiles. An image that could
+    not be read is announced with ``error`` set and zero tiles: it still gets its record."""
+
+    TYPE: ClassVar[MsgType] = MsgType.IMAGE
+    job: str
+    image: str
+    path: str
+    seq: int  # 0-based position of the image in the job's input stream
+    width: int = 0
+    height: int = 0
+    tiles: int = 0
+    hash: str | None = None
+    abspath: str | None = None
+    error: dict | None = None
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> ImageInfo:
+        msg = cls(
+            job=_req(h, "job", str),
+            image=_req(h, "image", str),
+            path=_req(h, "path", str),
+            seq=_req(h, "seq", int),
+            width=_req(h, "width", int),
+            height=_req(h, "height", int),
+            tiles=_req(h, "tiles", int),
+            hash=_req(h, "hash", str, optional=True),
+            abspath=_req(h, "abspath", str, optional=True),
+            error=_error(h),
+        )
+        if msg.tiles < 0 or msg.width < 0 or msg.height < 0 or msg.seq < 0:
+            raise ProtocolError("negative count in image header")
+        if msg.error is None and msg.tiles == 0:
+            raise ProtocolError("an image without an error must have tiles")
+        return msg
+
+
+@dataclass(frozen=True, eq=False)
+class Tile:
+    """Ventilator → worker: one tile's pixels, already at the model's input size.
+
+    ``box`` is the tile's region in image pixels and ``scale`` the model-input pixels per
+    image pixel (1.0 when the tile is the input size), so a worker can put its detections
+    into image coordinates without knowing anything else about the image.
+    """
+
+    TYPE: ClassVar[MsgType] = MsgType.TILE
+    job: str
+    image: str
+    index: int
+    box: tuple[float, float, float, float]
+    scale: float
+    model: str  # ModelSpec.ref the pixels were cut for
+    pixels: np.ndarray  # uint8 [H, W, 3], RGB
+    attempt: int = 0
+    frame: Any = None  # the received frame, kept alive while pixels view it
+
+    def header(self) -> dict:
+        return {
+            "job": self.job,
+            "image": self.image,
+            "index": self.index,
+            "box": list(self.box),
+            "scale": self.scale,
+            "model": self.model,
+            "attempt": self.attempt,
+            "shape": list(self.pixels.shape),
+            "dtype": "uint8",
+        }
+
+    def buffers(self) -> list:
+        if self.pixels.dtype != np.uint8 or self.pixels.ndim != 3 or self.pixels.shape[2] != 3:
+            raise ValueError("tile pixels must be uint8 [H, W, 3]")
+        return [np.ascontiguousarray(self.pixels)]
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> Tile:
+        shape = _req(h, "shape", list)
+        if (
+            len(shape) != 3
+            or shape[2] != 3
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in shape)
+            or not all(1 <= s <= MAX_TILE_SIDE for s in shape[:2])
+        ):
+            raise ProtocolError(f"bad tile shape {shape!r}")
+        if _req(h, "dtype", str) != "uint8":
+            raise ProtocolError("tile dtype must be uint8")
+        if len(bufs) != 1:
+            raise ProtocolError(f"tile needs 1 pixel frame, got {len(bufs)}")
+        buf = _buffer(bufs[0])
+        if buf.nbytes != shape[0] * shape[1] * 3:
+            raise ProtocolError(f"pixel frame has {buf.nbytes} bytes, shape says {shape}")
+        pixels = np.frombuffer(buf, np.uint8).reshape(shape)
+        scale = float(_req(h, "scale", _NUM))
+        if not scale > 0:
+            raise ProtocolError("tile scale must be positive")
+        return cls(
+            job=_req(h, "job", str),
+            image=_req(h, "image", str),
+            index=_req(h, "index", int),
+            box=_box(h, "box"),
+            scale=scale,
+            model=_req(h, "model", str),
+            pixels=pixels,
+            attempt=_req(h, "attempt", int),
+            frame=bufs[0],
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class Result:
+    """Worker → sink: one tile's detections, already in image coordinates."""
+
+    TYPE: ClassVar[MsgType] = MsgType.RESULT
+    job: str
+    image: str
+    index: int
+    worker: str
+    model: str
+    detections: Detections
+    error: dict | None = None
+    attempt: int = 0
+    infer_ms: float = 0.0
+
+    def header(self) -> dict:
+        return {
+            "job": self.job,
+            "image": self.image,
+            "index": self.index,
+            "worker": self.worker,
+            "model": self.model,
+            "n": len(self.detections),
+            "error": self.error,
+            "attempt": self.attempt,
+            "infer_ms": self.infer_ms,
+        }
+
+    def buffers(self) -> list:
+        d = self.detections
+        return [
+            np.ascontiguousarray(d.boxes, BOX_DTYPE),
+            np.ascontiguousarray(d.scores, SCORE_DTYPE),
+            np.ascontiguousarray(d.labels, LABEL_DTYPE),
+        ]
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> Result:
+        n = _req(h, "n", int)
+        if n < 0:
+            raise ProtocolError("negative detection count")
+        if len(bufs) != 3:
+            raise ProtocolError(f"result needs 3 frames (boxes, scores, labels), got {len(bufs)}")
+        views = [_buffer(b) for b in bufs]
+        sizes = (n * 4 * BOX_DTYPE.itemsize, n * SCORE_DTYPE.itemsize, n * LABEL_DTYPE.itemsize)
+        if tuple(v.nbytes for v in views) != sizes:
+            raise ProtocolError(f"result frames sized {[v.nbytes for v in views]}, n={n}")
+        boxes = np.frombuffer(views[0], BOX_DTYPE).reshape(n, 4).astype(np.float64)
+        dets = Detections(
+            boxes,
+            np.frombuffer(views[1], SCORE_DTYPE).astype(np.float32),
+            np.frombuffer(views[2], LABEL_DTYPE).astype(np.int32),
+        )
+        if not np.isfinite(boxes).all() or not np.isfinite(dets.scores).all():
+            raise ProtocolError("non-finite numbers in result")
+        return cls(
+            job=_req(h, "job", str),
+            image=_req(h, "image", str),
+            index=_req(h, "index", int),
+            worker=_req(h, "worker", str),
+            model=_req(h, "model", str),
+            detections=dets,
+            error=_error(h),
+            attempt=_req(h, "attempt", int),
+            infer_ms=float(_req(h, "infer_ms", _NUM)),
+        )
+
+
+@dataclass(frozen=True)
+class JobEnd:
+    """Ventilator → sink, after the last image: the totals that make a job completable."""
+
+    TYPE: ClassVar[MsgType] = MsgType.JOB_END
+    job: str
+    images: int
+    tiles: int
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> JobEnd:
+        return cls(
+            job=_req(h, "job", str), images=_req(h, "images", int), tiles=_req(h, "tiles", int)
+        )
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """Worker → sink (→ PUB): sent from the work loop, so a stuck loop stops beating."""
+
+    TYPE: ClassVar[MsgType] = MsgType.HEARTBEAT
+    worker: str
+    host: str
+    pid: int
+    device: str
+    model: str
+    tiles_done: int
+    tiles_failed: int
+    tiles_per_s: float
+    in_flight: int
+    queue: int
+    uptime: float
+    t: float = field(default_factory=time.time)
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> Heartbeat:
+        return cls(
+            worker=_req(h, "worker", str),
+            host=_req(h, "host", str),
+            pid=_req(h, "pid", int),
+            device=_req(h, "device", str),
+            model=_req(h, "model", str),
+            tiles_done=_req(h, "tiles_done", int),
+            tiles_failed=_req(h, "tiles_failed", int),
+            tiles_per_s=float(_req(h, "tiles_per_s", _NUM)),
+            in_flight=_req(h, "in_flight", int),
+            queue=_req(h, "queue", int),
+            uptime=float(_req(h, "uptime", _NUM)),
+            t=float(_req(h, "t", _NUM)),
+        )
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Sink → PUB: a full snapshot of one job (not a delta), so late subscribers catch up."""
+
+    TYPE: ClassVar[MsgType] = MsgType.PROGRESS
+    job: str
+    images_seen: int  # announced by the ventilator so far
+    images_done: int  # records written (failures included)
+    images_failed: int
+    tiles_seen: int
+    tiles_done: int
+    images_total: int | None = None  # known once the ventilator sent JobEnd
+    tiles_total: int | None = None
+    elapsed: float = 0.0
+    done: bool = False
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> Progress:
+        return cls(
+            job=_req(h, "job", str),
+            images_seen=_req(h, "images_seen", int),
+            images_done=_req(h, "images_done", int),
+            images_failed=_req(h, "images_failed", int),
+            tiles_seen=_req(h, "tiles_seen", int),
+            tiles_done=_req(h, "tiles_done", int),
+            images_total=_req(h, "images_total", int, optional=True),
+            tiles_total=_req(h, "tiles_total", int, optional=True),
+            elapsed=float(_req(h, "elapsed", _NUM)),
+            done=bool(_req(h, "done", bool)),
+        )
+
+
+@dataclass(frozen=True)
+class JobDone:
+    """Sink → PUB: the job's summary, re-published for a while so nobody misses it."""
+
+    TYPE: ClassVar[MsgType] = MsgType.JOB_DONE
+    job: str
+    images: int
+    failed: int
+    tiles: int
+    detections: int
+    seconds: float
+    out: str
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> JobDone:
+        return cls(
+            job=_req(h, "job", str),
+            images=_req(h, "images", int),
+            failed=_req(h, "failed", int),
+            tiles=_req(h, "tiles", int),
+            detections=_req(h, "detections", int),
+            seconds=float(_req(h, "seconds", _NUM)),
+            out=_req(h, "out", str),
+        )
+
+
+@dataclass(frozen=True)
+class SinkStatus:
+    """Sink → PUB every second: the sink is alive; counts of what it refused."""
+
+    TYPE: ClassVar[MsgType] = MsgType.SINK_STATUS
+    sink: str
+    host: str
+    pid: int
+    uptime: float
+    jobs_active: int
+    bad_messages: int
+    t: float = field(default_factory=time.time)
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> SinkStatus:
+        return cls(
+            sink=_req(h, "sink", str),
+            host=_req(h, "host", str),
+            pid=_req(h, "pid", int),
+            uptime=float(_req(h, "uptime", _NUM)),
+            jobs_active=_req(h, "jobs_active", int),
+            bad_messages=_req(h, "bad_messages", int),
+            t=float(_req(h, "t", _NUM)),
+        )
+
+
+Message = (
+    JobStart | ImageInfo | Tile | Result | JobEnd | Heartbeat | Progress | JobDone | SinkStatus
+)
+
+_CLASSES: dict[MsgType, type] = {
+    cls.TYPE: cls
+    for cls in (JobStart, ImageInfo, Tile, Result, JobEnd, Heartbeat, Progress, JobDone, SinkStatus)
+}
+
+
+# ---------------------------------------------------------------------------- encode / decode
+
+
+def encode(msg: Message) -> list:
+    """Frames for ``socket.send_multipart(frames, copy=False)``; arrays are not copied."""
+    header = dict(msg.header())
+    header["v"] = VERSION
+    frames: list = [msg.TYPE.tag, msgpack.packb(header, use_bin_type=True)]
+    buffers = getattr(msg, "buffers", None)
+    if buffers is not None:
+        frames.extend(buffers())
+    return frames
+
+
+def peek_type(frames: Sequence) -> MsgType:
+    """The message type from frame 0 alone, without parsing the rest."""
+    if not frames:
+        raise ProtocolError("empty message")
+    tag = bytes(_buffer(frames[0]))
+    t = _BY_TAG.get(tag)
+    if t is None:
+        raise ProtocolError(f"unknown message type {tag[:32]!r}")
+    return t
+
+
+def decode(frames: Sequence, expect: tuple[MsgType, ...] | None = None) -> Message:
+    """Parse and validate one multipart message; any defect raises ProtocolError."""
+    t = peek_type(frames)
+    if expect is not None and t not in expect:
+        raise ProtocolError(f"unexpected {t.value} here")
+    if len(frames) < 2:
+        raise ProtocolError(f"{t.value} lacks its header frame")
+    raw = _buffer(frames[1])
+    if raw.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {raw.nbytes} bytes is over {MAX_HEADER_BYTES}")
+    try:
+        h = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several types for garbage
+        raise ProtocolError(f"header is not msgpack: {exc}") from None
+    if not isinstance(h, dict):
+        raise ProtocolError("header is not a map")
+    v = h.get("v")
+    if v != VERSION:
+        raise ProtocolError(f"protocol version {v!r}, this side speaks {VERSION}")
+    cls = _CLASSES[t]
+    try:
+        return cls.parse(h, frames[2:])
+    except ProtocolError:
+        raise
+    except (TypeError, ValueError, KeyError, OverflowError) as exc:
+        raise ProtocolError(f"bad {t.value}: {exc}") from None

@@ -1,0 +1,140 @@
+"""Result records and the files they go to: JSONL as images complete, COCO at job end,
+annotated copies on request.
+
+One record per input image, always: detections, or an error that says what went wrong.
+Records are written the moment an image completes, so memory does not grow with the job
+and a crash loses nothing already written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from zmqvision.boxes import Detections
+
+
+def make_record(
+    *,
+    path: str,
+    image_id: str,
+    job: str,
+    width: int,
+    height: int,
+    model: str,
+    labels: list[str],
+    detections: Detections | None,
+    error: dict | None,
+    content_hash: str | None = None,
+    tiles: int = 0,
+) -> dict:
+    """The JSONL record; field names are a public contract (README, docs/protocol.md)."""
+    dets = []
+    if error is None and detections is not None:
+        for box, score, label in zip(
+            detections.boxes.tolist(),
+            detections.scores.tolist(),
+            detections.labels.tolist(),
+            strict=True,
+        ):
+            name = labels[label] if 0 <= label < len(labels) else f"class_{label}"
+            dets.append({"label": name, "class_id": label, "score": score, "box": box})
+    return {
+        "image": path,
+        "width": width,
+        "height": height,
+        "model": model,
+        "detections": dets,
+        "error": error,
+        "id": image_id,
+        "hash": content_hash,
+        "tiles": tiles,
+        "job": job,
+    }
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.strip()
+            if line:
+                yield json.loads(line)
+
+
+class JsonlWriter:
+    """Appends one line per record and flushes it: a reader (or a crash) sees whole lines."""
+
+    def __init__(self, path: str | Path, *, append: bool = False) -> None:
+        self.path = Path(path)
+        if self.path.parent and not self.path.parent.exists():
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+
+    def write(self, record: dict) -> None:
+        self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def write_coco(records: Iterable[dict], labels: list[str], out: str | Path) -> None:
+    """COCO detection results plus ``images`` and ``categories``, streamed to a temp file
+    and renamed, so the output is whole or absent. Boxes become [x, y, w, h]; category ids
+    start at 1 as COCO expects; failed images are listed under ``errors``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.name, dir=out.parent)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write('{"info":{"description":"zmqvision results"},"categories":')
+        fh.write(json.dumps([{"id": i + 1, "name": n} for i, n in enumerate(labels)]))
+        images, annotations, errors = [], [], []
+        ann_id = 0
+        for img_id, rec in enumerate(records, start=1):
+            images.append(
+                {"id": img_id, "file_name": rec["image"], "width": rec["width"],
+                 "height": rec["height"]}
+            )
+            if rec["error"] is not None:
+                errors.append({"image_id": img_id, "file_name": rec["image"], **rec["error"]})
+            for d in rec["detections"]:
+                ann_id += 1
+                x1, y1, x2, y2 = d["box"]
+                annotations.append(
+                    {"id": ann_id, "image_id": img_id, "category_id": d["class_id"] + 1,
+                     "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                     "score": d["score"], "iscrowd": 0}
+                )
+        fh.write(',"images":' + json.dumps(images))
+        fh.write(',"annotations":' + json.dumps(annotations))
+        fh.write(',"errors":' + json.dumps(errors) + "}")
+    os.replace(tmp, out)
+
+
+def draw_record(record: dict, source: str, out_dir: str | Path) -> Path | None:
+    """An annotated copy of one image (Pillow); None when the source cannot be read here
+    (a sink on another host than the files) or the image failed."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    if record["error"] is not None:
+        return None
+    try:
+        with Image.open(source) as im:
+            im = ImageOps.exif_transpose(im).convert("RGB")
+    except OSError:
+        return None
+    draw = ImageDraw.Draw(im)
+    width = max(2, round(max(im.size) / 500))
+    for d in record["detections"]:
+        x1, y1, x2, y2 = d["box"]
+        draw.rectangle([x1, y1, x2, y2], outline=(255, 40, 40), width=width)
+        caption = f"{d['label']} {d['score']:.2f}"
+        draw.text((x1 + width, max(0, y1 - 12)), caption, fill=(255, 40, 40))
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    dest = out_dir / f"{Path(record['image']).stem}-{record['id'][:8]}.jpg"
+    im.save(dest, quality=90)
+    return dest

@@ -1,0 +1,362 @@
+"""The sink: PULL partial results, merge them per image, write records, publish events.
+
+The ventilator announces each job (JobStart), each image with its tile count (ImageInfo)
+and the totals (JobEnd) over the same PULL socket the workers send results to. With those
+the sink knows when an image is complete (all its tile indices have answered) and when the
+job is (every announced image has its record). A result that arrives before its image's
+announcement (different paths through the network) waits in a bounded buffer; a result for
+a tile already merged is a duplicate and is dropped, so a re-sent tile is merged once.
+
+Events go out on a PUB socket: heartbeats relayed from workers, a full progress snapshot of
+every job, the sink's own status, and JobDone, re-published for a minute so a subscriber
+that joined late (or missed it) still learns that its job finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import tempfile
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import zmq
+
+from zmqvision import protocol, results, sockets
+from zmqvision.boxes import Detections
+from zmqvision.merge import MergeConfig, merge
+
+log = logging.getLogger("zmqvision.sink")
+
+MAX_EARLY_RESULTS = 10_000
+DONE_JOB_REPUBLISH_S = 60.0
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    results: str = sockets.bind_endpoint(sockets.RESULTS_PORT)
+    events: str = sockets.bind_endpoint(sockets.EVENTS_PORT)
+    events_fallback: str | None = None  # bound instead when ``events`` is taken (run)
+    out: str = "results.jsonl"
+    format: str = "jsonl"  # "jsonl" or "coco"
+    draw: str | None = None
+    append: bool = False
+    once: bool = False  # exit after the first job completes
+    status_s: float = 1.0
+    progress_s: float = 0.2
+
+
+@dataclass
+class _Image:
+    info: protocol.ImageInfo
+    parts: dict[int, Detections] = field(default_factory=dict)
+    error: dict | None = None
+
+
+@dataclass
+class _Job:
+    start: protocol.JobStart
+    merge: MergeConfig
+    labels: list[str]
+    spool: results.JsonlWriter | None = None
+    spool_path: str | None = None
+    images: dict[str, _Image] = field(default_factory=dict)
+    early: dict[str, list[protocol.Result]] = field(default_factory=dict)
+    completed: set[str] = field(default_factory=set)
+    images_seen: int = 0
+    images_done: int = 0
+    images_failed: int = 0
+    tiles_seen: int = 0
+    tiles_done: int = 0
+    detections: int = 0
+    images_total: int | None = None
+    tiles_total: int | None = None
+    t0: float = field(default_factory=time.monotonic)
+    finished_at: float | None = None
+    dirty: bool = True
+    last_progress: float = 0.0
+
+    def progress(self) -> protocol.Progress:
+        return protocol.Progress(
+            job=self.start.job,
+            images_seen=self.images_seen,
+            images_done=self.images_done,
+            images_failed=self.images_failed,
+            tiles_seen=self.tiles_seen,
+            tiles_done=self.tiles_done,
+            images_total=self.images_total,
+            tiles_total=self.tiles_total,
+            elapsed=(self.finished_at or time.monotonic()) - self.t0,
+            done=self.finished_at is not None,
+        )
+
+    def is_complete(self) -> bool:
+        return self.images_total is not None and self.images_done >= self.images_total
+
+
+class Sink:
+    """Sink state and message handling, apart from the socket loop so tests can drive it."""
+
+    def __init__(self, config: SinkConfig, publish) -> None:
+        self.config = config
+        self.publish = publish  # callable(frames) → sends on PUB
+        self.jobs: dict[str, _Job] = {}
+        self.finished: OrderedDict[str, tuple[float, protocol.JobDone]] = OrderedDict()
+        self.orphans: OrderedDict[str, list[protocol.Result]] = OrderedDict()
+        self.bad = sockets.BadMessages("sink")
+        self.writer = (
+            results.JsonlWriter(config.out, append=config.append)
+            if config.format == "jsonl"
+            else None
+        )
+        self.jobs_done = 0
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        for job in self.jobs.values():
+            if job.spool is not None:
+                job.spool.close()
+                with contextlib.suppress(OSError):
+                    os.unlink(job.spool_path)
+
+    # ------------------------------------------------------------------ messages
+
+    def handle(self, frames) -> None:
+        try:
+            msg = protocol.decode(frames)
+        except protocol.ProtocolError as exc:
+            self.bad(exc)
+            return
+        if isinstance(msg, protocol.Result):
+            self._on_result(msg)
+        elif isinstance(msg, protocol.ImageInfo):
+            self._on_image(msg)
+        elif isinstance(msg, protocol.Heartbeat):
+            self.publish(frames)
+        elif isinstance(msg, protocol.JobStart):
+            self._on_job_start(msg)
+        elif isinstance(msg, protocol.JobEnd):
+            self._on_job_end(msg)
+        else:
+            self.bad(protocol.ProtocolError(f"{msg.TYPE.value} is not for the sink"))
+
+    def _on_job_start(self, msg: protocol.JobStart) -> None:
+        if msg.job in self.jobs or msg.job in self.finished:
+            return  # a repeated announcement changes nothing
+        try:
+            merge_cfg = MergeConfig(**msg.merge)
+        except (TypeError, ValueError) as exc:
+            self.bad(protocol.ProtocolError(f"job {msg.job}: bad merge settings: {exc}"))
+            return
+        job = _Job(start=msg, merge=merge_cfg, labels=list(msg.model["labels"]))
+        if self.config.format == "coco":
+            fd, job.spool_path = tempfile.mkstemp(prefix=f"zmqvision-{msg.job}-", suffix=".jsonl")
+            os.close(fd)
+            job.spool = results.JsonlWriter(job.spool_path)
+        self.jobs[msg.job] = job
+        log.info("job %s: model %s from %s", msg.job, msg.model["ref"], msg.host)
+        for result in self.orphans.pop(msg.job, []):
+            self._on_result(result)
+
+    def _on_image(self, msg: protocol.ImageInfo) -> None:
+        job = self.jobs.get(msg.job)
+        if job is None:
+            self.bad(protocol.ProtocolError(f"image for unknown job {msg.job}"))
+            return
+        if msg.image in job.images or msg.image in job.completed:
+            return
+        job.images_seen += 1
+        job.tiles_seen += msg.tiles
+        job.dirty = True
+        img = _Image(info=msg, error=msg.error)
+        job.images[msg.image] = img
+        if msg.error is not None:
+            self._complete(job, img)
+            return
+        for result in job.early.pop(msg.image, []):
+            self._add_part(job, img, result)
+
+    def _on_job_end(self, msg: protocol.JobEnd) -> None:
+        job = self.jobs.get(msg.job)
+        if job is None:
+            self.bad(protocol.ProtocolError(f"end of unknown job {msg.job}"))
+            return
+        job.images_total = msg.images
+        job.tiles_total = msg.tiles
+        job.dirty = True
+        self._maybe_finish(job)
+
+    def _on_result(self, msg: protocol.Result) -> None:
+        job = self.jobs.get(msg.job)
+        if job is None:
+            if msg.job in self.finished:
+                return  # a late duplicate of a finished job
+            waiting = self.orphans.setdefault(msg.job, [])
+            waiting.append(msg)
+            if sum(len(v) for v in self.orphans.values()) > MAX_EARLY_RESULTS:
+                job_id, dropped = self.orphans.popitem(last=False)
+                self.bad(protocol.ProtocolError(f"{len(dropped)} results for unknown job {job_id}"))
+            return
+        img = job.images.get(msg.image)
+        if img is None:
+            if msg.image in job.completed:
+                return  # duplicate of a tile of a finished image
+            job.early.setdefault(msg.image, []).append(msg)
+            return
+        self._add_part(job, img, msg)
+
+    def _add_part(self, job: _Job, img: _Image, msg: protocol.Result) -> None:
+        if not 0 <= msg.index < img.info.tiles:
+            self.bad(protocol.ProtocolError(f"tile index {msg.index} out of range"))
+            return
+        if msg.index in img.parts:
+            return  # a re-sent tile: merged once
+        if msg.model != job.start.model["ref"]:
+            wanted = job.start.model["ref"]
+            msg = protocol.Result(
+                job=msg.job, image=msg.image, index=msg.index, worker=msg.worker,
+                model=msg.model, detections=Detections.empty(),
+                error={"type": "model_mismatch",
+                       "message": f"tile answered by {msg.model}, job uses {wanted}"},
+            )
+        img.parts[msg.index] = msg.detections
+        job.tiles_done += 1
+        job.dirty = True
+        if msg.error is not None and img.error is None:
+            img.error = {
+                "type": msg.error["type"],
+                "message": f"tile {msg.index} on worker {msg.worker}: {msg.error['message']}",
+            }
+        if len(img.parts) == img.info.tiles:
+            self._complete(job, img)
+
+    def _complete(self, job: _Job, img: _Image) -> None:
+        info = img.info
+        dets = None
+        if img.error is None:
+            dets = merge(Detections.concat(list(img.parts.values())), job.merge)
+            job.detections += len(dets)
+        else:
+            job.images_failed += 1
+        record = results.make_record(
+            path=info.path, image_id=info.image, job=job.start.job, width=info.width,
+            height=info.height, model=job.start.model["ref"], labels=job.labels,
+            detections=dets, error=img.error, content_hash=info.hash, tiles=info.tiles,
+        )
+        (job.spool or self.writer).write(record)
+        if self.config.draw and img.error is None:
+            results.draw_record(record, info.abspath or info.path, self.config.draw)
+        del job.images[info.image]
+        job.completed.add(info.image)
+        job.images_done += 1
+        job.dirty = True
+        self._maybe_finish(job)
+
+    def _maybe_finish(self, job: _Job) -> None:
+        if not job.is_complete() or job.finished_at is not None:
+            return
+        job.finished_at = time.monotonic()
+        out = self.config.out
+        if job.spool is not None:
+            job.spool.close()
+            results.write_coco(results.read_jsonl(job.spool_path), job.labels, out)
+            os.unlink(job.spool_path)
+        done = protocol.JobDone(
+            job=job.start.job, images=job.images_done, failed=job.images_failed,
+            tiles=job.tiles_done, detections=job.detections,
+            seconds=job.finished_at - job.t0, out=os.path.abspath(out),
+        )
+        self.publish(protocol.encode(job.progress()))
+        self.publish(protocol.encode(done))
+        del self.jobs[job.start.job]
+        self.finished[job.start.job] = (time.monotonic(), done)
+        self.jobs_done += 1
+        log.info(
+            "job %s complete: %d images (%d failed), %d tiles in %.2f s",
+            done.job, done.images, done.failed, done.tiles, done.seconds,
+        )
+
+    # ------------------------------------------------------------------ events
+
+    def publish_progress(self, force: bool = False) -> None:
+        now = time.monotonic()
+        for job in self.jobs.values():
+            if force or (job.dirty and now - job.last_progress >= self.config.progress_s):
+                self.publish(protocol.encode(job.progress()))
+                job.dirty = False
+                job.last_progress = now
+
+    def publish_finished(self) -> None:
+        now = time.monotonic()
+        while self.finished:
+            first = next(iter(self.finished.values()))
+            if now - first[0] <= DONE_JOB_REPUBLISH_S:
+                break
+            self.finished.popitem(last=False)
+        for _, done in self.finished.values():
+            self.publish(protocol.encode(done))
+
+
+def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=None) -> int:
+    """Serve until ``stop`` is set (or, with ``once``, until the first job completes)."""
+    stop = stop or sockets.StopFlag()
+    ctx = zmq.Context()
+    pull = sockets.make_socket(ctx, zmq.PULL, rcvhwm=10_000, maxmsgsize=16 << 20)
+    pub = sockets.make_socket(ctx, zmq.PUB, sndhwm=1000)
+    sink_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
+    started = time.monotonic()
+
+    def publish(frames) -> None:
+        sockets.try_send(pub, frames, copy=True)
+
+    sink = Sink(config, publish)
+    try:
+        results_ep = sockets.bind(pull, config.results)
+        try:
+            events_ep = sockets.bind(pub, config.events)
+        except OSError:
+            if config.events_fallback is None:
+                raise
+            events_ep = sockets.bind(pub, config.events_fallback)
+            log.warning("%s is taken; publishing events on %s", config.events, events_ep)
+        log.info("sink %s: results on %s, events on %s, out %s", sink_id, results_ep,
+                 events_ep, config.out)
+        if on_ready is not None:
+            on_ready({"results": results_ep, "events": events_ep})
+        next_status = 0.0
+        while not stop.is_set():
+            now = time.monotonic()
+            if now >= next_status:
+                publish(protocol.encode(protocol.SinkStatus(
+                    sink=sink_id, host=socket.gethostname(), pid=os.getpid(),
+                    uptime=now - started, jobs_active=len(sink.jobs),
+                    bad_messages=sink.bad.count,
+                )))
+                sink.publish_progress(force=True)
+                sink.publish_finished()
+                next_status = now + config.status_s
+            if pull.poll(50, zmq.POLLIN):
+                for _ in range(1000):
+                    try:
+                        frames = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    sink.handle(frames)
+            sink.publish_progress()
+            if config.once and sink.jobs_done:
+                # Give subscribers a moment to hear JobDone before the PUB socket goes.
+                for _ in range(3):
+                    sink.publish_finished()
+                    time.sleep(0.05)
+                break
+        return 0
+    finally:
+        sink.close()
+        pull.close(linger=0)
+        pub.close(linger=0)
+        ctx.term()

@@ -1,0 +1,157 @@
+"""Endpoints, socket options and the few send/receive patterns every role shares.
+
+Rules kept here so no role forgets them: one Context per process, made after spawn;
+every receive waits in a poll with a timeout and checks a stop flag; high-water marks
+are set on purpose; sockets close with ``linger`` set, in ``finally``.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable, Sequence
+
+import zmq
+
+from zmqvision import protocol
+
+log = logging.getLogger("zmqvision")
+
+# Documented default ports (README, docs/protocol.md): the ventilator binds TILES, the sink
+# binds RESULTS (partial results, job manifests and heartbeats) and EVENTS (PUB).
+TILES_PORT = 5557
+RESULTS_PORT = 5558
+EVENTS_PORT = 5559
+
+DEFAULT_HOST = "127.0.0.1"
+
+
+def bind_endpoint(port: int) -> str:
+    return f"tcp://*:{port}"
+
+
+def connect_endpoint(port: int, host: str = DEFAULT_HOST) -> str:
+    return f"tcp://{host}:{port}"
+
+
+class StopFlag:
+    """A thread-safe stop flag that SIGINT/SIGTERM set, so loops end between polls."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def install_signal_handlers(self) -> None:
+        """Only possible from the main thread; elsewhere the caller owns stopping."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def handler(signum, frame):  # noqa: ARG001
+            self.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+def bind(sock: zmq.Socket, endpoint: str) -> str:
+    """Bind and return the endpoint actually bound (resolves port 0 to the real port),
+    with a message that names the endpoint when it is taken."""
+    try:
+        sock.bind(endpoint)
+    except zmq.ZMQError as exc:
+        raise OSError(f"cannot bind {endpoint}: {exc.strerror}") from None
+    return sock.getsockopt_string(zmq.LAST_ENDPOINT)
+
+
+def connectable(endpoint: str) -> str:
+    """A bound endpoint as a peer on this host would connect to it."""
+    return endpoint.replace("tcp://0.0.0.0:", "tcp://127.0.0.1:").replace(
+        "tcp://*:", "tcp://127.0.0.1:"
+    )
+
+
+def make_socket(
+    ctx: zmq.Context,
+    kind: int,
+    *,
+    sndhwm: int | None = None,
+    rcvhwm: int | None = None,
+    linger: int = 0,
+    maxmsgsize: int | None = None,
+) -> zmq.Socket:
+    sock = ctx.socket(kind)
+    sock.linger = linger
+    if sndhwm is not None:
+        sock.sndhwm = sndhwm
+    if rcvhwm is not None:
+        sock.rcvhwm = rcvhwm
+    if maxmsgsize is not None:
+        sock.setsockopt(zmq.MAXMSGSIZE, maxmsgsize)
+    return sock
+
+
+def send_blocking(
+    sock: zmq.Socket,
+    frames: Sequence,
+    stop: StopFlag | None,
+    *,
+    copy: bool = False,
+    poll_ms: int = 100,
+    while_waiting: Callable[[], None] | None = None,
+) -> bool:
+    """Send, waiting for room (HWM) or a peer, but never past a stop request.
+
+    Returns False if stopped before the message could be queued. ``while_waiting`` runs
+    between polls so that a role stays responsive (draining events) while it is blocked.
+    """
+    while True:
+        try:
+            sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+            return True
+        except zmq.Again:
+            pass
+        if stop is not None and stop.is_set():
+            return False
+        if while_waiting is not None:
+            while_waiting()
+        sock.poll(poll_ms, zmq.POLLOUT)
+
+
+def try_send(sock: zmq.Socket, frames: Sequence, *, copy: bool = True) -> bool:
+    """Send if there is room now; for messages that may be dropped (heartbeats, events)."""
+    try:
+        sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=copy)
+        return True
+    except zmq.Again:
+        return False
+
+
+class BadMessages:
+    """Counts and logs (rate-limited) messages that failed to parse: never fatal."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.count = 0
+
+    def __call__(self, exc: Exception) -> None:
+        self.count += 1
+        if self.count <= 10 or self.count % 1000 == 0:
+            log.warning("%s: dropped a bad message (#%d): %s", self.where, self.count, exc)
+
+
+def recv_message(
+    sock: zmq.Socket, bad: BadMessages, expect: tuple[protocol.MsgType, ...] | None = None
+) -> protocol.Message | None:
+    """Receive one message that is ready (call after a poll); None if it was bad."""
+    frames = sock.recv_multipart(copy=False)
+    try:
+        return protocol.decode(frames, expect)
+    except protocol.ProtocolError as exc:
+        bad(exc)
+        return None

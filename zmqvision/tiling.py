@@ -1,0 +1,139 @@
+"""Cutting a large image into overlapping, model-sized tiles, and mapping boxes back.
+
+Pure integer arithmetic on one axis at a time (as SAHI's ``get_slice_bboxes`` does), but
+with typed results: a plan is a list of frozen ``Tile``s the ventilator sends as-is.
+Edge tiles are shifted inward so every tile has full size: a sliver tile at the border
+would be upscaled by the letterbox and detect different objects than its neighbours.
+The overlap exists so that an object cut by one tile border is whole in a neighbour;
+``zmqvision.merge`` then fuses the partial and whole copies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One crop of an image: pixel box ``x0, y0, x1, y1`` (x1/y1 exclusive).
+
+    ``full`` marks the optional extra pass over the whole image, downscaled, which finds
+    objects larger than a tile.
+    """
+
+    index: int
+    box: tuple[int, int, int, int]
+    full: bool = False
+
+    @property
+    def width(self) -> int:
+        return self.box[2] - self.box[0]
+
+    @property
+    def height(self) -> int:
+        return self.box[3] - self.box[1]
+
+
+def tile_starts(length: int, tile: int, overlap: float) -> list[int]:
+    """Start offsets of tiles along one axis of ``length`` pixels.
+
+    Step is ``tile - round(tile * overlap)`` (at least 1), so neighbours share at least
+    ``round(tile * overlap)`` pixels; the last tile is flush with the border and keeps
+    full size (its overlap with the previous one grows instead of leaving a sliver).
+    An axis no longer than a tile gets one tile over its whole length.
+    """
+    if tile < 1:
+        raise ValueError(f"tile size must be >= 1, got {tile}")
+    if not 0.0 <= overlap < 1.0:
+        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+    if length < 1:
+        raise ValueError(f"image length must be >= 1, got {length}")
+    if length <= tile:
+        return [0]
+    step = max(1, tile - round(tile * overlap))
+    starts = list(range(0, length - tile, step))
+    starts.append(length - tile)
+    return starts
+
+
+def plan_tiles(
+    width: int,
+    height: int,
+    tile_size: tuple[int, int],
+    overlap: float = 0.2,
+    full_pass: bool = False,
+) -> list[Tile]:
+    """Row-major grid of tiles covering a ``width`` x ``height`` image.
+
+    ``tile_size`` is ``(tile_w, tile_h)``. With ``full_pass`` one extra ``Tile`` over the
+    whole image is appended, unless the grid is already that single tile (it would only
+    detect everything twice).
+    """
+    tw, th = tile_size
+    xs = tile_starts(width, tw, overlap)
+    ys = tile_starts(height, th, overlap)
+    tiles = [
+        Tile(index=len(xs) * r + c, box=(x, y, min(x + tw, width), min(y + th, height)))
+        for r, y in enumerate(ys)
+        for c, x in enumerate(xs)
+    ]
+    if full_pass and len(tiles) > 1:
+        tiles.append(Tile(index=len(tiles), box=(0, 0, width, height), full=True))
+    return tiles
+
+
+def letterbox(crop: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+    """Fit ``crop`` (uint8 ``[h, w, 3]``) into the model input ``(in_w, in_h)``.
+
+    Aspect ratio is kept (scale ``s = min(in_w / w, in_h / h)``, input px per image px);
+    the resized crop sits at the top-left and the rest is zero, so mapping back is just
+    ``/ s`` with no offset. The result is C-contiguous because it goes on the wire as one
+    raw frame. A crop already of input size is not resized, and copied only if it is a
+    non-contiguous view.
+    """
+    in_w, in_h = input_size
+    h, w = crop.shape[:2]
+    if (w, h) == (in_w, in_h):
+        return np.ascontiguousarray(crop), 1.0
+    s = min(in_w / w, in_h / h)
+    nw = min(in_w, max(1, round(w * s)))
+    nh = min(in_h, max(1, round(h * s)))
+    if (nw, nh) == (w, h):
+        resized = crop
+    else:
+        resized = np.asarray(
+            Image.fromarray(np.ascontiguousarray(crop)).resize((nw, nh), Image.BILINEAR)
+        )
+    out = np.zeros((in_h, in_w, 3), np.uint8)
+    out[:nh, :nw] = resized
+    return out, s
+
+
+def cut_tile(
+    image: np.ndarray, tile: Tile, input_size: tuple[int, int]
+) -> tuple[np.ndarray, float]:
+    """Crop ``tile`` out of ``image`` (a view, no copy) and letterbox it to the model input."""
+    x0, y0, x1, y1 = tile.box
+    return letterbox(image[y0:y1, x0:x1], input_size)
+
+
+def to_image_coords(
+    boxes: np.ndarray, tile_box: tuple[int, int, int, int], scale: float
+) -> np.ndarray:
+    """Map ``[N, 4]`` boxes from model-input pixels of a tile to image pixels.
+
+    Inverse of the letterbox: ``x0 + bx / scale``. Boxes are clipped to the tile so that a
+    box reaching into the zero padding cannot claim pixels the tile never saw. Returns a
+    new float64 array (float64 keeps sub-pixel precision on very large images).
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    x0, y0, x1, y1 = tile_box
+    out = np.asarray(boxes, np.float64).reshape(-1, 4) / scale
+    out += (x0, y0, x0, y0)
+    np.clip(out[:, 0::2], x0, x1, out=out[:, 0::2])
+    np.clip(out[:, 1::2], y0, y1, out=out[:, 1::2])
+    return out
