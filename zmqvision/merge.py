@@ -84,16 +84,16 @@ def merge(dets: Detections, config: MergeConfig = MergeConfig()) -> Detections:
     keep = absorbed_by < 0
     if config.method == "nms" or not len(src):
         return ranked.take(keep)
-    boxes = ranked.boxes.copy()  # the unions; ranked.boxes may be shared with nothing else
+    boxes = ranked.boxes  # a fresh array from take(): grow the unions in place
     members = np.flatnonzero(~keep)
     owners = absorbed_by[members]
     np.minimum.at(boxes[:, 0], owners, boxes[members, 0])
     np.minimum.at(boxes[:, 1], owners, boxes[members, 1])
     np.maximum.at(boxes[:, 2], owners, boxes[members, 2])
     np.maximum.at(boxes[:, 3], owners, boxes[members, 3])
-    out = Detections(boxes[keep], ranked.scores[keep], ranked.labels[keep])
-    # Unions may change the coordinate tie-break between equal scores: re-rank.
-    return out.take(_ranking(out.boxes, out.scores, out.labels))
+    # Unions may change the coordinate tie-break between equal scores: re-rank keepers.
+    kept = np.flatnonzero(keep)
+    return ranked.take(kept[_ranking(boxes[kept], ranked.scores[kept], ranked.labels[kept])])
 
 
 def merge_partials(parts: list[Detections], config: MergeConfig = MergeConfig()) -> Detections:
@@ -103,8 +103,22 @@ def merge_partials(parts: list[Detections], config: MergeConfig = MergeConfig())
 
 def _ranking(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Indices best score first; ties broken by x1, y1, x2, y2, then class, so that equal
-    inputs in any order rank the same."""
-    return np.lexsort((labels, boxes[:, 3], boxes[:, 2], boxes[:, 1], boxes[:, 0], -scores))
+    inputs in any order rank the same.
+
+    A six-key lexsort of every box costs more than the rest of the merge, so sort on the
+    score alone and lexsort only the runs of equal scores.
+    """
+    order = np.argsort(-scores, kind="stable")
+    s = scores[order]
+    same = (s[1:] == s[:-1]) | (np.isnan(s[1:]) & np.isnan(s[:-1]))
+    if not same.any():
+        return order
+    tied = np.r_[same, False] | np.r_[False, same]
+    run = np.cumsum(~np.r_[False, same])[tied]  # run id, increasing along ``order``
+    idx = order[tied]
+    b = boxes[idx]
+    order[tied] = idx[np.lexsort((labels[idx], b[:, 3], b[:, 2], b[:, 1], b[:, 0], run))]
+    return order
 
 
 def _greedy(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
@@ -157,7 +171,9 @@ def _matching_pairs(ranked: Detections, config: MergeConfig) -> tuple[np.ndarray
     # Finest cell: twice the median side, but coarse enough that keys fit in int64.
     per_axis = min(_MAX_CELLS_PER_AXIS, int(np.sqrt(2.0**60 / n_class)))
     c0 = max(2.0 * float(np.median(side)), extent / per_axis, np.finfo(np.float64).tiny)
-    level = np.ceil(np.log2(np.maximum(side / c0, 1.0))).astype(np.int64)
+    # The margin keeps a box strictly smaller than its cell despite rounding, so that it
+    # never spans more than 2 cells per axis.
+    level = np.ceil(np.log2(np.maximum(side * (1 + 1e-6) / c0, 1.0))).astype(np.int64)
     srcs, dsts = [], []
     for lv in np.unique(level).tolist():
         members = np.flatnonzero(level <= lv)
