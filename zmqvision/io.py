@@ -267,6 +267,11 @@ def _decode(data: bytes, digest: str, max_pixels: int, name: str) -> LoadedImage
             f"{name}: image is too large to decode safely ({exc}; raise "
             "PIL.Image.MAX_IMAGE_PIXELS to allow it)",
         ) from None
+    except Image.DecompressionBombWarning as exc:  # warnings turned into errors (-W error)
+        raise ImageError(
+            "too_large",
+            f"{name}: image exceeds Pillow's MAX_IMAGE_PIXELS and warnings are errors ({exc})",
+        ) from None
     except UnidentifiedImageError:
         raise _unidentified(data, name) from None
     except MemoryError:

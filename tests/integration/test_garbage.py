@@ -138,7 +138,8 @@ def test_garbage_at_sink_and_worker_sockets(image_dir, tmp_path, procs, models_r
     assert re.search(r"dropped a bad message \(#\d+\)", worker_log), worker_log[-2000:]
 
     def norm(path):
-        recs = sorted((json.loads(x) for x in open(path)), key=lambda r: r["image"])
+        lines = path.read_text().splitlines()
+        recs = sorted((json.loads(x) for x in lines), key=lambda r: r["image"])
         return [(r["image"], r["error"], r["detections"]) for r in recs]
 
     assert norm(dirty) == norm(clean)

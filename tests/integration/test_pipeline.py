@@ -207,11 +207,11 @@ def test_bad_inputs_one_record_each_and_exit_1(tmp_path, photos, models_ready):
     p = _cli("run", str(d), "--model", "centerface", "--out", str(out), "--no-progress",
              "--max-pixels", "50000000")
     assert p.returncode == 1, p.stdout + p.stderr
-    recs = {json.loads(line)["image"].split("/")[-1]: json.loads(line)
-            for line in open(out)}
+    lines = out.read_text().splitlines()
+    recs = {json.loads(line)["image"].split("/")[-1]: json.loads(line) for line in lines}
     files = sorted(f.name for f in d.iterdir())
     assert sorted(recs) == files  # exactly one record per file
-    assert len(open(out).read().splitlines()) == len(files)
+    assert len(lines) == len(files)
     for name, kind in broken.items():
         err = recs[name]["error"]
         assert err is not None and err["message"], name

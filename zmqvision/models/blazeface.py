@@ -52,7 +52,8 @@ def decode(outputs: list[np.ndarray], spec: ModelSpec, score_threshold: float) -
     """Faces in model-input pixels from (regressors, classificators)."""
     regressors, logits = outputs[0], outputs[1]
     width, height = spec.input_size
-    scores = 1.0 / (1.0 + np.exp(-np.clip(logits.reshape(-1), -LOGIT_CLIP, LOGIT_CLIP)))
+    logits = np.clip(logits.reshape(-1).astype(np.float64), -LOGIT_CLIP, LOGIT_CLIP)
+    scores = 1.0 / (1.0 + np.exp(-logits))
     idx = np.nonzero(scores >= score_threshold)[0]
     if len(idx) == 0:
         return Detections.empty()

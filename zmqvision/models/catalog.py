@@ -262,8 +262,10 @@ def user_model(path: Path) -> ModelSpec:
         layout, (height, width) = "NHWC", dims[1:3]
     else:
         raise ValueError(f"model {path.name} input {dims} has no 3-channel axis")
-    if not any(o.get_partial_shape()[-1].is_static and o.get_partial_shape()[-1].get_length()
-               in (5, 7) for o in model.outputs):
+    if not any(
+        o.get_partial_shape()[-1].is_static and o.get_partial_shape()[-1].get_length() in (5, 7)
+        for o in model.outputs
+    ):
         raise ValueError(
             f"model {path.name} has no [.., 7] DetectionOutput-style output "
             "(image_id, label, conf, x1, y1, x2, y2); zmqvision cannot decode it"
@@ -297,4 +299,9 @@ def _user_labels(path: Path, model) -> tuple[str, ...]:
     for op in model.get_ordered_ops():
         if op.get_type_name() == "DetectionOutput":
             n = int(op.get_attributes().get("num_classes", 0))
+            if n <= 0:  # opset8 dropped the attribute: class scores per prior box
+                priors = op.input(2).get_partial_shape()[-1]
+                scores = op.input(1).get_partial_shape()[-1]
+                if priors.is_static and scores.is_static and priors.get_length() >= 4:
+                    n = scores.get_length() // (priors.get_length() // 4)
     return tuple(f"class_{i}" for i in range(n))

@@ -25,9 +25,10 @@ from zmqvision.models.catalog import ModelSpec
 
 log = logging.getLogger(__name__)
 
-# family -> (choose output indices in decoder order, decode)
+# family -> (pick output indices in decoder order from (names, shape) pairs, decode)
+OutputOrder = Callable[[list[tuple[set[str], tuple[int, ...]]]], list[int]]
 Decoder = Callable[[list[np.ndarray], ModelSpec, float], Detections]
-FAMILIES: dict[str, tuple[Callable[[list[tuple[set[str], tuple[int, ...]]]], list[int]], Decoder]] = {
+FAMILIES: dict[str, tuple[OutputOrder, Decoder]] = {
     "ssd": (ssd.output_order, ssd.decode),
     "blazeface": (blazeface.output_order, blazeface.decode),
     "centerface": (centerface.output_order, centerface.decode),
@@ -106,9 +107,7 @@ class Detector:
         """Copies of the outputs in decoder order, so the request can be reused at once."""
         return [np.array(request.get_output_tensor(i).data, copy=True) for i in self._outputs]
 
-    def decode(
-        self, outputs: list[np.ndarray], score_threshold: float | None = None
-    ) -> Detections:
+    def decode(self, outputs: list[np.ndarray], score_threshold: float | None = None) -> Detections:
         thr = self.spec.score_threshold if score_threshold is None else float(score_threshold)
         return self._decode(outputs, self.spec, thr)
 

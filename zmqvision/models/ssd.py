@@ -41,7 +41,7 @@ def _layer_specs() -> list[list[tuple[float, float]]]:
 def anchors() -> np.ndarray:
     """``[1917, 4]`` normalised anchors (yc, xc, h, w) in TF's order (layer, y, x, k)."""
     out = []
-    for size, layer in zip(FEATURE_MAPS, _layer_specs()):
+    for size, layer in zip(FEATURE_MAPS, _layer_specs(), strict=True):
         scales = np.array([s for s, _ in layer])
         ratios = np.sqrt(np.array([r for _, r in layer]))
         heights, widths = scales / ratios, scales * ratios

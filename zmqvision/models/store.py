@@ -197,6 +197,7 @@ def _write_atomic(target: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache may be shared by a farm's users
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
