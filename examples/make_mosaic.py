@@ -5,7 +5,7 @@ face becomes 10 px and is mostly missed. Cut into 640 px tiles at native scale, 
 faces are easy. This script builds such a photo from real pictures (scikit-image's
 samples, see LICENSES.md): the astronaut's face, with some head around it, pasted at random
 sizes and non-overlapping positions over a background tiled from photos without faces
-(coffee, rocket, chelsea the cat). It writes the JPEG and ``<name>.json`` next to it::
+(coffee, rocket, chelsea the cat). It writes the JPEG and ``examples/truth/<name>.json``::
 
     {"image": "mosaic.jpg", "width": 4000, "height": 3000, "faces": [[x1, y1, x2, y2], ...]}
 
@@ -142,7 +142,10 @@ def _truth_json(image: str, width: int, height: int, faces: list[list[float]]) -
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="examples/images/mosaic.jpg",
-                        help="JPEG to write; the ground truth goes next to it as .json")
+                        help="JPEG to write")
+    parser.add_argument("--truth", default=None,
+                        help="ground-truth JSON to write [default: examples/truth/<name>.json; "
+                             "kept out of the images folder so a run over it sees images only]")
     parser.add_argument("--width", type=int, default=4000)
     parser.add_argument("--height", type=int, default=3000)
     parser.add_argument("--faces", type=int, default=60, help="number of faces (default 60)")
@@ -161,7 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(exc))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     image.save(args.out, "JPEG", quality=args.quality)
-    truth = os.path.splitext(args.out)[0] + ".json"
+    stem = os.path.splitext(os.path.basename(args.out))[0]
+    truth = args.truth or os.path.join(os.path.dirname(os.path.abspath(__file__)), "truth",
+                                       stem + ".json")
+    os.makedirs(os.path.dirname(os.path.abspath(truth)), exist_ok=True)
     with open(truth, "w") as f:
         f.write(_truth_json(os.path.basename(args.out), image.width, image.height, faces))
     print(f"wrote {args.out} ({image.width}×{image.height}, {len(faces)} faces) and {truth}")
