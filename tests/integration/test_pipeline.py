@@ -8,15 +8,20 @@ work happens, never the answer.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
+import zmq
 
 from tests.conftest import ROOT, free_port
 from zmqvision import detect
+from zmqvision import protocol as P
 from zmqvision.boxes import Detections
 from zmqvision.io import read_image
 from zmqvision.merge import MergeConfig, merge
@@ -225,3 +230,53 @@ def test_bad_inputs_one_record_each_and_exit_1(tmp_path, photos, models_ready):
     for name in ("cmyk.jpg", "sixteen.png"):  # the astronaut's face survives conversion
         assert any(x["score"] > 0.6 for x in recs[name]["detections"]), recs[name]
     assert "6 failed" not in p.stdout and "5 failed" in p.stdout
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_ctrl_c_mid_job_stops_everything(tmp_path, procs, models_ready):
+    """SIGINT while tiles are in flight: `run` exits 3 promptly and no child outlives it."""
+    from PIL import Image
+
+    big = tmp_path / "big"
+    big.mkdir()
+    photo = Image.open(ROOT / "examples" / "images" / "astronaut.jpg").resize((3000, 3000))
+    for i in range(6):
+        photo.save(big / f"p{i}.jpg")
+    events = f"tcp://127.0.0.1:{free_port()}"
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.setsockopt(zmq.SUBSCRIBE, P.MsgType.PROGRESS.tag)
+    sub.connect(events)
+    try:
+        run = procs.start("run", str(big), "--events", events, "--out",
+                          str(tmp_path / "r.jsonl"), "--no-progress", name="run")
+        deadline = time.monotonic() + 120
+        seen = 0
+        while seen == 0 and time.monotonic() < deadline and run.poll() is None:
+            if sub.poll(500):
+                seen = P.decode(sub.recv_multipart()).tiles_done
+        assert seen > 0, procs.log(run)
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+    run.send_signal(signal.SIGINT)
+    assert procs.wait(run, 30) == 3, procs.log(run)
+    deadline = time.monotonic() + 15
+    while _group_alive(run.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(run.pid), "a child of `run` outlived it"
+
+
+def test_detect_leaves_no_child_processes(photos, models_ready):
+    import multiprocessing
+
+    detect([str(photos[0])], model="blazeface-short")
+    assert multiprocessing.active_children() == []
