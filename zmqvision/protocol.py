@@ -230,6 +230,7 @@ class Tile:
     model: str  # ModelSpec.ref the pixels were cut for
     pixels: np.ndarray  # uint8 [H, W, 3], RGB
     attempt: int = 0
+    min_score: float | None = None  # the job's score threshold; None: the worker's default
     frame: Any = None  # the received frame, kept alive while pixels view it
 
     def header(self) -> dict:
@@ -241,6 +242,7 @@ class Tile:
             "scale": self.scale,
             "model": self.model,
             "attempt": self.attempt,
+            "min_score": self.min_score,
             "shape": list(self.pixels.shape),
             "dtype": "uint8",
         }
@@ -280,6 +282,7 @@ class Tile:
             model=_req(h, "model", str),
             pixels=pixels,
             attempt=_req(h, "attempt", int),
+            min_score=_req(h, "min_score", _NUM, optional=True),
             frame=bufs[0],
         )
 

@@ -215,7 +215,7 @@ class Ventilator:
                     pixels, scale = cut_tile(img.pixels, tile, self.spec.input_size)
                     msg = protocol.Tile(job=self.job_id, image=iid, index=tile.index,
                                         box=tile.box, scale=scale, model=self.spec.ref,
-                                        pixels=pixels)
+                                        pixels=pixels, min_score=cfg.score_threshold)
                     if not sockets.send_blocking(self.tiles, protocol.encode(msg), stop,
                                                  copy=False, while_waiting=pump):
                         raise JobFailed("interrupted")

@@ -106,8 +106,9 @@ def run_worker(
 
     def completed(request, userdata) -> None:
         tile, t0 = userdata
+        threshold = tile.min_score if tile.min_score is not None else config.score_threshold
         try:
-            dets = detector.decode(detector.outputs_of(request), config.score_threshold)
+            dets = detector.decode(detector.outputs_of(request), threshold)
             done.put((tile, t0, dets, None))
         except Exception as exc:  # reported as this tile's error, never lost
             done.put((tile, t0, None, exc))

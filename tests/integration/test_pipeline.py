@@ -166,6 +166,21 @@ def test_separate_commands_over_tcp_equal_run(n_workers, image_dir, tmp_path, pr
     assert procs.wait(vent, 240) == 0, procs.log(vent)
     assert "4 images, 0 failed" in procs.log(vent)
     assert _comparable(_records(out)) == _comparable(_records(embedded))
+
+    # A second job on the same sink and workers: the ventilator's score threshold travels
+    # with the tiles (the workers were started without one), and records carry their job.
+    strict = procs.start("ventilate", str(image_dir), "--model", model, "--bind", tiles,
+                         "--sink-results", results, "--sink-events", events, "--no-progress",
+                         "--score-threshold", "0.5", name="ventilate")
+    assert procs.wait(strict, 240) == 0, procs.log(strict)
+    jobs = {}
+    for r in _records(out):
+        jobs.setdefault(r["job"], []).append(r)
+    assert len(jobs) == 2 and all(len(v) == 4 for v in jobs.values())
+    first, second = sorted(jobs.values(), key=lambda v: -sum(len(r["detections"]) for r in v))
+    scores = [d["score"] for r in second for d in r["detections"]]
+    assert scores and min(scores) >= 0.5
+    assert len(scores) < sum(len(r["detections"]) for r in first)
     for w in workers:
         assert procs.stop(w) == 0, procs.log(w)
     assert procs.stop(sink) == 0, procs.log(sink)
