@@ -304,6 +304,28 @@ def worker(model, input_size, device, threads, requests, hint, score_threshold, 
         sys.exit(EXIT_JOB_FAILED)
 
 
+@cli.command()
+@click.option("--connect", "endpoint", default=sockets.connect_endpoint(sockets.EVENTS_PORT),
+              show_default=True, help="The sink's events endpoint (or `zmqvision run`'s).")
+@click.option("--json", "as_json", is_flag=True,
+              help="Events as JSON lines on stdout (with --once: the snapshot as JSON).")
+@click.option("--once", is_flag=True,
+              help="Print one snapshot and exit: 0 if the sink was heard, 1 if not.")
+@click.option("--timeout", type=click.FloatRange(0.1), default=5.0, show_default=True,
+              help="With --once: how long to wait to hear the sink.")
+def watch(endpoint, as_json, once, timeout):
+    """Live view of workers, jobs and the sink, from the sink's events."""
+    from zmqvision.watch import watch as do_watch
+
+    if "://" not in endpoint:  # a bare HOST or HOST:PORT
+        endpoint = (f"tcp://{endpoint}" if ":" in endpoint
+                    else sockets.connect_endpoint(sockets.EVENTS_PORT, endpoint))
+    stop = sockets.StopFlag()
+    stop.install_signal_handlers()
+    mode = "once" if once else "json" if as_json else "live"
+    sys.exit(do_watch(endpoint, mode=mode, as_json=as_json, timeout=timeout, stop=stop))
+
+
 @cli.group()
 def models() -> None:
     """The model catalog: list, fetch and describe models."""

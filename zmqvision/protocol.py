@@ -58,6 +58,8 @@ class MsgType(enum.Enum):
     PROGRESS = "zv.progress"
     JOB_DONE = "zv.job_done"
     SINK_STATUS = "zv.sink"
+    WORKERS = "zv.workers"
+    FAILURE = "zv.failure"
 
     @property
     def tag(self) -> bytes:
@@ -388,15 +390,20 @@ class Heartbeat:
     tiles_failed: int
     tiles_per_s: float
     in_flight: int
-    queue: int
+    queue: int  # tiles received but not yet started (0: tiles start as soon as they arrive)
     uptime: float
     t: float = field(default_factory=time.time)
+    period: float = 1.0  # seconds between beats: watchers judge lateness by it
+    requests: int = 0  # infer requests this worker keeps in flight at most
 
     def header(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def parse(cls, h: dict, bufs: Sequence) -> Heartbeat:
+    def parse(cls, h: dict, bufs: Sequence = ()) -> Heartbeat:
+        period = _req(h, "period", _NUM, optional=True)
+        if period is not None and not period > 0:
+            raise ProtocolError("heartbeat period must be positive")
         return cls(
             worker=_req(h, "worker", str),
             host=_req(h, "host", str),
@@ -410,6 +417,8 @@ class Heartbeat:
             queue=_req(h, "queue", int),
             uptime=float(_req(h, "uptime", _NUM)),
             t=float(_req(h, "t", _NUM)),
+            period=float(period or 1.0),
+            requests=_req(h, "requests", int, optional=True) or 0,
         )
 
 
@@ -428,9 +437,13 @@ class Progress:
     tiles_total: int | None = None
     elapsed: float = 0.0
     done: bool = False
+    detections: int = 0
+    failures: tuple = ()  # the last few failed images: {"image", "path", "type", "message"}
 
     def header(self) -> dict:
-        return asdict(self)
+        h = asdict(self)
+        h["failures"] = list(self.failures)
+        return h
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> Progress:
@@ -445,7 +458,19 @@ class Progress:
             tiles_total=_req(h, "tiles_total", int, optional=True),
             elapsed=float(_req(h, "elapsed", _NUM)),
             done=bool(_req(h, "done", bool)),
+            detections=_req(h, "detections", int, optional=True) or 0,
+            failures=tuple(_failure_list(h)),
         )
+
+
+def _failure_list(h: dict) -> list[dict]:
+    out = []
+    for f in _req(h, "failures", list, optional=True) or []:
+        if not isinstance(f, dict):
+            raise ProtocolError("failures must be maps")
+        out.append({"image": _req(f, "image", str), "path": _req(f, "path", str),
+                    "type": _req(f, "type", str), "message": _req(f, "message", str)})
+    return out
 
 
 @dataclass(frozen=True)
@@ -506,13 +531,64 @@ class SinkStatus:
         )
 
 
+@dataclass(frozen=True)
+class Workers:
+    """Sink → PUB every second: every worker the sink has heard from lately, with how long
+    ago, so a watcher that just joined also learns of workers that have gone silent."""
+
+    TYPE: ClassVar[MsgType] = MsgType.WORKERS
+    sink: str
+    workers: tuple  # Heartbeat headers, each with "age": seconds since the sink heard it
+    t: float = field(default_factory=time.time)
+
+    def header(self) -> dict:
+        return {"sink": self.sink, "workers": list(self.workers), "t": self.t}
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> Workers:
+        entries = []
+        for w in _req(h, "workers", list):
+            if not isinstance(w, dict):
+                raise ProtocolError("workers entries must be maps")
+            beat = Heartbeat.parse(w)
+            age = float(_req(w, "age", _NUM))
+            entries.append({**beat.header(), "age": age})
+        return cls(sink=_req(h, "sink", str), workers=tuple(entries),
+                   t=float(_req(h, "t", _NUM)))
+
+
+@dataclass(frozen=True)
+class Failure:
+    """Sink → PUB: an image that ended with an error, the moment its record is written."""
+
+    TYPE: ClassVar[MsgType] = MsgType.FAILURE
+    job: str
+    image: str
+    path: str
+    error: dict
+    t: float = field(default_factory=time.time)
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> Failure:
+        error = _error(h)
+        if error is None:
+            raise ProtocolError("a failure needs its error")
+        return cls(job=_req(h, "job", str), image=_req(h, "image", str),
+                   path=_req(h, "path", str), error=error, t=float(_req(h, "t", _NUM)))
+
+
 Message = (
     JobStart | ImageInfo | Tile | Result | JobEnd | Heartbeat | Progress | JobDone | SinkStatus
+    | Workers | Failure
 )
 
 _CLASSES: dict[MsgType, type] = {
     cls.TYPE: cls
-    for cls in (JobStart, ImageInfo, Tile, Result, JobEnd, Heartbeat, Progress, JobDone, SinkStatus)
+    for cls in (JobStart, ImageInfo, Tile, Result, JobEnd, Heartbeat, Progress, JobDone,
+                SinkStatus, Workers, Failure)
 }
 
 

@@ -21,7 +21,7 @@ import socket
 import tempfile
 import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
 import zmq
@@ -34,6 +34,8 @@ log = logging.getLogger("zmqvision.sink")
 
 MAX_EARLY_RESULTS = 10_000
 DONE_JOB_REPUBLISH_S = 60.0
+RECENT_FAILURES = 10
+FORGET_WORKER_S = 300.0  # a worker silent this long leaves the roster
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ class _Job:
     finished_at: float | None = None
     dirty: bool = True
     last_progress: float = 0.0
+    failures: deque = field(default_factory=lambda: deque(maxlen=RECENT_FAILURES))
 
     def progress(self) -> protocol.Progress:
         return protocol.Progress(
@@ -92,6 +95,8 @@ class _Job:
             tiles_total=self.tiles_total,
             elapsed=(self.finished_at or time.monotonic()) - self.t0,
             done=self.finished_at is not None,
+            detections=self.detections,
+            failures=tuple(self.failures),
         )
 
     def is_complete(self) -> bool:
@@ -108,6 +113,7 @@ class Sink:
         self.finished: OrderedDict[str, tuple[float, protocol.JobDone]] = OrderedDict()
         self.orphans: OrderedDict[str, list[protocol.Result]] = OrderedDict()
         self.bad = sockets.BadMessages("sink")
+        self.roster: dict[str, tuple[float, protocol.Heartbeat]] = {}
         self.writer = (
             results.JsonlWriter(config.out, append=config.append)
             if config.format == "jsonl"
@@ -137,6 +143,7 @@ class Sink:
         elif isinstance(msg, protocol.ImageInfo):
             self._on_image(msg)
         elif isinstance(msg, protocol.Heartbeat):
+            self.roster[msg.worker] = (time.monotonic(), msg)
             self.publish(frames)
         elif isinstance(msg, protocol.JobStart):
             self._on_job_start(msg)
@@ -243,6 +250,11 @@ class Sink:
             job.detections += len(dets)
         else:
             job.images_failed += 1
+            failure = {"image": info.image, "path": info.path, "type": img.error["type"],
+                       "message": img.error["message"]}
+            job.failures.append(failure)
+            self.publish(protocol.encode(protocol.Failure(
+                job=job.start.job, image=info.image, path=info.path, error=img.error)))
         record = results.make_record(
             path=info.path, image_id=info.image, job=job.start.job, width=info.width,
             height=info.height, model=job.start.model["ref"], labels=job.labels,
@@ -291,6 +303,15 @@ class Sink:
                 job.dirty = False
                 job.last_progress = now
 
+    def publish_workers(self, sink_id: str) -> None:
+        """The roster as one snapshot: late joiners learn of silent workers too."""
+        now = time.monotonic()
+        for wid in [w for w, (seen, _) in self.roster.items() if now - seen > FORGET_WORKER_S]:
+            del self.roster[wid]
+        entries = tuple({**beat.header(), "age": now - seen}
+                        for seen, beat in self.roster.values())
+        self.publish(protocol.encode(protocol.Workers(sink=sink_id, workers=entries)))
+
     def publish_finished(self) -> None:
         now = time.monotonic()
         while self.finished:
@@ -337,6 +358,7 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
                     uptime=now - started, jobs_active=len(sink.jobs),
                     bad_messages=sink.bad.count,
                 )))
+                sink.publish_workers(sink_id)
                 sink.publish_progress(force=True)
                 sink.publish_finished()
                 next_status = now + config.status_s

@@ -172,8 +172,10 @@ def run_worker(
             tiles_failed=counters["failed"],
             tiles_per_s=rate.update(counters["done"]),
             in_flight=in_flight,
-            queue=n_requests,
+            queue=0,  # tiles start the moment they are received
             uptime=time.monotonic() - started,
+            period=config.heartbeat_s,
+            requests=n_requests,
         )
         sockets.try_send(push, protocol.encode(hb))
 

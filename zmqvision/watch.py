@@ -1,0 +1,365 @@
+"""`zmqvision watch`: a SUB socket on the sink's PUB, a state built only from events, and
+three ways to show it (a live terminal view, JSON lines, one snapshot).
+
+The state is a pure function of the events and the clock, so it is tested without a
+terminal. Liveness is judged here, by the watcher's own clock: a worker is *late* once it
+missed more than one and a half of its own heartbeat periods, *dead* after two and a half,
+which makes a SIGKILLed worker show as dead less than three periods after it died. The
+sink's once-a-second snapshots (Workers, Progress, SinkStatus) mean a watcher that joins
+mid-job knows everything after one period; nothing here ever blocks the pipeline (PUB
+drops for a slow watcher) or hangs on exit (linger 0).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import zmq
+
+from zmqvision import protocol, sockets
+
+LATE_PERIODS = 1.5
+DEAD_PERIODS = 2.5
+SINK_SILENT_S = 3.0
+FORGET_DEAD_S = 300.0
+KEEP_DONE_JOBS = 5
+
+
+@dataclass
+class _Worker:
+    beat: protocol.Heartbeat
+    seen: float  # local monotonic time of the freshest news
+
+
+@dataclass
+class _Job:
+    progress: protocol.Progress
+    seen: float
+    done: protocol.JobDone | None = None
+    rate: float = 0.0  # tiles/s, smoothed
+    _last: tuple[float, int] | None = None  # (elapsed, tiles_done) of the last rate sample
+
+
+@dataclass
+class WatchState:
+    """Everything a watcher knows; ``ingest`` events, then read ``snapshot``."""
+
+    clock: Callable[[], float] = time.monotonic
+    workers: dict[str, _Worker] = field(default_factory=dict)
+    jobs: dict[str, _Job] = field(default_factory=dict)
+    failures: deque = field(default_factory=lambda: deque(maxlen=10))
+    sink: protocol.SinkStatus | None = None
+    sink_seen: float | None = None
+    sink_wall: float | None = None  # wall-clock time the sink was last heard, for display
+    events: int = 0
+    bad: sockets.BadMessages = field(default_factory=lambda: sockets.BadMessages("watch"))
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest_frames(self, frames) -> protocol.Message | None:
+        try:
+            msg = protocol.decode(frames)
+        except protocol.ProtocolError as exc:
+            self.bad(exc)
+            return None
+        self.ingest(msg)
+        return msg
+
+    def ingest(self, msg: protocol.Message) -> None:
+        now = self.clock()
+        self.events += 1
+        self.sink_seen = now  # every event comes through the sink's PUB
+        self.sink_wall = time.time()
+        if isinstance(msg, protocol.Heartbeat):
+            self.workers[msg.worker] = _Worker(msg, now)
+        elif isinstance(msg, protocol.Workers):
+            for entry in msg.workers:
+                seen = now - entry["age"]
+                known = self.workers.get(entry["worker"])
+                if known is None or known.seen < seen - 0.05:
+                    beat = protocol.Heartbeat.parse(entry)
+                    self.workers[entry["worker"]] = _Worker(beat, seen)
+        elif isinstance(msg, protocol.Progress):
+            self._on_progress(msg, now)
+        elif isinstance(msg, protocol.JobDone):
+            job = self.jobs.get(msg.job)
+            if job is None:
+                job = self.jobs[msg.job] = _Job(_progress_from_done(msg), now)
+            job.done = msg
+            job.seen = now
+        elif isinstance(msg, protocol.Failure):
+            entry = {"job": msg.job, "image": msg.image, "path": msg.path, **msg.error}
+            if entry not in self.failures:
+                self.failures.append(entry)
+        elif isinstance(msg, protocol.SinkStatus):
+            self.sink = msg
+        self._forget(now)
+
+    def _on_progress(self, p: protocol.Progress, now: float) -> None:
+        job = self.jobs.get(p.job)
+        if job is None:
+            job = self.jobs[p.job] = _Job(p, now)
+        if job._last is not None and p.elapsed > job._last[0] + 0.2:
+            inst = (p.tiles_done - job._last[1]) / (p.elapsed - job._last[0])
+            job.rate = inst if job.rate == 0 else 0.6 * job.rate + 0.4 * inst
+            job._last = (p.elapsed, p.tiles_done)
+        elif job._last is None:
+            job._last = (p.elapsed, p.tiles_done)
+            if p.elapsed > 0.5:  # joined mid-job: the average so far until samples come
+                job.rate = p.tiles_done / p.elapsed
+        job.progress = p
+        job.seen = now
+        for f in p.failures:
+            entry = {"job": p.job, **f}
+            if entry not in self.failures:
+                self.failures.append(entry)
+
+    def _forget(self, now: float) -> None:
+        for wid in [w for w, v in self.workers.items() if now - v.seen > FORGET_DEAD_S]:
+            del self.workers[wid]
+        done = sorted((j.seen, jid) for jid, j in self.jobs.items() if j.done is not None)
+        for _, jid in done[:-KEEP_DONE_JOBS]:
+            del self.jobs[jid]
+
+    # ------------------------------------------------------------------ read
+
+    def worker_state(self, w: _Worker, now: float | None = None) -> str:
+        age = (now if now is not None else self.clock()) - w.seen
+        period = w.beat.period or 1.0
+        if age > DEAD_PERIODS * period:
+            return "dead"
+        if age > LATE_PERIODS * period:
+            return "late"
+        return "alive"
+
+    def sink_state(self, now: float | None = None) -> str:
+        if self.sink_seen is None:
+            return "unheard"
+        now = now if now is not None else self.clock()
+        return "silent" if now - self.sink_seen > SINK_SILENT_S else "reachable"
+
+    def snapshot(self) -> dict:
+        """The whole state as plain data (what `--once --json` prints)."""
+        now = self.clock()
+        workers = []
+        for wid, w in sorted(self.workers.items()):
+            b = w.beat
+            workers.append({
+                "worker": wid, "host": b.host, "pid": b.pid, "device": b.device,
+                "model": b.model, "state": self.worker_state(w, now),
+                "tiles_done": b.tiles_done, "tiles_failed": b.tiles_failed,
+                "tiles_per_s": round(b.tiles_per_s, 2), "in_flight": b.in_flight,
+                "requests": b.requests, "queue": b.queue, "uptime": round(b.uptime, 1),
+                "last_seen": round(now - w.seen, 2), "period": b.period,
+            })
+        jobs = []
+        for jid, j in self.jobs.items():
+            p = j.progress
+            entry = {
+                "job": jid, "images_seen": p.images_seen, "images_done": p.images_done,
+                "images_failed": p.images_failed, "images_total": p.images_total,
+                "tiles_seen": p.tiles_seen, "tiles_done": p.tiles_done,
+                "tiles_total": p.tiles_total, "detections": p.detections,
+                "elapsed": round(p.elapsed, 2), "tiles_per_s": round(j.rate, 2),
+                "eta": _eta(j), "done": j.done is not None or p.done,
+            }
+            if j.done is not None:
+                entry["summary"] = j.done.header()
+            jobs.append(entry)
+        sink = {"state": self.sink_state(now),
+                "silent_for": None if self.sink_seen is None else round(now - self.sink_seen, 1),
+                "last_heard": self.sink_wall}
+        if self.sink is not None:
+            sink.update({"sink": self.sink.sink, "host": self.sink.host, "pid": self.sink.pid,
+                         "uptime": round(self.sink.uptime, 1),
+                         "bad_messages": self.sink.bad_messages})
+        return {"sink": sink, "workers": workers, "jobs": jobs,
+                "failures": list(self.failures), "bad_messages": self.bad.count}
+
+
+def _progress_from_done(d: protocol.JobDone) -> protocol.Progress:
+    return protocol.Progress(job=d.job, images_seen=d.images, images_done=d.images,
+                             images_failed=d.failed, tiles_seen=d.tiles, tiles_done=d.tiles,
+                             images_total=d.images, tiles_total=d.tiles, elapsed=d.seconds,
+                             done=True, detections=d.detections)
+
+
+def _eta(job: _Job) -> float | None:
+    p = job.progress
+    if job.done is not None or p.done:
+        return 0.0
+    if job.rate <= 0:
+        return None
+    if p.tiles_total is not None:
+        remaining = p.tiles_total - p.tiles_done
+    else:  # still walking inputs: at least the tiles already announced
+        remaining = p.tiles_seen - p.tiles_done
+    return round(max(0, remaining) / job.rate, 1)
+
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def render(state: WatchState, endpoint: str):
+    """A rich renderable of the state (sink line, workers table, jobs, failures)."""
+    from rich.console import Group
+    from rich.progress_bar import ProgressBar
+    from rich.table import Table
+    from rich.text import Text
+
+    snap = state.snapshot()
+    s = snap["sink"]
+    if s["state"] == "unheard":
+        head = Text(f"sink {endpoint}: waiting to hear from it…", style="yellow")
+    elif s["state"] == "silent":
+        since = time.strftime("%H:%M:%S", time.localtime(s["last_heard"]))
+        head = Text(f"sink {endpoint}: SILENT since {since} ({s['silent_for']:.0f} s)",
+                    style="bold red")
+    else:
+        head = Text(f"sink {endpoint}: reachable · {s.get('host', '?')} pid {s.get('pid', '?')}"
+                    f" · up {s.get('uptime', 0):.0f} s · bad messages {s.get('bad_messages', 0)}",
+                    style="green")
+
+    workers = Table(title="workers", title_justify="left", expand=False)
+    for col in ("worker", "host", "pid", "device", "model", "state", "tiles", "tiles/s",
+                "in flight", "queue", "uptime", "last seen"):
+        workers.add_column(col, no_wrap=True)
+    colours = {"alive": "green", "late": "yellow", "dead": "red"}
+    for w in snap["workers"]:
+        workers.add_row(
+            w["worker"], w["host"], str(w["pid"]), w["device"], w["model"],
+            Text(w["state"], style=colours[w["state"]]),
+            f"{w['tiles_done']}" + (f" ({w['tiles_failed']} failed)" if w["tiles_failed"] else ""),
+            f"{w['tiles_per_s']:.1f}", f"{w['in_flight']}/{w['requests']}", str(w["queue"]),
+            _dur(w["uptime"]), f"{w['last_seen']:.1f} s ago",
+        )
+
+    jobs = Table(title="jobs", title_justify="left", expand=False)
+    for col in ("job", "progress", "images", "tiles", "failed", "rate", "ETA", "state"):
+        jobs.add_column(col, no_wrap=True)
+    for j in snap["jobs"]:
+        total = j["images_total"] if j["images_total"] is not None else max(j["images_seen"], 1)
+        bar = ProgressBar(total=max(total, 1), completed=j["images_done"], width=30)
+        images = f"{j['images_done']}/{j['images_total'] if j['images_total'] is not None else '?'}"
+        tiles = f"{j['tiles_done']}/{j['tiles_total'] if j['tiles_total'] is not None else '?'}"
+        if j["done"]:
+            summ = j.get("summary") or {}
+            state_txt = Text(f"complete in {summ.get('seconds', j['elapsed']):.1f} s",
+                             style="green")
+        else:
+            state_txt = Text("running", style="cyan")
+        eta = "-" if j["eta"] is None else _dur(j["eta"])
+        jobs.add_row(j["job"][:8], bar, images, tiles, str(j["images_failed"]),
+                     f"{j['tiles_per_s']:.1f} tiles/s", eta, state_txt)
+
+    parts = [head, workers, jobs]
+    if snap["failures"]:
+        fails = Table(title="last failures", title_justify="left", expand=False)
+        fails.add_column("image")
+        fails.add_column("error", no_wrap=True)
+        fails.add_column("message")
+        for f in list(snap["failures"])[-5:]:
+            fails.add_row(f["path"], f["type"], f["message"][:100])
+        parts.append(fails)
+    return Group(*parts)
+
+
+def _dur(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+# ---------------------------------------------------------------------------- the loop
+
+
+def event_json(msg: protocol.Message) -> str:
+    """One event as a JSON line: its type tag plus its header fields."""
+    header = msg.header() if not isinstance(msg, (protocol.Tile, protocol.Result)) else {}
+    return json.dumps({"type": msg.TYPE.value, **header}, default=str)
+
+
+def watch(
+    endpoint: str,
+    *,
+    mode: str = "live",  # "live", "json" or "once"
+    as_json: bool = False,  # with "once": print the snapshot as JSON
+    timeout: float = 5.0,  # "once": how long to wait to hear the sink
+    stop: sockets.StopFlag | None = None,
+    out=None,
+) -> int:
+    """Watch until stopped (live, json) or for one snapshot (once). Returns an exit code."""
+    stop = stop or sockets.StopFlag()
+    out = out or sys.stdout
+    state = WatchState()
+    ctx = zmq.Context()
+    sub = sockets.make_socket(ctx, zmq.SUB, rcvhwm=10_000, linger=0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"zv.")
+    sub.connect(endpoint)
+
+    def pump(wait_ms: int) -> list:
+        got = []
+        if sub.poll(wait_ms, zmq.POLLIN):
+            for _ in range(1000):
+                try:
+                    frames = sub.recv_multipart(flags=zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                msg = state.ingest_frames(frames)
+                if msg is not None:
+                    got.append(msg)
+        return got
+
+    try:
+        if mode == "json":
+            while not stop.is_set():
+                for msg in pump(200):
+                    out.write(event_json(msg) + "\n")
+                out.flush()
+            return 0
+        if mode == "once":
+            deadline = time.monotonic() + timeout
+            heard_status = heard_roster = False
+            while not stop.is_set() and time.monotonic() < deadline:
+                for msg in pump(100):
+                    heard_status |= isinstance(msg, protocol.SinkStatus)
+                    heard_roster |= isinstance(msg, protocol.Workers)
+                if heard_status and heard_roster:
+                    pump(50)  # the rest of this snapshot burst (progress of every job)
+                    break
+            if state.sink_seen is None:
+                print(f"zmqvision watch: nothing heard from {endpoint} in {timeout:.0f} s",
+                      file=sys.stderr)
+                return 1
+            if as_json:
+                out.write(json.dumps(state.snapshot()) + "\n")
+            else:
+                from rich.console import Console
+
+                Console(file=out, width=160).print(render(state, endpoint))
+            return 0
+        from rich.console import Console
+        from rich.live import Live
+
+        console = Console(file=out)
+        with Live(render(state, endpoint), console=console, refresh_per_second=4,
+                  transient=False) as live:
+            next_draw = 0.0
+            while not stop.is_set():
+                pump(100)
+                now = time.monotonic()
+                if now >= next_draw:
+                    live.update(render(state, endpoint))
+                    next_draw = now + 0.25
+        return 0
+    finally:
+        sub.close(linger=0)
+        ctx.term()
