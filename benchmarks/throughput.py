@@ -45,6 +45,21 @@ from pathlib import Path
 
 import numpy as np
 
+# --unpinned: every process that imports this file (the run's spawned workers re-import it
+# as __mp_main__) compiles with ENABLE_CPU_PINNING=False. A benchmark-only patch that shows
+# what the fix in zmqvision would give; zmqvision itself is not changed.
+_UNPIN_ENV = "ZMQVISION_BENCH_UNPIN"
+if os.environ.get(_UNPIN_ENV):
+    import openvino as _ov
+
+    _compile_model = _ov.Core.compile_model
+
+    def _compile_unpinned(self, model, device_name=None, config=None, *args, **kwargs):
+        config = {**(config or {}), "ENABLE_CPU_PINNING": False}
+        return _compile_model(self, model, device_name, config, *args, **kwargs)
+
+    _ov.Core.compile_model = _compile_unpinned
+
 # ---------------------------------------------------------------------------- inputs
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
@@ -241,7 +256,7 @@ class _HeartbeatProbe(threading.Thread):
 
 
 def pipeline_run(folder: Path, model: str, workers: int, overlap: float,
-                 probe: bool = False) -> dict:
+                 probe: bool = False, unpinned: bool = False) -> dict:
     """One ``run_job`` (the embedded ``zmqvision run``); returns its three rates."""
     from zmqvision.merge import MergeConfig
     from zmqvision.run import RunPlan, run_job
@@ -264,10 +279,13 @@ def pipeline_run(folder: Path, model: str, workers: int, overlap: float,
         hb = _HeartbeatProbe(events) if probe else None
         if hb is not None:
             hb.start()
+        if unpinned:
+            os.environ[_UNPIN_ENV] = "1"  # inherited by the spawned children only
         t0 = time.perf_counter()
         try:
             done = run_job(plan, on_progress=progress.append)
         finally:
+            os.environ.pop(_UNPIN_ENV, None)
             if hb is not None:
                 hb.stop()
         wall = time.perf_counter() - t0
@@ -286,7 +304,9 @@ def pipeline_run(folder: Path, model: str, workers: int, overlap: float,
         beats = [b for _, b in hb.beats if b.tiles_done > 0]
         if beats:
             out["in_flight_mean"] = statistics.fmean(b.in_flight for b in beats)
-            out["queue"] = max(b.queue for b in beats)
+            out["requests"] = sum(
+                max(getattr(b, "requests", 0) or b.queue for b in beats if b.worker == w)
+                for w in {b.worker for b in beats})
     return out
 
 
@@ -342,6 +362,11 @@ def machine_facts() -> dict:
 # ---------------------------------------------------------------------------- main
 
 
+def _label(workers: int, unpinned: bool) -> str:
+    name = f"zmqvision run, {workers} worker{'s' if workers > 1 else ''}"
+    return name + (" (pinning off)" if unpinned else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -357,8 +382,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="benchmark_app -t per repeat (default 10)")
     ap.add_argument("--overlap", type=float, default=0.2, help="tile overlap (default 0.2)")
     ap.add_argument("--no-naive", action="store_true", help="skip the naive loop row")
-    ap.add_argument("--probe", action="store_true",
-                    help="also subscribe to worker heartbeats and report mean in_flight")
+    ap.add_argument("--no-probe", action="store_true",
+                    help="do not subscribe to worker heartbeats (mean in_flight per worker)")
+    ap.add_argument("--unpinned", action="store_true",
+                    help="also run every worker count > 1 with OpenVINO's ENABLE_CPU_PINNING "
+                         "off (patched in by this script; see benchmarks/README.md)")
     ap.add_argument("--out", help="also write the table: .md (markdown) or .json")
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.images < 1:
@@ -371,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts()
     command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     bench_cmd = benchmark_app_cmd(model_path, spec, args.bench_seconds)
+    variants = [(w, False) for w in args.workers]
+    if args.unpinned:
+        variants += [(w, True) for w in args.workers if w > 1]
 
     with tempfile.TemporaryDirectory(prefix="zv-bench-in-") as tmp:
         folder = Path(tmp)
@@ -389,22 +420,20 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(head), flush=True)
 
         # Warm-up, not timed: OpenVINO's blob cache gets every worker configuration.
-        for w in args.workers:
-            pipeline_run(folder, args.model, w, args.overlap)
+        for w, unpinned in variants:
+            pipeline_run(folder, args.model, w, args.overlap, unpinned=unpinned)
 
         bench = Row("benchmark_app -hint throughput (limit)")
         feed = Row("ventilator feed only (decode+tile, 1 thread, no send)")
         naive = Row("naive loop (1 process, sync infer, LATENCY hint)")
-        pipes = {w: (Row(f"zmqvision run, {w} worker{'s' if w > 1 else ''}: steady"),
-                     Row(f"zmqvision run, {w} worker{'s' if w > 1 else ''}: JobDone"),
-                     Row(f"zmqvision run, {w} worker{'s' if w > 1 else ''}: wall"))
-                 for w in args.workers}
+        pipes = {v: (Row(f"{_label(*v)}: steady"), Row(f"{_label(*v)}: JobDone"),
+                     Row(f"{_label(*v)}: wall"))
+                 for v in variants}
         raw: list[dict] = []
-        steps = ["bench", "feed", *([] if args.no_naive else ["naive"]),
-                 *(f"pipe{w}" for w in args.workers)]
+        steps: list = ["bench", "feed", *([] if args.no_naive else ["naive"]), *variants]
         for r in range(args.repeats):
             order = steps[r % len(steps):] + steps[:r % len(steps)]  # rotate: spread drift
-            got: dict[str, dict] = {}
+            got: dict = {}
             for step in order:
                 if step == "bench":
                     got[step] = run_benchmark_app(bench_cmd)
@@ -413,14 +442,14 @@ def main(argv: list[str] | None = None) -> int:
                 elif step == "naive":
                     got[step] = in_fresh_process(naive_loop, paths, args.model, args.overlap)
                 else:
-                    got[step] = pipeline_run(folder, args.model, int(step[4:]), args.overlap,
-                                             probe=args.probe)
+                    got[step] = pipeline_run(folder, args.model, step[0], args.overlap,
+                                             probe=not args.no_probe, unpinned=step[1])
             fps = got["bench"]["fps"]
             bench.values.append(fps)
-            bench.note = f"{got['bench']['requests']} requests"
-            feed.values.append(got["feed"]["tiles"] / got["feed"]["seconds"])
-            feed.ratios.append(feed.values[-1] / fps)
+            bench.note = f"{got['bench']['requests']} requests, -t {args.bench_seconds}"
             f = got["feed"]
+            feed.values.append(f["tiles"] / f["seconds"])
+            feed.ratios.append(feed.values[-1] / fps)
             cut_ms = 1000 * (f["seconds"] - f["decode_s"]) / f["tiles"]
             feed.note = (f"decode {1000 * f['decode_s'] / len(paths):.0f} ms/image, "
                          f"cut {cut_ms:.2f} ms/tile")
@@ -428,34 +457,32 @@ def main(argv: list[str] | None = None) -> int:
                 naive.values.append(got["naive"]["tiles"] / got["naive"]["seconds"])
                 naive.ratios.append(naive.values[-1] / fps)
                 naive.note = f"compile {got['naive']['compile_s']:.1f} s not counted"
-            for w in args.workers:
-                p = got[f"pipe{w}"]
-                steady, jobdone, wall = pipes[w]
+            for v in variants:
+                p = got[v]
+                steady, jobdone, wall = pipes[v]
                 for row, key in ((steady, "steady"), (jobdone, "jobdone"), (wall, "wall")):
                     row.values.append(p[key])
                     row.ratios.append(p[key] / fps)
-                steady.note = f"first tile done {p['first_tile_at']:.1f} s after JobStart"
+                steady.note = f"1st tile done {p['first_tile_at']:.1f} s after JobStart"
                 if "in_flight_mean" in p:
-                    steady.note += f"; mean in_flight {p['in_flight_mean']:.2f}/{p['queue']}"
+                    steady.note += (f"; in_flight {p['in_flight_mean']:.2f}/worker, "
+                                    f"{p['requests']} requests in all")
                 jobdone.note = f"job {p['job_seconds']:.1f} s"
                 wall.note = f"wall {p['wall_seconds']:.1f} s"
-            raw.append(got)
+            raw.append({(k if isinstance(k, str) else _label(*k)): v for k, v in got.items()})
             summary = ", ".join(
                 f"{k}={v.get('fps') or v.get('steady') or v['tiles'] / v['seconds']:.1f}"
-                for k, v in got.items())
+                for k, v in raw[-1].items())
             print(f"repeat {r + 1}/{args.repeats}: {summary}", file=sys.stderr, flush=True)
 
     rows = [bench, feed, *([] if args.no_naive else [naive])]
-    for w in args.workers:
-        rows += list(pipes[w])
+    for v in variants:
+        rows += list(pipes[v])
     table = render(rows, bench)
-    best = max(args.workers, key=lambda w: statistics.median(pipes[w][0].ratios))
     headline = (f"pipeline ÷ benchmark_app (steady, median of {args.repeats}): "
-                + ", ".join(f"{w} worker{'s' if w > 1 else ''} "
-                            f"{statistics.median(pipes[w][0].ratios):.2f}"
-                            for w in args.workers)
-                + f"; best {statistics.median(pipes[best][0].ratios):.2f} "
-                  "(bar 0.7, goal 0.9)")
+                + "; ".join(f"{_label(*v)} {statistics.median(pipes[v][0].ratios):.2f}"
+                            for v in variants)
+                + " (bar 0.7, goal 0.9)")
     print()
     print(table)
     print()

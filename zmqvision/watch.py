@@ -205,8 +205,12 @@ def _eta(job: _Job) -> float | None:
 # ---------------------------------------------------------------------------- rendering
 
 
-def render(state: WatchState, endpoint: str):
-    """A rich renderable of the state (sink line, workers table, jobs, failures)."""
+WIDE = 150  # below this many columns, the tables leave out what matters least
+
+
+def render(state: WatchState, endpoint: str, width: int = WIDE):
+    """A rich renderable of the state (sink line, workers table, jobs, failures), with fewer
+    columns on a narrow terminal rather than every column truncated to nothing."""
     from rich.console import Group
     from rich.progress_bar import ProgressBar
     from rich.table import Table
@@ -225,37 +229,49 @@ def render(state: WatchState, endpoint: str):
                     f" · up {s.get('uptime', 0):.0f} s · bad messages {s.get('bad_messages', 0)}",
                     style="green")
 
-    workers = Table(title="workers", title_justify="left", expand=False)
-    for col in ("worker", "host", "pid", "device", "model", "state", "tiles", "tiles/s",
-                "in flight", "queue", "uptime", "last seen"):
+    wide = width >= WIDE
+    models = sorted({w["model"] for w in snap["workers"]})
+    workers = Table(title="workers", title_justify="left", expand=False,
+                    caption=None if wide or not models else "model: " + ", ".join(models),
+                    caption_justify="left")
+    cols = ["worker", "host", "pid", "device", "model", "state", "tiles", "tiles/s",
+            "in flight", "queue", "uptime", "last seen"]
+    if not wide:
+        cols = [c for c in cols if c not in ("host", "pid", "model", "queue", "uptime")]
+    for col in cols:
         workers.add_column(col, no_wrap=True)
     colours = {"alive": "green", "late": "yellow", "dead": "red"}
     for w in snap["workers"]:
-        workers.add_row(
-            w["worker"], w["host"], str(w["pid"]), w["device"], w["model"],
-            Text(w["state"], style=colours[w["state"]]),
-            f"{w['tiles_done']}" + (f" ({w['tiles_failed']} failed)" if w["tiles_failed"] else ""),
-            f"{w['tiles_per_s']:.1f}", f"{w['in_flight']}/{w['requests']}", str(w["queue"]),
-            _dur(w["uptime"]), f"{w['last_seen']:.1f} s ago",
-        )
+        cells = {
+            "worker": w["worker"], "host": w["host"], "pid": str(w["pid"]),
+            "device": w["device"], "model": w["model"],
+            "state": Text(w["state"], style=colours[w["state"]]),
+            "tiles": f"{w['tiles_done']}"
+            + (f" ({w['tiles_failed']} failed)" if w["tiles_failed"] else ""),
+            "tiles/s": f"{w['tiles_per_s']:.1f}",
+            "in flight": f"{w['in_flight']}/{w['requests']}", "queue": str(w["queue"]),
+            "uptime": _dur(w["uptime"]), "last seen": f"{w['last_seen']:.1f}s ago",
+        }
+        workers.add_row(*(cells[c] for c in cols))
 
     jobs = Table(title="jobs", title_justify="left", expand=False)
     for col in ("job", "progress", "images", "tiles", "failed", "rate", "ETA", "state"):
         jobs.add_column(col, no_wrap=True)
     for j in snap["jobs"]:
         total = j["images_total"] if j["images_total"] is not None else max(j["images_seen"], 1)
-        bar = ProgressBar(total=max(total, 1), completed=j["images_done"], width=30)
+        bar = ProgressBar(total=max(total, 1), completed=j["images_done"],
+                          width=30 if wide else 12)
         images = f"{j['images_done']}/{j['images_total'] if j['images_total'] is not None else '?'}"
         tiles = f"{j['tiles_done']}/{j['tiles_total'] if j['tiles_total'] is not None else '?'}"
         if j["done"]:
             summ = j.get("summary") or {}
-            state_txt = Text(f"complete in {summ.get('seconds', j['elapsed']):.1f} s",
+            state_txt = Text(f"complete in {summ.get('seconds', j['elapsed']):.1f}s",
                              style="green")
         else:
             state_txt = Text("running", style="cyan")
         eta = "-" if j["eta"] is None else _dur(j["eta"])
         jobs.add_row(j["job"][:8], bar, images, tiles, str(j["images_failed"]),
-                     f"{j['tiles_per_s']:.1f} tiles/s", eta, state_txt)
+                     f"{j['tiles_per_s']:.1f}/s", eta, state_txt)
 
     parts = [head, workers, jobs]
     if snap["failures"]:
@@ -264,7 +280,7 @@ def render(state: WatchState, endpoint: str):
         fails.add_column("error", no_wrap=True)
         fails.add_column("message")
         for f in list(snap["failures"])[-5:]:
-            fails.add_row(f["path"], f["type"], f["message"][:100])
+            fails.add_row(f["path"], f["type"], f["message"][: 100 if wide else 40])
         parts.append(fails)
     return Group(*parts)
 
@@ -344,20 +360,21 @@ def watch(
             else:
                 from rich.console import Console
 
-                Console(file=out, width=160).print(render(state, endpoint))
+                console = Console(file=out, width=WIDE + 10)
+                console.print(render(state, endpoint, console.width))
             return 0
         from rich.console import Console
         from rich.live import Live
 
         console = Console(file=out)
-        with Live(render(state, endpoint), console=console, refresh_per_second=4,
-                  transient=False) as live:
+        with Live(render(state, endpoint, console.width), console=console,
+                  refresh_per_second=4, transient=False) as live:
             next_draw = 0.0
             while not stop.is_set():
                 pump(100)
                 now = time.monotonic()
                 if now >= next_draw:
-                    live.update(render(state, endpoint))
+                    live.update(render(state, endpoint, console.width))
                     next_draw = now + 0.25
         return 0
     finally:
