@@ -38,10 +38,33 @@ class SizeType(click.ParamType):
 SIZE = SizeType()
 
 
-def _setup_logging(verbose: int) -> int:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+def _setup_logging(verbose: int, level: int | None = None) -> int:
+    if level is None:
+        level = (logging.WARNING if verbose == 0 else logging.INFO if verbose == 1
+                 else logging.DEBUG)
     logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     return level
+
+
+def _child_options(f):
+    """Options `zmqvision run` uses to start its children; hidden from users."""
+    f = click.option("--log-level", type=int, default=None, hidden=True)(f)
+    f = click.option("--parent-pid", type=int, default=None, hidden=True,
+                     help="Stop when this process is gone.")(f)
+    f = click.option("--announce", is_flag=True, hidden=True,
+                     help="Print one JSON line on stdout when ready.")(f)
+    return f
+
+
+def _announcer(announce: bool):
+    if not announce:
+        return None
+
+    def ready(info) -> None:
+        sys.stdout.write(json.dumps({"ready": info}) + "\n")
+        sys.stdout.flush()
+
+    return ready
 
 
 def _model_options(f):
@@ -243,20 +266,25 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, progress
               show_default=True, help="Where workers and ventilators send to.")
 @click.option("--bind-events", default=sockets.bind_endpoint(sockets.EVENTS_PORT),
               show_default=True, help="Where watchers and ventilators subscribe.")
+@click.option("--bind-events-fallback", default=None, hidden=True,
+              help="Bind this instead when --bind-events is taken.")
 @click.option("--append", is_flag=True, help="Append to --out instead of replacing it.")
 @click.option("--once", is_flag=True, help="Exit after the first job completes.")
 @click.option("-v", "--verbose", count=True)
-def sink(out, fmt, draw, bind_results, bind_events, append, once, verbose):
+@_child_options
+def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, append, once,
+         verbose, announce, parent_pid, log_level):
     """Collect partial results, merge them per image, write records, publish events."""
     from zmqvision.sink import SinkConfig, run_sink
 
-    _setup_logging(max(verbose, 1))
-    cfg = SinkConfig(results=bind_results, events=bind_events, out=out, format=fmt, draw=draw,
+    _setup_logging(max(verbose, 1), log_level)
+    cfg = SinkConfig(results=bind_results, events=bind_events,
+                     events_fallback=bind_events_fallback, out=out, format=fmt, draw=draw,
                      append=append, once=once)
-    stop = sockets.StopFlag()
+    stop = sockets.StopFlag(parent_pid)
     stop.install_signal_handlers()
     try:
-        sys.exit(run_sink(cfg, stop))
+        sys.exit(run_sink(cfg, stop, on_ready=_announcer(announce)))
     except OSError as exc:
         click.echo(f"zmqvision: {exc}", err=True)
         sys.exit(EXIT_JOB_FAILED)
@@ -269,7 +297,7 @@ def sink(out, fmt, draw, bind_results, bind_events, append, once, verbose):
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Inference threads (share cores between workers on one host).")
 @click.option("--requests", type=click.IntRange(1), default=None,
-              help="Infer requests in flight [default: the device's optimum].")
+              help="Infer requests in flight [default: the device's optimum + 1].")
 @click.option("--hint", type=click.Choice(["THROUGHPUT", "LATENCY"]), default="THROUGHPUT",
               show_default=True)
 @click.option("--score-threshold", type=click.FloatRange(0, 1), default=None)
@@ -280,25 +308,30 @@ def sink(out, fmt, draw, bind_results, bind_events, append, once, verbose):
 @click.option("--results", default=None, help="Sink's results endpoint (overrides --connect).")
 @click.option("--heartbeat", type=click.FloatRange(0.05), default=1.0, show_default=True,
               help="Seconds between heartbeats.")
+@click.option("--id", "worker_id", default=None, help="Worker id [default: host-pid-random].")
 @click.option("-v", "--verbose", count=True)
+@_child_options
 def worker(model, input_size, device, threads, requests, hint, score_threshold, host, tiles,
-           results, heartbeat, verbose):
+           results, heartbeat, worker_id, verbose, announce, parent_pid, log_level):
     """Infer tiles with OpenVINO; connect to a ventilator and a sink."""
     from zmqvision.models import ModelStoreError
     from zmqvision.worker import WorkerConfig, run_worker
 
-    _setup_logging(max(verbose, 1))
+    _setup_logging(max(verbose, 1), log_level)
     _check_model({"model": model, "input_size": input_size})
     cfg = WorkerConfig(
         tiles=tiles or sockets.connect_endpoint(sockets.TILES_PORT, host),
         results=results or sockets.connect_endpoint(sockets.RESULTS_PORT, host),
         model=model, input_size=input_size, device=device, threads=threads, hint=hint,
         requests=requests, score_threshold=score_threshold, heartbeat_s=heartbeat,
+        worker_id=worker_id,
     )
-    stop = sockets.StopFlag()
+    stop = sockets.StopFlag(parent_pid)
     stop.install_signal_handlers()
+    announce_ready = _announcer(announce)
     try:
-        sys.exit(run_worker(cfg, stop))
+        sys.exit(run_worker(cfg, stop, on_ready=announce_ready and
+                            (lambda wid: announce_ready({"worker": wid}))))
     except (ModelStoreError, RuntimeError, OSError) as exc:
         click.echo(f"zmqvision: {exc}", err=True)
         sys.exit(EXIT_JOB_FAILED)

@@ -1,29 +1,37 @@
 """The embedded default: a sink and workers as child processes, the ventilator in this one.
 
-The same roles, messages and sockets as a many-host deployment, on local TCP endpoints
-with ports the OS picks (so two runs never collide), except the events socket, which
-takes the documented port when it is free so that ``zmqvision watch`` finds a run with no
-flags. Children are started with ``spawn`` (a fresh interpreter: no inherited ZeroMQ
-context or OpenVINO threads) and are always stopped, also on errors and Ctrl-C.
+The children are the very commands a user would start by hand on many hosts
+(`python -m zmqvision sink …`, `… worker …`), on local TCP endpoints with ports the OS
+picks (so two runs never collide), except the events socket, which takes the documented
+port when it is free so that ``zmqvision watch`` finds a run with no flags. Each child
+announces itself on stdout with one JSON line once it is ready (the sink: its bound
+endpoints; a worker: its id, after compiling its model), so the job's clock does not count
+start-up. Real commands rather than ``multiprocessing``: nothing is pickled, and a
+user's script that calls ``zmqvision.detect`` needs no ``if __name__ == "__main__"`` guard.
+Children stop when told (SIGTERM), and also by themselves when this process is gone.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import multiprocessing as mp
 import os
+import select
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from zmqvision import protocol, sockets
-from zmqvision.sink import SinkConfig, run_sink
+from zmqvision.sink import SinkConfig
 from zmqvision.ventilator import JobFailed, VentilateConfig, Ventilator
-from zmqvision.worker import WorkerConfig, run_worker
+from zmqvision.worker import WorkerConfig
 
 log = logging.getLogger("zmqvision.run")
 
 LOCAL_ANY_PORT = "tcp://127.0.0.1:0"
+READY_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -37,32 +45,6 @@ class RunPlan:
     log_level: int = logging.WARNING
 
 
-def _configure_child_logging(level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-
-def _sink_main(config: SinkConfig, conn, level: int) -> None:
-    _configure_child_logging(level)
-    stop = sockets.StopFlag()
-    stop.install_signal_handlers()
-    try:
-        run_sink(config, stop, on_ready=conn.send)
-    except Exception as exc:
-        conn.send({"error": f"{type(exc).__name__}: {exc}"})
-        raise
-
-
-def _worker_main(config: WorkerConfig, conn, level: int) -> None:
-    _configure_child_logging(level)
-    stop = sockets.StopFlag()
-    stop.install_signal_handlers()
-    try:
-        run_worker(config, stop, on_ready=lambda wid: conn.send({"worker": wid}))
-    except Exception as exc:
-        conn.send({"error": f"{type(exc).__name__}: {exc}"})
-        raise
-
-
 def default_threads(workers: int) -> int | None:
     """One worker lets OpenVINO's THROUGHPUT hint use every core; several share them."""
     if workers <= 1:
@@ -70,16 +52,94 @@ def default_threads(workers: int) -> int | None:
     return max(1, (os.cpu_count() or 1) // workers)
 
 
-def _stop(procs: list[mp.Process], grace: float = 10.0) -> None:
-    for p in procs:
-        if p.is_alive():
-            p.terminate()  # SIGTERM: the role finishes its loop and closes its sockets
+def sink_args(cfg: SinkConfig) -> list[str]:
+    args = ["sink", "--out", cfg.out, "--format", cfg.format, "--bind-results", cfg.results,
+            "--bind-events", cfg.events]
+    if cfg.events_fallback:
+        args += ["--bind-events-fallback", cfg.events_fallback]
+    if cfg.draw:
+        args += ["--draw", cfg.draw]
+    if cfg.append:
+        args.append("--append")
+    return args
+
+
+def worker_args(cfg: WorkerConfig) -> list[str]:
+    args = ["worker", "--model", cfg.model, "--device", cfg.device, "--hint", cfg.hint,
+            "--tiles", cfg.tiles, "--results", cfg.results, "--heartbeat", str(cfg.heartbeat_s)]
+    if cfg.input_size:
+        args += ["--input-size", f"{cfg.input_size[0]}x{cfg.input_size[1]}"]
+    if cfg.threads:
+        args += ["--threads", str(cfg.threads)]
+    if cfg.requests:
+        args += ["--requests", str(cfg.requests)]
+    if cfg.score_threshold is not None:
+        args += ["--score-threshold", str(cfg.score_threshold)]
+    if cfg.worker_id:
+        args += ["--id", cfg.worker_id]
+    return args
+
+
+class Child:
+    """One `python -m zmqvision …` child that announces itself with a JSON line."""
+
+    def __init__(self, args: list[str], log_level: int) -> None:
+        self.name = args[0]
+        cmd = [sys.executable, "-m", "zmqvision", *args, "--announce",
+               "--parent-pid", str(os.getpid()), "--log-level", str(log_level)]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        self.ready: dict | None = None
+
+    def poll_ready(self, timeout: float) -> dict | None:
+        """The ready announcement if it came within ``timeout``; raises if the child died."""
+        if self.ready is not None:
+            return self.ready
+        readable, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        if readable:
+            line = self.proc.stdout.readline()
+            if line:
+                self.ready = json.loads(line)["ready"]
+                return self.ready
+        if self.proc.poll() is not None:
+            raise JobFailed(f"the {self.name} exited with code {self.proc.returncode} "
+                            "before it was ready (its messages are above)")
+        return None
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: the role finishes its loop, closes its sockets
+
+    def reap(self, deadline: float) -> None:
+        try:
+            self.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def _stop(children: list[Child], grace: float = 10.0) -> None:
+    """SIGTERM all, wait for them together, then SIGKILL what is left."""
+    for c in children:
+        c.terminate()
     deadline = time.monotonic() + grace
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join(2)
+    for c in children:
+        c.reap(deadline)
+
+
+def _wait_ready(children: list[Child], stop: sockets.StopFlag, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(children)
+    while pending:
+        if stop.is_set():
+            raise JobFailed("interrupted")
+        if time.monotonic() > deadline:
+            raise JobFailed(f"{len(pending)} {pending[0].name}(s) not ready after {timeout:.0f} s")
+        pending = [c for c in pending if c.poll_ready(0.05) is None]
 
 
 def run_job(
@@ -94,22 +154,13 @@ def run_job(
     stop = stop or sockets.StopFlag()
     spec = resolve(plan.job.model)
     ensure(spec, log=lambda m: on_wait(m) if on_wait else log.warning("%s", m))
-    ctx = mp.get_context("spawn")
-    procs: list[mp.Process] = []
-    conns = []
+    sink: Child | None = None
+    workers: list[Child] = []
     vent = None
     try:
-        parent, child = ctx.Pipe()
-        sink_cfg = replace(plan.sink, results=LOCAL_ANY_PORT)
-        sink_p = ctx.Process(target=_sink_main, args=(sink_cfg, child, plan.log_level),
-                             name="zmqvision-sink", daemon=True)
-        sink_p.start()
-        procs.append(sink_p)
-        if not parent.poll(60):
-            raise JobFailed("the sink did not start within 60 s")
-        ready = parent.recv()
-        if "error" in ready:
-            raise JobFailed(f"the sink could not start: {ready['error']}")
+        sink = Child(sink_args(replace(plan.sink, results=LOCAL_ANY_PORT)), plan.log_level)
+        _wait_ready([sink], stop, READY_TIMEOUT_S)
+        ready = sink.ready
         job_cfg = replace(plan.job, tiles=LOCAL_ANY_PORT, sink=ready["results"],
                           events=sockets.connectable(ready["events"]))
         vent = Ventilator(job_cfg)
@@ -117,30 +168,23 @@ def run_job(
         threads = plan.worker.threads or default_threads(plan.workers)
         for i in range(plan.workers):
             wcfg = replace(plan.worker, tiles=tiles_ep, results=ready["results"],
-                           threads=threads, worker_id=f"local-{i}")
-            wparent, wchild = ctx.Pipe()
-            p = ctx.Process(target=_worker_main, args=(wcfg, wchild, plan.log_level),
-                            name=f"zmqvision-worker-{i}", daemon=True)
-            p.start()
-            procs.append(p)
-            conns.append(wparent)
-        errors: list[str] = []
+                           threads=threads, worker_id=f"local-{os.getpid()}-{i}")
+            workers.append(Child(worker_args(wcfg), plan.log_level))
+        _wait_ready(workers, stop, READY_TIMEOUT_S)
 
         def watchdog() -> None:
-            for c in conns:
-                while c.poll():
-                    msg = c.recv()
-                    if "error" in msg:
-                        errors.append(msg["error"])
-            workers_alive = [p for p in procs[1:] if p.is_alive()]
-            if not workers_alive:
-                detail = "; ".join(errors) or "see the log above"
-                raise JobFailed(f"every worker stopped: {detail}")
-            if not sink_p.is_alive():
-                raise JobFailed("the sink stopped")
+            if not any(w.alive() for w in workers):
+                codes = ", ".join(str(w.proc.returncode) for w in workers)
+                raise JobFailed(f"every worker stopped (exit codes {codes})")
+            if not sink.alive():
+                raise JobFailed(f"the sink stopped (exit code {sink.proc.returncode})")
 
         return vent.run(stop, on_progress, on_wait, watchdog=watchdog)
     finally:
         if vent is not None:
             vent.close()
-        _stop(procs)
+        # Workers first: their last messages go to the sink, and a sink already gone would
+        # leave them waiting out their socket linger (measured: 5 s per run).
+        _stop(workers)
+        if sink is not None:
+            _stop([sink])

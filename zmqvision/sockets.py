@@ -8,6 +8,7 @@ are set on purpose; sockets close with ``linger`` set, in ``finally``.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -36,15 +37,22 @@ def connect_endpoint(port: int, host: str = DEFAULT_HOST) -> str:
 
 
 class StopFlag:
-    """A thread-safe stop flag that SIGINT/SIGTERM set, so loops end between polls."""
+    """A thread-safe stop flag that SIGINT/SIGTERM set, so loops end between polls.
 
-    def __init__(self) -> None:
+    With ``parent_pid``, the flag also counts as set once that parent is gone, so a child
+    of `zmqvision run` never outlives it, even when the parent was SIGKILLed.
+    """
+
+    def __init__(self, parent_pid: int | None = None) -> None:
         self._event = threading.Event()
+        self.parent_pid = parent_pid
 
     def set(self) -> None:
         self._event.set()
 
     def is_set(self) -> bool:
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            self._event.set()
         return self._event.is_set()
 
     def install_signal_handlers(self) -> None:

@@ -37,7 +37,7 @@ class WorkerConfig:
     device: str = "CPU"
     threads: int | None = None
     hint: str = "THROUGHPUT"
-    requests: int | None = None  # in-flight infer requests; None = the device's optimum
+    requests: int | None = None  # in-flight infer requests; None = the device's optimum + 1
     score_threshold: float | None = None
     heartbeat_s: float = 1.0
     worker_id: str | None = None
@@ -97,7 +97,9 @@ def run_worker(
         spec, device=config.device, threads=config.threads, hint=config.hint, model_path=model_path
     )
     worker_id = config.worker_id or _new_worker_id()
-    n_requests = config.requests or detector.optimal_requests()
+    # One request more than the device's optimum: while Python hands a finished tile over
+    # and starts the next, the device still has a tile queued (measured +10 % on 2 cores).
+    n_requests = config.requests or detector.optimal_requests() + 1
     expected_shape = (detector.input_size[1], detector.input_size[0], 3)
 
     done: queue.SimpleQueue = queue.SimpleQueue()

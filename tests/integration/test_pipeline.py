@@ -295,3 +295,52 @@ def test_detect_leaves_no_child_processes(photos, models_ready):
 
     detect([str(photos[0])], model="blazeface-short")
     assert multiprocessing.active_children() == []
+
+
+def test_detect_from_a_plain_script_needs_no_main_guard(tmp_path, photos, models_ready):
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import zmqvision\n"
+        f"recs = zmqvision.detect([{str(photos[0])!r}], model='blazeface-short')\n"
+        "print(len(recs), recs[0]['error'], len(recs[0]['detections']))\n"
+    )
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       timeout=120, cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    n, err, dets = p.stdout.split()
+    assert (n, err) == ("1", "None") and int(dets) >= 1
+
+
+def test_children_stop_when_run_is_killed(tmp_path, procs, models_ready):
+    """SIGKILL leaves no chance to clean up: the children notice their parent is gone."""
+    from PIL import Image
+
+    big = tmp_path / "big"
+    big.mkdir()
+    photo = Image.open(ROOT / "examples" / "images" / "astronaut.jpg").resize((3000, 3000))
+    for i in range(4):
+        photo.save(big / f"p{i}.jpg")
+    events = f"tcp://127.0.0.1:{free_port()}"
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.setsockopt(zmq.SUBSCRIBE, P.MsgType.PROGRESS.tag)
+    sub.connect(events)
+    try:
+        run = procs.start("run", str(big), "--events", events, "--workers", "2", "--out",
+                          str(tmp_path / "r.jsonl"), "--no-progress", name="run")
+        deadline = time.monotonic() + 120
+        seen = 0
+        while seen == 0 and time.monotonic() < deadline and run.poll() is None:
+            if sub.poll(500):
+                seen = P.decode(sub.recv_multipart()).tiles_done
+        assert seen > 0, procs.log(run)
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+    run.send_signal(signal.SIGKILL)
+    run.wait(10)
+    deadline = time.monotonic() + 20
+    while _group_alive(run.pid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(run.pid), "a child of a killed `run` kept running"

@@ -69,6 +69,12 @@ class Detector:
         if threads:
             if _supports(core, device, "INFERENCE_NUM_THREADS"):
                 config["INFERENCE_NUM_THREADS"] = int(threads)
+                # A thread count means several processes share this host's cores. Each
+                # would pin its threads without knowing of the others, and they all land
+                # on the same core (measured: 2 workers × 1 thread on 2 cores ran at half
+                # the speed of 1 worker). Let the OS spread them instead.
+                if _supports(core, device, "ENABLE_CPU_PINNING"):
+                    config["ENABLE_CPU_PINNING"] = False
             else:
                 log.warning("device %s has no thread setting; threads=%s ignored", device, threads)
         cache = Path(cache_dir) if cache_dir is not None else store.ov_cache_dir()
