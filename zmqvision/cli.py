@@ -100,6 +100,8 @@ def _job_options(f):
                      help="Only these extensions in directories, e.g. jpg,png."),
         click.option("--timeout", type=click.FloatRange(0), default=None,
                      help="Give up if the job is not complete after this many seconds."),
+        click.option("--window", type=click.IntRange(1), default=32, show_default=True,
+                     help="Images in flight at most (bounds the ventilator's memory)."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -135,7 +137,7 @@ def _vent_config(inputs, kw, **extra):
         tile_size=kw["tile_size"], overlap=kw["overlap"], full_pass=kw["full_pass"],
         merge=merge, score_threshold=kw["score_threshold"],
         max_pixels=kw["max_pixels"] or DEFAULT_MAX_PIXELS, extensions=exts,
-        timeout=kw["timeout"], **extra,
+        timeout=kw["timeout"], window=kw["window"], **extra,
     )
 
 
@@ -182,9 +184,12 @@ def cli() -> None:
               help="Inference threads per worker [default: cores / workers].")
 @click.option("--events", default=sockets.connect_endpoint(sockets.EVENTS_PORT),
               show_default=True, help="Where to publish events for `zmqvision watch`.")
+@click.option("--resume", is_flag=True,
+              help="Keep --out and do only the images it has no record of yet.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("-v", "--verbose", count=True)
-def run(inputs, workers, device, threads, events, progress, verbose, out, fmt, draw, **kw):
+def run(inputs, workers, device, threads, events, resume, progress, verbose, out, fmt, draw,
+        **kw):
     """Run the whole job on this machine: sink, workers and ventilator."""
     from zmqvision.console import JobProgressBar
     from zmqvision.run import RunPlan, run_job
@@ -194,10 +199,12 @@ def run(inputs, workers, device, threads, events, progress, verbose, out, fmt, d
 
     level = _setup_logging(verbose)
     _check_model(kw)
+    if resume and fmt != "jsonl":
+        raise click.BadParameter("--resume needs the JSONL format", param_hint="--resume")
     plan = RunPlan(
-        job=_vent_config(inputs, kw),
+        job=_vent_config(inputs, kw, resume=out if resume else None),
         sink=SinkConfig(out=out, format=fmt, draw=draw, events=events,
-                        events_fallback="tcp://127.0.0.1:0", once=False),
+                        events_fallback="tcp://127.0.0.1:0", once=False, append=resume),
         worker=WorkerConfig(model=kw["model"], input_size=kw["input_size"], device=device,
                             threads=threads, score_threshold=kw["score_threshold"]),
         workers=workers,
@@ -231,9 +238,13 @@ def run(inputs, workers, device, threads, events, progress, verbose, out, fmt, d
               help="Host of the sink (its default ports).")
 @click.option("--sink-results", default=None, help="Sink's results endpoint (overrides --sink).")
 @click.option("--sink-events", default=None, help="Sink's events endpoint (overrides --sink).")
+@click.option("--resume", "resume_file", type=click.Path(dir_okay=False), default=None,
+              help="The sink's results file: continue its job, skipping images it has.")
+@click.option("--job", "job_id", default=None, help="Job id [default: new, or --resume's].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @click.option("-v", "--verbose", count=True)
-def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, progress, verbose, **kw):
+def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_file, job_id,
+              progress, verbose, **kw):
     """Send a job's tiles to the workers; return when the sink reports it complete."""
     from zmqvision.console import JobProgressBar
     from zmqvision.ventilator import JobFailed
@@ -245,6 +256,7 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, progress
         inputs, kw, tiles=bind_tiles,
         sink=sink_results or sockets.connect_endpoint(sockets.RESULTS_PORT, sink_host),
         events=sink_events or sockets.connect_endpoint(sockets.EVENTS_PORT, sink_host),
+        resume=resume_file, job_id=job_id,
     )
     stop = sockets.StopFlag()
     stop.install_signal_handlers()
@@ -268,19 +280,22 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, progress
               show_default=True, help="Where watchers and ventilators subscribe.")
 @click.option("--bind-events-fallback", default=None, hidden=True,
               help="Bind this instead when --bind-events is taken.")
-@click.option("--append", is_flag=True, help="Append to --out instead of replacing it.")
+@click.option("--overwrite", is_flag=True,
+              help="Start --out afresh. By default an existing --out is the journal: a "
+                   "restarted sink continues its jobs and never writes an image twice.")
+@click.option("--append", is_flag=True, hidden=True, help="The default (kept for scripts).")
 @click.option("--once", is_flag=True, help="Exit after the first job completes.")
 @click.option("-v", "--verbose", count=True)
 @_child_options
-def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, append, once,
-         verbose, announce, parent_pid, log_level):
+def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, overwrite, append,
+         once, verbose, announce, parent_pid, log_level):
     """Collect partial results, merge them per image, write records, publish events."""
     from zmqvision.sink import SinkConfig, run_sink
 
     _setup_logging(max(verbose, 1), log_level)
     cfg = SinkConfig(results=bind_results, events=bind_events,
                      events_fallback=bind_events_fallback, out=out, format=fmt, draw=draw,
-                     append=append, once=once)
+                     append=not overwrite, once=once)
     stop = sockets.StopFlag(parent_pid)
     stop.install_signal_handlers()
     try:
@@ -309,10 +324,13 @@ def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, append
 @click.option("--heartbeat", type=click.FloatRange(0.05), default=1.0, show_default=True,
               help="Seconds between heartbeats.")
 @click.option("--id", "worker_id", default=None, help="Worker id [default: host-pid-random].")
+@click.option("--throttle-ms", type=click.FloatRange(0), default=0.0, hidden=True,
+              help="Tests only: hold every result this long, as a slow device would.")
 @click.option("-v", "--verbose", count=True)
 @_child_options
 def worker(model, input_size, device, threads, requests, hint, score_threshold, host, tiles,
-           results, heartbeat, worker_id, verbose, announce, parent_pid, log_level):
+           results, heartbeat, worker_id, throttle_ms, verbose, announce, parent_pid,
+           log_level):
     """Infer tiles with OpenVINO; connect to a ventilator and a sink."""
     from zmqvision.models import ModelStoreError
     from zmqvision.worker import WorkerConfig, run_worker
@@ -324,7 +342,7 @@ def worker(model, input_size, device, threads, requests, hint, score_threshold, 
         results=results or sockets.connect_endpoint(sockets.RESULTS_PORT, host),
         model=model, input_size=input_size, device=device, threads=threads, hint=hint,
         requests=requests, score_threshold=score_threshold, heartbeat_s=heartbeat,
-        worker_id=worker_id,
+        worker_id=worker_id, throttle_ms=throttle_ms,
     )
     stop = sockets.StopFlag(parent_pid)
     stop.install_signal_handlers()

@@ -60,6 +60,9 @@ class MsgType(enum.Enum):
     SINK_STATUS = "zv.sink"
     WORKERS = "zv.workers"
     FAILURE = "zv.failure"
+    READY = "zv.ready"
+    BYE = "zv.bye"
+    ACK = "zv.ack"
 
     @property
     def tag(self) -> bytes:
@@ -580,15 +583,82 @@ class Failure:
                    path=_req(h, "path", str), error=error, t=float(_req(h, "t", _NUM)))
 
 
+@dataclass(frozen=True)
+class Ready:
+    """Worker → ventilator: credit. ``credit`` more tiles may be sent to this worker (its
+    first Ready offers every infer request; each finished tile frees one). Tiles go only to
+    workers with credit, so load follows speed and nothing piles up at a slow worker."""
+
+    TYPE: ClassVar[MsgType] = MsgType.READY
+    worker: str
+    credit: int
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> Ready:
+        credit = _req(h, "credit", int)
+        if not 0 <= credit <= 1_000_000:
+            raise ProtocolError("credit out of range")
+        return cls(worker=_req(h, "worker", str), credit=credit)
+
+
+@dataclass(frozen=True)
+class Bye:
+    """Worker → ventilator: leaving cleanly; every tile it was given has been answered."""
+
+    TYPE: ClassVar[MsgType] = MsgType.BYE
+    worker: str
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> Bye:
+        return cls(worker=_req(h, "worker", str))
+
+
+@dataclass(frozen=True)
+class Ack:
+    """Sink → PUB (for ventilators): tiles the sink has received and images whose records
+    are written (flushed to the journal). The ventilator releases leases on them; an ack
+    that is lost only costs a re-send, which the sink merges once."""
+
+    TYPE: ClassVar[MsgType] = MsgType.ACK
+    sink: str
+    job: str
+    tiles: tuple = ()  # (image id, tile index) pairs
+    images: tuple = ()  # image ids complete
+
+    def header(self) -> dict:
+        return {"sink": self.sink, "job": self.job, "tiles": [list(t) for t in self.tiles],
+                "images": list(self.images)}
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> Ack:
+        tiles = []
+        for t in _req(h, "tiles", list):
+            if (not isinstance(t, list) or len(t) != 2 or not isinstance(t[0], str)
+                    or not isinstance(t[1], int) or isinstance(t[1], bool)):
+                raise ProtocolError("ack tiles must be [image, index] pairs")
+            tiles.append((t[0], t[1]))
+        images = _req(h, "images", list)
+        if not all(isinstance(i, str) for i in images):
+            raise ProtocolError("ack images must be strings")
+        return cls(sink=_req(h, "sink", str), job=_req(h, "job", str), tiles=tuple(tiles),
+                   images=tuple(images))
+
+
 Message = (
     JobStart | ImageInfo | Tile | Result | JobEnd | Heartbeat | Progress | JobDone | SinkStatus
-    | Workers | Failure
+    | Workers | Failure | Ready | Bye | Ack
 )
 
 _CLASSES: dict[MsgType, type] = {
     cls.TYPE: cls
     for cls in (JobStart, ImageInfo, Tile, Result, JobEnd, Heartbeat, Progress, JobDone,
-                SinkStatus, Workers, Failure)
+                SinkStatus, Workers, Failure, Ready, Bye, Ack)
 }
 
 

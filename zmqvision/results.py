@@ -56,12 +56,24 @@ def make_record(
     }
 
 
-def read_jsonl(path: str | Path) -> Iterator[dict]:
-    with open(path, encoding="utf-8") as fh:
+def read_jsonl(path: str | Path, *, skip_bad: bool = False) -> Iterator[dict]:
+    """Records of a JSONL file. With ``skip_bad``, a line that is not a JSON object (the
+    last line of a file whose writer was killed mid-write) is skipped instead of raising."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
         for line in fh:
             line = line.strip()
-            if line:
-                yield json.loads(line)
+            if not line:
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                if skip_bad:
+                    continue
+                raise
+            if isinstance(rec, dict):
+                yield rec
+            elif not skip_bad:
+                raise ValueError(f"{path}: a line is not a JSON object")
 
 
 class JsonlWriter:
@@ -77,8 +89,37 @@ class JsonlWriter:
         self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._fh.flush()
 
+    def sync(self) -> None:
+        """Make written records durable (before the sink tells anyone they are written)."""
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
     def close(self) -> None:
         self._fh.close()
+
+
+def truncate_partial_line(path: str | Path) -> None:
+    """Cut a last line that has no newline: a record whose writing was interrupted."""
+    with open(path, "rb+") as fh:
+        fh.seek(0, os.SEEK_END)
+        size = fh.tell()
+        if size == 0:
+            return
+        fh.seek(size - 1)
+        if fh.read(1) == b"\n":
+            return
+        pos = size
+        chunk = 1 << 16
+        while pos > 0:
+            start = max(0, pos - chunk)
+            fh.seek(start)
+            data = fh.read(pos - start)
+            nl = data.rfind(b"\n")
+            if nl >= 0:
+                fh.truncate(start + nl + 1)
+                return
+            pos = start
+        fh.truncate(0)
 
 
 def write_coco(records: Iterable[dict], labels: list[str], out: str | Path) -> None:

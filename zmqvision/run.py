@@ -59,8 +59,8 @@ def sink_args(cfg: SinkConfig) -> list[str]:
         args += ["--bind-events-fallback", cfg.events_fallback]
     if cfg.draw:
         args += ["--draw", cfg.draw]
-    if cfg.append:
-        args.append("--append")
+    if not cfg.append:
+        args.append("--overwrite")
     return args
 
 
@@ -77,6 +77,8 @@ def worker_args(cfg: WorkerConfig) -> list[str]:
         args += ["--score-threshold", str(cfg.score_threshold)]
     if cfg.worker_id:
         args += ["--id", cfg.worker_id]
+    if cfg.throttle_ms:
+        args += ["--throttle-ms", str(cfg.throttle_ms)]
     return args
 
 

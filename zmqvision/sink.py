@@ -33,6 +33,8 @@ from zmqvision.merge import MergeConfig, merge
 log = logging.getLogger("zmqvision.sink")
 
 MAX_EARLY_RESULTS = 10_000
+REMEMBER_COMPLETED = 200_000  # images whose record is written, remembered to drop repeats
+ACK_EVERY_S = 0.1
 DONE_JOB_REPUBLISH_S = 60.0
 RECENT_FAILURES = 10
 FORGET_WORKER_S = 300.0  # a worker silent this long leaves the roster
@@ -68,7 +70,6 @@ class _Job:
     spool_path: str | None = None
     images: dict[str, _Image] = field(default_factory=dict)
     early: dict[str, list[protocol.Result]] = field(default_factory=dict)
-    completed: set[str] = field(default_factory=set)
     images_seen: int = 0
     images_done: int = 0
     images_failed: int = 0
@@ -106,20 +107,78 @@ class _Job:
 class Sink:
     """Sink state and message handling, apart from the socket loop so tests can drive it."""
 
-    def __init__(self, config: SinkConfig, publish) -> None:
+    def __init__(self, config: SinkConfig, publish, sink_id: str = "sink") -> None:
         self.config = config
         self.publish = publish  # callable(frames) → sends on PUB
+        self.sink_id = sink_id
+        # (job, image) of written records, oldest first; bounded, because repeats can only
+        # come from a ventilator's window of images in flight, never from far back.
+        self.completed: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self.journal: dict[str, dict[str, int]] = {}  # per job: what --out already holds
+        self.acks: dict[str, tuple[list, list]] = {}  # per job: (tiles, images) to announce
+        self.last_ack = 0.0
         self.jobs: dict[str, _Job] = {}
         self.finished: OrderedDict[str, tuple[float, protocol.JobDone]] = OrderedDict()
         self.orphans: OrderedDict[str, list[protocol.Result]] = OrderedDict()
         self.bad = sockets.BadMessages("sink")
         self.roster: dict[str, tuple[float, protocol.Heartbeat]] = {}
+        if config.format == "jsonl" and config.append:
+            self._load_journal(config.out)
         self.writer = (
             results.JsonlWriter(config.out, append=config.append)
             if config.format == "jsonl"
             else None
         )
         self.jobs_done = 0
+
+    def _load_journal(self, path: str) -> None:
+        """The results file is the journal: on restart, count what each job already has and
+        remember the most recent records, so no image is written twice. A last line cut
+        short by a crash is not a record: it is removed."""
+        if not os.path.exists(path):
+            return
+        results.truncate_partial_line(path)
+        for rec in results.read_jsonl(path, skip_bad=True):
+            job, image = rec.get("job"), rec.get("id")
+            if not isinstance(job, str) or not isinstance(image, str):
+                continue
+            counts = self.journal.setdefault(job, {"done": 0, "failed": 0, "detections": 0})
+            counts["done"] += 1
+            counts["failed"] += rec.get("error") is not None
+            counts["detections"] += len(rec.get("detections") or [])
+            self._remember(job, image)
+        if self.journal:
+            log.info("journal %s: %s", path, ", ".join(
+                f"job {j}: {c['done']} records" for j, c in self.journal.items()))
+
+    def _remember(self, job: str, image: str) -> None:
+        self.completed[(job, image)] = None
+        if len(self.completed) > REMEMBER_COMPLETED:
+            self.completed.popitem(last=False)
+
+    def _ack(self, job: str, tile: tuple[str, int] | None = None,
+             image: str | None = None) -> None:
+        tiles, images = self.acks.setdefault(job, ([], []))
+        if tile is not None:
+            tiles.append(tile)
+        if image is not None:
+            images.append(image)
+
+    def flush_acks(self, force: bool = False) -> None:
+        """Publish pending acks, at most every ACK_EVERY_S: tiles received, and images whose
+        records are written and synced to disk (so an acked image survives a crash)."""
+        now = time.monotonic()
+        if not self.acks or (not force and now - self.last_ack < ACK_EVERY_S):
+            return
+        if any(images for _, images in self.acks.values()) and self.writer is not None:
+            self.writer.sync()
+        for job, (tiles, images) in self.acks.items():
+            for i in range(0, max(len(tiles), len(images)), 2000):
+                self.publish(protocol.encode(protocol.Ack(
+                    sink=self.sink_id, job=job, tiles=tuple(tiles[i:i + 2000]),
+                    images=tuple(images[i:i + 2000]))))
+        self.acks.clear()
+        self.last_ack = now
 
     def close(self) -> None:
         if self.writer is not None:
@@ -161,6 +220,11 @@ class Sink:
             self.bad(protocol.ProtocolError(f"job {msg.job}: bad merge settings: {exc}"))
             return
         job = _Job(start=msg, merge=merge_cfg, labels=list(msg.model["labels"]))
+        journal = self.journal.get(msg.job)
+        if journal is not None:  # restarted: the records already written count
+            job.images_done = job.images_seen = journal["done"]
+            job.images_failed = journal["failed"]
+            job.detections = journal["detections"]
         if self.config.format == "coco":
             fd, job.spool_path = tempfile.mkstemp(prefix=f"zmqvision-{msg.job}-", suffix=".jsonl")
             os.close(fd)
@@ -175,7 +239,10 @@ class Sink:
         if job is None:
             self.bad(protocol.ProtocolError(f"image for unknown job {msg.job}"))
             return
-        if msg.image in job.images or msg.image in job.completed:
+        if msg.image in job.images:
+            return
+        if (msg.job, msg.image) in self.completed:
+            self._ack(msg.job, image=msg.image)  # announced again: say again it is written
             return
         job.images_seen += 1
         job.tiles_seen += msg.tiles
@@ -211,8 +278,9 @@ class Sink:
             return
         img = job.images.get(msg.image)
         if img is None:
-            if msg.image in job.completed:
-                return  # duplicate of a tile of a finished image
+            if (msg.job, msg.image) in self.completed:
+                self._ack(msg.job, image=msg.image)  # a late copy of a written image's tile
+                return
             job.early.setdefault(msg.image, []).append(msg)
             return
         self._add_part(job, img, msg)
@@ -222,6 +290,7 @@ class Sink:
             self.bad(protocol.ProtocolError(f"tile index {msg.index} out of range"))
             return
         if msg.index in img.parts:
+            self._ack(job.start.job, tile=(msg.image, msg.index))
             return  # a re-sent tile: merged once
         if msg.model != job.start.model["ref"]:
             wanted = job.start.model["ref"]
@@ -232,6 +301,7 @@ class Sink:
                        "message": f"tile answered by {msg.model}, job uses {wanted}"},
             )
         img.parts[msg.index] = msg.detections
+        self._ack(job.start.job, tile=(msg.image, msg.index))
         job.tiles_done += 1
         job.dirty = True
         if msg.error is not None and img.error is None:
@@ -264,7 +334,8 @@ class Sink:
         if self.config.draw and img.error is None:
             results.draw_record(record, info.abspath or info.path, self.config.draw)
         del job.images[info.image]
-        job.completed.add(info.image)
+        self._remember(job.start.job, info.image)
+        self._ack(job.start.job, image=info.image)
         job.images_done += 1
         job.dirty = True
         self._maybe_finish(job)
@@ -273,6 +344,7 @@ class Sink:
         if not job.is_complete() or job.finished_at is not None:
             return
         job.finished_at = time.monotonic()
+        self.flush_acks(force=True)  # and with it, the journal synced
         out = self.config.out
         if job.spool is not None:
             job.spool.close()
@@ -335,7 +407,7 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
     def publish(frames) -> None:
         sockets.try_send(pub, frames, copy=True)
 
-    sink = Sink(config, publish)
+    sink = Sink(config, publish, sink_id)
     try:
         results_ep = sockets.bind(pull, config.results)
         try:
@@ -369,6 +441,7 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
                     except zmq.Again:
                         break
                     sink.handle(frames)
+            sink.flush_acks()
             sink.publish_progress()
             if config.once and sink.jobs_done:
                 # Give subscribers a moment to hear JobDone before the PUB socket goes.

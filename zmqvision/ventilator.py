@@ -1,13 +1,18 @@
-"""The ventilator: stream inputs, decode, tile, PUSH tiles; tell the sink what to expect.
+"""The ventilator: stream inputs, decode, tile, hand tiles to workers that ask for them;
+tell the sink what to expect; send again whatever was lost.
 
 Inputs are walked lazily and decoded a couple of images ahead on threads (Pillow releases
-the GIL while decoding), so a million-file directory costs no more memory than two images.
-Tiles are cut one at a time right before they are sent, and sent without a copy. The tiles
-socket's high-water mark is small on purpose: when every worker is busy, sending blocks,
-and that is the backpressure that keeps memory flat.
+the GIL while decoding). At most ``window`` images are in flight: announced to the sink and
+not yet acknowledged as written. Their decoded pixels are kept only while some of their
+tiles have not been sent; a tile that must be sent again later (its worker died) is cut
+from the file read anew. Memory is therefore bounded by the window, whatever the job size.
 
-Completion is learned from the sink's PUB events (Progress snapshots and JobDone), which
-also drive the progress bar.
+Workers connect DEALER sockets to this ROUTER and ask for tiles with credit (``Ready``);
+see ``zmqvision.dispatch`` for leases, dead workers and backup tasks, and docs/reliability.md
+for the whole design. The sink acknowledges tiles and written images on its PUB socket;
+when the sink restarts (a new sink id), the job is announced to it again and every image
+not yet written is sent again, which the sink's journal turns into exactly one record per
+image.
 """
 
 from __future__ import annotations
@@ -15,16 +20,18 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
 import zmq
 
-from zmqvision import io, protocol, sockets
+from zmqvision import io, protocol, results, sockets
+from zmqvision.dispatch import Dispatcher, TileKey
 from zmqvision.merge import MergeConfig
-from zmqvision.tiling import cut_tile, plan_tiles
+from zmqvision.tiling import Tile, cut_tile, plan_tiles
 
 log = logging.getLogger("zmqvision.ventilator")
 
@@ -51,8 +58,11 @@ class VentilateConfig:
     recursive: bool = True
     decode_threads: int = 2
     read_ahead: int = 2
+    window: int = 32  # images in flight (announced, not yet written by the sink)
+    lease_s: float = 120.0  # a tile unanswered this long is sent again
     timeout: float | None = None  # give up if the job is not complete after this long
     job_id: str | None = None
+    resume: str | None = None  # a results file: skip the images it already has
 
 
 @dataclass
@@ -84,6 +94,32 @@ def _read_ahead(
         yield pending.popleft().result()
 
 
+def read_resume(path: str) -> tuple[str | None, set[str]]:
+    """The job id and the ids of the images a results file already has a record for."""
+    job, done = None, set()
+    if not os.path.exists(path):
+        return None, done
+    for rec in results.read_jsonl(path, skip_bad=True):
+        job = rec.get("job", job)
+        if isinstance(rec.get("id"), str):
+            done.add(rec["id"])
+    return job, done
+
+
+@dataclass
+class _InFlight:
+    """An image announced to the sink whose record is not written yet."""
+
+    info: protocol.ImageInfo
+    plan: list[Tile]
+    pixels: np.ndarray | None  # dropped once every tile has been sent at least once
+    next_tile: int = 0
+
+    @property
+    def all_sent(self) -> bool:
+        return self.next_tile >= len(self.plan)
+
+
 class Ventilator:
     """Binds the tiles socket first (so workers can connect), then runs one job."""
 
@@ -96,29 +132,130 @@ class Ventilator:
             spec = spec.with_input_size(*config.input_size)
         self.spec = spec
         self.tile_size = config.tile_size or spec.input_size
-        self.job_id = config.job_id or protocol.new_job_id()
         self.ctx = zmq.Context()
-        self.tiles = sockets.make_socket(self.ctx, zmq.PUSH, sndhwm=4, linger=2000)
+        self.router = sockets.make_socket(self.ctx, zmq.ROUTER, sndhwm=1000, linger=2000,
+                                          maxmsgsize=1 << 20)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.to_sink = sockets.make_socket(self.ctx, zmq.PUSH, sndhwm=100_000, linger=5000)
-        self.events = sockets.make_socket(self.ctx, zmq.SUB, rcvhwm=10_000)
+        self.events = sockets.make_socket(self.ctx, zmq.SUB, rcvhwm=100_000)
         self.tiles_endpoint: str | None = None
         self.last_sink_heard: float | None = None
+        self.sink_id: str | None = None
         self.bad = sockets.BadMessages("ventilator")
         self.done: protocol.JobDone | None = None
+        self.dispatch = Dispatcher(lease_s=config.lease_s)
+        self.window: OrderedDict[str, _InFlight] = OrderedDict()
+        self._reread_cache: tuple[str, np.ndarray] | None = None
+        self.skipped = 0
+        resumed_job, self._already = (read_resume(config.resume) if config.resume
+                                      else (None, set()))
+        self.job_id = config.job_id or resumed_job or protocol.new_job_id()
 
     def bind(self) -> str:
-        self.tiles_endpoint = sockets.bind(self.tiles, self.config.tiles)
+        self.tiles_endpoint = sockets.bind(self.router, self.config.tiles)
         return self.tiles_endpoint
 
     def close(self) -> None:
-        self.tiles.close()
+        self.router.close()
         self.to_sink.close()
         self.events.close(linger=0)
         self.ctx.term()
 
-    # ------------------------------------------------------------------ events
+    # ------------------------------------------------------------------ workers
 
-    def _drain_events(self, on_progress: Callable[[protocol.Progress], None] | None) -> None:
+    def _from_workers(self) -> None:
+        while True:
+            try:
+                frames = self.router.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            wid, body = frames[0].bytes, frames[1:]
+            try:
+                msg = protocol.decode(body, (protocol.MsgType.READY, protocol.MsgType.HEARTBEAT,
+                                             protocol.MsgType.BYE))
+            except protocol.ProtocolError as exc:
+                self.bad(exc)
+                continue
+            if isinstance(msg, protocol.Ready):
+                self.dispatch.ready(wid, msg.credit)
+            elif isinstance(msg, protocol.Heartbeat):
+                free = max(0, msg.requests - msg.in_flight - msg.queue)
+                self.dispatch.heard(wid, period=msg.period, free=free)
+            elif isinstance(msg, protocol.Bye):
+                self.dispatch.bye(wid)
+
+    def _send_tile(self, wid: bytes, key: TileKey, copy: bool) -> bool:
+        entry = self.window.get(key[0])
+        if entry is None:
+            return False  # written meanwhile
+        pixels = entry.pixels
+        if pixels is None:
+            pixels = self._reread(key[0], entry)
+            if pixels is None:
+                return False
+        tile = entry.plan[key[1]]
+        cut, scale = cut_tile(pixels, tile, self.spec.input_size)
+        msg = protocol.Tile(job=self.job_id, image=key[0], index=key[1], box=tile.box,
+                            scale=scale, model=self.spec.ref, pixels=cut,
+                            min_score=self.config.score_threshold, attempt=int(copy))
+        try:
+            self.router.send_multipart([wid, *protocol.encode(msg)], flags=zmq.NOBLOCK,
+                                       copy=False)
+        except zmq.ZMQError:  # EHOSTUNREACH: the worker is gone; EAGAIN: its pipe is full
+            self.dispatch.lost(wid)
+            self.dispatch.resend.appendleft(key)
+            return False
+        self.dispatch.assign(key, wid)
+        if copy:
+            self.dispatch.note_backup()
+        return True
+
+    def _reread(self, image: str, entry: _InFlight) -> np.ndarray | None:
+        """Pixels of an image whose tiles must be sent again, read anew from its file (one
+        image is cached: re-sent tiles of one image tend to come together)."""
+        if self._reread_cache is not None and self._reread_cache[0] == image:
+            return self._reread_cache[1]
+        loaded = _load(entry.info.path, self.config.max_pixels)
+        if loaded.image is None or loaded.image.content_hash != entry.info.hash:
+            log.error("%s changed or vanished during the job; it cannot be sent again",
+                      entry.info.path)
+            return None
+        self._reread_cache = (image, loaded.image.pixels)
+        return loaded.image.pixels
+
+    def _next_key(self, wid: bytes) -> tuple[TileKey, bool] | None:
+        d = self.dispatch
+        while d.resend:
+            key = d.resend.popleft()
+            if key[0] in self.window and not d.is_leased(key):
+                return key, False
+        for image, entry in self.window.items():
+            if not entry.all_sent:
+                index = entry.next_tile
+                entry.next_tile += 1
+                if entry.all_sent:
+                    entry.pixels = None  # every tile is out: the pixels can go
+                return (image, index), False
+        if self._exhausted:
+            key = d.backup_candidate(wid)
+            if key is not None:
+                return key, True
+        return None
+
+    def _dispatch(self) -> None:
+        d = self.dispatch
+        while True:
+            wid = d.pick_worker()
+            if wid is None:
+                return
+            nxt = self._next_key(wid)
+            if nxt is None:
+                return
+            self._send_tile(wid, *nxt)
+
+    # ------------------------------------------------------------------ sink
+
+    def _events(self, on_progress) -> None:
         while True:
             try:
                 frames = self.events.recv_multipart(flags=zmq.NOBLOCK, copy=False)
@@ -130,11 +267,44 @@ class Ventilator:
                 self.bad(exc)
                 continue
             self.last_sink_heard = time.monotonic()
-            if isinstance(msg, protocol.Progress) and msg.job == self.job_id:
+            if isinstance(msg, protocol.Ack) and msg.job == self.job_id:
+                if msg.sink != self.sink_id:
+                    continue  # from a sink that is gone, or not yet known
+                for key in msg.tiles:
+                    self.dispatch.done(key)
+                for image in msg.images:
+                    self.dispatch.forget_image(image)
+                    self.window.pop(image, None)
+                    if self._reread_cache is not None and self._reread_cache[0] == image:
+                        self._reread_cache = None
+            elif isinstance(msg, protocol.SinkStatus):
+                if self.sink_id is not None and msg.sink != self.sink_id:
+                    self._sink_restarted(msg.sink)
+                self.sink_id = msg.sink
+            elif isinstance(msg, protocol.Progress) and msg.job == self.job_id:
                 if on_progress is not None:
                     on_progress(msg)
             elif isinstance(msg, protocol.JobDone) and msg.job == self.job_id:
                 self.done = msg
+
+    def _sink_restarted(self, new_sink: str) -> None:
+        """Announce the job again and send every unwritten image again: the new sink's
+        journal knows which records exist and merges everything else once."""
+        log.warning("the sink restarted (%s → %s): sending %d unfinished images again",
+                    self.sink_id, new_sink, len(self.window))
+        self._to_sink(self._job_start)
+        for image, entry in self.window.items():
+            self._to_sink(entry.info)
+            self.dispatch.forget_image(image)
+            entry.next_tile = 0
+            entry.pixels = None  # re-read on demand
+        if self._job_end is not None:
+            self._to_sink(self._job_end)
+
+    def _to_sink(self, msg) -> None:
+        if not sockets.send_blocking(self.to_sink, protocol.encode(msg), self._stop,
+                                     while_waiting=self._pump):
+            raise JobFailed("interrupted")
 
     # ------------------------------------------------------------------ the job
 
@@ -150,29 +320,36 @@ class Ventilator:
         ``watchdog`` is called while waiting and may raise JobFailed (``run`` uses it to
         notice that its child processes died)."""
         cfg = self.config
-        stop = stop or sockets.StopFlag()
+        self._stop = stop = stop or sockets.StopFlag()
         if self.tiles_endpoint is None:
             self.bind()
         for topic in (protocol.MsgType.PROGRESS, protocol.MsgType.JOB_DONE,
-                      protocol.MsgType.SINK_STATUS):
+                      protocol.MsgType.SINK_STATUS, protocol.MsgType.ACK):
             self.events.setsockopt(zmq.SUBSCRIBE, topic.tag)
         self.events.connect(cfg.events)
         self.to_sink.connect(cfg.sink)
         started = time.monotonic()
+        self._exhausted = False
+        self._job_end: protocol.JobEnd | None = None
+        warned = False
 
         def pump() -> None:
-            self._drain_events(on_progress)
+            nonlocal warned
+            self._from_workers()
+            self._events(on_progress)
+            self.dispatch.expire()
             if watchdog is not None:
                 watchdog()
-            if cfg.timeout is not None and time.monotonic() - started > cfg.timeout:
+            now = time.monotonic()
+            if cfg.timeout is not None and now - started > cfg.timeout:
                 raise JobFailed(f"job {self.job_id} not complete after {cfg.timeout:.0f} s")
+            quiet = now - (self.last_sink_heard or started)
+            if quiet > 5 and not warned and on_wait is not None:
+                on_wait(f"no word from the sink at {cfg.events} for {quiet:.0f} s; waiting")
+                warned = True
 
-        def to_sink(msg) -> None:
-            if not sockets.send_blocking(self.to_sink, protocol.encode(msg), stop,
-                                         while_waiting=pump):
-                raise JobFailed("interrupted")
-
-        to_sink(protocol.JobStart(
+        self._pump = pump
+        self._job_start = protocol.JobStart(
             job=self.job_id,
             model=self.spec.describe(),
             tiling={"tile_size": list(self.tile_size), "overlap": cfg.overlap,
@@ -181,60 +358,66 @@ class Ventilator:
                    "threshold": cfg.merge.threshold,
                    "class_agnostic": cfg.merge.class_agnostic},
             options={"score_threshold": cfg.score_threshold},
-        ))
+        )
+        self._to_sink(self._job_start)
         n_images = n_tiles = 0
-        seen: set[str] = set()
+        seen: set[int] = set()  # 8-byte prefixes of image ids: duplicates in the inputs
         paths = io.iter_image_paths(cfg.inputs, recursive=cfg.recursive,
                                     extensions=cfg.extensions)
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.events, zmq.POLLIN)
         with ThreadPoolExecutor(max(1, cfg.decode_threads), "zv-decode") as pool:
-            for loaded in _read_ahead(paths, pool, cfg.read_ahead, cfg.max_pixels):
+            source = _read_ahead(paths, pool, cfg.read_ahead, cfg.max_pixels)
+            while self.done is None:
                 if stop.is_set():
                     raise JobFailed("interrupted")
-                img = loaded.image
-                iid = (protocol.image_id(img.content_hash, loaded.path) if img is not None
-                       else protocol.failed_image_id(loaded.path))
-                if iid in seen:
-                    log.info("skipping %s: already in this job", loaded.path)
-                    continue
-                seen.add(iid)
-                if img is None:
-                    to_sink(protocol.ImageInfo(job=self.job_id, image=iid, path=loaded.path,
-                                               seq=n_images, abspath=os.path.abspath(loaded.path),
-                                               error=loaded.error))
-                    n_images += 1
-                    continue
-                plan = plan_tiles(img.width, img.height, self.tile_size, cfg.overlap,
-                                  cfg.full_pass)
-                to_sink(protocol.ImageInfo(
-                    job=self.job_id, image=iid, path=loaded.path, seq=n_images,
-                    width=img.width, height=img.height, tiles=len(plan),
-                    hash=img.content_hash, abspath=os.path.abspath(loaded.path),
-                ))
-                n_images += 1
-                for tile in plan:
-                    pixels, scale = cut_tile(img.pixels, tile, self.spec.input_size)
-                    msg = protocol.Tile(job=self.job_id, image=iid, index=tile.index,
-                                        box=tile.box, scale=scale, model=self.spec.ref,
-                                        pixels=pixels, min_score=cfg.score_threshold)
-                    if not sockets.send_blocking(self.tiles, protocol.encode(msg), stop,
-                                                 copy=False, while_waiting=pump):
-                        raise JobFailed("interrupted")
-                    n_tiles += 1
-                self._drain_events(on_progress)
-        to_sink(protocol.JobEnd(job=self.job_id, images=n_images, tiles=n_tiles))
-        warned = False
-        while self.done is None:
-            if stop.is_set():
-                raise JobFailed("interrupted")
-            if self.events.poll(100, zmq.POLLIN):
                 pump()
-            else:
-                pump()
-                quiet = time.monotonic() - (self.last_sink_heard or started)
-                if quiet > 5 and not warned and on_wait is not None:
-                    on_wait(f"no word from the sink at {cfg.events} for {quiet:.0f} s; waiting")
-                    warned = True
+                # Admit images while the window has room and the workers could use tiles.
+                while (not self._exhausted and len(self.window) < cfg.window
+                       and all(e.all_sent for e in self.window.values())):
+                    loaded = next(source, None)
+                    if loaded is None:
+                        self._exhausted = True
+                        break
+                    added = self._admit(loaded, n_images, seen)
+                    if added is not None:
+                        n_images += 1
+                        n_tiles += added
+                if self._exhausted and self._job_end is None:
+                    self._job_end = protocol.JobEnd(job=self.job_id, images=n_images,
+                                                    tiles=n_tiles)
+                    self._to_sink(self._job_end)
+                self._dispatch()
+                poller.poll(20 if self.dispatch.total_credit() else 100)
         return self.done
+
+    def _admit(self, loaded: _Loaded, seq: int, seen: set[int]) -> int | None:
+        """Announce one image and queue its tiles; None if it is not part of the job."""
+        img = loaded.image
+        iid = (protocol.image_id(img.content_hash, loaded.path) if img is not None
+               else protocol.failed_image_id(loaded.path))
+        short = int(iid[:16], 16)
+        if short in seen:
+            log.info("skipping %s: already in this job", loaded.path)
+            return None
+        seen.add(short)
+        abspath = os.path.abspath(loaded.path)
+        if iid in self._already:
+            self.skipped += 1  # resumed: its record exists; the sink counts it from there
+            return 0
+        if img is None:
+            self._to_sink(protocol.ImageInfo(job=self.job_id, image=iid, path=loaded.path,
+                                             seq=seq, abspath=abspath, error=loaded.error))
+            return 0
+        plan = plan_tiles(img.width, img.height, self.tile_size, self.config.overlap,
+                          self.config.full_pass)
+        info = protocol.ImageInfo(job=self.job_id, image=iid, path=loaded.path, seq=seq,
+                                  width=img.width, height=img.height, tiles=len(plan),
+                                  hash=img.content_hash, abspath=abspath)
+        self._to_sink(info)
+        self.window[iid] = _InFlight(info, plan, img.pixels)
+        return len(plan)
 
 
 def ventilate(

@@ -23,6 +23,8 @@ import zmq
 
 from zmqvision import protocol, sockets
 
+WATCHED = (protocol.MsgType.HEARTBEAT, protocol.MsgType.PROGRESS, protocol.MsgType.JOB_DONE,
+           protocol.MsgType.SINK_STATUS, protocol.MsgType.WORKERS, protocol.MsgType.FAILURE)
 LATE_PERIODS = 1.5
 DEAD_PERIODS = 2.5
 SINK_SILENT_S = 3.0
@@ -318,7 +320,8 @@ def watch(
     state = WatchState()
     ctx = zmq.Context()
     sub = sockets.make_socket(ctx, zmq.SUB, rcvhwm=10_000, linger=0)
-    sub.setsockopt(zmq.SUBSCRIBE, b"zv.")
+    for topic in WATCHED:
+        sub.setsockopt(zmq.SUBSCRIBE, topic.tag)
     sub.connect(endpoint)
 
     def pump(wait_ms: int) -> list:

@@ -1,22 +1,31 @@
-"""The worker: PULL tiles, infer with OpenVINO's async queue, PUSH small results.
+"""The worker: ask ventilators for tiles, infer with OpenVINO's async queue, PUSH small
+results to the sink.
+
+Each ventilator is reached through a DEALER socket. The worker offers credit (``Ready``):
+at first one tile per infer request, then one more per tile finished, so it only ever holds
+what it can start (load follows speed). Heartbeats go every period, from this loop, to the
+sink (for watchers) and to every ventilator (which declares the worker dead, and sends its
+tiles to others, when they stop).
 
 Only one thread touches the sockets. OpenVINO completes requests on its own threads; their
 callback decodes (numpy, small) and hands the result over through a queue, and wakes the
 socket loop through a pipe that the ZeroMQ poller watches, so completions are sent at once
-without busy polling. A tile is received only when an infer request is free: the tiles a
-busy worker has not started stay queued at the ventilator (bounded by the high-water marks)
-instead of piling up here.
+without busy polling. On SIGTERM the worker takes no new tiles, finishes the ones it holds,
+sends their results and says ``Bye``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import logging
 import os
 import queue
 import socket
 import time
 import uuid
+from collections import deque
 from dataclasses import dataclass
 
 import zmq
@@ -41,6 +50,7 @@ class WorkerConfig:
     score_threshold: float | None = None
     heartbeat_s: float = 1.0
     worker_id: str | None = None
+    throttle_ms: float = 0.0  # tests only: hold each result this long (a slow device)
 
 
 def _new_worker_id() -> str:
@@ -107,13 +117,13 @@ def run_worker(
     os.set_blocking(wake_r, False)
 
     def completed(request, userdata) -> None:
-        tile, t0 = userdata
+        src, tile, t0 = userdata
         threshold = tile.min_score if tile.min_score is not None else config.score_threshold
         try:
             dets = detector.decode(detector.outputs_of(request), threshold)
-            done.put((tile, t0, dets, None))
+            done.put((src, tile, t0, dets, None))
         except Exception as exc:  # reported as this tile's error, never lost
-            done.put((tile, t0, None, exc))
+            done.put((src, tile, t0, None, exc))
         with contextlib.suppress(OSError):
             os.write(wake_w, b"x")
 
@@ -121,10 +131,19 @@ def run_worker(
     infer_queue.set_callback(completed)
 
     ctx = zmq.Context()
-    pull = sockets.make_socket(ctx, zmq.PULL, rcvhwm=2, maxmsgsize=64 << 20)
+    endpoints = [e.strip() for e in config.tiles.split(",") if e.strip()]
+    dealers = []
+    for _ in endpoints:
+        d = sockets.make_socket(ctx, zmq.DEALER, rcvhwm=100, sndhwm=1000,
+                                maxmsgsize=64 << 20)
+        d.setsockopt(zmq.ROUTING_ID, worker_id.encode())
+        dealers.append(d)
     push = sockets.make_socket(ctx, zmq.PUSH, sndhwm=10_000, linger=5000)
     bad = sockets.BadMessages(f"worker {worker_id}")
     counters = {"done": 0, "failed": 0}
+    waiting: deque[tuple[int, protocol.Tile]] = deque()  # received, not yet started
+    held: list = []  # throttled results: (release time, seq, item)
+    seq = itertools.count()
     in_flight = 0
     started = time.monotonic()
     rate = _Rate()
@@ -133,38 +152,42 @@ def run_worker(
     def send_result(result: protocol.Result) -> None:
         sockets.send_blocking(push, protocol.encode(result), None, copy=True)
 
-    def flush_completed() -> int:
+    def give_credit(src: int, n: int = 1) -> None:
+        sockets.try_send(dealers[src], protocol.encode(protocol.Ready(worker_id, n)))
+
+    def answer(src: int, result: protocol.Result, failed: bool) -> None:
+        counters["failed" if failed else "done"] += 1
+        send_result(result)
+        give_credit(src)
+
+    def finish(item) -> None:
+        src, tile, t0, dets, exc = item
+        if exc is not None:
+            answer(src, _tile_error(tile, worker_id, spec.ref, "inference_failed", str(exc)),
+                   True)
+            return
+        boxes = to_image_coords(dets.boxes, tile.box, tile.scale)
+        answer(src, protocol.Result(
+            job=tile.job, image=tile.image, index=tile.index, worker=worker_id,
+            model=spec.ref, detections=Detections(boxes, dets.scores, dets.labels),
+            attempt=tile.attempt, infer_ms=(time.perf_counter() - t0) * 1000.0,
+        ), False)
+
+    def flush_completed() -> None:
         nonlocal in_flight
-        n = 0
+        now = time.monotonic()
         while True:
             try:
-                tile, t0, dets, exc = done.get_nowait()
+                item = done.get_nowait()
             except queue.Empty:
                 break
-            n += 1
             in_flight -= 1
-            if exc is not None:
-                counters["failed"] += 1
-                send_result(_tile_error(tile, worker_id, spec.ref, "inference_failed", str(exc)))
-                continue
-            boxes = to_image_coords(dets.boxes, tile.box, tile.scale)
-            counters["done"] += 1
-            send_result(
-                protocol.Result(
-                    job=tile.job,
-                    image=tile.image,
-                    index=tile.index,
-                    worker=worker_id,
-                    model=spec.ref,
-                    detections=Detections(boxes, dets.scores, dets.labels),
-                    attempt=tile.attempt,
-                    infer_ms=(time.perf_counter() - t0) * 1000.0,
-                )
-            )
-        return n
+            heapq.heappush(held, (now + config.throttle_ms / 1000.0, next(seq), item))
+        while held and held[0][0] <= now:
+            finish(heapq.heappop(held)[2])
 
     def beat() -> None:
-        hb = protocol.Heartbeat(
+        hb = protocol.encode(protocol.Heartbeat(
             worker=worker_id,
             host=socket.gethostname(),
             pid=os.getpid(),
@@ -173,54 +196,58 @@ def run_worker(
             tiles_done=counters["done"],
             tiles_failed=counters["failed"],
             tiles_per_s=rate.update(counters["done"]),
-            in_flight=in_flight,
-            queue=0,  # tiles start the moment they are received
+            in_flight=in_flight + len(held),
+            queue=len(waiting),
             uptime=time.monotonic() - started,
             period=config.heartbeat_s,
             requests=n_requests,
-        )
-        sockets.try_send(push, protocol.encode(hb))
+        ))
+        sockets.try_send(push, hb)
+        for d in dealers:
+            sockets.try_send(d, hb)
 
-    def start_tile(tile: protocol.Tile) -> None:
+    def start_waiting() -> None:
         nonlocal in_flight
-        if tile.model != spec.ref:
-            counters["failed"] += 1
-            send_result(
-                _tile_error(
-                    tile,
-                    worker_id,
-                    spec.ref,
-                    "model_mismatch",
-                    f"tile cut for {tile.model}, worker {worker_id} runs {spec.ref}",
-                )
-            )
-            return
-        if tile.pixels.shape != expected_shape:
-            counters["failed"] += 1
-            send_result(
-                _tile_error(
-                    tile,
-                    worker_id,
-                    spec.ref,
-                    "bad_tile",
-                    f"tile is {tile.pixels.shape}, model input is {expected_shape}",
-                )
-            )
-            return
-        in_flight += 1
-        try:
-            infer_queue.start_async(
-                {0: detector.input_tensor(tile.pixels)}, (tile, time.perf_counter())
-            )
-        except Exception as exc:
-            in_flight -= 1
-            counters["failed"] += 1
-            send_result(_tile_error(tile, worker_id, spec.ref, "inference_failed", str(exc)))
+        while waiting and in_flight + len(held) < n_requests:
+            src, tile = waiting.popleft()
+            if tile.model != spec.ref:
+                answer(src, _tile_error(
+                    tile, worker_id, spec.ref, "model_mismatch",
+                    f"tile cut for {tile.model}, worker {worker_id} runs {spec.ref}"), True)
+                continue
+            if tile.pixels.shape != expected_shape:
+                answer(src, _tile_error(
+                    tile, worker_id, spec.ref, "bad_tile",
+                    f"tile is {tile.pixels.shape}, model input is {expected_shape}"), True)
+                continue
+            in_flight += 1
+            try:
+                infer_queue.start_async({0: detector.input_tensor(tile.pixels)},
+                                        (src, tile, time.perf_counter()))
+            except Exception as exc:
+                in_flight -= 1
+                answer(src, _tile_error(tile, worker_id, spec.ref, "inference_failed",
+                                        str(exc)), True)
+
+    def receive(src: int) -> None:
+        while True:
+            try:
+                frames = dealers[src].recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                msg = protocol.decode(frames, (protocol.MsgType.TILE,))
+            except protocol.ProtocolError as exc:
+                bad(exc)
+                continue
+            waiting.append((src, msg))
 
     try:
-        for endpoint in config.tiles.split(","):
-            pull.connect(endpoint.strip())  # several ventilators may feed one worker
+        for d, endpoint in zip(dealers, endpoints, strict=True):
+            d.connect(endpoint)
         push.connect(config.results)
+        for i in range(len(dealers)):
+            give_credit(i, n_requests)
         log.info(
             "worker %s: %s on %s, %d requests, tiles from %s, results to %s",
             worker_id, spec.ref, config.device, n_requests, config.tiles, config.results,
@@ -229,50 +256,43 @@ def run_worker(
             on_ready(worker_id)
         poller = zmq.Poller()
         poller.register(wake_r, zmq.POLLIN)
-        pull_registered = False
+        for d in dealers:
+            poller.register(d, zmq.POLLIN)
         while not stop.is_set():
-            want_tiles = in_flight < n_requests
-            if want_tiles and not pull_registered:
-                poller.register(pull, zmq.POLLIN)
-                pull_registered = True
-            elif not want_tiles and pull_registered:
-                poller.unregister(pull)
-                pull_registered = False
             now = time.monotonic()
             if now >= next_beat:
                 beat()
                 next_beat = now + config.heartbeat_s
-            timeout = max(1, int((next_beat - now) * 1000))
-            events = dict(poller.poll(min(timeout, 200)))
+            wait_s = next_beat - now
+            if held:
+                wait_s = min(wait_s, held[0][0] - now)
+            events = dict(poller.poll(max(1, min(200, int(wait_s * 1000)))))
             if wake_r in events:
-                try:
+                with contextlib.suppress(BlockingIOError):
                     while os.read(wake_r, 4096):
                         pass
-                except BlockingIOError:
-                    pass
             flush_completed()
-            if pull_registered and events.get(pull):
-                # Take every tile that is ready while requests are free.
-                while in_flight < n_requests:
-                    try:
-                        frames = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
-                    except zmq.Again:
-                        break
-                    try:
-                        msg = protocol.decode(frames, (protocol.MsgType.TILE,))
-                    except protocol.ProtocolError as exc:
-                        bad(exc)
-                        continue
-                    start_tile(msg)  # type: ignore[arg-type]
-        # Finish what was started so no result is lost on a clean stop.
-        infer_queue.wait_all()
-        flush_completed()
+            for i, d in enumerate(dealers):
+                if events.get(d):
+                    receive(i)
+            start_waiting()
+        # A clean stop: finish every tile this worker holds, then say goodbye.
+        deadline = time.monotonic() + 60
+        while (waiting or in_flight or held) and time.monotonic() < deadline:
+            start_waiting()
+            infer_queue.wait_all()
+            flush_completed()
+            if held:
+                time.sleep(max(0.0, held[0][0] - time.monotonic()))
         beat()
+        for d in dealers:
+            sockets.try_send(d, protocol.encode(protocol.Bye(worker_id)))
         return 0
     finally:
         with contextlib.suppress(Exception):
             infer_queue.wait_all()
-        pull.close(linger=0)
+        for d in dealers:
+            d.close(linger=500)  # long enough for Bye, short enough to never hang
         push.close()
         ctx.term()
         os.close(wake_r)

@@ -47,18 +47,25 @@ def garbage_messages(rng: np.random.Generator, n: int) -> list[list[bytes]]:
 
 
 def _spray(endpoint: str, bind: bool, msgs, stop: threading.Event, sent: list[int]):
+    """At the sink: a PUSH connected to its PULL. At a worker: a ROUTER the worker connects
+    to as to a ventilator; the worker's first message (its credit) names it."""
     ctx = zmq.Context()
-    s = ctx.socket(zmq.PUSH)
+    s = ctx.socket(zmq.ROUTER if bind else zmq.PUSH)
     s.linger = 0
     s.sndhwm = 100
+    prefix: list[bytes] = []
     try:
         (s.bind if bind else s.connect)(endpoint)
+        if bind:
+            while not stop.is_set() and not prefix:
+                if s.poll(100):
+                    prefix = [s.recv_multipart()[0]]
         for m in msgs:
             if stop.is_set():
                 break
             while not stop.is_set():
                 try:
-                    s.send_multipart(m, flags=zmq.NOBLOCK)
+                    s.send_multipart(prefix + m, flags=zmq.NOBLOCK)
                     sent[0] += 1
                     break
                 except zmq.Again:

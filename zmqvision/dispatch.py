@@ -1,0 +1,196 @@
+"""Who gets which tile, and what must be sent again. Pure bookkeeping, no sockets.
+
+The ventilator is a load-balancing dispatcher (ZeroMQ guide, chapter 3) with leases
+(chapter 4's Paranoid Pirate, MapReduce's backup tasks):
+
+- *Credit*: a worker announces how many tiles it can take (``Ready``); a tile goes only to
+  a worker with credit left. A fast worker asks again sooner, so load follows speed, and a
+  slow worker never holds a queue of tiles hostage.
+- *Leases*: every tile sent is leased to its worker until the sink acknowledges it. A
+  worker silent for ``dead_periods`` of its heartbeat period is dead: its leases go back to
+  the front of the queue. A lease older than ``lease_s`` (results lost on the way) is
+  requeued too.
+- *Backup tasks*: when there is nothing new to send and a worker has credit, the oldest
+  tile still out (longer than twice the typical tile time) is sent to it as well. The sink
+  merges whichever answer comes first and ignores the other.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+TileKey = tuple[str, int]  # (image id, tile index)
+
+
+@dataclass
+class WorkerSlot:
+    wid: bytes
+    last_heard: float
+    period: float = 1.0
+    credit: int = 0
+    leases: set[TileKey] = field(default_factory=set)
+    assigned: int = 0  # tiles ever sent to it; ties go to the least used worker
+
+
+@dataclass
+class Lease:
+    holders: dict[bytes, float]  # worker → when the tile was sent to it
+    first_sent: float
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        dead_periods: float = 3.0,
+        lease_s: float = 120.0,
+        max_copies: int = 2,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.dead_periods = dead_periods
+        self.lease_s = lease_s
+        self.max_copies = max_copies
+        self.clock = clock
+        self.workers: dict[bytes, WorkerSlot] = {}
+        self.leases: dict[TileKey, Lease] = {}
+        self.by_image: dict[str, set[int]] = {}
+        self.resend: deque[TileKey] = deque()
+        self.durations: deque[float] = deque(maxlen=200)
+        self.requeued = 0  # tiles sent again because their worker died or the lease ran out
+        self.backups_sent = 0
+
+    # ------------------------------------------------------------------ workers
+
+    def heard(self, wid: bytes, *, period: float | None = None,
+              free: int | None = None) -> WorkerSlot:
+        """Any message from a worker. ``free`` (from a heartbeat) seeds the credit of a
+        worker not seen before, e.g. one that was serving a ventilator which restarted."""
+        now = self.clock()
+        slot = self.workers.get(wid)
+        if slot is None:
+            slot = self.workers[wid] = WorkerSlot(wid, now, credit=max(0, free or 0))
+        slot.last_heard = now
+        if period:
+            slot.period = period
+        return slot
+
+    def ready(self, wid: bytes, credit: int) -> None:
+        self.heard(wid).credit += credit
+
+    def bye(self, wid: bytes) -> None:
+        slot = self.workers.pop(wid, None)
+        if slot is not None:
+            self._requeue_from(slot)
+
+    def lost(self, wid: bytes) -> None:
+        """A send to this worker failed (it is gone): treat it as dead now."""
+        self.bye(wid)
+
+    def pick_worker(self) -> bytes | None:
+        best = None
+        for slot in self.workers.values():
+            if slot.credit > 0 and (best is None or (slot.credit, -slot.assigned)
+                                    > (best.credit, -best.assigned)):
+                best = slot
+        return None if best is None else best.wid
+
+    def total_credit(self) -> int:
+        return sum(s.credit for s in self.workers.values())
+
+    # ------------------------------------------------------------------ tiles
+
+    def assign(self, key: TileKey, wid: bytes) -> None:
+        now = self.clock()
+        slot = self.workers[wid]
+        slot.credit -= 1
+        slot.assigned += 1
+        slot.leases.add(key)
+        lease = self.leases.get(key)
+        if lease is None:
+            self.leases[key] = Lease({wid: now}, now)
+            self.by_image.setdefault(key[0], set()).add(key[1])
+        else:
+            lease.holders[wid] = now
+
+    def is_leased(self, key: TileKey) -> bool:
+        return key in self.leases
+
+    def _release(self, key: TileKey) -> Lease | None:
+        lease = self.leases.pop(key, None)
+        if lease is None:
+            return None
+        for wid in lease.holders:
+            slot = self.workers.get(wid)
+            if slot is not None:
+                slot.leases.discard(key)
+        indices = self.by_image.get(key[0])
+        if indices is not None:
+            indices.discard(key[1])
+            if not indices:
+                del self.by_image[key[0]]
+        return lease
+
+    def _requeue(self, key: TileKey) -> None:
+        self._release(key)
+        self.resend.appendleft(key)  # first in line: these are the oldest tiles
+        self.requeued += 1
+
+    def done(self, key: TileKey) -> None:
+        """The sink has the tile's result: release every copy of it."""
+        lease = self._release(key)
+        if lease is not None:
+            self.durations.append(self.clock() - lease.first_sent)
+
+    def forget_image(self, image: str) -> None:
+        """The image's record is written: nothing of it needs sending any more."""
+        for index in list(self.by_image.get(image, ())):
+            self.done((image, index))
+        self.resend = deque(k for k in self.resend if k[0] != image)
+
+    def _requeue_from(self, slot: WorkerSlot) -> None:
+        for key in list(slot.leases):
+            lease = self.leases.get(key)
+            if lease is None:
+                continue
+            lease.holders.pop(slot.wid, None)
+            if not lease.holders:  # no other copy is out: send it again
+                self._requeue(key)
+        slot.leases.clear()
+
+    def expire(self) -> list[bytes]:
+        """Declare silent workers dead and requeue their tiles, and requeue leases that ran
+        out; returns the workers declared dead."""
+        now = self.clock()
+        dead = [s for s in self.workers.values()
+                if now - s.last_heard > self.dead_periods * s.period]
+        for slot in dead:
+            del self.workers[slot.wid]
+            self._requeue_from(slot)
+        for key, lease in list(self.leases.items()):
+            if now - max(lease.holders.values()) > self.lease_s:
+                self._requeue(key)
+        return [s.wid for s in dead]
+
+    def typical_tile_s(self) -> float:
+        return statistics.median(self.durations) if self.durations else 1.0
+
+    def backup_candidate(self, wid: bytes) -> TileKey | None:
+        """The oldest tile out, not already held by ``wid``, still under ``max_copies``
+        copies and out for more than twice the typical tile time (and at least 1 s)."""
+        now = self.clock()
+        threshold = max(1.0, 2.0 * self.typical_tile_s())
+        best: tuple[float, TileKey] | None = None
+        for key, lease in self.leases.items():
+            if wid in lease.holders or len(lease.holders) >= self.max_copies:
+                continue
+            age = now - lease.first_sent
+            if age > threshold and (best is None or age > best[0]):
+                best = (age, key)
+        return None if best is None else best[1]
+
+    def note_backup(self) -> None:
+        self.backups_sent += 1
