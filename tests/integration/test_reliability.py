@@ -1,0 +1,323 @@
+"""Nothing lost, nothing twice: killed workers, a slow worker, a killed sink, a killed
+ventilator, and fuzz at every socket, all with real processes over TCP. Every disturbed
+run must give the same records as an undisturbed one."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+
+from tests.conftest import ROOT, free_port
+from zmqvision import protocol as P
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+MODEL = "ssd-mobilenetv2-oid"
+
+
+@pytest.fixture(scope="module")
+def job_dir(tmp_path_factory):
+    """12 images × 35 tiles of 300 px: long enough to disturb while it runs."""
+    from PIL import Image
+
+    d = tmp_path_factory.mktemp("job")
+    photos = [Image.open(ROOT / "examples" / "images" / f"{n}.jpg").convert("RGB")
+              for n in ("astronaut", "chelsea", "coffee", "rocket")]
+    for i in range(12):
+        photos[i % 4].resize((1600, 1200)).rotate(i * 7).save(d / f"img{i:02d}.jpg",
+                                                              quality=90)
+    return d
+
+
+def lines(path):
+    with open(path) as fh:
+        return [x for x in fh if x.strip()]
+
+
+def records(path):
+    return [json.loads(x) for x in lines(path)]
+
+
+def comparable(path):
+    recs = records(path)
+    ids = [r["id"] for r in recs]
+    assert len(ids) == len(set(ids)), "an image has more than one record"
+    return sorted((r["image"], r["error"],
+                   [(d["label"], round(d["score"], 5), [round(v, 3) for v in d["box"]])
+                    for d in r["detections"]]) for r in recs)
+
+
+@pytest.fixture(scope="module")
+def undisturbed(job_dir, tmp_path_factory, models_ready):
+    out = tmp_path_factory.mktemp("ref") / "ref.jsonl"
+    p = subprocess.run([sys.executable, "-m", "zmqvision", "run", str(job_dir), "--model",
+                        MODEL, "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    ref = comparable(out)
+    assert len(ref) == 12
+    return ref
+
+
+class Cluster:
+    def __init__(self, procs, tmp_path):
+        self.procs = procs
+        self.tiles, self.results, self.events = (f"tcp://127.0.0.1:{free_port()}"
+                                                 for _ in range(3))
+        self.out = tmp_path / "out.jsonl"
+
+    def sink(self, *extra):
+        return self.procs.start("sink", "--out", str(self.out), "--bind-results", self.results,
+                                "--bind-events", self.events, *extra, name="sink")
+
+    def worker(self, *extra):
+        return self.procs.start("worker", "--model", MODEL, "--tiles", self.tiles, "--results",
+                                self.results, "--threads", "1", "--heartbeat", "0.5", *extra,
+                                name="worker")
+
+    def ventilate(self, inputs, *extra):
+        return self.procs.start("ventilate", str(inputs), "--model", MODEL, "--bind",
+                                self.tiles, "--sink-results", self.results, "--sink-events",
+                                self.events, "--no-progress", *extra, name="ventilate")
+
+
+def wait_progress(events: str, at_least: int, field: str = "tiles_done", timeout=120.0):
+    """Block until the sink reports at least this much progress on some job."""
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.setsockopt(zmq.SUBSCRIBE, P.MsgType.PROGRESS.tag)
+    sub.connect(events)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if sub.poll(200):
+                p = P.decode(sub.recv_multipart())
+                if getattr(p, field) >= at_least:
+                    return p
+        raise AssertionError(f"no progress to {field} >= {at_least} in {timeout} s")
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+
+
+def job_seconds(log: str) -> float:
+    m = re.search(r"detections in ([0-9.]+) s", log)
+    assert m, log
+    return float(m.group(1))
+
+
+def test_sigkilled_worker_loses_nothing(job_dir, tmp_path, procs, undisturbed):
+    c = Cluster(procs, tmp_path)
+    c.sink()
+    workers = [c.worker() for _ in range(3)]
+    vent = c.ventilate(job_dir)
+    wait_progress(c.events, 80)
+    workers[1].send_signal(signal.SIGKILL)
+    assert procs.wait(vent, 300) == 0, procs.log(vent)
+    assert "12 images, 0 failed" in procs.log(vent)
+    assert comparable(c.out) == undisturbed
+
+
+def test_a_slow_worker_does_not_stretch_the_job(job_dir, tmp_path, procs, undisturbed):
+    c = Cluster(procs, tmp_path)
+    c.sink()
+    fast = [c.worker(), c.worker()]
+    vent = c.ventilate(job_dir)
+    assert procs.wait(vent, 300) == 0, procs.log(vent)
+    alone = job_seconds(procs.log(vent))
+    # The same two fast workers plus one that holds every result 150 ms (several times
+    # slower than a 300 px SSD tile on one thread here).
+    slow = c.worker("--throttle-ms", "150")
+    time.sleep(1.0)
+    vent = c.ventilate(job_dir)
+    assert procs.wait(vent, 300) == 0, procs.log(vent)
+    with_slow = job_seconds(procs.log(vent))
+    assert with_slow < 1.5 * alone, (with_slow, alone)
+    assert all(p.poll() is None for p in [*fast, slow])
+    recs = records(c.out)
+    jobs = {r["job"] for r in recs}
+    assert len(jobs) == 2 and len(recs) == 24  # two jobs, each image written once
+
+
+def test_sigkilled_sink_restarts_and_resumes(job_dir, tmp_path, procs, undisturbed):
+    c = Cluster(procs, tmp_path)
+    sink = c.sink()
+    for _ in range(2):
+        c.worker()
+    vent = c.ventilate(job_dir)
+    wait_progress(c.events, 5, field="images_done")
+    sink.send_signal(signal.SIGKILL)
+    sink.wait(10)
+    written = len(lines(c.out))
+    assert 0 < written < 12
+    time.sleep(1.0)
+    c.sink()  # same --out: the journal
+    assert procs.wait(vent, 300) == 0, procs.log(vent)
+    assert "12 images, 0 failed" in procs.log(vent), procs.log(vent)
+    assert comparable(c.out) == undisturbed
+
+
+def test_sigkilled_ventilator_rerun_with_resume(job_dir, tmp_path, procs, undisturbed):
+    c = Cluster(procs, tmp_path)
+    c.sink()
+    for _ in range(2):
+        c.worker()
+    vent = c.ventilate(job_dir)
+    wait_progress(c.events, 4, field="images_done")
+    vent.send_signal(signal.SIGKILL)
+    vent.wait(10)
+    before = len(lines(c.out))
+    assert 0 < before < 12
+    again = c.ventilate(job_dir, "--resume", str(c.out))
+    assert procs.wait(again, 300) == 0, procs.log(again)
+    assert comparable(c.out) == undisturbed
+    recs = records(c.out)
+    assert len({r["job"] for r in recs}) == 1  # one job, continued
+
+
+def test_run_resume_does_only_what_is_missing(job_dir, tmp_path, undisturbed):
+    out = tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "zmqvision", "run", str(job_dir), "--model", MODEL,
+           "--out", str(out), "--no-progress"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:5]) + "\n" + lines[5][:40])  # as if killed mid-write
+    p = subprocess.run([*cmd, "--resume"], capture_output=True, text=True, timeout=300,
+                       cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert comparable(out) == undisturbed
+    m = re.search(r"(\d+) tiles", p.stdout)
+    assert m and int(m.group(1)) == 7 * 35, p.stdout  # only the 7 missing images' tiles
+
+
+# ---------------------------------------------------------------------------- fuzz
+
+
+def fuzz_messages(rng: np.random.Generator, n: int, job: str = "nojob") -> list[list[bytes]]:
+    """Random frames, wrong versions, truncated and huge messages, wrong header types,
+    valid messages of unknown jobs, and valid types sent to the wrong socket."""
+    valid = [
+        P.Result(job=job, image="x", index=0, worker="evil", model="m@1",
+                 detections=P.Detections.empty()),
+        P.Tile(job=job, image="x", index=0, box=(0, 0, 4, 4), scale=1.0, model="m@1",
+               pixels=np.zeros((4, 4, 3), np.uint8)),
+        P.ImageInfo(job=job, image="x", path="x", seq=0, width=4, height=4, tiles=1),
+        P.Ready(worker="evil", credit=0),
+        P.JobEnd(job=job, images=1, tiles=1),
+    ]
+    valid = [[bytes(memoryview(f)) if not isinstance(f, bytes) else f for f in P.encode(m)]
+             for m in valid]
+    tags = [t.tag for t in P.MsgType]
+    import msgpack
+
+    out = []
+    for i in range(n):
+        k = i % 8
+        if k == 0:
+            out.append([rng.bytes(int(rng.integers(0, 80))) for _ in range(rng.integers(1, 6))])
+        elif k == 1:
+            out.append([tags[i % len(tags)], msgpack.packb({"v": int(rng.integers(2, 99))})])
+        elif k == 2:
+            out.append([tags[i % len(tags)]])
+        elif k == 3:
+            hdr = {"v": 1, "job": int(rng.integers(0, 9)), "image": None, "index": "0",
+                   "shape": [1, 1, 3], "n": -1, "credit": "x"}
+            out.append([tags[i % len(tags)], msgpack.packb(hdr)])
+        elif k == 4 and i % 400 == 4:
+            out.append([b"zv.tile", rng.bytes(2 << 20)])  # huge
+        elif k == 5:
+            out.append(valid[i % len(valid)])
+        elif k == 6:
+            m = list(valid[i % len(valid)])
+            m[1] = m[1][: max(1, len(m[1]) // 2)]  # truncated header
+            out.append(m)
+        else:
+            out.append([tags[i % len(tags)], rng.bytes(int(rng.integers(1, 40)))])
+    return out
+
+
+def _spray(kind, endpoint, msgs, stop, sent):
+    ctx = zmq.Context()
+    s = ctx.socket(kind)
+    s.linger = 0
+    s.sndhwm = 200
+    prefix = []
+    try:
+        if kind == zmq.ROUTER:  # posing as a ventilator: the worker's credit names it
+            s.setsockopt(zmq.ROUTER_MANDATORY, 1)  # block at the HWM instead of dropping
+            s.bind(endpoint)
+            while not stop.is_set() and not prefix:
+                if s.poll(100):
+                    prefix = [s.recv_multipart()[0]]
+        else:
+            s.connect(endpoint)
+        for m in msgs:
+            while not stop.is_set():
+                try:
+                    s.send_multipart(prefix + m, flags=zmq.NOBLOCK)
+                    sent[0] += 1
+                    break
+                except zmq.Again:
+                    s.poll(20, zmq.POLLOUT)
+            if stop.is_set():
+                break
+    finally:
+        s.close(linger=0)
+        ctx.term()
+
+
+def test_ten_thousand_fuzzed_messages_at_every_socket(job_dir, tmp_path, procs, undisturbed):
+    n = 10_000
+    c = Cluster(procs, tmp_path)
+    junk = f"tcp://127.0.0.1:{free_port()}"
+    sink = c.sink()
+    workers = [procs.start("worker", "--model", MODEL, "--tiles", f"{c.tiles},{junk}",
+                           "--results", c.results, "--threads", "1", name="worker")
+               for _ in range(2)]
+    rng = np.random.default_rng(11)
+    stop = threading.Event()
+    counts = {"sink": [0], "ventilator": [0], "worker": [0]}
+    sprayers = [
+        threading.Thread(target=_spray, args=(zmq.PUSH, c.results, fuzz_messages(rng, n),
+                                              stop, counts["sink"])),
+        threading.Thread(target=_spray, args=(zmq.DEALER, c.tiles, fuzz_messages(rng, n),
+                                              stop, counts["ventilator"])),
+        threading.Thread(target=_spray, args=(zmq.ROUTER, junk, fuzz_messages(rng, n), stop,
+                                              counts["worker"])),
+    ]
+    vent = c.ventilate(job_dir)
+    for t in sprayers:
+        t.start()
+    try:
+        assert procs.wait(vent, 400) == 0, procs.log(vent)[-3000:]
+        deadline = time.monotonic() + 60
+        while any(v[0] < n for v in counts.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    finally:
+        stop.set()
+        for t in sprayers:
+            t.join(10)
+    assert {k: v[0] for k, v in counts.items()} == {"sink": n, "ventilator": n, "worker": n}
+    assert comparable(c.out) == undisturbed
+    for w in workers:
+        assert w.poll() is None, procs.log(w)[-2000:]
+    assert sink.poll() is None
+    # Counters report them (logged at 1…10 and every 1000th).
+    assert re.search(r"ventilator: dropped a bad message \(#[1-9]\d{3}\)", procs.log(vent))
+    for w in workers:
+        procs.stop(w)
+    logs = "".join(procs.log(w) for w in workers)
+    assert re.search(r"dropped a bad message \(#[1-9]\d{3}\)", logs), logs[-2000:]
+    procs.stop(sink)
+    assert re.search(r"sink: dropped a bad message \(#[1-9]\d{3}\)", procs.log(sink))
