@@ -36,6 +36,32 @@ def photos() -> list[Path]:
     return paths
 
 
+def wait_progress(events: str, at_least: int, field: str = "tiles_done",
+                  timeout: float = 120.0, alive=None):
+    """Block until the sink at ``events`` reports a job with ``field`` >= ``at_least``
+    (stop early, failing, if ``alive()`` turns false)."""
+    import zmq
+
+    from zmqvision import protocol
+
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.linger = 0
+    sub.setsockopt(zmq.SUBSCRIBE, protocol.MsgType.PROGRESS.tag)
+    sub.connect(events)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (alive is None or alive()):
+            if sub.poll(200):
+                p = protocol.decode(sub.recv_multipart())
+                if getattr(p, field) >= at_least:
+                    return p
+        raise AssertionError(f"no progress to {field} >= {at_least} in {timeout} s")
+    finally:
+        sub.close(linger=0)
+        ctx.term()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -17,11 +17,9 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_progress
 from zmqvision import detect
-from zmqvision import protocol as P
 from zmqvision.boxes import Detections
 from zmqvision.io import read_image
 from zmqvision.merge import MergeConfig, merge
@@ -255,39 +253,35 @@ def _group_alive(pgid: int) -> bool:
         return False
 
 
-def test_ctrl_c_mid_job_stops_everything(tmp_path, procs, models_ready):
-    """SIGINT while tiles are in flight: `run` exits 3 promptly and no child outlives it."""
+def _run_until_busy(tmp_path, procs, *extra):
+    """A `zmqvision run` over a few large images, returned once tiles are being done."""
     from PIL import Image
 
     big = tmp_path / "big"
     big.mkdir()
     photo = Image.open(ROOT / "examples" / "images" / "astronaut.jpg").resize((3000, 3000))
-    for i in range(6):
+    for i in range(5):
         photo.save(big / f"p{i}.jpg")
     events = f"tcp://127.0.0.1:{free_port()}"
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.linger = 0
-    sub.setsockopt(zmq.SUBSCRIBE, P.MsgType.PROGRESS.tag)
-    sub.connect(events)
-    try:
-        run = procs.start("run", str(big), "--events", events, "--out",
-                          str(tmp_path / "r.jsonl"), "--no-progress", name="run")
-        deadline = time.monotonic() + 120
-        seen = 0
-        while seen == 0 and time.monotonic() < deadline and run.poll() is None:
-            if sub.poll(500):
-                seen = P.decode(sub.recv_multipart()).tiles_done
-        assert seen > 0, procs.log(run)
-    finally:
-        sub.close(linger=0)
-        ctx.term()
+    run = procs.start("run", str(big), "--events", events, "--out", str(tmp_path / "r.jsonl"),
+                      "--no-progress", *extra, name="run")
+    wait_progress(events, 1, alive=lambda: run.poll() is None)
+    return run
+
+
+def _assert_group_gone(pgid: int, within: float) -> None:
+    deadline = time.monotonic() + within
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _group_alive(pgid), "a child of `run` outlived it"
+
+
+def test_ctrl_c_mid_job_stops_everything(tmp_path, procs, models_ready):
+    """SIGINT while tiles are in flight: `run` exits 3 promptly and no child outlives it."""
+    run = _run_until_busy(tmp_path, procs)
     run.send_signal(signal.SIGINT)
     assert procs.wait(run, 30) == 3, procs.log(run)
-    deadline = time.monotonic() + 15
-    while _group_alive(run.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _group_alive(run.pid), "a child of `run` outlived it"
+    _assert_group_gone(run.pid, 15)
 
 
 def test_detect_leaves_no_child_processes(photos, models_ready):
@@ -313,34 +307,7 @@ def test_detect_from_a_plain_script_needs_no_main_guard(tmp_path, photos, models
 
 def test_children_stop_when_run_is_killed(tmp_path, procs, models_ready):
     """SIGKILL leaves no chance to clean up: the children notice their parent is gone."""
-    from PIL import Image
-
-    big = tmp_path / "big"
-    big.mkdir()
-    photo = Image.open(ROOT / "examples" / "images" / "astronaut.jpg").resize((3000, 3000))
-    for i in range(4):
-        photo.save(big / f"p{i}.jpg")
-    events = f"tcp://127.0.0.1:{free_port()}"
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.linger = 0
-    sub.setsockopt(zmq.SUBSCRIBE, P.MsgType.PROGRESS.tag)
-    sub.connect(events)
-    try:
-        run = procs.start("run", str(big), "--events", events, "--workers", "2", "--out",
-                          str(tmp_path / "r.jsonl"), "--no-progress", name="run")
-        deadline = time.monotonic() + 120
-        seen = 0
-        while seen == 0 and time.monotonic() < deadline and run.poll() is None:
-            if sub.poll(500):
-                seen = P.decode(sub.recv_multipart()).tiles_done
-        assert seen > 0, procs.log(run)
-    finally:
-        sub.close(linger=0)
-        ctx.term()
+    run = _run_until_busy(tmp_path, procs, "--workers", "2")
     run.send_signal(signal.SIGKILL)
     run.wait(10)
-    deadline = time.monotonic() + 20
-    while _group_alive(run.pid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert not _group_alive(run.pid), "a child of a killed `run` kept running"
+    _assert_group_gone(run.pid, 20)

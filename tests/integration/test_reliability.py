@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import zmq
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, free_port, wait_progress
 from zmqvision import protocol as P
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -88,26 +88,6 @@ class Cluster:
         return self.procs.start("ventilate", str(inputs), "--model", MODEL, "--bind",
                                 self.tiles, "--sink-results", self.results, "--sink-events",
                                 self.events, "--no-progress", *extra, name="ventilate")
-
-
-def wait_progress(events: str, at_least: int, field: str = "tiles_done", timeout=120.0):
-    """Block until the sink reports at least this much progress on some job."""
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.linger = 0
-    sub.setsockopt(zmq.SUBSCRIBE, P.MsgType.PROGRESS.tag)
-    sub.connect(events)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if sub.poll(200):
-                p = P.decode(sub.recv_multipart())
-                if getattr(p, field) >= at_least:
-                    return p
-        raise AssertionError(f"no progress to {field} >= {at_least} in {timeout} s")
-    finally:
-        sub.close(linger=0)
-        ctx.term()
 
 
 def job_seconds(log: str) -> float:
