@@ -1,0 +1,111 @@
+"""What the reliability machinery costs: `zmqvision run` now (credit, leases, acks,
+journal) against the last version without it (PUSH round-robin), side by side in one run.
+
+The old version is checked out from this repository's history into a temporary git
+worktree and run from there (``python -m zmqvision`` from that directory imports that
+tree's package, and its child processes inherit the directory). Runs alternate, so noise
+on this shared machine hits both alike; the ratio is the median of the per-pair ratios.
+
+    python benchmarks/reliability_cost.py [--rev a0328f6] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# The last commit before credit-based dispatch, leases, acks and the journal.
+BASELINE_REV = "a0328f6"
+SUMMARY = re.compile(r"(\d+) tiles, \d+ detections in ([0-9.]+) s \(([0-9.]+) tiles/s\)")
+
+
+def make_inputs(folder: Path, n: int, size: tuple[int, int]) -> None:
+    from PIL import Image
+    from skimage import data
+
+    photos = [Image.fromarray(getattr(data, name)()).convert("RGB")
+              for name in ("astronaut", "chelsea", "coffee", "rocket")]
+    for i in range(n):
+        photos[i % 4].resize(size).rotate(i * 5).save(folder / f"in{i:03d}.jpg", quality=90)
+
+
+def run_once(cwd: Path, folder: Path, model: str, workers: int, out: Path) -> tuple[int, float]:
+    cmd = [sys.executable, "-m", "zmqvision", "run", str(folder), "--model", model,
+           "--workers", str(workers), "--out", str(out), "--no-progress",
+           "--events", "tcp://127.0.0.1:0"]
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    if p.returncode != 0:
+        raise RuntimeError(f"{cwd}: exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    m = SUMMARY.search(p.stdout)
+    if m is None:
+        raise RuntimeError(f"no summary line in: {p.stdout}")
+    return int(m.group(1)), float(m.group(3))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rev", default=BASELINE_REV, help="baseline commit (%(default)s)")
+    ap.add_argument("--model", default="ssd-mobilenetv2-oid")
+    ap.add_argument("--images", type=int, default=8)
+    ap.add_argument("--size", default="1920x1080")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+    size = tuple(int(x) for x in args.size.lower().split("x"))
+
+    with tempfile.TemporaryDirectory(prefix="zv-relcost-") as tmp:
+        tmp = Path(tmp)
+        old = tmp / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", "-q", str(old), args.rev],
+                       cwd=ROOT, check=True)
+        try:
+            folder = tmp / "in"
+            folder.mkdir()
+            make_inputs(folder, args.images, size)
+            variants = {"without (PUSH round-robin, " + args.rev + ")": old,
+                        "with (credit, leases, acks, journal)": ROOT}
+            for cwd in variants.values():  # warm-up: OpenVINO's compile cache
+                run_once(cwd, folder, args.model, args.workers, tmp / "warm.jsonl")
+            rates: dict[str, list[float]] = {k: [] for k in variants}
+            tiles = 0
+            for r in range(args.repeats):
+                order = list(variants.items())
+                if r % 2:
+                    order.reverse()
+                for name, cwd in order:
+                    tiles, rate = run_once(cwd, folder, args.model, args.workers,
+                                           tmp / "out.jsonl")
+                    rates[name].append(rate)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(old)], cwd=ROOT,
+                           check=False)
+
+    names = list(variants)
+    ratios = [w / o for o, w in zip(rates[names[0]], rates[names[1]], strict=True)]
+    print(f"command: {shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
+    print(f"{args.images} images {size[0]}x{size[1]}, {args.model}, {tiles} tiles per run, "
+          f"{args.workers} worker(s), {args.repeats} alternating pairs, "
+          f"os.cpu_count()={os.cpu_count()}")
+    print()
+    print("| zmqvision run | tiles/s (median) | min–max |")
+    print("|---|---|---|")
+    for name in names:
+        v = rates[name]
+        print(f"| {name} | {statistics.median(v):.1f} | {min(v):.1f}–{max(v):.1f} |")
+    print()
+    print(f"with ÷ without, median of per-pair ratios: {statistics.median(ratios):.3f} "
+          f"(pairs: {', '.join(f'{x:.2f}' for x in ratios)}; bar ≥ 0.95)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
