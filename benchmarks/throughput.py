@@ -14,7 +14,7 @@ so that a noisy machine slows every row alike):
   *steady*: tiles finished between the sink's first Progress with a finished tile and the
   last record, over that time (excludes process start and model compile);
   *JobDone*: tiles / ``JobDone.seconds`` (the number ``zmqvision run`` prints; the clock
-  starts at the sink's JobStart, i.e. while the workers are still starting);
+  starts at the sink's JobStart, sent once every worker has announced it is ready);
   *wall*: tiles / wall time of ``run_job`` (process start, compile, shutdown included).
 
 The headline is ``steady ÷ benchmark_app`` (median over repeats of the per-repeat ratio).
@@ -44,21 +44,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-# --unpinned: every process that imports this file (the run's spawned workers re-import it
-# as __mp_main__) compiles with ENABLE_CPU_PINNING=False. A benchmark-only patch that shows
-# what the fix in zmqvision would give; zmqvision itself is not changed.
-_UNPIN_ENV = "ZMQVISION_BENCH_UNPIN"
-if os.environ.get(_UNPIN_ENV):
-    import openvino as _ov
-
-    _compile_model = _ov.Core.compile_model
-
-    def _compile_unpinned(self, model, device_name=None, config=None, *args, **kwargs):
-        config = {**(config or {}), "ENABLE_CPU_PINNING": False}
-        return _compile_model(self, model, device_name, config, *args, **kwargs)
-
-    _ov.Core.compile_model = _compile_unpinned
 
 # ---------------------------------------------------------------------------- inputs
 
@@ -256,7 +241,7 @@ class _HeartbeatProbe(threading.Thread):
 
 
 def pipeline_run(folder: Path, model: str, workers: int, overlap: float,
-                 probe: bool = False, unpinned: bool = False) -> dict:
+                 probe: bool = False) -> dict:
     """One ``run_job`` (the embedded ``zmqvision run``); returns its three rates."""
     from zmqvision.merge import MergeConfig
     from zmqvision.run import RunPlan, run_job
@@ -279,13 +264,10 @@ def pipeline_run(folder: Path, model: str, workers: int, overlap: float,
         hb = _HeartbeatProbe(events) if probe else None
         if hb is not None:
             hb.start()
-        if unpinned:
-            os.environ[_UNPIN_ENV] = "1"  # inherited by the spawned children only
         t0 = time.perf_counter()
         try:
             done = run_job(plan, on_progress=progress.append)
         finally:
-            os.environ.pop(_UNPIN_ENV, None)
             if hb is not None:
                 hb.stop()
         wall = time.perf_counter() - t0
@@ -362,9 +344,8 @@ def machine_facts() -> dict:
 # ---------------------------------------------------------------------------- main
 
 
-def _label(workers: int, unpinned: bool) -> str:
-    name = f"zmqvision run, {workers} worker{'s' if workers > 1 else ''}"
-    return name + (" (pinning off)" if unpinned else "")
+def _label(workers: int) -> str:
+    return f"zmqvision run, {workers} worker{'s' if workers > 1 else ''}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,9 +365,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-naive", action="store_true", help="skip the naive loop row")
     ap.add_argument("--no-probe", action="store_true",
                     help="do not subscribe to worker heartbeats (mean in_flight per worker)")
-    ap.add_argument("--unpinned", action="store_true",
-                    help="also run every worker count > 1 with OpenVINO's ENABLE_CPU_PINNING "
-                         "off (patched in by this script; see benchmarks/README.md)")
     ap.add_argument("--out", help="also write the table: .md (markdown) or .json")
     args = ap.parse_args(argv)
     if args.repeats < 1 or args.images < 1:
@@ -399,9 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     facts = machine_facts()
     command = " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).as_posix(), *sys.argv[1:]])
     bench_cmd = benchmark_app_cmd(model_path, spec, args.bench_seconds)
-    variants = [(w, False) for w in args.workers]
-    if args.unpinned:
-        variants += [(w, True) for w in args.workers if w > 1]
+    variants = list(args.workers)
 
     with tempfile.TemporaryDirectory(prefix="zv-bench-in-") as tmp:
         folder = Path(tmp)
@@ -420,14 +396,14 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(head), flush=True)
 
         # Warm-up, not timed: OpenVINO's blob cache gets every worker configuration.
-        for w, unpinned in variants:
-            pipeline_run(folder, args.model, w, args.overlap, unpinned=unpinned)
+        for w in variants:
+            pipeline_run(folder, args.model, w, args.overlap)
 
         bench = Row("benchmark_app -hint throughput (limit)")
         feed = Row("ventilator feed only (decode+tile, 1 thread, no send)")
         naive = Row("naive loop (1 process, sync infer, LATENCY hint)")
-        pipes = {v: (Row(f"{_label(*v)}: steady"), Row(f"{_label(*v)}: JobDone"),
-                     Row(f"{_label(*v)}: wall"))
+        pipes = {v: (Row(f"{_label(v)}: steady"), Row(f"{_label(v)}: JobDone"),
+                     Row(f"{_label(v)}: wall"))
                  for v in variants}
         raw: list[dict] = []
         steps: list = ["bench", "feed", *([] if args.no_naive else ["naive"]), *variants]
@@ -442,8 +418,8 @@ def main(argv: list[str] | None = None) -> int:
                 elif step == "naive":
                     got[step] = in_fresh_process(naive_loop, paths, args.model, args.overlap)
                 else:
-                    got[step] = pipeline_run(folder, args.model, step[0], args.overlap,
-                                             probe=not args.no_probe, unpinned=step[1])
+                    got[step] = pipeline_run(folder, args.model, step, args.overlap,
+                                             probe=not args.no_probe)
             fps = got["bench"]["fps"]
             bench.values.append(fps)
             bench.note = f"{got['bench']['requests']} requests, -t {args.bench_seconds}"
@@ -469,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
                                     f"{p['requests']} requests in all")
                 jobdone.note = f"job {p['job_seconds']:.1f} s"
                 wall.note = f"wall {p['wall_seconds']:.1f} s"
-            raw.append({(k if isinstance(k, str) else _label(*k)): v for k, v in got.items()})
+            raw.append({(k if isinstance(k, str) else _label(k)): v for k, v in got.items()})
             summary = ", ".join(
                 f"{k}={v.get('fps') or v.get('steady') or v['tiles'] / v['seconds']:.1f}"
                 for k, v in raw[-1].items())
@@ -480,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += list(pipes[v])
     table = render(rows, bench)
     headline = (f"pipeline ÷ benchmark_app (steady, median of {args.repeats}): "
-                + "; ".join(f"{_label(*v)} {statistics.median(pipes[v][0].ratios):.2f}"
+                + "; ".join(f"{_label(v)} {statistics.median(pipes[v][0].ratios):.2f}"
                             for v in variants)
                 + " (bar 0.7, goal 0.9)")
     print()

@@ -301,3 +301,29 @@ def test_ten_thousand_fuzzed_messages_at_every_socket(job_dir, tmp_path, procs, 
     assert re.search(r"dropped a bad message \(#[1-9]\d{3}\)", logs), logs[-2000:]
     procs.stop(sink)
     assert re.search(r"sink: dropped a bad message \(#[1-9]\d{3}\)", procs.log(sink))
+
+
+def test_worker_joining_mid_job_gets_work_and_one_leaving_cleanly_loses_nothing(
+        job_dir, tmp_path, procs, undisturbed):
+    from tests.integration.test_monitoring import InProcessWatcher
+
+    c = Cluster(procs, tmp_path)
+    c.sink()
+    first = c.worker()
+    w = InProcessWatcher(c.events)
+    try:
+        vent = c.ventilate(job_dir)
+        wait_progress(c.events, 40)
+        joined_at = time.monotonic()
+        late = c.worker()
+        snap = w.wait_for(lambda s: any(x["pid"] == late.pid and x["tiles_done"] > 0
+                                        for x in s["workers"]), 60, "the new worker busy")
+        started_in = time.monotonic() - joined_at  # includes its process start and compile
+        assert started_in < 30, started_in
+        first.send_signal(signal.SIGTERM)  # leaves mid-job: finishes what it holds
+        assert procs.wait(first, 60) == 0, procs.log(first)
+        assert procs.wait(vent, 300) == 0, procs.log(vent)
+        assert comparable(c.out) == undisturbed
+        assert any(x["pid"] == late.pid for x in snap["workers"])
+    finally:
+        w.close()
