@@ -332,15 +332,19 @@ class Ventilator:
         self._exhausted = False
         self._job_end: protocol.JobEnd | None = None
         warned = False
+        next_housekeeping = 0.0
 
         def pump() -> None:
-            nonlocal warned
+            nonlocal warned, next_housekeeping
             self._from_workers()
             self._events(on_progress)
+            now = time.monotonic()
+            if now < next_housekeeping:  # leases and liveness change on a scale of seconds
+                return
+            next_housekeeping = now + 0.1
             self.dispatch.expire()
             if watchdog is not None:
                 watchdog()
-            now = time.monotonic()
             if cfg.timeout is not None and now - started > cfg.timeout:
                 raise JobFailed(f"job {self.job_id} not complete after {cfg.timeout:.0f} s")
             quiet = now - (self.last_sink_heard or started)
