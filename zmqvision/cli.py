@@ -100,7 +100,7 @@ def _job_options(f):
                      help="Only these extensions in directories, e.g. jpg,png."),
         click.option("--timeout", type=click.FloatRange(0), default=None,
                      help="Give up if the job is not complete after this many seconds."),
-        click.option("--window", type=click.IntRange(1), default=32, show_default=True,
+        click.option("--window", type=click.IntRange(1), default=256, show_default=True,
                      help="Images in flight at most (bounds the ventilator's memory)."),
     ]
     for opt in reversed(opts):

@@ -58,7 +58,7 @@ class VentilateConfig:
     recursive: bool = True
     decode_threads: int = 2
     read_ahead: int = 2
-    window: int = 32  # images in flight (announced, not yet written by the sink)
+    window: int = 256  # images in flight (announced, not yet written by the sink)
     lease_s: float = 120.0  # a tile unanswered this long is sent again
     timeout: float | None = None  # give up if the job is not complete after this long
     job_id: str | None = None
@@ -268,8 +268,13 @@ class Ventilator:
                 continue
             self.last_sink_heard = time.monotonic()
             if isinstance(msg, protocol.Ack) and msg.job == self.job_id:
-                if msg.sink != self.sink_id:
-                    continue  # from a sink that is gone, or not yet known
+                # The first word from a sink may be an ack, before its first status: adopt
+                # its id then (dropping those acks stalled fast jobs until leases ran out).
+                if self.sink_id is None:
+                    self.sink_id = msg.sink
+                elif msg.sink != self.sink_id:
+                    self._sink_restarted(msg.sink)
+                    self.sink_id = msg.sink
                 for key in msg.tiles:
                     self.dispatch.done(key)
                 for image in msg.images:

@@ -327,3 +327,22 @@ def test_worker_joining_mid_job_gets_work_and_one_leaving_cleanly_loses_nothing(
         assert any(x["pid"] == late.pid for x in snap["workers"])
     finally:
         w.close()
+
+
+def test_a_fast_job_of_one_tile_images_does_not_wait_for_leases(tmp_path, models_ready):
+    """Regression: acks that arrived before the sink's first status were dropped, so a job
+    of small images filled the window and stalled until the leases ran out (120 s)."""
+    from PIL import Image
+
+    d = tmp_path / "small"
+    d.mkdir()
+    photo = Image.open(ROOT / "examples" / "images" / "astronaut.jpg").resize((96, 96))
+    for i in range(600):
+        photo.rotate(i % 360).save(d / f"s{i:03d}.jpg")
+    out = tmp_path / "small.jsonl"
+    p = subprocess.run([sys.executable, "-m", "zmqvision", "run", str(d), "--model",
+                        "blazeface-short", "--workers", "2", "--window", "16", "--timeout",
+                        "60", "--out", str(out), "--no-progress"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert len(lines(out)) == 600
