@@ -18,12 +18,9 @@ run with every role in its own process, the commands a user types on many hosts:
 
 Sink and workers also get the hidden ``--announce --parent-pid --log-level`` that
 ``zmqvision run`` gives its children (the benchmark learns when they are ready; they stop
-if it dies). The workers join once the ventilator has heard the sink's status (two sink
-statuses after the job's first progress event): the ventilator drops acks that arrive
-before that, and workers that are already waiting finish its first window of small images
-within that time, which stalls the job for ``lease_s`` (120 s); ``--workers-first`` starts
-them before the ventilator instead, to show it. A thread reads ``VmRSS``, ``VmHWM``,
-``RssAnon`` and the CPU time of every process every ``--interval`` (0.5 s). Per role: RSS
+if it dies). Workers start after the sink, before the ventilator. A thread reads
+``VmRSS``, ``VmHWM``, ``RssAnon`` and the CPU time of every process every ``--interval``
+(0.5 s). Per role: RSS
 after start-up (the first sample after the sink's first progress event that shows a
 finished tile), RSS at the end (the last sample), the peak (``VmHWM`` read just before the
 role is stopped; the ventilator exits by itself on JobDone, so its peak is its last
@@ -394,8 +391,7 @@ def start_workers(procs: Procs, n: int, model: str, tiles_ep: str, results_ep: s
 
 
 def memory_run(inputs: list[str], n: int, model: str, workers: int, threads: int,
-               interval: float, folder: Path, workers_first: bool, window: int,
-               log) -> MemRun:
+               interval: float, folder: Path, window: int, log) -> MemRun:
     from zmqvision import protocol
 
     tiles_ep, results_ep, events_ep = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
@@ -407,17 +403,13 @@ def memory_run(inputs: list[str], n: int, model: str, workers: int, threads: int
     events: Events | None = None
     run = MemRun(n)
 
-    def add_workers() -> None:
-        for i, w in enumerate(start_workers(procs, workers, model, tiles_ep, results_ep,
-                                            threads, 1.0, tag)):
-            sampler.add(f"worker {i + 1}", w.pid)
-
     try:
         sink = start_sink(procs, out, results_ep, events_ep)
         sampler.add("sink", sink.pid)
         events = Events(events_ep)
-        if workers_first:
-            add_workers()
+        for i, w in enumerate(start_workers(procs, workers, model, tiles_ep, results_ep,
+                                            threads, 1.0, tag)):
+            sampler.add(f"worker {i + 1}", w.pid)
         time.sleep(0.3)  # our subscription reaches the sink
         sampler.start()
         t_vent = time.monotonic()
@@ -426,9 +418,6 @@ def memory_run(inputs: list[str], n: int, model: str, workers: int, threads: int
             results_ep, "--sink-events", events_ep, "--no-progress", "--job", job_id,
             "--window", str(window)], False)
         sampler.add("ventilator", vent.pid)
-        seen_job = False
-        statuses_after_job = 0
-        workers_started = workers_first
         t_first: float | None = None
         t_exit: float | None = None
         t_done = float("inf")
@@ -445,12 +434,9 @@ def memory_run(inputs: list[str], n: int, model: str, workers: int, threads: int
                 raise RuntimeError(f"N={n}: ventilate exited with {vent.returncode} and no "
                                    f"JobDone (see {procs.log_of(vent)})")
             msg = events.next()
-            if isinstance(msg, protocol.SinkStatus) and seen_job:
-                statuses_after_job += 1
-            elif getattr(msg, "job", None) != job_id:
+            if getattr(msg, "job", None) != job_id:
                 pass
             elif isinstance(msg, protocol.Progress):
-                seen_job = True
                 if t_first is None and msg.tiles_done > 0:
                     t_first = time.monotonic()
                     run.first_tile = msg.elapsed
@@ -462,13 +448,6 @@ def memory_run(inputs: list[str], n: int, model: str, workers: int, threads: int
                 done = msg
                 sampler.sample_once("ventilator")  # it exits on this message: its last peak
                 t_done = time.monotonic()
-            if not workers_started and statuses_after_job >= 2:
-                # The ventilator ignores acks until it has heard the sink's status (up to
-                # 1 s after it connects); workers that finish its first window before that
-                # stall the job for lease_s (120 s). Two sink statuses after our job's first
-                # progress: the ventilator has heard one. Workers may join at any time.
-                add_workers()
-                workers_started = True
         run.wall = time.monotonic() - t_vent
         if vent.returncode != 0:
             raise RuntimeError(f"N={n}: ventilate exited with {vent.returncode} "
@@ -820,12 +799,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="--threads of each worker")
     ap.add_argument("--interval", type=float, default=0.5, help="RSS sampling period, s")
-    ap.add_argument("--window", type=int, default=32,
-                    help="memory runs: ventilate --window (default 32, its default)")
-    ap.add_argument("--workers-first", action="store_true",
-                    help="memory runs: start the workers before the ventilator (by default "
-                         "they join once it has heard the sink: see the ack race in the "
-                         "README)")
+    ap.add_argument("--window", type=int, default=256,
+                    help="memory runs: ventilate --window (default 256, its default)")
     ap.add_argument("--cache", type=Path, default=DEFAULT_CACHE,
                     help=f"generated images, reused between runs (default {DEFAULT_CACHE})")
     ap.add_argument("--no-recovery", dest="recovery", action="store_false")
@@ -870,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in args.sizes:
             log(f"memory run N={n:,} ...")
             run = memory_run(job_inputs(root, n), n, args.model, args.workers, args.threads,
-                             args.interval, folder, args.workers_first, args.window, log)
+                             args.interval, folder, args.window, log)
             runs.append(run)
             log(f"  N={n:,}: {run.tiles} tiles in {run.seconds:.1f} s; " + ", ".join(
                 f"{r.role} {mib(r.start.rss if r.start else None)}→{mib(r.peak_kb)} MiB"

@@ -174,3 +174,35 @@ def test_coco_output(tmp_path):
     (ann,) = coco["annotations"]
     assert ann["bbox"] == [1, 2, 4, 6] and ann["category_id"] == 2
     assert coco["errors"][0]["type"] == "empty_file"
+
+
+def test_early_results_for_images_never_announced_are_bounded(tmp_path, monkeypatch):
+    from zmqvision import sink as sink_module
+
+    monkeypatch.setattr(sink_module, "MAX_EARLY_RESULTS", 50)
+    h = Harness(tmp_path)
+    start(h)
+    for i in range(200):  # a confused or hostile sender: results for images nobody announced
+        h.send(result(f"ghost{i}", 0, [], [], []))
+    job = h.sink.jobs["j"]
+    assert job.early_count <= 50 and sum(len(v) for v in job.early.values()) == job.early_count
+    assert h.sink.bad.count >= 150
+    # The most recent early results still wait for their announcement and are merged.
+    h.send(P.ImageInfo(job="j", image="ghost199", path="g.jpg", seq=0, width=10, height=10,
+                       tiles=1))
+    assert [r["id"] for r in h.records()] == ["ghost199"]
+
+
+def test_a_repeat_of_a_written_image_is_acked_not_written_again(tmp_path):
+    h = Harness(tmp_path)
+    start(h)
+    info = P.ImageInfo(job="j", image="a", path="a.jpg", seq=0, width=10, height=10, tiles=1)
+    h.send(info)
+    h.send(result("a", 0, [], [], []))
+    h.sink.flush_acks(force=True)
+    h.send(info)  # announced again (the ventilator did not hear the ack)
+    h.send(result("a", 0, [], [], []))
+    h.sink.flush_acks(force=True)
+    assert len(h.records()) == 1
+    acked = [img for e in h.events if isinstance(e, P.Ack) for img in e.images]
+    assert acked.count("a") >= 2

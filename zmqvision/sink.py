@@ -28,12 +28,12 @@ import zmq
 
 from zmqvision import protocol, results, sockets
 from zmqvision.boxes import Detections
+from zmqvision.idset import IdSet
 from zmqvision.merge import MergeConfig, merge
 
 log = logging.getLogger("zmqvision.sink")
 
 MAX_EARLY_RESULTS = 10_000
-REMEMBER_COMPLETED = 200_000  # images whose record is written, remembered to drop repeats
 ACK_EVERY_S = 0.1
 DONE_JOB_REPUBLISH_S = 60.0
 RECENT_FAILURES = 10
@@ -70,6 +70,7 @@ class _Job:
     spool_path: str | None = None
     images: dict[str, _Image] = field(default_factory=dict)
     early: dict[str, list[protocol.Result]] = field(default_factory=dict)
+    early_count: int = 0
     images_seen: int = 0
     images_done: int = 0
     images_failed: int = 0
@@ -111,9 +112,9 @@ class Sink:
         self.config = config
         self.publish = publish  # callable(frames) → sends on PUB
         self.sink_id = sink_id
-        # (job, image) of written records, oldest first; bounded, because repeats can only
-        # come from a ventilator's window of images in flight, never from far back.
-        self.completed: OrderedDict[tuple[str, str], None] = OrderedDict()
+        # Per job, the images whose record is written (from the journal too), so a repeat is
+        # never written twice; 8 bytes an image (see zmqvision.idset).
+        self.completed: dict[str, IdSet] = {}
         self.journal: dict[str, dict[str, int]] = {}  # per job: what --out already holds
         self.acks: dict[str, tuple[list, list]] = {}  # per job: (tiles, images) to announce
         self.last_ack = 0.0
@@ -152,9 +153,14 @@ class Sink:
                 f"job {j}: {c['done']} records" for j, c in self.journal.items()))
 
     def _remember(self, job: str, image: str) -> None:
-        self.completed[(job, image)] = None
-        if len(self.completed) > REMEMBER_COMPLETED:
-            self.completed.popitem(last=False)
+        written = self.completed.get(job)
+        if written is None:
+            written = self.completed[job] = IdSet()
+        written.add(image)
+
+    def _written(self, job: str, image: str) -> bool:
+        written = self.completed.get(job)
+        return written is not None and image in written
 
     def _ack(self, job: str, tile: tuple[str, int] | None = None,
              image: str | None = None) -> None:
@@ -241,7 +247,7 @@ class Sink:
             return
         if msg.image in job.images:
             return
-        if (msg.job, msg.image) in self.completed:
+        if self._written(msg.job, msg.image):
             self._ack(msg.job, image=msg.image)  # announced again: say again it is written
             return
         job.images_seen += 1
@@ -252,7 +258,9 @@ class Sink:
         if msg.error is not None:
             self._complete(job, img)
             return
-        for result in job.early.pop(msg.image, []):
+        early = job.early.pop(msg.image, [])
+        job.early_count -= len(early)
+        for result in early:
             self._add_part(job, img, result)
 
     def _on_job_end(self, msg: protocol.JobEnd) -> None:
@@ -278,10 +286,17 @@ class Sink:
             return
         img = job.images.get(msg.image)
         if img is None:
-            if (msg.job, msg.image) in self.completed:
+            if self._written(msg.job, msg.image):
                 self._ack(msg.job, image=msg.image)  # a late copy of a written image's tile
                 return
             job.early.setdefault(msg.image, []).append(msg)
+            job.early_count += 1
+            if job.early_count > MAX_EARLY_RESULTS:  # never acked: the tiles come again
+                image, dropped = next(iter(job.early.items()))
+                del job.early[image]
+                job.early_count -= len(dropped)
+                self.bad(protocol.ProtocolError(
+                    f"{len(dropped)} results for image {image}, never announced"))
             return
         self._add_part(job, img, msg)
 

@@ -30,6 +30,7 @@ import zmq
 
 from zmqvision import io, protocol, results, sockets
 from zmqvision.dispatch import Dispatcher, TileKey
+from zmqvision.idset import IdSet
 from zmqvision.merge import MergeConfig
 from zmqvision.tiling import Tile, cut_tile, plan_tiles
 
@@ -94,9 +95,9 @@ def _read_ahead(
         yield pending.popleft().result()
 
 
-def read_resume(path: str) -> tuple[str | None, set[str]]:
+def read_resume(path: str) -> tuple[str | None, IdSet]:
     """The job id and the ids of the images a results file already has a record for."""
-    job, done = None, set()
+    job, done = None, IdSet()
     if not os.path.exists(path):
         return None, done
     for rec in results.read_jsonl(path, skip_bad=True):
@@ -145,10 +146,15 @@ class Ventilator:
         self.done: protocol.JobDone | None = None
         self.dispatch = Dispatcher(lease_s=config.lease_s)
         self.window: OrderedDict[str, _InFlight] = OrderedDict()
+        # Images of the window with tiles never sent yet, oldest first (keeps choosing the
+        # next tile O(1) however large the window).
+        self._unsent: deque[str] = deque()
         self._reread_cache: tuple[str, np.ndarray] | None = None
         self.skipped = 0
+        self.tiles_sent = 0  # every send, copies included
+        self.rereads = 0  # images decoded again to cut tiles that had to be sent again
         resumed_job, self._already = (read_resume(config.resume) if config.resume
-                                      else (None, set()))
+                                      else (None, IdSet()))
         self.job_id = config.job_id or resumed_job or protocol.new_job_id()
 
     def bind(self) -> str:
@@ -195,6 +201,8 @@ class Ventilator:
                 return False
         tile = entry.plan[key[1]]
         cut, scale = cut_tile(pixels, tile, self.spec.input_size)
+        if entry.all_sent:
+            entry.pixels = None  # every tile has been cut once: the pixels can go
         msg = protocol.Tile(job=self.job_id, image=key[0], index=key[1], box=tile.box,
                             scale=scale, model=self.spec.ref, pixels=cut,
                             min_score=self.config.score_threshold, attempt=int(copy))
@@ -206,6 +214,7 @@ class Ventilator:
             self.dispatch.resend.appendleft(key)
             return False
         self.dispatch.assign(key, wid)
+        self.tiles_sent += 1
         if copy:
             self.dispatch.note_backup()
         return True
@@ -215,6 +224,7 @@ class Ventilator:
         image is cached: re-sent tiles of one image tend to come together)."""
         if self._reread_cache is not None and self._reread_cache[0] == image:
             return self._reread_cache[1]
+        self.rereads += 1
         loaded = _load(entry.info.path, self.config.max_pixels)
         if loaded.image is None or loaded.image.content_hash != entry.info.hash:
             log.error("%s changed or vanished during the job; it cannot be sent again",
@@ -223,19 +233,30 @@ class Ventilator:
         self._reread_cache = (image, loaded.image.pixels)
         return loaded.image.pixels
 
+    def _has_unsent(self) -> bool:
+        """Whether some image of the window still has tiles never sent (dropping images
+        written meanwhile, e.g. acked by a restarted sink that already had them)."""
+        while self._unsent:
+            entry = self.window.get(self._unsent[0])
+            if entry is not None and not entry.all_sent:
+                return True
+            self._unsent.popleft()
+        return False
+
     def _next_key(self, wid: bytes) -> tuple[TileKey, bool] | None:
         d = self.dispatch
         while d.resend:
             key = d.resend.popleft()
             if key[0] in self.window and not d.is_leased(key):
                 return key, False
-        for image, entry in self.window.items():
-            if not entry.all_sent:
-                index = entry.next_tile
-                entry.next_tile += 1
-                if entry.all_sent:
-                    entry.pixels = None  # every tile is out: the pixels can go
-                return (image, index), False
+        if self._has_unsent():
+            image = self._unsent[0]
+            entry = self.window[image]
+            index = entry.next_tile
+            entry.next_tile += 1
+            if entry.all_sent:
+                self._unsent.popleft()
+            return (image, index), False
         if self._exhausted:
             key = d.backup_candidate(wid)
             if key is not None:
@@ -303,6 +324,7 @@ class Ventilator:
             self.dispatch.forget_image(image)
             entry.next_tile = 0
             entry.pixels = None  # re-read on demand
+        self._unsent = deque(self.window)
         if self._job_end is not None:
             self._to_sink(self._job_end)
 
@@ -370,7 +392,7 @@ class Ventilator:
         )
         self._to_sink(self._job_start)
         n_images = n_tiles = 0
-        seen: set[int] = set()  # 8-byte prefixes of image ids: duplicates in the inputs
+        seen = IdSet()  # ids of the images admitted: the same input twice is one image
         paths = io.iter_image_paths(cfg.inputs, recursive=cfg.recursive,
                                     extensions=cfg.extensions)
         poller = zmq.Poller()
@@ -384,7 +406,7 @@ class Ventilator:
                 pump()
                 # Admit images while the window has room and the workers could use tiles.
                 while (not self._exhausted and len(self.window) < cfg.window
-                       and all(e.all_sent for e in self.window.values())):
+                       and not self._has_unsent()):
                     loaded = next(source, None)
                     if loaded is None:
                         self._exhausted = True
@@ -399,18 +421,21 @@ class Ventilator:
                     self._to_sink(self._job_end)
                 self._dispatch()
                 poller.poll(20 if self.dispatch.total_credit() else 100)
+        d = self.dispatch
+        log.info("job %s: %d images, %d tiles sent (%d again after a lost worker or lease, "
+                 "%d backup copies), %d images re-read to cut them", self.job_id, n_images,
+                 self.tiles_sent, d.requeued, d.backups_sent, self.rereads)
         return self.done
 
-    def _admit(self, loaded: _Loaded, seq: int, seen: set[int]) -> int | None:
+    def _admit(self, loaded: _Loaded, seq: int, seen: IdSet) -> int | None:
         """Announce one image and queue its tiles; None if it is not part of the job."""
         img = loaded.image
         iid = (protocol.image_id(img.content_hash, loaded.path) if img is not None
                else protocol.failed_image_id(loaded.path))
-        short = int(iid[:16], 16)
-        if short in seen:
+        if iid in seen:
             log.info("skipping %s: already in this job", loaded.path)
             return None
-        seen.add(short)
+        seen.add(iid)
         abspath = os.path.abspath(loaded.path)
         if iid in self._already:
             self.skipped += 1  # resumed: its record exists; the sink counts it from there
@@ -426,6 +451,7 @@ class Ventilator:
                                   hash=img.content_hash, abspath=abspath)
         self._to_sink(info)
         self.window[iid] = _InFlight(info, plan, img.pixels)
+        self._unsent.append(iid)
         return len(plan)
 
 

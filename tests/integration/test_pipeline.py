@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -123,11 +124,17 @@ def test_run_command_writes_jsonl_coco_and_drawings(image_dir, tmp_path, models_
     out = tmp_path / "r.jsonl"
     drawn = tmp_path / "drawn"
     p = _cli("run", str(image_dir), "--model", "ssd-mobilenetv2-oid", "--out", str(out),
-             "--draw", str(drawn), "--no-progress")
+             "--draw", str(drawn), "--no-progress", "-v")
     assert p.returncode == 0, p.stdout + p.stderr
     assert "4 images, 0 failed" in p.stdout
+    # Undisturbed, each image is decoded once and each tile sent once (regression: the
+    # pixels were dropped before the last tile was cut, so every image was decoded twice).
+    sent = re.search(r"4 images, (\d+) tiles sent \(0 again .*, 0 backup copies\), "
+                     r"0 images re-read", p.stderr)
+    assert sent, p.stderr
     recs = _records(out)
     assert len(recs) == 4 and all(r["error"] is None for r in recs)
+    assert int(sent.group(1)) == sum(r["tiles"] for r in recs)
     assert len(list(drawn.glob("*.jpg"))) == 4
     coco_out = tmp_path / "r.json"
     p = _cli("run", str(image_dir), "--model", "ssd-mobilenetv2-oid", "--out", str(coco_out),
