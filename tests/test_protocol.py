@@ -186,3 +186,75 @@ def test_structured_garbage_never_escapes(tag, header, extra):
     header.setdefault("v", P.VERSION)
     with contextlib.suppress(P.ProtocolError):
         P.decode([tag, msgpack.packb(header), *extra])
+
+
+def _photo_tile(encoding="jpeg"):
+    from tests.conftest import EXAMPLES
+    from zmqvision.io import read_image
+
+    pixels = read_image(EXAMPLES / "astronaut.jpg").pixels[50:350, 100:400]
+    return P.Tile(job="j1", image="i1", index=0, box=(100, 50, 400, 350), scale=1.0,
+                  model="ssd@1", pixels=np.ascontiguousarray(pixels), encoding=encoding)
+
+
+def test_jpeg_tiles_are_small_and_close_to_the_pixels():
+    t = _photo_tile()
+    frames = P.encode(t)
+    assert msgpack.unpackb(frames[1])["encoding"] == "jpeg"
+    assert len(frames[2]) < t.pixels.nbytes / 5  # a photo compresses well
+    back = _roundtrip(t)
+    assert back.encoding == "jpeg" and back.pixels.shape == t.pixels.shape
+    err = np.abs(back.pixels.astype(np.int16) - t.pixels).mean()
+    assert 0 < err < 2.0  # lossy, but barely
+
+
+def _with_header(frames, **changes):
+    h = msgpack.unpackb(frames[1])
+    h.update(changes)
+    return [frames[0], msgpack.packb(h), *frames[2:]]
+
+
+def test_a_header_without_encoding_is_raw():
+    t = _tile((8, 8, 3))
+    frames = P.encode(t)
+    h = msgpack.unpackb(frames[1])
+    del h["encoding"]
+    back = P.decode([frames[0], msgpack.packb(h), bytes(memoryview(frames[2]))])
+    assert back.encoding == "raw" and np.array_equal(back.pixels, t.pixels)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "png", "wrong_size", "huge_shape",
+                                    "grey", "unknown_encoding"])
+def test_bad_jpeg_tiles_are_protocol_errors(damage):
+    import io
+
+    from PIL import Image
+
+    t = _photo_tile()
+    frames = [f if isinstance(f, bytes) else bytes(memoryview(f)) for f in P.encode(t)]
+    data = frames[2]
+    if damage == "truncated":
+        frames[2] = data[: len(data) // 2]
+    elif damage == "garbage":
+        frames[2] = bytes(np.random.default_rng(0).integers(0, 255, 5000, dtype=np.uint8))
+    elif damage == "png":
+        out = io.BytesIO()
+        Image.fromarray(t.pixels).save(out, "PNG")
+        frames[2] = out.getvalue()
+    elif damage == "wrong_size":
+        frames = _with_header(frames, shape=[200, 300, 3])
+    elif damage == "huge_shape":  # a decompression bomb's claim: never allocated
+        frames = _with_header(frames, shape=[16000, 16000, 3])
+    elif damage == "grey":
+        out = io.BytesIO()
+        Image.fromarray(t.pixels).convert("L").save(out, "JPEG")
+        frames[2] = out.getvalue()
+    elif damage == "unknown_encoding":
+        frames = _with_header(frames, encoding="webp")
+    with pytest.raises(P.ProtocolError):
+        P.decode(frames)
+
+
+def test_unknown_encoding_is_refused_when_sending():
+    with pytest.raises(ValueError):
+        P.encode(_photo_tile("webp"))

@@ -102,6 +102,11 @@ def _job_options(f):
                      help="Give up if the job is not complete after this many seconds."),
         click.option("--window", type=click.IntRange(1), default=256, show_default=True,
                      help="Images in flight at most (bounds the ventilator's memory)."),
+        click.option("--wire", type=click.Choice(["auto", "raw", "jpeg"]), default="auto",
+                     show_default=True,
+                     help="How tiles travel: raw pixels, or JPEG (10-20x fewer bytes, "
+                          "slightly lossy); auto: raw to workers on this host, JPEG to "
+                          "others."),
     ]
     for opt in reversed(opts):
         f = opt(f)
@@ -137,7 +142,7 @@ def _vent_config(inputs, kw, **extra):
         tile_size=kw["tile_size"], overlap=kw["overlap"], full_pass=kw["full_pass"],
         merge=merge, score_threshold=kw["score_threshold"],
         max_pixels=kw["max_pixels"] or DEFAULT_MAX_PIXELS, extensions=exts,
-        timeout=kw["timeout"], window=kw["window"], **extra,
+        timeout=kw["timeout"], window=kw["window"], wire=kw["wire"], **extra,
     )
 
 

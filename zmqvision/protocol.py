@@ -36,6 +36,11 @@ from zmqvision.boxes import Detections
 VERSION = 1
 MAX_HEADER_BYTES = 1 << 20
 MAX_TILE_SIDE = 1 << 14
+MAX_TILE_BYTES = 64 << 20  # decoded pixels of one tile (a JPEG frame may claim any shape)
+# How a tile's pixels travel: raw bytes (zero-copy, for one host) or a JPEG (10-20x
+# fewer bytes, for links between hosts; lossy, so detections may differ slightly).
+TILE_ENCODINGS = ("raw", "jpeg")
+JPEG_QUALITY = 95
 # Boxes, scores and class ids travel as little-endian raw frames of these types.
 BOX_DTYPE = np.dtype("<f8")
 SCORE_DTYPE = np.dtype("<f4")
@@ -236,6 +241,7 @@ class Tile:
     pixels: np.ndarray  # uint8 [H, W, 3], RGB
     attempt: int = 0
     min_score: float | None = None  # the job's score threshold; None: the worker's default
+    encoding: str = "raw"  # how the pixels travel: one of TILE_ENCODINGS
     frame: Any = None  # the received frame, kept alive while pixels view it
 
     def header(self) -> dict:
@@ -250,11 +256,16 @@ class Tile:
             "min_score": self.min_score,
             "shape": list(self.pixels.shape),
             "dtype": "uint8",
+            "encoding": self.encoding,
         }
 
     def buffers(self) -> list:
         if self.pixels.dtype != np.uint8 or self.pixels.ndim != 3 or self.pixels.shape[2] != 3:
             raise ValueError("tile pixels must be uint8 [H, W, 3]")
+        if self.encoding == "jpeg":
+            return [_encode_jpeg(self.pixels)]
+        if self.encoding != "raw":
+            raise ValueError(f"unknown tile encoding {self.encoding!r}")
         return [np.ascontiguousarray(self.pixels)]
 
     @classmethod
@@ -271,10 +282,16 @@ class Tile:
             raise ProtocolError("tile dtype must be uint8")
         if len(bufs) != 1:
             raise ProtocolError(f"tile needs 1 pixel frame, got {len(bufs)}")
+        encoding = _req(h, "encoding", str, optional=True) or "raw"
         buf = _buffer(bufs[0])
-        if buf.nbytes != shape[0] * shape[1] * 3:
-            raise ProtocolError(f"pixel frame has {buf.nbytes} bytes, shape says {shape}")
-        pixels = np.frombuffer(buf, np.uint8).reshape(shape)
+        if encoding == "raw":
+            if buf.nbytes != shape[0] * shape[1] * 3:
+                raise ProtocolError(f"pixel frame has {buf.nbytes} bytes, shape says {shape}")
+            pixels = np.frombuffer(buf, np.uint8).reshape(shape)
+        elif encoding == "jpeg":
+            pixels = _decode_jpeg(buf, shape)
+        else:
+            raise ProtocolError(f"unknown tile encoding {encoding!r}")
         scale = float(_req(h, "scale", _NUM))
         if not scale > 0:
             raise ProtocolError("tile scale must be positive")
@@ -288,8 +305,44 @@ class Tile:
             pixels=pixels,
             attempt=_req(h, "attempt", int),
             min_score=_req(h, "min_score", _NUM, optional=True),
+            encoding=encoding,
             frame=bufs[0],
         )
+
+
+def _encode_jpeg(pixels: np.ndarray) -> bytes:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(pixels), "RGB").save(
+        out, "JPEG", quality=JPEG_QUALITY, subsampling=0)
+    return out.getvalue()
+
+
+def _decode_jpeg(buf: memoryview, shape: list[int]) -> np.ndarray:
+    """Pixels of a JPEG tile, which must be exactly ``shape``: checked from the header
+    before any decoding, so a small frame cannot make a worker allocate gigabytes."""
+    import io
+
+    from PIL import Image
+
+    if shape[0] * shape[1] * 3 > MAX_TILE_BYTES:
+        raise ProtocolError(f"tile shape {shape} is over {MAX_TILE_BYTES} bytes")
+    try:
+        with Image.open(io.BytesIO(buf)) as im:
+            if im.format != "JPEG" or im.mode != "RGB":
+                raise ProtocolError(f"tile is not an RGB JPEG ({im.format} {im.mode})")
+            if im.size != (shape[1], shape[0]):
+                raise ProtocolError(f"JPEG tile is {im.size[0]}x{im.size[1]}, shape says "
+                                    f"{shape[1]}x{shape[0]}")
+            im.load()
+            return np.asarray(im)
+    except ProtocolError:
+        raise
+    except Exception as exc:  # truncated or corrupt data: Pillow raises many types
+        raise ProtocolError(f"undecodable JPEG tile: {exc}") from None
 
 
 @dataclass(frozen=True, eq=False)

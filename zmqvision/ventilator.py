@@ -60,6 +60,7 @@ class VentilateConfig:
     decode_threads: int = 2
     read_ahead: int = 2
     window: int = 256  # images in flight (announced, not yet written by the sink)
+    wire: str = "auto"  # tile encoding: "raw", "jpeg", or "auto" (raw to local workers only)
     lease_s: float = 120.0  # a tile unanswered this long is sent again
     timeout: float | None = None  # give up if the job is not complete after this long
     job_id: str | None = None
@@ -121,6 +122,18 @@ class _InFlight:
         return self.next_tile >= len(self.plan)
 
 
+def is_local_peer(frame: zmq.Frame, endpoint: str | None) -> bool:
+    """Whether a message came from this host: over ipc or inproc, or over tcp from a
+    loopback address (what ZeroMQ reports as the frame's Peer-Address)."""
+    if endpoint is None or not endpoint.startswith("tcp://"):
+        return True
+    try:
+        addr = frame.get("Peer-Address")
+    except zmq.ZMQError:
+        return True
+    return addr in ("", "::1", "localhost") or addr.startswith(("127.", "::ffff:127."))
+
+
 class Ventilator:
     """Binds the tiles socket first (so workers can connect), then runs one job."""
 
@@ -150,6 +163,9 @@ class Ventilator:
         # next tile O(1) however large the window).
         self._unsent: deque[str] = deque()
         self._reread_cache: tuple[str, np.ndarray] | None = None
+        if config.wire not in ("auto", *protocol.TILE_ENCODINGS):
+            raise ValueError(f"unknown wire encoding {config.wire!r}")
+        self._encoding: dict[bytes, str] = {}  # per worker, chosen at its first message
         self.skipped = 0
         self.tiles_sent = 0  # every send, copies included
         self.rereads = 0  # images decoded again to cut tiles that had to be sent again
@@ -176,6 +192,8 @@ class Ventilator:
             except zmq.Again:
                 return
             wid, body = frames[0].bytes, frames[1:]
+            if wid not in self._encoding:
+                self._encoding[wid] = self._choose_encoding(frames[0])
             try:
                 msg = protocol.decode(body, (protocol.MsgType.READY, protocol.MsgType.HEARTBEAT,
                                              protocol.MsgType.BYE))
@@ -189,6 +207,11 @@ class Ventilator:
                 self.dispatch.heard(wid, period=msg.period, free=free)
             elif isinstance(msg, protocol.Bye):
                 self.dispatch.bye(wid)
+
+    def _choose_encoding(self, frame: zmq.Frame) -> str:
+        if self.config.wire != "auto":
+            return self.config.wire
+        return "raw" if is_local_peer(frame, self.tiles_endpoint) else "jpeg"
 
     def _send_tile(self, wid: bytes, key: TileKey, copy: bool) -> bool:
         entry = self.window.get(key[0])
@@ -205,7 +228,8 @@ class Ventilator:
             entry.pixels = None  # every tile has been cut once: the pixels can go
         msg = protocol.Tile(job=self.job_id, image=key[0], index=key[1], box=tile.box,
                             scale=scale, model=self.spec.ref, pixels=cut,
-                            min_score=self.config.score_threshold, attempt=int(copy))
+                            min_score=self.config.score_threshold, attempt=int(copy),
+                            encoding=self._encoding.get(wid, "raw"))
         try:
             self.router.send_multipart([wid, *protocol.encode(msg)], flags=zmq.NOBLOCK,
                                        copy=False)
@@ -370,6 +394,9 @@ class Ventilator:
                 return
             next_housekeeping = now + 0.1
             self.dispatch.expire()
+            if len(self._encoding) > 2 * len(self.dispatch.workers) + 64:  # workers gone
+                self._encoding = {w: e for w, e in self._encoding.items()
+                                  if w in self.dispatch.workers}
             if watchdog is not None:
                 watchdog()
             if cfg.timeout is not None and now - started > cfg.timeout:

@@ -151,6 +151,38 @@ def test_usage_errors_exit_2(tmp_path):
     assert _cli("run", str(tmp_path), "--overlap", "1.5").returncode == 2
 
 
+def _iou(a, b):
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def test_jpeg_wire_gives_nearly_the_same_detections(image_dir, tmp_path, models_ready):
+    """Tiles sent as JPEG (the encoding for links between hosts) are lossy: detections may
+    move a little or a borderline one may flip, but the job is the same job."""
+    outs = {}
+    for wire in ("raw", "jpeg"):
+        outs[wire] = tmp_path / f"{wire}.jsonl"
+        p = _cli("run", str(image_dir), "--model", "ssd-mobilenetv2-oid", "--out",
+                 str(outs[wire]), "--no-progress", "--wire", wire)
+        assert p.returncode == 0, p.stdout + p.stderr
+    raw = {r["image"]: r for r in _records(outs["raw"])}
+    jpeg = {r["image"]: r for r in _records(outs["jpeg"])}
+    assert raw.keys() == jpeg.keys() and len(raw) == 4
+    confident = matched = 0
+    for image, rec in raw.items():
+        others = jpeg[image]["detections"]
+        for d in rec["detections"]:
+            if d["score"] < 0.5:
+                continue
+            confident += 1
+            matched += any(o["label"] == d["label"] and _iou(o["box"], d["box"]) > 0.8
+                           for o in others)
+    assert confident >= 4 and matched >= 0.9 * confident, (matched, confident)
+
+
 @pytest.mark.parametrize("n_workers", [1, 3])
 def test_separate_commands_over_tcp_equal_run(n_workers, image_dir, tmp_path, procs,
                                               models_ready):
