@@ -45,11 +45,20 @@ class RunPlan:
     log_level: int = logging.WARNING
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (taskset, cgroup cpusets), not all the machine has:
+    OpenVINO sizes its own thread pool by the same affinity."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
+
 def default_threads(workers: int) -> int | None:
     """One worker lets OpenVINO's THROUGHPUT hint use every core; several share them."""
     if workers <= 1:
         return None
-    return max(1, (os.cpu_count() or 1) // workers)
+    return max(1, usable_cores() // workers)
 
 
 def sink_args(cfg: SinkConfig) -> list[str]:
