@@ -1,9 +1,12 @@
 """The embedded default: a sink and workers as child processes, the ventilator in this one.
 
 The children are the very commands a user would start by hand on many hosts
-(`python -m zmqvision sink …`, `… worker …`), on local TCP endpoints with ports the OS
-picks (so two runs never collide), except the events socket, which takes the documented
-port when it is free so that ``zmqvision watch`` finds a run with no flags. Each child
+(`python -m zmqvision sink …`, `… worker …`), on ipc endpoints in a private temporary
+directory (so two runs never collide, and every endpoint is known before anything binds:
+the sink and the workers start at once, which saves the sink's start-up from the time to
+first result), or, where ipc does not exist, local TCP with ports the OS picks, the sink
+first. The events socket takes the documented TCP port when it is free so that
+``zmqvision watch`` finds a run with no flags. Each child
 announces itself on stdout with one JSON line once it is ready (the sink: its bound
 endpoints; a worker: its id, after compiling its model), so the job's clock does not count
 start-up. Real commands rather than ``multiprocessing``: nothing is pickled, and a
@@ -17,11 +20,15 @@ import json
 import logging
 import os
 import select
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+
+import zmq
 
 from zmqvision import protocol, sockets
 from zmqvision.sink import SinkConfig
@@ -168,19 +175,34 @@ def run_job(
     sink: Child | None = None
     workers: list[Child] = []
     vent = None
-    try:
-        sink = Child(sink_args(replace(plan.sink, results=LOCAL_ANY_PORT)), plan.log_level)
-        _wait_ready([sink], stop, READY_TIMEOUT_S)
-        ready = sink.ready
-        job_cfg = replace(plan.job, tiles=LOCAL_ANY_PORT, sink=ready["results"],
-                          events=sockets.connectable(ready["events"]))
-        vent = Ventilator(job_cfg)
-        tiles_ep = vent.bind()
-        threads = plan.worker.threads or default_threads(plan.workers)
+    ipc_dir = tempfile.mkdtemp(prefix="zmqvision-") if zmq.has("ipc") else None
+    threads = plan.worker.threads or default_threads(plan.workers)
+
+    def start_workers(tiles_ep: str, results_ep: str) -> None:
         for i in range(plan.workers):
-            wcfg = replace(plan.worker, tiles=tiles_ep, results=ready["results"],
+            wcfg = replace(plan.worker, tiles=tiles_ep, results=results_ep,
                            threads=threads, worker_id=f"local-{os.getpid()}-{i}")
             workers.append(Child(worker_args(wcfg), plan.log_level))
+
+    try:
+        if ipc_dir is not None:  # every endpoint known now: start everything at once
+            results_ep = f"ipc://{ipc_dir}/results"
+            vent = Ventilator(replace(plan.job, tiles=f"ipc://{ipc_dir}/tiles",
+                                      sink=results_ep))
+            tiles_ep = vent.bind()
+            sink = Child(sink_args(replace(plan.sink, results=results_ep)), plan.log_level)
+            start_workers(tiles_ep, results_ep)
+            _wait_ready([sink], stop, READY_TIMEOUT_S)
+            vent.config = replace(vent.config,
+                                  events=sockets.connectable(sink.ready["events"]))
+        else:
+            sink = Child(sink_args(replace(plan.sink, results=LOCAL_ANY_PORT)),
+                         plan.log_level)
+            _wait_ready([sink], stop, READY_TIMEOUT_S)
+            ready = sink.ready
+            vent = Ventilator(replace(plan.job, tiles=LOCAL_ANY_PORT, sink=ready["results"],
+                                      events=sockets.connectable(ready["events"])))
+            start_workers(vent.bind(), ready["results"])
         _wait_ready(workers, stop, READY_TIMEOUT_S)
 
         def watchdog() -> None:
@@ -200,3 +222,5 @@ def run_job(
             vent.close()
         if sink is not None:
             _stop([sink])
+        if ipc_dir is not None:
+            shutil.rmtree(ipc_dir, ignore_errors=True)

@@ -423,6 +423,10 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
         sockets.try_send(pub, frames, copy=True)
 
     sink = Sink(config, publish, sink_id)
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    stop.wake_on_set(wake_w)  # SIGTERM ends the poll at once
     try:
         results_ep = sockets.bind(pull, config.results)
         try:
@@ -436,6 +440,9 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
                  events_ep, config.out)
         if on_ready is not None:
             on_ready({"results": results_ep, "events": events_ep})
+        poller = zmq.Poller()
+        poller.register(pull, zmq.POLLIN)
+        poller.register(wake_r, zmq.POLLIN)
         next_status = 0.0
         while not stop.is_set():
             now = time.monotonic()
@@ -449,7 +456,7 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
                 sink.publish_progress(force=True)
                 sink.publish_finished()
                 next_status = now + config.status_s
-            if pull.poll(50, zmq.POLLIN):
+            if pull in dict(poller.poll(50)):
                 for _ in range(1000):
                     try:
                         frames = pull.recv_multipart(flags=zmq.NOBLOCK, copy=False)
@@ -470,3 +477,6 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
         pull.close(linger=0)
         pub.close(linger=0)
         ctx.term()
+        stop.no_wake(wake_w)
+        os.close(wake_r)
+        os.close(wake_w)

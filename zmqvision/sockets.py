@@ -7,6 +7,7 @@ are set on purpose; sockets close with ``linger`` set, in ``finally``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -46,9 +47,24 @@ class StopFlag:
     def __init__(self, parent_pid: int | None = None) -> None:
         self._event = threading.Event()
         self.parent_pid = parent_pid
+        self._wake_fds: list[int] = []
+
+    def wake_on_set(self, fd: int) -> None:
+        """Write a byte to ``fd`` (a pipe a poller watches) when the flag is set, so a loop
+        waiting in a long poll stops at once instead of at its next timeout."""
+        self._wake_fds.append(fd)
+
+    def no_wake(self, fd: int) -> None:
+        """Before closing ``fd``: its number may be reused for a file soon after."""
+        if fd in self._wake_fds:
+            self._wake_fds.remove(fd)
 
     def set(self) -> None:
         self._event.set()
+        for fd in self._wake_fds:
+            # A full pipe means the loop is awake anyway; a closed one, that it is gone.
+            with contextlib.suppress(OSError):
+                os.write(fd, b"s")
 
     def is_set(self) -> bool:
         if self.parent_pid is not None and os.getppid() != self.parent_pid:

@@ -2,6 +2,9 @@
 
 Each model family has one small decoder module (``ssd``, ``blazeface``, ``centerface``,
 ``detection_output``) of pure numpy functions from raw outputs to ``Detections``.
+
+``Detector`` and ``DeviceError`` are imported on first use: they need OpenVINO, which takes
+a tenth of a second to import, and the ventilator, the sink and the CLI never run a model.
 """
 
 from zmqvision.models.catalog import (
@@ -11,7 +14,6 @@ from zmqvision.models.catalog import (
     ModelSpec,
     resolve,
 )
-from zmqvision.models.runtime import Detector, DeviceError
 from zmqvision.models.store import (
     ModelStoreError,
     cache_dir,
@@ -38,3 +40,11 @@ __all__ = [
     "pull",
     "resolve",
 ]
+
+
+def __getattr__(name: str):
+    if name in ("Detector", "DeviceError"):
+        from zmqvision.models import runtime
+
+        return getattr(runtime, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,103 @@
+"""Scaling on one host: throughput of `zmqvision run` with W workers of T inference threads
+each, against 1 worker of 1 thread, side by side in one run.
+
+Each configuration runs ``zmqvision run DIR --workers W --threads T`` as a user would, over
+the same generated images (large JPEGs made from scikit-image's bundled photos, as in
+throughput.py), after one warm-up run that fills OpenVINO's compile cache. Runs rotate
+through the configurations ``--repeats`` times, so load from elsewhere on a shared machine
+hits all alike. The rate is tiles per second as ``zmqvision run`` prints it (from the sink's
+JobStart to its JobDone; process start and model compile are outside it), and the ratio is
+the median over repeats of each run's rate ÷ the 1×1 rate of the same repeat.
+
+    python benchmarks/scaling.py                                   # 1x1, 2x1, 1x2
+    python benchmarks/scaling.py --configs 1x1,2x1,4x1,8x1,16x1    # a bigger machine
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from throughput import make_inputs, parse_size  # noqa: E402
+
+SUMMARY = re.compile(r"(\d+) tiles, \d+ detections in ([0-9.]+) s \(([0-9.]+) tiles/s\)")
+
+
+def parse_configs(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", item)
+        if not m or min(int(m.group(1)), int(m.group(2))) < 1:
+            raise argparse.ArgumentTypeError(f"expected WORKERSxTHREADS, got {item!r}")
+        out.append((int(m.group(1)), int(m.group(2))))
+    if (1, 1) not in out:
+        out.insert(0, (1, 1))
+    return out
+
+
+def run_once(folder: Path, model: str, workers: int, threads: int,
+             out: Path) -> tuple[int, float]:
+    cmd = [sys.executable, "-m", "zmqvision", "run", str(folder), "--model", model,
+           "--workers", str(workers), "--threads", str(threads), "--out", str(out),
+           "--no-progress", "--events", "tcp://127.0.0.1:0"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    if p.returncode != 0:
+        raise RuntimeError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    m = SUMMARY.search(p.stdout)
+    if m is None:
+        raise RuntimeError(f"no summary line in: {p.stdout}")
+    return int(m.group(1)), float(m.group(3))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="ssd-mobilenetv2-oid")
+    ap.add_argument("--images", type=int, default=16)
+    ap.add_argument("--size", type=parse_size, default=(1920, 1080))
+    ap.add_argument("--configs", type=parse_configs, default=parse_configs("1x1,2x1,1x2"),
+                    help="WORKERSxTHREADS list (default 1x1,2x1,1x2; 1x1 is always run)")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args(argv)
+
+    rates: dict[tuple[int, int], list[float]] = {c: [] for c in args.configs}
+    with tempfile.TemporaryDirectory(prefix="zv-scaling-") as tmp:
+        tmp = Path(tmp)
+        folder = tmp / "in"
+        folder.mkdir()
+        make_inputs(folder, args.images, args.size)
+        out = tmp / "out.jsonl"
+        run_once(folder, args.model, 1, 1, out)  # warm-up: OpenVINO's compile cache
+        tiles = 0
+        for r in range(args.repeats):
+            order = args.configs[r % len(args.configs):] + args.configs[:r % len(args.configs)]
+            for w, t in order:
+                tiles, rate = run_once(folder, args.model, w, t, out)
+                rates[(w, t)].append(rate)
+                print(f"repeat {r + 1}/{args.repeats}: {w}x{t} {rate:.1f} tiles/s",
+                      file=sys.stderr, flush=True)
+
+    base = rates[(1, 1)]
+    print(f"command: {shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
+    print(f"{args.images} images {args.size[0]}x{args.size[1]}, {args.model}, {tiles} tiles "
+          f"per run, {args.repeats} rotating repeats, os.cpu_count()={os.cpu_count()}")
+    print()
+    print("| workers × threads | cores asked | tiles/s (median) | min–max "
+          "| ÷ 1×1 (median of per-repeat ratios) | per core asked |")
+    print("|---|---|---|---|---|---|")
+    for (w, t), v in rates.items():
+        ratio = statistics.median(x / b for x, b in zip(v, base, strict=True))
+        print(f"| {w} × {t} | {w * t} | {statistics.median(v):.1f} | {min(v):.1f}–{max(v):.1f} "
+              f"| {ratio:.2f} | {ratio / (w * t):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
