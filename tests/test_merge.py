@@ -7,12 +7,14 @@ Run this file as a script to print merge timings: ``python tests/test_merge.py``
 from __future__ import annotations
 
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from zmqvision import merge as merge_module
 from zmqvision.boxes import Detections, overlap_one_to_many
 from zmqvision.merge import MergeConfig, merge, merge_partials
 
@@ -116,6 +118,36 @@ def test_independent_of_arrival_order(items, cfg, rnd):
 def test_matches_reference_on_small_random_inputs(items, cfg):
     dets = _dets(items)
     assert same(merge(dets, cfg), reference(dets, cfg))
+
+
+def tiny_chunks():
+    """The greedy pass reads the pairs in chunks (each dropping pairs already settled) and
+    the pairs are found in batches: make both tiny, so chunk and batch borders fall inside
+    the pairs of one box."""
+    return mock.patch.multiple(merge_module, _GREEDY_CHUNK=2, _GREEDY_CHUNK_MAX=8,
+                               _PAIR_BATCH=16)
+
+
+@settings(max_examples=150, deadline=None)
+@given(det_st, st.sampled_from(CONFIGS))
+def test_matches_reference_in_tiny_chunks(items, cfg):
+    dets = _dets(items)
+    with tiny_chunks():
+        assert same(merge(dets, cfg), reference(dets, cfg))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=repr)
+def test_pile_on_one_object_matches_reference_in_tiny_chunks(cfg):
+    # A pile (every pair matches) next to ordinary boxes: after the first chunks nearly
+    # every pair has an absorbed end and is dropped before the loop.
+    rng = np.random.default_rng(5)
+    piled = Detections.of(np.array([100.0, 100, 160, 150]) + rng.normal(0, 2, (300, 4)),
+                          rng.random(300), rng.integers(0, 2, 300))
+    dets = Detections.concat([piled, random_dets(300, 600, seed=6)])
+    want = reference(dets, cfg)
+    with tiny_chunks():
+        assert same(merge(dets, cfg), want)
+    assert same(merge(dets, cfg), want)
 
 
 @pytest.mark.parametrize("cfg", CONFIGS, ids=repr)

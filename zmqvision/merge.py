@@ -28,8 +28,12 @@ from zmqvision.boxes import Detections, areas
 METHODS = ("nmm", "nms", "none")
 METRICS = ("ios", "iou")
 
-# Largest number of candidate pairs materialised at once (bounds memory, ~100 MB).
-_PAIR_BATCH = 1 << 22
+# Largest number of candidate pairs materialised at once: bounds the temporaries of one
+# batch (index, coordinate and overlap arrays, about 150 bytes a pair: ~150 MB).
+_PAIR_BATCH = 1 << 20
+# The greedy pass reads pairs in chunks, the first this small, each next one twice as large.
+_GREEDY_CHUNK = 1 << 12
+_GREEDY_CHUNK_MAX = 1 << 20
 # Cells per axis at the finest level are capped so cell keys fit in int64.
 _MAX_CELLS_PER_AXIS = 1 << 20
 
@@ -127,18 +131,34 @@ def _greedy(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     Returns, per rank, the rank of the keeper that absorbed it, or -1 for keepers. Pairs
     are visited by source rank, so a box's own fate is settled (all its better matches
     seen) before it may absorb anything. Only matching pairs are visited: a few per box.
+
+    The pairs are read in chunks of growing size, and a chunk first drops (in numpy) every
+    pair whose source or target is already absorbed: the loop would skip it anyway, since
+    a box once absorbed stays so. When one box absorbs a pile of thousands, the pairs
+    among the absorbed (quadratic in the pile) thus never reach the Python loop.
     """
     absorbed_by = np.full(n, -1, np.int64)
     if not len(src):
         return absorbed_by
-    order = np.lexsort((dst, src))
+    # By source, then target: one int64 key (src * n + dst < n**2) sorts several times
+    # faster than a two-key lexsort, and equal keys keep their order either way.
+    order = np.argsort(src * n + dst, kind="stable")
     gone = bytearray(n)
+    gone_np = np.frombuffer(gone, np.uint8)  # the same memory, for the chunk filter
     owner_of: dict[int, int] = {}
-    for s, d in zip(src[order].tolist(), dst[order].tolist(), strict=True):
-        if gone[s] or gone[d]:
-            continue
-        gone[d] = 1
-        owner_of[d] = s
+    start, chunk = 0, _GREEDY_CHUNK
+    while start < len(order):
+        part = order[start:start + chunk]
+        start += len(part)
+        chunk = min(2 * chunk, _GREEDY_CHUNK_MAX)
+        s_part, d_part = src[part], dst[part]
+        live = (gone_np[s_part] | gone_np[d_part]) == 0
+        for s, d in zip(s_part[live].tolist(), d_part[live].tolist(), strict=True):
+            if gone[s] or gone[d]:
+                continue
+            gone[d] = 1
+            owner_of[d] = s
+    del gone_np  # release the export before the bytearray goes
     if owner_of:
         absorbed_by[np.fromiter(owner_of.keys(), np.int64, len(owner_of))] = np.fromiter(
             owner_of.values(), np.int64, len(owner_of)
@@ -179,9 +199,16 @@ def _matching_pairs(ranked: Detections, config: MergeConfig) -> tuple[np.ndarray
         members = np.flatnonzero(level <= lv)
         s, d = _level_pairs(b, area[ids], klass, members, level[members] == lv,
                             c0 * 2.0**lv, (ox, oy), config)
-        srcs.append(ids[s])
-        dsts.append(ids[d])
-    return np.concatenate(srcs), np.concatenate(dsts)
+        if len(ids) < len(boxes):  # else ids is the identity: no copy of the pairs
+            s, d = ids[s], ids[d]
+        srcs.append(s)
+        dsts.append(d)
+    return _cat(srcs), _cat(dsts)
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray:
+    """``np.concatenate`` without copying a single part (pairs can take gigabytes)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _level_pairs(
@@ -257,7 +284,7 @@ def _level_pairs(
         i, j = i[hit], j[hit]
         out_s.append(np.minimum(i, j))
         out_d.append(np.maximum(i, j))
-    return np.concatenate(out_s), np.concatenate(out_d)
+    return _cat(out_s), _cat(out_d)
 
 
 def _pair_overlap(
