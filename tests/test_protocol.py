@@ -258,3 +258,15 @@ def test_bad_jpeg_tiles_are_protocol_errors(damage):
 def test_unknown_encoding_is_refused_when_sending():
     with pytest.raises(ValueError):
         P.encode(_photo_tile("webp"))
+
+
+def test_a_result_claiming_too_many_boxes_is_refused():
+    n = P.MAX_RESULT_BOXES + 1
+    frames = [b"zv.result",
+              msgpack.packb({"v": P.VERSION, "job": "j", "image": "i", "index": 0,
+                             "worker": "w", "model": "m", "n": n, "error": None,
+                             "attempt": 0}),
+              np.zeros((n, 4), "<f8").tobytes(), np.zeros(n, "<f4").tobytes(),
+              np.zeros(n, "<i4").tobytes()]
+    with pytest.raises(P.ProtocolError, match="detection count"):
+        P.decode(frames)

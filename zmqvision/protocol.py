@@ -41,6 +41,10 @@ MAX_TILE_BYTES = 64 << 20  # decoded pixels of one tile (a JPEG frame may claim 
 # fewer bytes, for links between hosts; lossy, so detections may differ slightly).
 TILE_ENCODINGS = ("raw", "jpeg")
 JPEG_QUALITY = 95
+# Detections in one tile's result at most. Models give at most a few hundred after their
+# own NMS; the bound keeps a hostile sender from making the sink's merge quadratic work
+# over a pile of hundreds of thousands of boxes (16 MiB would otherwise carry 400k).
+MAX_RESULT_BOXES = 10_000
 # Boxes, scores and class ids travel as little-endian raw frames of these types.
 BOX_DTYPE = np.dtype("<f8")
 SCORE_DTYPE = np.dtype("<f4")
@@ -384,8 +388,8 @@ class Result:
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> Result:
         n = _req(h, "n", int)
-        if n < 0:
-            raise ProtocolError("negative detection count")
+        if not 0 <= n <= MAX_RESULT_BOXES:
+            raise ProtocolError(f"detection count {n} not in 0..{MAX_RESULT_BOXES}")
         if len(bufs) != 3:
             raise ProtocolError(f"result needs 3 frames (boxes, scores, labels), got {len(bufs)}")
         views = [_buffer(b) for b in bufs]
