@@ -270,3 +270,12 @@ def test_a_result_claiming_too_many_boxes_is_refused():
               np.zeros(n, "<i4").tobytes()]
     with pytest.raises(P.ProtocolError, match="detection count"):
         P.decode(frames)
+
+
+@pytest.mark.parametrize("tiling", [{"tile_size": b"\x00"}, {1: 2}, {"x": float("nan")},
+                                    {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}])
+def test_job_settings_must_be_plain_json(tiling):
+    frames = P.encode(P.JobStart(job="j", model={"ref": "m@1", "labels": []}, tiling=tiling,
+                                 merge={}))
+    with pytest.raises(P.ProtocolError):
+        P.decode(frames)

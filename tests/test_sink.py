@@ -206,3 +206,15 @@ def test_a_repeat_of_a_written_image_is_acked_not_written_again(tmp_path):
     assert len(h.records()) == 1
     acked = [img for e in h.events if isinstance(e, P.Ack) for img in e.images]
     assert acked.count("a") >= 2
+
+
+def test_records_say_which_settings_produced_them(tmp_path):
+    h = Harness(tmp_path)
+    tiling = {"tile_size": [256, 256], "overlap": 0.25, "full_pass": True,
+              "input_size": [640, 640]}
+    h.send(P.JobStart(job="j", model=MODEL, tiling=tiling, merge=MERGE,
+                      options={"score_threshold": 0.4}))
+    h.send(P.ImageInfo(job="j", image="a", path="a.jpg", seq=0, width=10, height=10, tiles=1))
+    h.send(result("a", 0, [], [], []))
+    (rec,) = h.records()
+    assert rec["settings"] == {"tiling": tiling, "merge": MERGE, "score_threshold": 0.4}

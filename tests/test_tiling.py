@@ -226,3 +226,41 @@ def test_to_image_coords_clips_to_tile_and_returns_new_array():
     half = to_image_coords(np.array([[0.0, 0.0, 320.0, 320.0]], np.float32), (0, 0, 640, 640), 0.5)
     np.testing.assert_array_equal(half, [[0, 0, 640, 640]])
     assert to_image_coords(np.zeros((0, 4)), (0, 0, 10, 10), 1.0).shape == (0, 4)
+
+
+def _planted_box_back(img_w, img_h, rect, tile_side, input_side):
+    """Plant a white rectangle, cut every tile that holds it whole, find it in each
+    resized tile, and map what was found back to image pixels."""
+    img = np.zeros((img_h, img_w, 3), np.uint8)
+    x0, y0, x1, y1 = rect
+    img[y0:y1, x0:x1] = 255
+    found = []
+    for tile in plan_tiles(img_w, img_h, (tile_side, tile_side), 0.2, False):
+        tx0, ty0, tx1, ty1 = tile.box
+        if not (tx0 <= x0 and ty0 <= y0 and x1 <= tx1 and y1 <= ty1):
+            continue
+        cut, scale = cut_tile(img, tile, (input_side, input_side))
+        ys, xs = np.nonzero(cut[:, :, 0] >= 128)  # the edge is where bilinear crosses half
+        in_box = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], np.float64)
+        found.append(to_image_coords(in_box, tile.box, scale)[0])
+    return found
+
+
+@pytest.mark.parametrize("tile_side,input_side", [
+    (256, 640), (320, 640), (333, 640), (640, 640), (1280, 640), (1001, 640), (300, 300),
+    (150, 300), (97, 128),
+])
+@pytest.mark.parametrize("where", ["inside", "edge"])
+def test_a_planted_box_comes_back_within_one_pixel_after_resizing(tile_side, input_side,
+                                                                  where):
+    """Cut at N, resized to M (enlarged or shrunk), mapped back: the box is where it was."""
+    img_w, img_h = 3 * tile_side + 17, 2 * tile_side + 9  # odd sizes: edge tiles shift
+    side = max(8, tile_side // 4)
+    if where == "inside":
+        rect = (tile_side // 3, tile_side // 5, tile_side // 3 + side, tile_side // 5 + side)
+    else:  # against the bottom-right border: only the flush edge tile holds it
+        rect = (img_w - side - 1, img_h - side - 2, img_w - 1, img_h - 2)
+    found = _planted_box_back(img_w, img_h, rect, tile_side, input_side)
+    assert found, "no tile holds the planted box whole"
+    for box in found:
+        assert np.abs(box - np.array(rect, np.float64)).max() <= 1.0, (box, rect)

@@ -142,6 +142,31 @@ def _error(h: dict) -> dict | None:
     return {"type": e["type"], "message": e["message"]}
 
 
+def _plain(value: Any, where: str, depth: int = 0) -> Any:
+    """``value`` if it is plain JSON (str keys; str, int, finite float, bool, None, lists,
+    maps; nested at most 4 deep): settings that end up in result records must be writable
+    as JSON whatever a sender put in them."""
+    if depth > 4:
+        raise ProtocolError(f"{where}: nested too deep")
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ProtocolError(f"{where}: non-finite number")
+        return value
+    if isinstance(value, list):
+        for item in value:
+            _plain(item, where, depth + 1)
+        return value
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ProtocolError(f"{where}: keys must be strings")
+            _plain(item, where, depth + 1)
+        return value
+    raise ProtocolError(f"{where}: {type(value).__name__} is not a plain JSON value")
+
+
 def _buffer(frame: Any) -> memoryview:
     """A read-only view of a frame, whether it came as bytes or as a zero-copy zmq.Frame."""
     buf = getattr(frame, "buffer", None)
@@ -177,11 +202,11 @@ class JobStart:
         return cls(
             job=_req(h, "job", str),
             model=model,
-            tiling=_req(h, "tiling", dict),
-            merge=_req(h, "merge", dict),
+            tiling=_plain(_req(h, "tiling", dict), "tiling"),
+            merge=_plain(_req(h, "merge", dict), "merge"),
             created=float(_req(h, "created", _NUM)),
             host=_req(h, "host", str),
-            options=_req(h, "options", dict, optional=True) or {},
+            options=_plain(_req(h, "options", dict, optional=True) or {}, "options"),
         )
 
 

@@ -30,6 +30,7 @@ def make_record(
     error: dict | None,
     content_hash: str | None = None,
     tiles: int = 0,
+    settings: dict | None = None,
 ) -> dict:
     """The JSONL record; field names are a public contract (README, docs/protocol.md)."""
     dets = []
@@ -53,6 +54,7 @@ def make_record(
         "hash": content_hash,
         "tiles": tiles,
         "job": job,
+        "settings": settings,
     }
 
 

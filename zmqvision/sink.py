@@ -66,6 +66,7 @@ class _Job:
     start: protocol.JobStart
     merge: MergeConfig
     labels: list[str]
+    settings: dict  # what produced the results: tiling, merge, score threshold (records)
     spool: results.JsonlWriter | None = None
     spool_path: str | None = None
     images: dict[str, _Image] = field(default_factory=dict)
@@ -225,7 +226,9 @@ class Sink:
         except (TypeError, ValueError) as exc:
             self.bad(protocol.ProtocolError(f"job {msg.job}: bad merge settings: {exc}"))
             return
-        job = _Job(start=msg, merge=merge_cfg, labels=list(msg.model["labels"]))
+        job = _Job(start=msg, merge=merge_cfg, labels=list(msg.model["labels"]),
+                   settings={"tiling": msg.tiling, "merge": msg.merge,
+                             "score_threshold": msg.options.get("score_threshold")})
         journal = self.journal.get(msg.job)
         if journal is not None:  # restarted: the records already written count
             job.images_done = job.images_seen = journal["done"]
@@ -344,6 +347,7 @@ class Sink:
             path=info.path, image_id=info.image, job=job.start.job, width=info.width,
             height=info.height, model=job.start.model["ref"], labels=job.labels,
             detections=dets, error=img.error, content_hash=info.hash, tiles=info.tiles,
+            settings=job.settings,
         )
         (job.spool or self.writer).write(record)
         if self.config.draw and img.error is None:
