@@ -78,8 +78,11 @@ def _model_options(f):
 
 def _job_options(f):
     opts = [
-        click.option("--tile-size", type=SIZE, default=None,
-                     help="Tile size in image pixels [default: the model's input size]."),
+        click.option("--tile-size", "--tile", "tile_size", type=SIZE, default=None,
+                     help="Size of the cut in image pixels [default: the model's input "
+                          "size]. Cuts are resized to the model input (--input-size): "
+                          "smaller cuts enlarge small objects; a cut of another aspect "
+                          "ratio is letterboxed, never distorted."),
         click.option("--overlap", type=click.FloatRange(0, 0.95), default=0.2,
                      show_default=True, help="Overlap between neighbouring tiles (fraction)."),
         click.option("--full-pass/--no-full-pass", default=False, show_default=True,

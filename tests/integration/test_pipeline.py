@@ -350,3 +350,20 @@ def test_children_stop_when_run_is_killed(tmp_path, procs, models_ready):
     run.send_signal(signal.SIGKILL)
     run.wait(10)
     _assert_group_gone(run.pid, 20)
+
+
+def test_tiles_cut_smaller_than_the_input_are_enlarged_and_recorded(tmp_path, photos,
+                                                                     models_ready):
+    out = tmp_path / "t.jsonl"
+    p = _cli("run", str(photos[0]), "--model", "centerface", "--tile", "256",
+             "--input-size", "640", "--out", str(out), "--no-progress")
+    assert p.returncode == 0, p.stdout + p.stderr
+    (rec,) = _records(out)
+    tiling = rec["settings"]["tiling"]
+    assert tiling["tile_size"] == [256, 256] and tiling["input_size"] == [640, 640]
+    w, h = rec["width"], rec["height"]
+    assert rec["tiles"] == len(plan_tiles(w, h, (256, 256), tiling["overlap"], False))
+    assert rec["detections"], "the astronaut's face, enlarged 2.5x, is still found"
+    for d in rec["detections"]:
+        x0, y0, x1, y1 = d["box"]
+        assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
