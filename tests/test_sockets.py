@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from zmqvision.sockets import StopFlag
+from zmqvision.sockets import StopFlag, WakePipe
 
 
 def test_set_writes_to_registered_pipes_until_forgotten():
@@ -32,7 +32,7 @@ def test_set_writes_to_registered_pipes_until_forgotten():
 
 CHILD = """
 import os, sys, time, zmq
-from zmqvision.sockets import StopFlag
+from zmqvision.sockets import StopFlag, WakePipe
 r, w = os.pipe()
 os.set_blocking(r, False)
 os.set_blocking(w, False)
@@ -63,3 +63,21 @@ def test_sigterm_ends_a_long_poll_at_once():
             p.kill()
             p.wait(5)
     assert woke == "True" and is_set == "True" and float(waited) < 5
+
+
+def test_wake_pipe_wakes_on_stop_and_on_wake_and_forgets_when_closed():
+    flag = StopFlag()
+    pipe = WakePipe(flag)
+    try:
+        pipe.wake()
+        pipe.drain()
+        with pytest.raises(BlockingIOError):
+            os.read(pipe.r, 10)  # drained
+        flag.set()
+        assert os.read(pipe.r, 10) == b"s"
+        for _ in range(100_000):  # a full pipe never blocks the writer
+            pipe.wake()
+    finally:
+        pipe.close()
+    assert not flag._wake_fds
+    flag.set()  # nothing is written to the closed (maybe reused) descriptor

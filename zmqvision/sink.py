@@ -427,10 +427,7 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
         sockets.try_send(pub, frames, copy=True)
 
     sink = Sink(config, publish, sink_id)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    stop.wake_on_set(wake_w)  # SIGTERM ends the poll at once
+    wake = sockets.WakePipe(stop)  # SIGTERM ends the poll at once
     try:
         results_ep = sockets.bind(pull, config.results)
         try:
@@ -446,7 +443,7 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
             on_ready({"results": results_ep, "events": events_ep})
         poller = zmq.Poller()
         poller.register(pull, zmq.POLLIN)
-        poller.register(wake_r, zmq.POLLIN)
+        poller.register(wake.r, zmq.POLLIN)
         next_status = 0.0
         while not stop.is_set():
             now = time.monotonic()
@@ -481,6 +478,4 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
         pull.close(linger=0)
         pub.close(linger=0)
         ctx.term()
-        stop.no_wake(wake_w)
-        os.close(wake_r)
-        os.close(wake_w)
+        wake.close()

@@ -83,6 +83,35 @@ class StopFlag:
         signal.signal(signal.SIGINT, handler)
 
 
+class WakePipe:
+    """A pipe that a loop's poller watches, so the loop wakes at once when something
+    happens outside ZeroMQ: the stop flag is set (SIGTERM), or another thread has work for
+    it (``wake``). Both ends are non-blocking: a full pipe means the loop is awake anyway."""
+
+    def __init__(self, stop: StopFlag | None = None) -> None:
+        self.r, self.w = os.pipe()
+        os.set_blocking(self.r, False)
+        os.set_blocking(self.w, False)
+        self._stop = stop
+        if stop is not None:
+            stop.wake_on_set(self.w)
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):
+            os.write(self.w, b"x")
+
+    def drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.r, 4096):
+                pass
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self._stop.no_wake(self.w)  # before closing: the number may soon name a file
+        os.close(self.r)
+        os.close(self.w)
+
+
 def bind(sock: zmq.Socket, endpoint: str) -> str:
     """Bind and return the endpoint actually bound (resolves port 0 to the real port),
     with a message that names the endpoint when it is taken."""

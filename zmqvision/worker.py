@@ -113,10 +113,8 @@ def run_worker(
     expected_shape = (detector.input_size[1], detector.input_size[0], 3)
 
     done: queue.SimpleQueue = queue.SimpleQueue()
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    stop.wake_on_set(wake_w)  # SIGTERM ends the poll at once (measured: 0.3 s per stop)
+    # Completions and SIGTERM wake the socket loop at once (a stop waited 0.3 s without).
+    wake = sockets.WakePipe(stop)
 
     def completed(request, userdata) -> None:
         src, tile, t0 = userdata
@@ -126,8 +124,7 @@ def run_worker(
             done.put((src, tile, t0, dets, None))
         except Exception as exc:  # reported as this tile's error, never lost
             done.put((src, tile, t0, None, exc))
-        with contextlib.suppress(OSError):
-            os.write(wake_w, b"x")
+        wake.wake()
 
     infer_queue = ov.AsyncInferQueue(detector.compiled, n_requests)
     infer_queue.set_callback(completed)
@@ -257,7 +254,7 @@ def run_worker(
         if on_ready is not None:
             on_ready(worker_id)
         poller = zmq.Poller()
-        poller.register(wake_r, zmq.POLLIN)
+        poller.register(wake.r, zmq.POLLIN)
         for d in dealers:
             poller.register(d, zmq.POLLIN)
         while not stop.is_set():
@@ -269,10 +266,8 @@ def run_worker(
             if held:
                 wait_s = min(wait_s, held[0][0] - now)
             events = dict(poller.poll(max(1, min(200, int(wait_s * 1000)))))
-            if wake_r in events:
-                with contextlib.suppress(BlockingIOError):
-                    while os.read(wake_r, 4096):
-                        pass
+            if wake.r in events:
+                wake.drain()
             flush_completed()
             for i, d in enumerate(dealers):
                 if events.get(d):
@@ -297,6 +292,4 @@ def run_worker(
             d.close(linger=500)  # long enough for Bye, short enough to never hang
         push.close()
         ctx.term()
-        stop.no_wake(wake_w)
-        os.close(wake_r)
-        os.close(wake_w)
+        wake.close()
