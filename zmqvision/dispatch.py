@@ -34,6 +34,7 @@ class WorkerSlot:
     credit: int = 0
     leases: set[TileKey] = field(default_factory=set)
     assigned: int = 0  # tiles ever sent to it; ties go to the least used worker
+    encoding: str | None = None  # how tiles travel to it (the ventilator decides once)
 
 
 @dataclass

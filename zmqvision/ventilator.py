@@ -165,7 +165,6 @@ class Ventilator:
         self._reread_cache: tuple[str, np.ndarray] | None = None
         if config.wire not in ("auto", *protocol.TILE_ENCODINGS):
             raise ValueError(f"unknown wire encoding {config.wire!r}")
-        self._encoding: dict[bytes, str] = {}  # per worker, chosen at its first message
         self.skipped = 0
         self.tiles_sent = 0  # every send, copies included
         self.rereads = 0  # images decoded again to cut tiles that had to be sent again
@@ -192,8 +191,6 @@ class Ventilator:
             except zmq.Again:
                 return
             wid, body = frames[0].bytes, frames[1:]
-            if wid not in self._encoding:
-                self._encoding[wid] = self._choose_encoding(frames[0])
             try:
                 msg = protocol.decode(body, (protocol.MsgType.READY, protocol.MsgType.HEARTBEAT,
                                              protocol.MsgType.BYE))
@@ -207,6 +204,9 @@ class Ventilator:
                 self.dispatch.heard(wid, period=msg.period, free=free)
             elif isinstance(msg, protocol.Bye):
                 self.dispatch.bye(wid)
+            slot = self.dispatch.workers.get(wid)
+            if slot is not None and slot.encoding is None:  # its first message
+                slot.encoding = self._choose_encoding(frames[0])
 
     def _choose_encoding(self, frame: zmq.Frame) -> str:
         if self.config.wire != "auto":
@@ -229,7 +229,7 @@ class Ventilator:
         msg = protocol.Tile(job=self.job_id, image=key[0], index=key[1], box=tile.box,
                             scale=scale, model=self.spec.ref, pixels=cut,
                             min_score=self.config.score_threshold, attempt=int(copy),
-                            encoding=self._encoding.get(wid, "raw"))
+                            encoding=self.dispatch.workers[wid].encoding or "raw")
         try:
             self.router.send_multipart([wid, *protocol.encode(msg)], flags=zmq.NOBLOCK,
                                        copy=False)
@@ -394,9 +394,6 @@ class Ventilator:
                 return
             next_housekeeping = now + 0.1
             self.dispatch.expire()
-            if len(self._encoding) > 2 * len(self.dispatch.workers) + 64:  # workers gone
-                self._encoding = {w: e for w, e in self._encoding.items()
-                                  if w in self.dispatch.workers}
             if watchdog is not None:
                 watchdog()
             if cfg.timeout is not None and now - started > cfg.timeout:
