@@ -54,7 +54,6 @@ import os
 import platform
 import shlex
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -67,6 +66,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _common import cpu_seconds, free_port, markdown_table
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "camera", "immunohistochemistry",
           "hubble_deep_field", "retina")
@@ -164,17 +164,6 @@ def _status(pid: int) -> dict[str, int]:
     return out if "VmRSS" in out else {}
 
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process, or None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 @dataclass
@@ -205,7 +194,7 @@ class Sampler(threading.Thread):
 
     def sample_once(self, name: str) -> Sample | None:
         pid = self.pids[name]
-        cpu = _cpu_seconds(pid)
+        cpu = cpu_seconds(pid)
         st = _status(pid)
         if not st or cpu is None:
             return None
@@ -240,10 +229,6 @@ class Sampler(threading.Thread):
 # ---------------------------------------------------------------------------- processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def zv_cmd(*args: str) -> list[str]:
@@ -641,15 +626,6 @@ def recovery_run(inputs: list[str], model: str, workers: int, heartbeat: float,
 # ---------------------------------------------------------------------------- tables
 
 
-def table(header: list[str], body: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-
-    def line(cells):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *(line(b) for b in body)])
-
 
 def mib(kb: float | None) -> str:
     return "?" if kb is None else f"{kb / 1024:.1f}"
@@ -666,8 +642,9 @@ def memory_table(runs: list[MemRun]) -> str:
             cpu = f"{rm.end.cpu:.1f}" if rm.end else "?"
             body.append([f"{run.n:,}", rm.role, mib(start), mib(rm.end.rss if rm.end else None),
                          mib(rm.peak_kb), mib(growth), mib(anon), per_k, cpu])
-    return table(["images", "role", "RSS start MiB", "RSS end MiB", "peak (VmHWM) MiB",
-                  "growth MiB", "anon growth MiB", "growth KiB / 1k images", "CPU s"], body)
+    return markdown_table(["images", "role", "RSS start MiB", "RSS end MiB", "peak (VmHWM) MiB",
+                           "growth MiB", "anon growth MiB", "growth KiB / 1k images",
+                           "CPU s"], body)
 
 
 def role_key(role: str) -> str:
@@ -688,16 +665,17 @@ def across_sizes(runs: list[MemRun]) -> str:
             continue
         pa, pb = max(a), max(b)
         body.append([role, mib(pa), mib(pb), mib(pb - pa), f"{(pb - pa) / k:.1f}"])
-    return table(["role", f"peak at {small.n:,} MiB", f"peak at {big.n:,} MiB",
-                  "difference MiB", "KiB per 1k images"], body)
+    return markdown_table(["role", f"peak at {small.n:,} MiB", f"peak at {big.n:,} MiB",
+                           "difference MiB", "KiB per 1k images"], body)
 
 
 def throughput_table(runs: list[MemRun]) -> str:
     body = [[f"{r.n:,}", f"{r.images:,}", f"{r.records:,}", f"{r.tiles:,}",
              f"{r.seconds:.1f}", f"{r.first_tile:.1f}", f"{r.steady:.0f}",
              f"{r.wall:.1f}"] for r in runs]
-    return table(["images", "JobDone images", "records in out", "tiles", "JobDone s",
-                  "1st tile at s", "tiles/s (1st tile → JobDone)", "ventilate wall s"], body)
+    return markdown_table(["images", "JobDone images", "records in out", "tiles", "JobDone s",
+                           "1st tile at s", "tiles/s (1st tile → JobDone)",
+                           "ventilate wall s"], body)
 
 
 def series_table(run: MemRun, points: int = 5) -> str:
@@ -713,8 +691,8 @@ def series_table(run: MemRun, points: int = 5) -> str:
             t = t0 + (t1 - t0) * k / (points - 1)
             row.append(mib(min(ss, key=lambda x, t=t: abs(x.t - t)).rss))
         body.append(row)
-    return table(["role", *(f"RSS at {100 * k // (points - 1)} % MiB" for k in range(points))],
-                 body)
+    header = ["role", *(f"RSS at {100 * k // (points - 1)} % MiB" for k in range(points))]
+    return markdown_table(header, body)
 
 
 def recovery_table(recs: list[Recovery], repeats: int) -> str:
@@ -747,11 +725,11 @@ def recovery_table(recs: list[Recovery], repeats: int) -> str:
                 ", ".join(opt(r.recovered_after) for r in kills),
             ]
         body.append(row)
-    return table(["variant", f"job s (median of {repeats})", "min–max", "tiles/s",
-                  "Δ job s vs undisturbed: median (per repeat)",
-                  "killed at (s after 1st tile / tiles done)",
-                  "kill → declared dead s (how)", "tiles requeued",
-                  "kill → last requeued tile acked s"], body)
+    return markdown_table(["variant", f"job s (median of {repeats})", "min–max", "tiles/s",
+                           "Δ job s vs undisturbed: median (per repeat)",
+                           "killed at (s after 1st tile / tiles done)",
+                           "kill → declared dead s (how)", "tiles requeued",
+                           "kill → last requeued tile acked s"], body)
 
 
 def machine_facts() -> str:

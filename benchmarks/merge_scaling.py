@@ -41,6 +41,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from _common import markdown_table
 
 from zmqvision.boxes import Detections
 from zmqvision.merge import MergeConfig, merge
@@ -211,15 +212,6 @@ def in_fresh_process(fn, *args) -> dict:
 # ---------------------------------------------------------------------------- output
 
 
-def table(header: list[str], body: list[list[str]]) -> str:
-    widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(len(header))]
-
-    def line(cells):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *(line(b) for b in body)])
-
 
 def rows_of(results: list[dict], pairs_column: bool = False) -> list[list[str]]:
     body, prev = [], {}
@@ -322,11 +314,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"peak RSS +{r['peak_mib']:.0f} MiB", flush=True)
 
     out = ["", "Realistic tiled detections (one image):", "",
-           table(HEADER + ["peak RSS +MiB"], rows_of(results))]
+           markdown_table(HEADER + ["peak RSS +MiB"], rows_of(results))]
     if piled:
         out += ["", "Worst case: N boxes piled on one object (one class; every pair matches):",
-                "", table(HEADER + ["pairs N(N-1)/2", "peak RSS +MiB"],
-                          rows_of(piled, pairs_column=True))]
+                "", markdown_table(HEADER + ["pairs N(N-1)/2", "peak RSS +MiB"],
+                                   rows_of(piled, pairs_column=True))]
     default = next(iter(CONFIGS))
     at_100k = [r for r in results if r["n"] == 100_000 and r["config"] == default]
     if at_100k:

@@ -78,8 +78,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import (  # noqa: E402  (a sibling script, not a package)
-    _free_port,
+from _common import free_port, markdown_table  # noqa: E402  (sibling scripts)
+from throughput import (  # noqa: E402
     machine_facts,
     make_inputs,
     parse_size,
@@ -270,7 +270,7 @@ def zmq_run(folder: Path, model: str, workers: int, overlap: float, out: str,
     plan = RunPlan(
         job=VentilateConfig(inputs=(str(folder),), model=model, overlap=overlap,
                             merge=MergeConfig()),
-        sink=SinkConfig(out=out, events=f"tcp://127.0.0.1:{_free_port()}",
+        sink=SinkConfig(out=out, events=f"tcp://127.0.0.1:{free_port()}",
                         events_fallback="tcp://127.0.0.1:0"),
         worker=WorkerConfig(model=model, threads=threads),
         workers=workers,
@@ -445,15 +445,6 @@ class Row:
                 f"{med * self.tiles_per_image:.1f}", self.note]
 
 
-def render(header: list[str], body: list[list[str]]) -> str:
-    widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(len(header))]
-
-    def line(cells):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *(line(b) for b in body)])
-
 
 def _ratio(num: list[float], den: list[float]) -> str:
     r = [a / b for a, b in zip(num, den, strict=True) if b > 0]
@@ -478,7 +469,7 @@ def box_table(counts: dict[str, BoxCount], a_name: str) -> str:
               "of which moved (IoU < 0.95)", f"only {a_name}", "only other", "differ"]
     body = [[k, str(c.a), str(c.b), str(c.matched), str(c.moved), str(c.only_a),
              str(c.only_b), str(c.differ)] for k, c in counts.items()]
-    return render(header, body)
+    return markdown_table(header, body)
 
 
 # ---------------------------------------------------------------------------- main
@@ -620,8 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = [*sahi_rows.values()]
     for n in args.workers:
         rows += [wall_rows[n], job_rows[n]]
-    table = render(["what", "images/s (median)", "min–max", "tiles/s (median)", "notes"],
-                   [r.cells() for r in rows])
+    table = markdown_table(["what", "images/s (median)", "min–max", "tiles/s (median)", "notes"],
+                           [r.cells() for r in rows])
     fast_key = max(("sahi-seq", "sahi-fast"),
                    key=lambda k: statistics.median(sahi_rows[k].images))
     ratio_head = ["zmqvision ÷ SAHI (images/s; median, min–max of per-repeat ratios)",
@@ -631,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         for row in (wall_rows[n], job_rows[n]):
             ratio_body.append([row.what, *(_ratio(row.images, sahi_rows[k].images)
                                            for k in variants)])
-    ratios = render(ratio_head, ratio_body)
+    ratios = markdown_table(ratio_head, ratio_body)
     headline = []
     for n in args.workers:
         a = _ratio(wall_rows[n].images, sahi_rows["sahi-user"].images).split()[0]

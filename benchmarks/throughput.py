@@ -32,7 +32,6 @@ import os
 import platform
 import re
 import shlex
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from _common import free_port
 
 # ---------------------------------------------------------------------------- inputs
 
@@ -198,10 +198,6 @@ def in_fresh_process(fn, *args) -> dict:
 # ---------------------------------------------------------------------------- pipeline
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class _HeartbeatProbe(threading.Thread):
@@ -251,7 +247,7 @@ def pipeline_run(folder: Path, model: str, workers: int, overlap: float,
 
     progress: list = []
     with tempfile.TemporaryDirectory(prefix="zv-bench-out-") as tmp:
-        port = _free_port()
+        port = free_port()
         events = f"tcp://127.0.0.1:{port}"
         plan = RunPlan(
             job=VentilateConfig(inputs=(str(folder),), model=model, overlap=overlap,

@@ -67,6 +67,7 @@ from pathlib import Path
 
 import numpy as np
 import zmq
+from _common import markdown_table
 
 from zmqvision import protocol, sockets
 from zmqvision.boxes import Detections
@@ -507,15 +508,6 @@ def strace_child(transport: str) -> int:
 # ---------------------------------------------------------------------------- output
 
 
-def table(header: list[str], body: list[list[str]]) -> str:
-    widths = [max(len(header[i]), *(len(b[i]) for b in body)) for i in range(len(header))]
-
-    def line(cells):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + " |"
-
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *(line(b) for b in body)])
-
 
 def pct(x: float) -> str:
     return f"{100 * x:.1f} %" if x >= 0.001 else f"{100 * x:.2f} %"
@@ -677,24 +669,27 @@ def main(argv: list[str] | None = None) -> int:
 
     out = ["", "Transport per message against inference per tile (µs; share = CPU per "
            "message ÷ inference per tile):", "",
-           table(["tile", "message", "transport", "latency µs (median)", "p10–p90 µs",
-                  "CPU µs / msg (streaming)", "wall µs / msg (streaming)",
-                  "CPU ÷ sync infer", "CPU ÷ async infer per tile"], perf_rows),
+           markdown_table(["tile", "message", "transport", "latency µs (median)", "p10–p90 µs",
+                           "CPU µs / msg (streaming)", "wall µs / msg (streaming)",
+                           "CPU ÷ sync infer", "CPU ÷ async infer per tile"], perf_rows),
            "", "Latency by step, one message at a time (median µs; 'in flight' = send "
            "returned -> poll saw it: the I/O threads and the kernel):", "",
-           table(["tile", "message", "transport", "encode (incl. Tile())", "send call",
-                  "in flight", "recv call", "decode", "total"], step_rows),
+           markdown_table(["tile", "message", "transport", "encode (incl. Tile())", "send call",
+                           "in flight", "recv call", "decode", "total"], step_rows),
            "", "Bytes on the wire per message (ZMTP 3 frames; link rates COMPUTED = link "
            "bytes/s ÷ bytes per tile, not measured; 'TCP' also charges Ethernet+IP+TCP "
            "framing, 1460 payload bytes per 1538):", "",
-           table(["tile", "message", "frames (bytes)", "bytes on the wire", "1 GbE tiles/s",
-                  "1 GbE tiles/s (TCP)", "10 GbE tiles/s", "10 GbE tiles/s (TCP)",
-                  "machines like this one fed by 1 GbE (TCP, async rate)"], wire_rows)]
+           markdown_table(["tile", "message", "frames (bytes)", "bytes on the wire",
+                           "1 GbE tiles/s", "1 GbE tiles/s (TCP)", "10 GbE tiles/s",
+                           "10 GbE tiles/s (TCP)",
+                           "machines like this one fed by 1 GbE (TCP, async rate)"],
+                          wire_rows)]
     out += ["", f"Copies of a Result's arrays ({args.boxes} boxes), worker -> sink (tcp):", "",
-            table(["step", "copies", "how verified"], result_rows)]
+            markdown_table(["step", "copies", "how verified"], result_rows)]
     for label, rows in copy_text:
         out += ["", f"Copies of the pixels, image -> OpenVINO input tensor ({label}):", "",
-                table(["step", "copies (inproc)", "copies (ipc, tcp)", "how verified"], rows)]
+                markdown_table(["step", "copies (inproc)", "copies (ipc, tcp)",
+                                "how verified"], rows)]
     out += [""] + strace_lines + ([""] if strace_lines else []) + summary
     text = "\n".join(out)
     print(text)

@@ -51,6 +51,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _common import cpu_seconds, free_port
+
 BAR = 0.97
 
 
@@ -68,17 +70,6 @@ tp = _load_throughput()
 
 # ---------------------------------------------------------------------------- /proc
 
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _cpu_seconds(pid: int) -> float | None:
-    """utime + stime of a process, or None once it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
 
 
 def _status_kb(pid: int, key: str) -> int | None:
@@ -193,18 +184,18 @@ def _settle(watchers: list[Watcher], timeout: float = 30.0) -> float:
     if not watchers:
         return 0.0
     time.sleep(0.5)
-    last = sum(_cpu_seconds(w.proc.pid) or 0.0 for w in watchers)
+    last = sum(cpu_seconds(w.proc.pid) or 0.0 for w in watchers)
     while time.monotonic() - t0 < timeout:
         time.sleep(0.5)
         for w in watchers:
             if w.proc.poll() is not None:
                 raise RuntimeError(f"watcher {w.name} exited with {w.proc.returncode}")
-        now = sum(_cpu_seconds(w.proc.pid) or 0.0 for w in watchers)
+        now = sum(cpu_seconds(w.proc.pid) or 0.0 for w in watchers)
         if now - last < 0.025:
             break
         last = now
     for w in watchers:
-        w.cpu0, w.t0 = _cpu_seconds(w.proc.pid), time.monotonic()
+        w.cpu0, w.t0 = cpu_seconds(w.proc.pid), time.monotonic()
     return time.monotonic() - t0
 
 
@@ -212,7 +203,7 @@ def _stop_watchers(watchers: list[Watcher], grace: float = 5.0) -> None:
     """SIGCONT the stopped ones (a stopped process cannot act on SIGTERM), then SIGTERM all,
     then SIGKILL whatever is left after ``grace``."""
     for w in watchers:
-        w.cpu, w.t1 = _cpu_seconds(w.proc.pid), time.monotonic()
+        w.cpu, w.t1 = cpu_seconds(w.proc.pid), time.monotonic()
         if w.stopped_at is not None and w.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(w.proc.pid, signal.SIGCONT)
@@ -269,7 +260,7 @@ class _Monitor(threading.Thread):
         hwm = _status_kb(self.sink_pid, "VmHWM")
         if hwm is not None:
             self.hwm_kb = hwm  # monotonic: the last reading is the peak so far
-            cpu = _cpu_seconds(self.sink_pid)
+            cpu = cpu_seconds(self.sink_pid)
             if cpu is not None:
                 self.sink_cpu = cpu
 
@@ -297,7 +288,7 @@ def one_run(folder: Path, model: str, workers: int, overlap: float, variant: Var
     with tempfile.TemporaryDirectory(prefix="zv-bench-watch-") as tmp:
         tmp_path = Path(tmp)
         out_path = str(tmp_path / "results.jsonl")
-        port = tp._free_port()
+        port = free_port()
         endpoint = f"tcp://127.0.0.1:{port}"
         plan = RunPlan(
             job=VentilateConfig(inputs=(str(folder),), model=model, overlap=overlap,
