@@ -1,11 +1,14 @@
-"""Small helpers every benchmark script here needs: markdown tables, free ports, a
-process's CPU time. Scripts import it as a sibling (``python benchmarks/x.py`` puts this
-folder first on ``sys.path``); benchmarks/ is not a package."""
+"""Small helpers the benchmark scripts here share: markdown tables, free ports, a
+process's CPU time, one ``zmqvision run``. Scripts import it as a sibling (``python
+benchmarks/x.py`` puts this folder first on ``sys.path``); benchmarks/ is not a package."""
 
 from __future__ import annotations
 
 import os
+import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
@@ -37,3 +40,23 @@ def cpu_seconds(pid: int) -> float | None:
         return None
     fields = stat[stat.rindex(")") + 2:].split()
     return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+SUMMARY = re.compile(r"(\d+) tiles, \d+ detections in ([0-9.]+) s \(([0-9.]+) tiles/s\)")
+
+
+def run_zmqvision(folder: Path, out: Path, *options: str, cwd: Path | None = None,
+                  env: dict | None = None, timeout: float = 1800) -> tuple[int, float]:
+    """``zmqvision run FOLDER --out OUT OPTIONS…`` as a user runs it; returns the tiles and
+    the tiles/s of its summary line (the sink's JobStart → JobDone). Its events go to a port
+    of the OS's choosing, so a watcher or another run cannot disturb it."""
+    cmd = [sys.executable, "-m", "zmqvision", "run", str(folder), "--out", str(out),
+           "--no-progress", "--events", "tcp://127.0.0.1:0", *options]
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True,
+                       timeout=timeout)
+    if p.returncode != 0:
+        raise RuntimeError(f"{cwd or '.'}: exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    m = SUMMARY.search(p.stdout)
+    if m is None:
+        raise RuntimeError(f"no summary line in: {p.stdout}")
+    return int(m.group(1)), float(m.group(3))

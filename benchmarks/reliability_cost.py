@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import resource
 import shlex
 import statistics
@@ -25,10 +24,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _common import run_zmqvision
+
 ROOT = Path(__file__).resolve().parent.parent
 # The last commit before credit-based dispatch, leases, acks and the journal.
 BASELINE_REV = "a0328f6"
-SUMMARY = re.compile(r"(\d+) tiles, \d+ detections in ([0-9.]+) s \(([0-9.]+) tiles/s\)")
 
 
 def make_inputs(folder: Path, n: int, size: tuple[int, int]) -> None:
@@ -49,18 +49,11 @@ def _children_cpu_s() -> float:
 def run_once(cwd: Path, folder: Path, model: str, workers: int,
              out: Path) -> tuple[int, float, float]:
     """Tiles, tiles/s (from the summary line) and CPU seconds of the whole run."""
-    cmd = [sys.executable, "-m", "zmqvision", "run", str(folder), "--model", model,
-           "--workers", str(workers), "--out", str(out), "--no-progress",
-           "--events", "tcp://127.0.0.1:0"]
     cpu0 = _children_cpu_s()
-    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
-                       env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
-    if p.returncode != 0:
-        raise RuntimeError(f"{cwd}: exit {p.returncode}\n{p.stdout}\n{p.stderr}")
-    m = SUMMARY.search(p.stdout)
-    if m is None:
-        raise RuntimeError(f"no summary line in: {p.stdout}")
-    return int(m.group(1)), float(m.group(3)), _children_cpu_s() - cpu0
+    tiles, rate = run_zmqvision(folder, out, "--model", model, "--workers", str(workers),
+                                cwd=cwd, timeout=600,
+                                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    return tiles, rate, _children_cpu_s() - cpu0
 
 
 def main(argv: list[str] | None = None) -> int:

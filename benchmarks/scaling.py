@@ -20,15 +20,12 @@ import os
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from throughput import make_inputs, parse_size  # noqa: E402
-
-SUMMARY = re.compile(r"(\d+) tiles, \d+ detections in ([0-9.]+) s \(([0-9.]+) tiles/s\)")
+from _common import run_zmqvision
+from throughput import make_inputs, parse_size
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
@@ -45,16 +42,8 @@ def parse_configs(text: str) -> list[tuple[int, int]]:
 
 def run_once(folder: Path, model: str, workers: int, threads: int,
              out: Path) -> tuple[int, float]:
-    cmd = [sys.executable, "-m", "zmqvision", "run", str(folder), "--model", model,
-           "--workers", str(workers), "--threads", str(threads), "--out", str(out),
-           "--no-progress", "--events", "tcp://127.0.0.1:0"]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
-    if p.returncode != 0:
-        raise RuntimeError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
-    m = SUMMARY.search(p.stdout)
-    if m is None:
-        raise RuntimeError(f"no summary line in: {p.stdout}")
-    return int(m.group(1)), float(m.group(3))
+    return run_zmqvision(folder, out, "--model", model, "--workers", str(workers),
+                         "--threads", str(threads))
 
 
 def main(argv: list[str] | None = None) -> int:
