@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from zmqvision import protocol, results, sockets
+from zmqvision import protocol, results, security, sockets
 from zmqvision.boxes import Detections
 from zmqvision.idset import IdSet
 from zmqvision.merge import MergeConfig, merge
@@ -52,6 +52,7 @@ class SinkConfig:
     once: bool = False  # exit after the first job completes
     status_s: float = 1.0
     progress_s: float = 0.2
+    curve: str | None = None  # key directory: CURVE on both bound sockets (security.py)
 
 
 @dataclass
@@ -420,6 +421,13 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
     ctx = zmq.Context()
     pull = sockets.make_socket(ctx, zmq.PULL, rcvhwm=10_000, maxmsgsize=16 << 20)
     pub = sockets.make_socket(ctx, zmq.PUB, sndhwm=1000)
+    try:
+        secured = security.secure(ctx, config.curve, servers=(pull, pub))
+    except security.CurveKeyError:
+        pull.close(linger=0)
+        pub.close(linger=0)
+        ctx.term()
+        raise
     sink_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     started = time.monotonic()
 
@@ -475,6 +483,8 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
         return 0
     finally:
         sink.close()
+        if secured is not None:
+            secured.close()
         pull.close(linger=0)
         pub.close(linger=0)
         ctx.term()

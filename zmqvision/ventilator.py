@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from zmqvision import io, protocol, results, sockets
+from zmqvision import io, protocol, results, security, sockets
 from zmqvision.dispatch import Dispatcher, TileKey
 from zmqvision.idset import IdSet
 from zmqvision.merge import MergeConfig
@@ -65,6 +65,7 @@ class VentilateConfig:
     timeout: float | None = None  # give up if the job is not complete after this long
     job_id: str | None = None
     resume: str | None = None  # a results file: skip the images it already has
+    curve: str | None = None  # key directory: CURVE on every socket (security.py)
 
 
 @dataclass
@@ -152,6 +153,12 @@ class Ventilator:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.to_sink = sockets.make_socket(self.ctx, zmq.PUSH, sndhwm=100_000, linger=5000)
         self.events = sockets.make_socket(self.ctx, zmq.SUB, rcvhwm=100_000)
+        try:
+            self.secured = security.secure(self.ctx, config.curve, servers=(self.router,),
+                                        clients=(self.to_sink, self.events))
+        except security.CurveKeyError:
+            self.close()
+            raise
         self.tiles_endpoint: str | None = None
         self.last_sink_heard: float | None = None
         self.sink_id: str | None = None
@@ -177,6 +184,8 @@ class Ventilator:
         return self.tiles_endpoint
 
     def close(self) -> None:
+        if getattr(self, "secured", None) is not None:
+            self.secured.close()
         self.router.close()
         self.to_sink.close()
         self.events.close(linger=0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -223,3 +224,48 @@ def test_a_host_added_mid_job_gets_tiles_within_seconds(job_dir, job_reference, 
     assert comparable(c.out) == job_reference
     time.sleep(1.0)
     assert tiles_done(net, watch, "host3-w") > tiles_done(net, watch, "host1-w")
+
+
+def keys(*args: str) -> str:
+    p = subprocess.run([sys.executable, "-m", "zmqvision", "keys", *args], cwd=ROOT,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p.stdout
+
+
+def test_curve_only_allowed_keys_get_tiles_or_events(job_dir, job_reference, net, tmp_path):
+    hosts = [net.add_host() for _ in range(5)]
+    home, allowed, stranger = (tmp_path / n for n in ("home", "allowed", "stranger"))
+    keys("new", str(home))  # server and client pairs; its own client key allowed
+    for d in (allowed, stranger):
+        keys("new", str(d), "--name", "client")
+        shutil.copy(home / "server.key", d / "server.key")
+    keys("allow", str(home), str(allowed / "client.key"))
+    c = Cluster(net, tmp_path / "out.jsonl")
+    sink = net.start(c.home, "sink", "--out", str(c.out), "--curve", str(home), name="sink")
+    watch = net.start(hosts[4], "watch", "--connect", c.home.addr, "--json", "--curve",
+                      str(allowed), name="watch")
+    c.worker(hosts[1], "--curve", str(allowed))
+    refused = c.worker(hosts[2], "--curve", str(stranger))  # a key the cluster does not know
+    c.worker(hosts[3])  # plain text
+    before = {h.hostname: h.counters()["rx_bytes"] for h in hosts[1:4]}
+    vent = c.ventilate(job_dir, "--curve", str(home))
+    assert net.wait(vent, 120) == 0, net.log(vent)
+    assert comparable(c.out) == job_reference  # the whole job, on host 1 alone
+    rx = {h.hostname: h.counters()["rx_bytes"] - before[h.hostname] for h in hosts[1:4]}
+    assert rx["host1"] > 420 * 10_000, rx  # every tile went to host 1 (JPEG, ~33 KB each)
+    # The others got handshakes only, never a tile: ZeroMQ keeps knocking every 100 ms.
+    assert rx["host2"] < rx["host1"] / 20 and rx["host3"] < rx["host1"] / 20, rx
+    time.sleep(1.5)
+    evs = events(net, watch)
+    assert {e["worker"] for e in evs if e["type"] == "zv.heartbeat"} == {"host1-w"}
+    stranger_key = (stranger / "client.key").read_text().split('public-key = "')[1][:40]
+    assert f"refused a peer whose CURVE key {stranger_key}" in net.log(sink)
+    assert "refused this host's CURVE key" in net.log(refused)  # and the worker is told
+    # Watchers without an allowed key hear nothing; without --curve, nothing either.
+    for extra in (("--curve", str(stranger)), ()):
+        w = net.start(hosts[4], "watch", "--connect", c.home.addr, "--once", "--timeout",
+                      "2", *extra, name="watch-once")
+        assert net.wait(w, 30) == 1, net.log(w)
+        assert "nothing heard" in net.log(w)
+
