@@ -135,6 +135,14 @@ def is_local_peer(frame: zmq.Frame, endpoint: str | None) -> bool:
     return addr in ("", "::1", "localhost") or addr.startswith(("127.", "::ffff:127."))
 
 
+def _peer(frame: zmq.Frame) -> str:
+    """The address a message came from, for the log."""
+    try:
+        return frame.get("Peer-Address") or "local"
+    except zmq.ZMQError:
+        return "local"
+
+
 class Ventilator:
     """Binds the tiles socket first (so workers can connect), then runs one job."""
 
@@ -216,6 +224,8 @@ class Ventilator:
             slot = self.dispatch.workers.get(wid)
             if slot is not None and slot.encoding is None:  # its first message
                 slot.encoding = self._choose_encoding(frames[0])
+                log.info("worker %s (%s): tiles as %s", wid.decode(errors="replace"),
+                         _peer(frames[0]), slot.encoding)
 
     def _choose_encoding(self, frame: zmq.Frame) -> str:
         if self.config.wire != "auto":
