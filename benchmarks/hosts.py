@@ -18,6 +18,7 @@ real cluster would not. The bottleneck column says which limit the row is at: a 
 
     sudo python benchmarks/hosts.py                 # ~3 min on 2 cores
     sudo python benchmarks/hosts.py --hosts 1,2,3 --links 1gbit,10gbit,100mbit --repeats 2
+    sudo python benchmarks/hosts.py --hosts 3 --links 1gbit --curve   # what CURVE costs
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class Row:
     cpu_busy: float  # the machine, fraction of all cores
     vent_cpu: float  # ventilator, cores
     worker_cpu: float  # all workers, cores
+    security: str  # "plain" or "curve"
     sink_cpu: float  # cores
 
 
@@ -72,10 +74,10 @@ def _bits(rate: str) -> float:
     return next(float(rate[: -len(u)]) * m for u, m in units.items() if rate.endswith(u))
 
 
-def start_worker(net: Network, host: Host, home: Host, model: str):
+def start_worker(net: Network, host: Host, home: Host, model: str, *extra: str):
     """A worker on ``host``; returns once it has compiled its model and connected."""
     p = net.start(host, "worker", "--model", model, "--connect", home.addr, "--threads", "1",
-                  "--announce", "--id", f"{host.hostname}-w", name="worker")
+                  "--announce", "--id", f"{host.hostname}-w", *extra, name="worker")
     deadline = time.monotonic() + 120
     while '"ready"' not in net.log(p):
         if p.poll() is not None or time.monotonic() > deadline:
@@ -84,7 +86,8 @@ def start_worker(net: Network, host: Host, home: Host, model: str):
     return p
 
 
-def one_job(net: Network, folder: Path, model: str, wire: str, workers: list, sink) -> dict:
+def one_job(net: Network, folder: Path, model: str, wire: str, workers: list, sink,
+            extra: tuple[str, ...] = ()) -> dict:
     """Run ``zmqvision ventilate`` on host 0 once; measure rate, bytes and CPU."""
     home = net.hosts[0]
     tx0 = home.counters()["tx_bytes"]
@@ -92,7 +95,7 @@ def one_job(net: Network, folder: Path, model: str, wire: str, workers: list, si
     wcpu0 = sum(cpu_seconds(w.pid) or 0.0 for w in workers)
     scpu0 = cpu_seconds(sink.pid) or 0.0
     p = net.start(home, "ventilate", str(folder), "--model", model, "--wire", wire,
-                  "--no-progress", name=f"ventilate-{wire}")
+                  "--no-progress", *extra, name=f"ventilate-{wire}")
     vcpu = 0.0
     while p.poll() is None:  # sample: /proc/PID/stat is gone once it has exited
         vcpu = cpu_seconds(p.pid) or vcpu
@@ -129,6 +132,71 @@ def bottleneck(r: Row) -> str:
     return f"not found (cores {r.cpu_busy:.0%} busy, link {r.link_use:.0%})"
 
 
+def make_keys(root: Path, workers: int) -> dict[int, Path]:
+    """A key directory per host (0: the sink's and ventilator's, with every worker's
+    public key allowed), as docs/hosts.md has a user make them."""
+    from zmqvision import security
+
+    dirs = {i: root / f"host{i}" for i in range(workers + 1)}
+    security.new_keys(dirs[0], "server")
+    for i, d in dirs.items():
+        security.new_keys(d, "client")
+        if i:
+            (d / "server.key").write_bytes((dirs[0] / "server.key").read_bytes())
+        security.allow(dirs[0], d / "client.key")
+    return dirs
+
+
+def measure(net: Network, folder: Path, tmp: Path, model: str, counts: list[int],
+            links: list[str], wires: list[str], repeats: int,
+            curve: dict[int, Path] | None) -> list[Row]:
+    """Every row for one security setting: a sink, workers joining one host at a time,
+    one ``ventilate`` per (worker count, link, wire) and repeat; all stopped at the end."""
+    home = net.hosts[0]
+
+    def secured(i: int) -> tuple[str, ...]:
+        return ("--curve", str(curve[i])) if curve else ()
+
+    label = "curve" if curve else "plain"
+    sink = net.start(home, "sink", "--out", str(tmp / f"out-{label}.jsonl"), "--overwrite",
+                     *secured(0), name="sink")
+    workers: list = []
+    rows = []
+    try:
+        for n in counts:
+            while len(workers) < n:
+                i = len(workers) + 1
+                workers.append(start_worker(net, net.hosts[i], home, model, *secured(i)))
+            one_job(net, folder, model, "jpeg", workers, sink, secured(0))  # warm-up
+            for link in links:
+                for h in net.hosts[: n + 1]:
+                    net.shape(h, link)
+                for wire in wires:
+                    runs = [one_job(net, folder, model, wire, workers, sink, secured(0))
+                            for _ in range(repeats)]
+                    mid = sorted(runs, key=lambda x: x["rate"])[len(runs) // 2]
+                    row = Row(
+                        workers=n, link=link, wire=wire, security=label,
+                        rate=statistics.median(x["rate"] for x in runs),
+                        tiles=mid["tiles"], seconds=mid["seconds"],
+                        bytes_per_tile=mid["bytes"] / mid["tiles"],
+                        link_use=mid["bytes"] * 8 / mid["seconds"] / _bits(link),
+                        cpu_busy=mid["busy"], vent_cpu=mid["vent_cpu"] / mid["seconds"],
+                        worker_cpu=mid["worker_cpu"] / mid["seconds"],
+                        sink_cpu=mid["sink_cpu"] / mid["seconds"],
+                    )
+                    rows.append(row)
+                    print(f"{n} worker host(s), {link}, {wire}, {label}: {row.rate:.1f} "
+                          f"tiles/s, {row.bytes_per_tile:,.0f} B/tile", file=sys.stderr,
+                          flush=True)
+    finally:
+        for p in [*workers, sink]:
+            net.stop(p)
+        for h in net.hosts:
+            net.shape(h, None)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="ssd-mobilenetv2-oid")
@@ -139,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="tc rates of every link (default 1gbit,10gbit,100mbit)")
     ap.add_argument("--wires", default="raw,jpeg")
     ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--curve", action="store_true",
+                    help="also measure with CURVE on every socket (--curve-links only)")
+    ap.add_argument("--curve-links", default="1gbit")
     args = ap.parse_args(argv)
     why = unavailable()
     if why:
@@ -157,36 +228,12 @@ def main(argv: list[str] | None = None) -> int:
         env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO),
                                                            os.environ.get("PYTHONPATH")]))}
         with Network(1 + counts[-1], rate=None, logs=tmp / "logs", env=env) as net:
-            home = net.hosts[0]
-            sink = net.start(home, "sink", "--out", str(tmp / "out.jsonl"), "--overwrite",
-                      name="sink")
-            workers: list = []
-            for n in counts:
-                while len(workers) < n:
-                    workers.append(start_worker(net, net.hosts[len(workers) + 1], home,
-                                                args.model))
-                one_job(net, folder, args.model, "jpeg", workers, sink)  # warm-up
-                for link in links:
-                    for h in net.hosts[: n + 1]:
-                        net.shape(h, link)
-                    for wire in wires:
-                        runs = [one_job(net, folder, args.model, wire, workers, sink)
-                                for _ in range(args.repeats)]
-                        mid = sorted(runs, key=lambda x: x["rate"])[len(runs) // 2]
-                        row = Row(
-                            workers=n, link=link, wire=wire,
-                            rate=statistics.median(x["rate"] for x in runs),
-                            tiles=mid["tiles"], seconds=mid["seconds"],
-                            bytes_per_tile=mid["bytes"] / mid["tiles"],
-                            link_use=mid["bytes"] * 8 / mid["seconds"] / _bits(link),
-                            cpu_busy=mid["busy"], vent_cpu=mid["vent_cpu"] / mid["seconds"],
-                            worker_cpu=mid["worker_cpu"] / mid["seconds"],
-                            sink_cpu=mid["sink_cpu"] / mid["seconds"],
-                        )
-                        rows.append(row)
-                        print(f"{n} worker host(s), {link}, {wire}: {row.rate:.1f} tiles/s, "
-                              f"{row.bytes_per_tile:,.0f} B/tile", file=sys.stderr,
-                              flush=True)
+            rows += measure(net, folder, tmp, args.model, counts, links, wires, args.repeats,
+                            curve=None)
+            if args.curve:
+                keys = make_keys(tmp / "keys", counts[-1])
+                rows += measure(net, folder, tmp, args.model, counts,
+                                args.curve_links.split(","), wires, args.repeats, curve=keys)
 
     print(f"command: {shlex.join(['python', 'benchmarks/hosts.py', *sys.argv[1:]])}")
     print(f"{args.images} images {args.size[0]}x{args.size[1]}, {args.model}, "
@@ -194,12 +241,14 @@ def main(argv: list[str] | None = None) -> int:
           f"host, median of {args.repeats}; os.cpu_count()={os.cpu_count()} shared by every "
           f"simulated host")
     print()
-    header = ["worker hosts", "link", "wire", "tiles/s", "bytes/tile on the wire",
-              "host 0 link use", "cores: ventilator / workers / sink", "machine busy",
-              "bottleneck"]
-    body = [[str(r.workers), LINK_NAMES.get(r.link, r.link), r.wire, f"{r.rate:.1f}",
+    header = ["worker hosts", "link", "wire", "security", "tiles/s", "bytes/tile on the wire",
+              "host 0 link use", "cores: ventilator / workers / sink",
+              "ventilator CPU per tile", "machine busy", "bottleneck"]
+    body = [[str(r.workers), LINK_NAMES.get(r.link, r.link), r.wire, r.security,
+             f"{r.rate:.1f}",
              f"{r.bytes_per_tile:,.0f}", f"{r.link_use:.1%}",
              f"{r.vent_cpu:.2f} / {r.worker_cpu:.2f} / {r.sink_cpu:.2f}",
+             f"{r.vent_cpu / r.rate * 1000:.1f} ms",
              f"{r.cpu_busy:.0%}", bottleneck(r)] for r in rows]
     print(markdown_table(header, body))
     return 0
