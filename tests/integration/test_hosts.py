@@ -151,6 +151,42 @@ def tiles_done(net: Network, watch, worker: str) -> int:
     return b[-1]["tiles_done"] if b else 0
 
 
+def _netns() -> set[str]:
+    p = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20)
+    return {line.split()[0] for line in p.stdout.splitlines() if line.strip()}
+
+
+def _connects(net: Network, src, dst, port: int = 9000) -> bool:
+    """A TCP connect from host ``src`` to a listener on host ``dst``, within 2 s."""
+    code = ("import socket,sys\ntry:\n socket.create_connection((sys.argv[1], int(sys.argv[2]))"
+            ", timeout=2)\nexcept OSError: sys.exit(1)")
+    return net.wait(net.exec(src, sys.executable, "-c", code, dst.addr, str(port),
+                             name="connect"), 10) == 0
+
+
+def test_harness_hosts_links_partitions_and_cleanup(tmp_path):
+    dead = "zvh4194303xdead-br"  # a leftover of a run whose process is gone
+    subprocess.run(["ip", "netns", "add", dead], check=True, timeout=20)
+    with Network(2, rate="1gbit", logs=tmp_path) as net:
+        assert dead not in _netns()  # removed by the next run
+        made = {net.bridge_ns, *(h.ns for h in net.hosts)}
+        assert made <= _netns()
+        a, b = net.hosts
+        listen = ("import socket,time\ns=socket.create_server(('0.0.0.0', 9000))\n"
+                  "s.settimeout(30)\nwhile True: s.accept()[0].close()")
+        server = net.exec(b, sys.executable, "-c", listen, name="listen")
+        assert wait_for(lambda: _connects(net, a, b), 10, "a connection across the switch")
+        net.set_link(b, up=False)
+        assert not _connects(net, a, b)  # cut off
+        net.set_link(b, up=True)
+        assert wait_for(lambda: _connects(net, a, b), 10, "the link back up")
+        late = net.add_host(rate="10mbit")
+        assert _connects(net, late, b) and late.rate == "10mbit"
+        assert server.poll() is None
+    assert not (made | {late.ns}) & _netns()  # every namespace (and veth, bridge) is gone
+    assert server.poll() is not None
+
+
 def test_three_worker_hosts_equal_zmqvision_run(job_dir, job_reference, net, tmp_path):
     hosts = [net.add_host() for _ in range(5)]
     c = Cluster(net, tmp_path / "out.jsonl")
