@@ -38,6 +38,26 @@ class SizeType(click.ParamType):
 SIZE = SizeType()
 
 
+class ScalesType(click.ParamType):
+    """``640,256`` or ``native,full,320x240`` → tuple of (w, h) | "native" | "full"."""
+
+    name = "SCALES"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        out = []
+        for part in str(value).split(","):
+            part = part.strip().lower()
+            if part in ("native", "full"):
+                out.append(part)
+            elif part:
+                out.append(SIZE.convert(part, param, ctx))
+        if not out:
+            self.fail(f"{value!r} names no scale", param, ctx)
+        return tuple(out)
+
+
 def _setup_logging(verbose: int, level: int | None = None) -> int:
     if level is None:
         level = (logging.WARNING if verbose == 0 else logging.INFO if verbose == 1
@@ -85,8 +105,18 @@ def _job_options(f):
                           "ratio is letterboxed, never distorted."),
         click.option("--overlap", type=click.FloatRange(0, 0.95), default=0.2,
                      show_default=True, help="Overlap between neighbouring tiles (fraction)."),
+        click.option("--min-size", type=click.FloatRange(0, min_open=True), default=None,
+                     help="Smallest objects you care about, in image pixels: the cut is "
+                          "chosen so they reach the size the model finds reliably "
+                          "(instead of --tile). The plan and its cost are printed."),
+        click.option("--scales", type=ScalesType(), default=None,
+                     help="Several cut sizes in one job, merged together, e.g. "
+                          "native,full or 640,256 ('native': the model input size, "
+                          "'full': the whole image shrunk). With --min-size, its cut is "
+                          "added."),
         click.option("--full-pass/--no-full-pass", default=False, show_default=True,
-                     help="Also infer the whole image downscaled, merged with the tiles."),
+                     help="Also infer the whole image downscaled, merged with the tiles "
+                          "(the scale 'full')."),
         click.option("--merge", "merge_method", type=click.Choice(["nmm", "nms", "none"]),
                      default="nmm", show_default=True,
                      help="How duplicates across tiles are removed."),
@@ -143,6 +173,7 @@ def _vent_config(inputs, kw, **extra):
     return VentilateConfig(
         inputs=tuple(inputs), model=kw["model"], input_size=kw["input_size"],
         tile_size=kw["tile_size"], overlap=kw["overlap"], full_pass=kw["full_pass"],
+        scales=kw["scales"], min_size=kw["min_size"],
         merge=merge, score_threshold=kw["score_threshold"],
         max_pixels=kw["max_pixels"] or DEFAULT_MAX_PIXELS, extensions=exts,
         timeout=kw["timeout"], window=kw["window"], wire=kw["wire"], **extra,
@@ -159,6 +190,35 @@ def _check_model(kw) -> None:
             spec.with_input_size(*kw["input_size"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model/--input-size") from None
+
+
+def _show_tiling(cfg) -> None:
+    """Check the tiling now (a usage error, not a failed job) and, when the user shaped it
+    with --min-size or --scales, say what it will cost on the first input image."""
+    from zmqvision import io
+    from zmqvision.models import resolve
+    from zmqvision.scales import PlanError, describe, resolve_scales, summarize
+
+    default = resolve(cfg.model)
+    spec = default.with_input_size(*cfg.input_size) if cfg.input_size else default
+    try:
+        scales = resolve_scales(spec, tile_size=cfg.tile_size, scales=cfg.scales,
+                                min_size=cfg.min_size, full_pass=cfg.full_pass)
+    except PlanError as exc:
+        raise click.UsageError(str(exc)) from None
+    if cfg.min_size is None and cfg.scales is None:
+        return
+    summary = None
+    first = next(io.iter_image_paths(cfg.inputs, recursive=cfg.recursive,
+                                     extensions=cfg.extensions), None)
+    if first is not None:
+        size = io.peek_size(first)
+        if size is not None:
+            summary = summarize(spec, default, scales, cfg.overlap, *size)
+    click.echo(describe(spec, scales, cfg.min_size, summary), err=True)
+    if summary is not None and summary.costly:
+        click.echo(f"zmqvision: warning: this tiling costs {summary.cost:.0f}x the default's "
+                   f"inference; a larger --min-size or fewer --scales is cheaper", err=True)
 
 
 def _finish(done) -> None:
@@ -209,8 +269,10 @@ def run(inputs, workers, device, threads, events, resume, progress, verbose, out
     _check_model(kw)
     if resume and fmt != "jsonl":
         raise click.BadParameter("--resume needs the JSONL format", param_hint="--resume")
+    job = _vent_config(inputs, kw, resume=out if resume else None)
+    _show_tiling(job)
     plan = RunPlan(
-        job=_vent_config(inputs, kw, resume=out if resume else None),
+        job=job,
         sink=SinkConfig(out=out, format=fmt, draw=draw, events=events,
                         events_fallback="tcp://127.0.0.1:0", once=False, append=resume),
         worker=WorkerConfig(model=kw["model"], input_size=kw["input_size"], device=device,
@@ -266,6 +328,7 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
         events=sink_events or sockets.connect_endpoint(sockets.EVENTS_PORT, sink_host),
         resume=resume_file, job_id=job_id,
     )
+    _show_tiling(cfg)
     stop = sockets.StopFlag()
     stop.install_signal_handlers()
     try:

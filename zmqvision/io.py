@@ -238,6 +238,24 @@ def read_image(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImag
     return decode_image(data, max_pixels=max_pixels, name=path)
 
 
+def peek_size(path: str) -> tuple[int, int] | None:
+    """Width and height as the image will be decoded (EXIF rotation included), from the
+    header alone; None for anything that is not a readable image.
+
+    Lets the CLI show what a tiling costs before the job starts, without decoding.
+    """
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            try:
+                rotated = im.getexif().get(0x0112) in (5, 6, 7, 8)
+            except _DECODE_ERRORS:
+                rotated = False
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return (height, width) if rotated else (width, height)
+
+
 def decode_image(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>"
 ) -> LoadedImage:

@@ -32,7 +32,8 @@ from zmqvision import io, protocol, results, sockets
 from zmqvision.dispatch import Dispatcher, TileKey
 from zmqvision.idset import IdSet
 from zmqvision.merge import MergeConfig
-from zmqvision.tiling import Tile, cut_tile, plan_tiles
+from zmqvision.scales import resolve_scales, scales_json
+from zmqvision.tiling import Tile, cut_tile, plan_scales
 
 log = logging.getLogger("zmqvision.ventilator")
 
@@ -52,6 +53,9 @@ class VentilateConfig:
     tile_size: tuple[int, int] | None = None  # None: the model's input size
     overlap: float = 0.2
     full_pass: bool = False
+    # More cut sizes in one job: (w, h), "native" or "full" (see zmqvision.scales).
+    scales: tuple[tuple[int, int] | str, ...] | None = None
+    min_size: float | None = None  # smallest object in source px: plans the cut
     merge: MergeConfig = field(default_factory=MergeConfig)
     score_threshold: float | None = None
     max_pixels: int = io.DEFAULT_MAX_PIXELS
@@ -145,7 +149,9 @@ class Ventilator:
         if config.input_size is not None:
             spec = spec.with_input_size(*config.input_size)
         self.spec = spec
-        self.tile_size = config.tile_size or spec.input_size
+        self.scales = resolve_scales(spec, tile_size=config.tile_size, scales=config.scales,
+                                     min_size=config.min_size, full_pass=config.full_pass)
+        self.tile_size = next((s for s in self.scales if s is not None), spec.input_size)
         self.ctx = zmq.Context()
         self.router = sockets.make_socket(self.ctx, zmq.ROUTER, sndhwm=1000, linger=2000,
                                           maxmsgsize=1 << 20)
@@ -408,7 +414,9 @@ class Ventilator:
             job=self.job_id,
             model=self.spec.describe(),
             tiling={"tile_size": list(self.tile_size), "overlap": cfg.overlap,
-                    "full_pass": cfg.full_pass, "input_size": list(self.spec.input_size)},
+                    "full_pass": None in self.scales,
+                    "input_size": list(self.spec.input_size),
+                    "scales": scales_json(self.scales), "min_size": cfg.min_size},
             merge={"method": cfg.merge.method, "metric": cfg.merge.metric,
                    "threshold": cfg.merge.threshold,
                    "class_agnostic": cfg.merge.class_agnostic},
@@ -468,8 +476,7 @@ class Ventilator:
             self._to_sink(protocol.ImageInfo(job=self.job_id, image=iid, path=loaded.path,
                                              seq=seq, abspath=abspath, error=loaded.error))
             return 0
-        plan = plan_tiles(img.width, img.height, self.tile_size, self.config.overlap,
-                          self.config.full_pass)
+        plan = plan_scales(img.width, img.height, self.scales, self.config.overlap)
         info = protocol.ImageInfo(job=self.job_id, image=iid, path=loaded.path, seq=seq,
                                   width=img.width, height=img.height, tiles=len(plan),
                                   hash=img.content_hash, abspath=abspath)

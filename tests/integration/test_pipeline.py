@@ -25,7 +25,8 @@ from zmqvision.boxes import Detections
 from zmqvision.io import read_image
 from zmqvision.merge import MergeConfig, merge
 from zmqvision.models import Detector, ensure, resolve
-from zmqvision.tiling import cut_tile, plan_tiles, to_image_coords
+from zmqvision.scales import resolve_scales
+from zmqvision.tiling import cut_tile, plan_scales, plan_tiles, to_image_coords
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -38,18 +39,19 @@ CASES = {
 
 
 def reference(paths, model, *, input_size=None, tile_size=None, overlap=0.2,
-              merge_cfg=MergeConfig(), full_pass=False):
+              merge_cfg=MergeConfig(), full_pass=False, scales=None, min_size=None):
     """decode → tile → synchronous infer → shift → merge, in this process."""
     spec = resolve(model)
     if input_size:
         spec = spec.with_input_size(*input_size)
     det = Detector(spec, model_path=ensure(spec))
+    cuts = resolve_scales(spec, tile_size=tile_size, scales=scales, min_size=min_size,
+                          full_pass=full_pass)
     out = {}
     for path in paths:
         img = read_image(str(path))
         parts = []
-        for tile in plan_tiles(img.width, img.height, tile_size or spec.input_size, overlap,
-                               full_pass):
+        for tile in plan_scales(img.width, img.height, cuts, overlap):
             pixels, scale = cut_tile(img.pixels, tile, spec.input_size)
             d = det.infer(pixels)
             parts.append(Detections(to_image_coords(d.boxes, tile.box, scale), d.scores,
@@ -89,6 +91,18 @@ def test_pipeline_with_full_pass_and_nms_equals_reference(photos, models_ready):
     records = detect([str(p) for p in photos], model="ssd-mobilenetv2-oid", merge=cfg,
                      full_pass=True, workers=2)
     assert_same(records, ref, spec)
+
+
+def test_enlarged_and_multi_scale_tiles_equal_reference(photos, models_ready):
+    """Cuts resized to the input (enlarged 200 → 320, shrunk 400 → 320) plus the whole
+    image, merged in one pass: still exactly what one process computes."""
+    opts = {"input_size": (320, 320), "scales": ((200, 200), (400, 400), "full")}
+    ref, spec = reference(photos, "centerface", **opts)
+    records = detect([str(p) for p in photos], model="centerface", **opts)
+    assert_same(records, ref, spec)
+    assert sum(len(r["detections"]) for r in records) > 0
+    assert all(r["settings"]["tiling"]["scales"] == [[200, 200], [400, 400], "full"]
+               for r in records)
 
 
 def test_real_photos_give_the_expected_objects(photos, models_ready):
