@@ -414,10 +414,16 @@ class Sink:
             self.publish(protocol.encode(done))
 
 
-def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=None) -> int:
-    """Serve until ``stop`` is set (or, with ``once``, until the first job completes)."""
+def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=None,
+             ctx: zmq.Context | None = None) -> int:
+    """Serve until ``stop`` is set (or, with ``once``, until the first job completes).
+
+    ``ctx``: a context shared with the ventilator and a worker in this process (inproc
+    endpoints); the caller owns it.
+    """
     stop = stop or sockets.StopFlag()
-    ctx = zmq.Context()
+    own_ctx = ctx is None
+    ctx = ctx if ctx is not None else zmq.Context()
     pull = sockets.make_socket(ctx, zmq.PULL, rcvhwm=10_000, maxmsgsize=16 << 20)
     pub = sockets.make_socket(ctx, zmq.PUB, sndhwm=1000)
     sink_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
@@ -477,5 +483,6 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
         sink.close()
         pull.close(linger=0)
         pub.close(linger=0)
-        ctx.term()
+        if own_ctx:
+            ctx.term()
         wake.close()

@@ -141,7 +141,7 @@ def is_local_peer(frame: zmq.Frame, endpoint: str | None) -> bool:
 class Ventilator:
     """Binds the tiles socket first (so workers can connect), then runs one job."""
 
-    def __init__(self, config: VentilateConfig) -> None:
+    def __init__(self, config: VentilateConfig, ctx: zmq.Context | None = None) -> None:
         from zmqvision.models import resolve
 
         self.config = config
@@ -152,7 +152,8 @@ class Ventilator:
         self.scales = resolve_scales(spec, tile_size=config.tile_size, scales=config.scales,
                                      min_size=config.min_size, full_pass=config.full_pass)
         self.tile_size = next((s for s in self.scales if s is not None), spec.input_size)
-        self.ctx = zmq.Context()
+        self._own_ctx = ctx is None  # a shared one (inproc to threads) is the caller's
+        self.ctx = ctx if ctx is not None else zmq.Context()
         self.router = sockets.make_socket(self.ctx, zmq.ROUTER, sndhwm=1000, linger=2000,
                                           maxmsgsize=1 << 20)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -186,7 +187,8 @@ class Ventilator:
         self.router.close()
         self.to_sink.close()
         self.events.close(linger=0)
-        self.ctx.term()
+        if self._own_ctx:
+            self.ctx.term()
 
     # ------------------------------------------------------------------ workers
 

@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -381,3 +382,38 @@ def test_tiles_cut_smaller_than_the_input_are_enlarged_and_recorded(tmp_path, ph
     for d in rec["detections"]:
         x0, y0, x1, y1 = d["box"]
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+
+
+def test_one_image_runs_in_this_process_with_the_latency_hint(tmp_path, photos,
+                                                               models_ready):
+    out = tmp_path / "one.jsonl"
+    p = _cli("run", str(photos[0]), "--out", str(out), "--no-progress", "-v")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "one process: the sink and the worker (LATENCY hint) run as threads" in p.stderr
+    (rec,) = _records(out)
+    ref, spec = reference([photos[0]], "centerface")
+    assert_same([rec], ref, spec)
+
+
+def test_sink_and_worker_as_threads_equal_reference(tmp_path, photos, models_ready):
+    """The in-process path forced on several images and tiles: the same messages over
+    inproc endpoints of one context must give the same records as the reference."""
+    from zmqvision.run import RunPlan, run_job, single_image
+    from zmqvision.sink import SinkConfig
+    from zmqvision.ventilator import VentilateConfig
+    from zmqvision.worker import WorkerConfig
+
+    assert single_image(VentilateConfig(inputs=(str(photos[0]),))) == str(photos[0])
+    assert single_image(VentilateConfig(inputs=tuple(str(p) for p in photos))) is None
+    out = tmp_path / "threads.jsonl"
+    job = VentilateConfig(inputs=tuple(str(p) for p in photos), input_size=(320, 320),
+                          events="tcp://127.0.0.1:0")
+    done = run_job(RunPlan(job=job, sink=SinkConfig(out=str(out), events="tcp://127.0.0.1:0"),
+                           worker=WorkerConfig(input_size=(320, 320)), in_process=True))
+    assert done.images == len(photos) and done.failed == 0
+    records = sorted(_records(out), key=lambda r: r["image"])
+    ref, spec = reference(photos, "centerface", input_size=(320, 320))
+    assert_same(records, ref, spec)
+    assert all(r["tiles"] > 1 for r in records)
+    left = [t.name for t in threading.enumerate() if t.name.startswith(("zmqvision-", "zv-"))]
+    assert left == [], "the sink and worker threads end with the job"
