@@ -20,6 +20,7 @@ from zmqvision.cache.key import entry_key
 log = logging.getLogger("zmqvision.cache")
 
 MAX_PENDING = 10_000  # saves queued at most; beyond, the oldest are dropped (a later miss)
+_FAILED = object()
 
 
 class ResultCache:
@@ -74,11 +75,22 @@ class ResultCache:
         return True
 
     def flush(self) -> None:
-        """Write the queued saves in one batch (dropped if the store is down)."""
+        """Write the queued saves in one batch. While the store is down they stay queued
+        (at most MAX_PENDING, the oldest dropped first) and go when it is back."""
         with self._lock:
             batch, self._pending = self._pending, []
-        if batch and self.guard.call("put_many", False, batch) is not False:
-            self._count("saved", len(batch))
+        if not batch:
+            return
+        if self.guard.call("put_many", _FAILED, batch) is _FAILED:
+            with self._lock:
+                self._pending[:0] = batch
+                del self._pending[:max(0, len(self._pending) - MAX_PENDING)]
+            return
+        self._count("saved", len(batch))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
 
     def counts(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "corrupt": self.corrupt,
@@ -86,6 +98,9 @@ class ResultCache:
 
     def close(self) -> None:
         self.flush()
+        if self._pending:
+            log.warning("result cache %s: %d results could not be saved", self.url,
+                        len(self._pending))
         self.guard.close()
 
     def _count(self, name: str, n: int = 1) -> None:
