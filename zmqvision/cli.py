@@ -156,6 +156,53 @@ def _output_options(f):
     return f
 
 
+class DurationType(click.ParamType):
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` → seconds."""
+
+    name = "DURATION"
+    UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip().lower()
+        unit = text[-1:] if text[-1:] in self.UNITS else "s"
+        number = text[:-1] if text[-1:] in self.UNITS else text
+        try:
+            seconds = float(number) * self.UNITS[unit]
+        except ValueError:
+            self.fail(f"{value!r} is not a duration like 30d, 12h or 90m", param, ctx)
+        if not seconds >= 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return seconds
+
+
+def _cache_options(f):
+    f = click.option("--no-cache", is_flag=True,
+                     help="Do not use the result cache (no lookups, no saves).")(f)
+    f = click.option("--cache", "cache_url", default=None, metavar="URL",
+                     help="Result cache: sqlite:///PATH, redis://HOST:PORT/DB or "
+                          "redis+cluster://HOST:PORT [default: $ZMQVISION_RESULTS_CACHE, "
+                          "else a SQLite file in the user cache directory].")(f)
+    return f
+
+
+def _cache_choice(cache_url: str | None, no_cache: bool) -> str | None:
+    """The config value: None (off), "auto" (environment or default) or a URL."""
+    from zmqvision.cache.url import check_url
+
+    if no_cache:
+        if cache_url:
+            raise click.BadParameter("give --cache or --no-cache, not both",
+                                     param_hint="--cache")
+        return None
+    try:
+        check_url(cache_url or "auto")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cache") from None
+    return cache_url or "auto"
+
+
 def _vent_config(inputs, kw, **extra):
     from zmqvision.io import DEFAULT_MAX_PIXELS
     from zmqvision.merge import MergeConfig
@@ -255,9 +302,10 @@ def cli() -> None:
 @click.option("--resume", is_flag=True,
               help="Keep --out and do only the images it has no record of yet.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@_cache_options
 @click.option("-v", "--verbose", count=True)
-def run(inputs, workers, device, threads, events, resume, progress, verbose, out, fmt, draw,
-        **kw):
+def run(inputs, workers, device, threads, events, resume, progress, cache_url, no_cache,
+        verbose, out, fmt, draw, **kw):
     """Run the whole job on this machine: sink, workers and ventilator."""
     from zmqvision.console import JobProgressBar
     from zmqvision.run import RunPlan, run_job
@@ -269,12 +317,14 @@ def run(inputs, workers, device, threads, events, resume, progress, verbose, out
     _check_model(kw)
     if resume and fmt != "jsonl":
         raise click.BadParameter("--resume needs the JSONL format", param_hint="--resume")
-    job = _vent_config(inputs, kw, resume=out if resume else None)
+    cache = _cache_choice(cache_url, no_cache)
+    job = _vent_config(inputs, kw, resume=out if resume else None, cache=cache)
     _show_tiling(job)
     plan = RunPlan(
         job=job,
         sink=SinkConfig(out=out, format=fmt, draw=draw, events=events,
-                        events_fallback="tcp://127.0.0.1:0", once=False, append=resume),
+                        events_fallback="tcp://127.0.0.1:0", once=False, append=resume,
+                        cache=cache),
         worker=WorkerConfig(model=kw["model"], input_size=kw["input_size"], device=device,
                             threads=threads, score_threshold=kw["score_threshold"]),
         workers=workers,
@@ -312,9 +362,10 @@ def run(inputs, workers, device, threads, events, resume, progress, verbose, out
               help="The sink's results file: continue its job, skipping images it has.")
 @click.option("--job", "job_id", default=None, help="Job id [default: new, or --resume's].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@_cache_options
 @click.option("-v", "--verbose", count=True)
 def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_file, job_id,
-              progress, verbose, **kw):
+              progress, cache_url, no_cache, verbose, **kw):
     """Send a job's tiles to the workers; return when the sink reports it complete."""
     from zmqvision.console import JobProgressBar
     from zmqvision.ventilator import JobFailed
@@ -326,7 +377,7 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
         inputs, kw, tiles=bind_tiles,
         sink=sink_results or sockets.connect_endpoint(sockets.RESULTS_PORT, sink_host),
         events=sink_events or sockets.connect_endpoint(sockets.EVENTS_PORT, sink_host),
-        resume=resume_file, job_id=job_id,
+        resume=resume_file, job_id=job_id, cache=_cache_choice(cache_url, no_cache),
     )
     _show_tiling(cfg)
     stop = sockets.StopFlag()
@@ -356,17 +407,19 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
                    "restarted sink continues its jobs and never writes an image twice.")
 @click.option("--append", is_flag=True, hidden=True, help="The default (kept for scripts).")
 @click.option("--once", is_flag=True, help="Exit after the first job completes.")
+@_cache_options
 @click.option("-v", "--verbose", count=True)
 @_child_options
 def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, overwrite, append,
-         once, verbose, announce, parent_pid, log_level):
+         once, cache_url, no_cache, verbose, announce, parent_pid, log_level):
     """Collect partial results, merge them per image, write records, publish events."""
     from zmqvision.sink import SinkConfig, run_sink
 
     _setup_logging(max(verbose, 1), log_level)
     cfg = SinkConfig(results=bind_results, events=bind_events,
                      events_fallback=bind_events_fallback, out=out, format=fmt, draw=draw,
-                     append=not overwrite, once=once)
+                     append=not overwrite, once=once,
+                     cache=_cache_choice(cache_url, no_cache))
     stop = sockets.StopFlag(parent_pid)
     stop.install_signal_handlers()
     try:
@@ -446,6 +499,79 @@ def watch(endpoint, as_json, once, timeout):
     stop.install_signal_handlers()
     mode = "once" if once else "json" if as_json else "live"
     sys.exit(do_watch(endpoint, mode=mode, as_json=as_json, timeout=timeout, stop=stop))
+
+
+@cli.group("cache")
+@click.option("--cache", "cache_url", default=None, metavar="URL",
+              help="The cache [default: $ZMQVISION_RESULTS_CACHE, else the SQLite file in "
+                   "the user cache directory].")
+@click.pass_context
+def cache_group(ctx, cache_url) -> None:
+    """The result cache: how big it is, empty it, drop old entries."""
+    from zmqvision.cache import open_store, resolve_url
+
+    url = resolve_url(cache_url or "auto")
+    if url is None:
+        raise click.UsageError("the result cache is off ($ZMQVISION_RESULTS_CACHE); "
+                               "name one with --cache URL")
+    try:
+        ctx.obj = open_store(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cache") from None
+    except Exception as exc:  # noqa: BLE001 - unreadable file, no server: say it plainly
+        click.echo(f"zmqvision: cannot open the result cache {url}: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _cache_call(store, name: str, *args):
+    try:
+        return getattr(store, name)(*args)
+    except Exception as exc:  # noqa: BLE001 - Redis down, locked file: no traceback
+        click.echo(f"zmqvision: result cache {store.url}: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+
+
+@cache_group.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="As one JSON object.")
+@click.pass_obj
+def cache_stats(store, as_json) -> None:
+    """Entries, their bytes and their age."""
+    import time
+
+    stats = _cache_call(store, "stats")
+    if as_json:
+        click.echo(json.dumps(stats))
+        return
+    n = stats["entries"]
+    line = f"{stats['store']}: {n} entries, {stats['bytes'] / 1e6:.2f} MB of results"
+    if n:
+        avg = stats["bytes"] / n
+        line += f" ({avg:.0f} bytes each)"
+    if stats.get("oldest") is not None:
+        age = (time.time() - stats["oldest"]) / 86400
+        line += f", oldest {age:.1f} days"
+    click.echo(line)
+
+
+@cache_group.command("clear")
+@click.pass_obj
+def cache_clear(store) -> None:
+    """Delete every entry."""
+    n = _cache_call(store, "clear")
+    click.echo(f"{store.url}: {n} entries deleted")
+
+
+@cache_group.command("prune")
+@click.option("--older-than", type=DurationType(), required=True,
+              help="Delete entries made longer ago than this, e.g. 30d, 12h, 90m.")
+@click.pass_obj
+def cache_prune(store, older_than) -> None:
+    """Delete entries older than a duration."""
+    import time
+
+    n = _cache_call(store, "prune", time.time() - older_than)
+    click.echo(f"{store.url}: {n} entries older than {older_than / 86400:g} days deleted")
 
 
 @cli.group()

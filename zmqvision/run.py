@@ -87,6 +87,10 @@ def sink_args(cfg: SinkConfig) -> list[str]:
         args += ["--draw", cfg.draw]
     if not cfg.append:
         args.append("--overwrite")
+    if cfg.cache is None:
+        args.append("--no-cache")
+    elif cfg.cache != "auto":
+        args += ["--cache", cfg.cache]
     return args
 
 

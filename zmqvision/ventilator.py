@@ -29,6 +29,8 @@ import numpy as np
 import zmq
 
 from zmqvision import io, protocol, results, sockets
+from zmqvision.cache import Entry, job_fingerprint, open_cache
+from zmqvision.cache.entry import attach_path
 from zmqvision.dispatch import Dispatcher, TileKey
 from zmqvision.idset import IdSet
 from zmqvision.merge import MergeConfig
@@ -69,6 +71,7 @@ class VentilateConfig:
     timeout: float | None = None  # give up if the job is not complete after this long
     job_id: str | None = None
     resume: str | None = None  # a results file: skip the images it already has
+    cache: str | None = "auto"  # result cache URL; "auto": $ZMQVISION_RESULTS_CACHE or SQLite
 
 
 @dataclass
@@ -76,24 +79,40 @@ class _Loaded:
     path: str
     image: io.LoadedImage | None
     error: dict | None
+    hash: str | None = None  # content hash, whenever the bytes could be read
+    hit: Entry | None = None  # the result cache had this image's result: not decoded
 
 
-def _load(path: str, max_pixels: int) -> _Loaded:
+Lookup = Callable[[str], "Entry | None"]
+
+
+def _load(path: str, max_pixels: int, lookup: Lookup | None = None) -> _Loaded:
+    """Read the file once; hash the bytes; look the result up (a hit is not decoded);
+    decode the same bytes otherwise."""
+    digest = None
     try:
-        return _Loaded(path, io.read_image(path, max_pixels=max_pixels), None)
+        data = io.read_file(path)
+        digest = io.content_hash(data) if data else None
+        if lookup is not None and digest is not None:
+            hit = lookup(digest)
+            if hit is not None:
+                return _Loaded(path, None, attach_path(hit.error, path), digest, hit)
+        image = io.decode_image(data, max_pixels=max_pixels, name=path, digest=digest)
+        return _Loaded(path, image, None, digest)
     except io.ImageError as exc:
-        return _Loaded(path, None, {"type": exc.type, "message": exc.message})
+        return _Loaded(path, None, {"type": exc.type, "message": exc.message}, digest)
     except Exception as exc:  # an image must never take the job down
-        return _Loaded(path, None, {"type": "unreadable", "message": f"{path}: {exc}"})
+        return _Loaded(path, None, {"type": "unreadable", "message": f"{path}: {exc}"}, digest)
 
 
 def _read_ahead(
-    paths: Iterable[str], pool: ThreadPoolExecutor, depth: int, max_pixels: int
+    paths: Iterable[str], pool: ThreadPoolExecutor, depth: int, max_pixels: int,
+    lookup: Lookup | None = None,
 ) -> Iterator[_Loaded]:
     """Decode up to ``depth`` images ahead, yielding them in input order."""
     pending: deque[Future] = deque()
     for path in paths:
-        pending.append(pool.submit(_load, path, max_pixels))
+        pending.append(pool.submit(_load, path, max_pixels, lookup))
         if len(pending) > depth:
             yield pending.popleft().result()
     while pending:
@@ -175,6 +194,8 @@ class Ventilator:
         self.skipped = 0
         self.tiles_sent = 0  # every send, copies included
         self.rereads = 0  # images decoded again to cut tiles that had to be sent again
+        self.cached = 0  # images answered from the result cache (never decoded or tiled)
+        self.cache = open_cache(config.cache)
         resumed_job, self._already = (read_resume(config.resume) if config.resume
                                       else (None, IdSet()))
         self.job_id = config.job_id or resumed_job or protocol.new_job_id()
@@ -189,6 +210,8 @@ class Ventilator:
         self.events.close(linger=0)
         if self._own_ctx:
             self.ctx.term()
+        if self.cache is not None:
+            self.cache.close()
 
     # ------------------------------------------------------------------ workers
 
@@ -425,6 +448,12 @@ class Ventilator:
             options={"score_threshold": cfg.score_threshold},
         )
         self._to_sink(self._job_start)
+        lookup = None
+        if self.cache is not None:
+            settings, cache, ref = job_fingerprint(self._job_start), self.cache, self.spec.ref
+
+            def lookup(content_hash: str) -> Entry | None:
+                return cache.lookup(settings, content_hash, ref)
         n_images = n_tiles = 0
         seen = IdSet()  # ids of the images admitted: the same input twice is one image
         paths = io.iter_image_paths(cfg.inputs, recursive=cfg.recursive,
@@ -433,7 +462,7 @@ class Ventilator:
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.events, zmq.POLLIN)
         with ThreadPoolExecutor(max(1, cfg.decode_threads), "zv-decode") as pool:
-            source = _read_ahead(paths, pool, cfg.read_ahead, cfg.max_pixels)
+            source = _read_ahead(paths, pool, cfg.read_ahead, cfg.max_pixels, lookup)
             while self.done is None:
                 if stop.is_set():
                     raise JobFailed("interrupted")
@@ -457,14 +486,16 @@ class Ventilator:
                 poller.poll(20 if self.dispatch.total_credit() else 100)
         d = self.dispatch
         log.info("job %s: %d images, %d tiles sent (%d again after a lost worker or lease, "
-                 "%d backup copies), %d images re-read to cut them", self.job_id, n_images,
-                 self.tiles_sent, d.requeued, d.backups_sent, self.rereads)
+                 "%d backup copies), %d images re-read to cut them, %d answered from the "
+                 "result cache", self.job_id, n_images, self.tiles_sent, d.requeued,
+                 d.backups_sent, self.rereads, self.cached)
         return self.done
 
     def _admit(self, loaded: _Loaded, seq: int, seen: IdSet) -> int | None:
         """Announce one image and queue its tiles; None if it is not part of the job."""
-        img = loaded.image
-        iid = (protocol.image_id(img.content_hash, loaded.path) if img is not None
+        img, hit = loaded.image, loaded.hit
+        ok = img is not None or (hit is not None and hit.error is None)
+        iid = (protocol.image_id(loaded.hash, loaded.path) if ok
                else protocol.failed_image_id(loaded.path))
         if iid in seen:
             log.info("skipping %s: already in this job", loaded.path)
@@ -474,9 +505,13 @@ class Ventilator:
         if iid in self._already:
             self.skipped += 1  # resumed: its record exists; the sink counts it from there
             return 0
+        if hit is not None:
+            self._admit_cached(loaded, hit, iid, seq, abspath)
+            return 0
         if img is None:
             self._to_sink(protocol.ImageInfo(job=self.job_id, image=iid, path=loaded.path,
-                                             seq=seq, abspath=abspath, error=loaded.error))
+                                             seq=seq, abspath=abspath, error=loaded.error,
+                                             hash=loaded.hash))
             return 0
         plan = plan_scales(img.width, img.height, self.scales, self.config.overlap)
         info = protocol.ImageInfo(job=self.job_id, image=iid, path=loaded.path, seq=seq,
@@ -486,6 +521,20 @@ class Ventilator:
         self.window[iid] = _InFlight(info, plan, img.pixels)
         self._unsent.append(iid)
         return len(plan)
+
+
+    def _admit_cached(self, loaded: _Loaded, hit: Entry, iid: str, seq: int,
+                      abspath: str) -> None:
+        """Announce an image with its cached result. It stays in the window (no tiles)
+        until the sink acks its record, so a restarted sink is told it again."""
+        info = protocol.ImageInfo(
+            job=self.job_id, image=iid, path=loaded.path, seq=seq, width=hit.width,
+            height=hit.height, tiles=0, hash=loaded.hash, abspath=abspath, error=loaded.error,
+            cached=protocol.Cached(tiles=hit.tiles, detections=hit.detections,
+                                   created=hit.created))
+        self._to_sink(info)
+        self.window[iid] = _InFlight(info, [], None)
+        self.cached += 1
 
 
 def ventilate(
