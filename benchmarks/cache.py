@@ -76,17 +76,14 @@ def lookup_costs(folder: Path, cache_url: str, model: str) -> tuple[float, float
     from zmqvision import io
     from zmqvision.cache import job_fingerprint, open_cache
     from zmqvision.models import resolve
-    from zmqvision.protocol import JobStart
+    from zmqvision.ventilator import VentilateConfig, Ventilator
 
     spec = resolve(model)
     cache = open_cache(cache_url)
-    # The settings of a default `run`, as its ventilator would send them.
-    start = JobStart(job="bench", model=spec.describe(),
-                     tiling={"tile_size": list(spec.input_size), "overlap": 0.2,
-                             "full_pass": False, "input_size": list(spec.input_size)},
-                     merge={"method": "nmm", "metric": "ios", "threshold": 0.5,
-                            "class_agnostic": False},
-                     options={"score_threshold": None})
+    # The settings of a default `run`, exactly as its ventilator sends them.
+    vent = Ventilator(VentilateConfig(inputs=(str(folder),), model=model, cache=None))
+    start = vent.job_start_message()
+    vent.close()
     fp = job_fingerprint(start)
     hashes, hash_us, lookup_us = [], [], []
     for path in sorted(folder.iterdir()):

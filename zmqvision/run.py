@@ -216,7 +216,8 @@ class _Role(threading.Thread):
 
     def finish(self, timeout: float = 10.0) -> None:
         self.stop_flag.set()
-        self.join(timeout)
+        if self.ident is not None:
+            self.join(timeout)
 
 
 def single_image(job: VentilateConfig) -> str | None:
@@ -278,17 +279,23 @@ def _run_in_threads(
         sink = _Role("sink", run_sink, replace(plan.sink, results=results_ep), ctx)
         worker = _Role("worker", run_worker, wcfg, ctx)
         roles = [worker, sink]
-        worker.start()  # first: compiling the model is the longest wait
-        sink.start()
         vent = Ventilator(replace(plan.job, tiles=tiles_ep, sink=results_ep), ctx=ctx)
+        cached = vent.first_input_cached()
+        if not cached:
+            worker.start()  # first: compiling the model is the longest wait
+        else:  # the image is in the result cache: a worker only if it needs one after all
+            vent.on_first_tiles = worker.start
+        sink.start()
         vent.bind()
         ready = sink.wait_ready(stop, READY_TIMEOUT_S)
         vent.config = replace(vent.config, events=sockets.connectable(ready["events"]))
-        worker.wait_ready(stop, READY_TIMEOUT_S)
+        if not cached:
+            worker.wait_ready(stop, READY_TIMEOUT_S)
 
         def watchdog() -> None:
             for role in roles:
-                role.check()
+                if role.ident is not None:  # started
+                    role.check()
 
         return vent.run(stop, on_progress, on_wait, watchdog=watchdog)
     finally:
@@ -329,20 +336,29 @@ def run_job(
     ipc_dir = tempfile.mkdtemp(prefix="zmqvision-") if zmq.has("ipc") else None
     threads = plan.worker.threads or default_threads(plan.workers)
 
+    ready_by = [float("inf")]  # when the workers must have announced themselves
+
     def start_workers(tiles_ep: str, results_ep: str) -> None:
+        ready_by[0] = time.monotonic() + READY_TIMEOUT_S
         for i in range(plan.workers):
             wcfg = replace(plan.worker, tiles=tiles_ep, results=results_ep,
                            threads=threads, worker_id=f"local-{os.getpid()}-{i}")
             workers.append(Child(worker_args(wcfg), plan.log_level))
 
     try:
+        # When the first image is already in the result cache, the workers (and their
+        # model) wait for the first image that needs tiles: a run whose images are all
+        # cached starts none. Otherwise they start at once, and the job's clock starts
+        # once they are ready, so its tiles/s leave out start-up.
         if ipc_dir is not None:  # every endpoint known now: start everything at once
             results_ep = f"ipc://{ipc_dir}/results"
             vent = Ventilator(replace(plan.job, tiles=f"ipc://{ipc_dir}/tiles",
                                       sink=results_ep))
             tiles_ep = vent.bind()
             sink = Child(sink_args(replace(plan.sink, results=results_ep)), plan.log_level)
-            start_workers(tiles_ep, results_ep)
+            cached = vent.first_input_cached()
+            if not cached:
+                start_workers(tiles_ep, results_ep)
             _wait_ready([sink], stop, READY_TIMEOUT_S)
             vent.config = replace(vent.config,
                                   events=sockets.connectable(sink.ready["events"]))
@@ -350,18 +366,30 @@ def run_job(
             sink = Child(sink_args(replace(plan.sink, results=LOCAL_ANY_PORT)),
                          plan.log_level)
             _wait_ready([sink], stop, READY_TIMEOUT_S)
-            ready = sink.ready
-            vent = Ventilator(replace(plan.job, tiles=LOCAL_ANY_PORT, sink=ready["results"],
-                                      events=sockets.connectable(ready["events"])))
-            start_workers(vent.bind(), ready["results"])
-        _wait_ready(workers, stop, READY_TIMEOUT_S)
+            results_ep = sink.ready["results"]
+            vent = Ventilator(replace(plan.job, tiles=LOCAL_ANY_PORT, sink=results_ep,
+                                      events=sockets.connectable(sink.ready["events"])))
+            tiles_ep = vent.bind()
+            cached = vent.first_input_cached()
+            if not cached:
+                start_workers(tiles_ep, results_ep)
+        if cached:
+            vent.on_first_tiles = lambda: start_workers(tiles_ep, results_ep)
+        else:
+            _wait_ready(workers, stop, READY_TIMEOUT_S)
 
         def watchdog() -> None:
+            if not sink.alive():
+                raise JobFailed(f"the sink stopped (exit code {sink.proc.returncode})")
+            if not workers:
+                return
             if not any(w.alive() for w in workers):
                 codes = ", ".join(str(w.proc.returncode) for w in workers)
                 raise JobFailed(f"every worker stopped (exit codes {codes})")
-            if not sink.alive():
-                raise JobFailed(f"the sink stopped (exit code {sink.proc.returncode})")
+            pending = [w for w in workers if w.poll_ready(0) is None]
+            if pending and time.monotonic() > ready_by[0]:
+                raise JobFailed(f"{len(pending)} worker(s) not ready after "
+                                f"{READY_TIMEOUT_S:.0f} s")
 
         return vent.run(stop, on_progress, on_wait, watchdog=watchdog)
     finally:

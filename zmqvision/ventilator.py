@@ -196,6 +196,9 @@ class Ventilator:
         self.rereads = 0  # images decoded again to cut tiles that had to be sent again
         self.cached = 0  # images answered from the result cache (never decoded or tiled)
         self.cache = open_cache(config.cache)
+        # Called once, when the first image that needs tiles is admitted (run starts its
+        # workers there when the job began with cached images).
+        self.on_first_tiles: Callable[[], None] | None = None
         resumed_job, self._already = (read_resume(config.resume) if config.resume
                                       else (None, IdSet()))
         self.job_id = config.job_id or resumed_job or protocol.new_job_id()
@@ -203,6 +206,40 @@ class Ventilator:
     def bind(self) -> str:
         self.tiles_endpoint = sockets.bind(self.router, self.config.tiles)
         return self.tiles_endpoint
+
+    def first_input_cached(self) -> bool:
+        """Whether the job's first input has a result in the cache, looked up before
+        anything else starts: ``run`` then leaves the workers (and their model) for the
+        first image that needs tiles, and a run whose images are all cached starts none."""
+        if self.cache is None:
+            return False
+        path = next(io.iter_image_paths(self.config.inputs, recursive=self.config.recursive,
+                                        extensions=self.config.extensions), None)
+        if path is None:
+            return False
+        try:
+            digest = io.content_hash(io.read_file(path))
+        except io.ImageError:
+            return False
+        settings = job_fingerprint(self.job_start_message())
+        return self.cache.lookup(settings, digest, self.spec.ref) is not None
+
+    def job_start_message(self) -> protocol.JobStart:
+        """The job's ``zv.job``: everything that shapes its results (the cache key and
+        every record's ``settings`` come from it)."""
+        cfg = self.config
+        return protocol.JobStart(
+            job=self.job_id,
+            model=self.spec.describe(),
+            tiling={"tile_size": list(self.tile_size), "overlap": cfg.overlap,
+                    "full_pass": None in self.scales,
+                    "input_size": list(self.spec.input_size),
+                    "scales": scales_json(self.scales), "min_size": cfg.min_size},
+            merge={"method": cfg.merge.method, "metric": cfg.merge.metric,
+                   "threshold": cfg.merge.threshold,
+                   "class_agnostic": cfg.merge.class_agnostic},
+            options={"score_threshold": cfg.score_threshold},
+        )
 
     def close(self) -> None:
         self.router.close()
@@ -435,18 +472,7 @@ class Ventilator:
                 warned = True
 
         self._pump = pump
-        self._job_start = protocol.JobStart(
-            job=self.job_id,
-            model=self.spec.describe(),
-            tiling={"tile_size": list(self.tile_size), "overlap": cfg.overlap,
-                    "full_pass": None in self.scales,
-                    "input_size": list(self.spec.input_size),
-                    "scales": scales_json(self.scales), "min_size": cfg.min_size},
-            merge={"method": cfg.merge.method, "metric": cfg.merge.metric,
-                   "threshold": cfg.merge.threshold,
-                   "class_agnostic": cfg.merge.class_agnostic},
-            options={"score_threshold": cfg.score_threshold},
-        )
+        self._job_start = self.job_start_message()
         self._to_sink(self._job_start)
         lookup = None
         if self.cache is not None:
@@ -514,6 +540,9 @@ class Ventilator:
                                              hash=loaded.hash))
             return 0
         plan = plan_scales(img.width, img.height, self.scales, self.config.overlap)
+        if self.on_first_tiles is not None:  # the first image that needs a worker
+            hook, self.on_first_tiles = self.on_first_tiles, None
+            hook()
         info = protocol.ImageInfo(job=self.job_id, image=iid, path=loaded.path, seq=seq,
                                   width=img.width, height=img.height, tiles=len(plan),
                                   hash=img.content_hash, abspath=abspath)

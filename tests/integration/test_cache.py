@@ -241,3 +241,35 @@ def test_two_jobs_at_once_over_overlapping_folders_share_the_sqlite_cache(
                        "--no-progress", "--events", "tcp://127.0.0.1:0", name="run-both")
     assert procs.wait(both, 240) == 0, procs.log(both)
     assert summary(procs.log(both)) == (6, 0, 6, 0)
+
+
+def test_run_starts_workers_only_for_images_the_cache_lacks(image_dir, tmp_path,
+                                                             models_ready):
+    """`zmqvision run`: all cached, no worker starts (no model is loaded); one new image
+    among cached ones, the workers start when the ventilator reaches it."""
+    cache = f"sqlite:///{tmp_path / 'c.sqlite'}"
+
+    def run(*inputs: str) -> subprocess.CompletedProcess:
+        p = subprocess.run([sys.executable, "-m", "zmqvision", "run", *inputs, "--cache",
+                            cache, "--out", str(tmp_path / "r.jsonl"), "--no-progress",
+                            "--events", "tcp://127.0.0.1:0", "-v"],
+                           capture_output=True, text=True, timeout=240, cwd=ROOT)
+        assert p.returncode == 0, p.stdout + p.stderr
+        return p
+
+    first = run(str(image_dir))
+    assert summary(first.stdout)[:3] == (4, 0, 0)
+    assert "worker local-" in first.stderr  # the worker's ready line
+
+    again = run(str(image_dir))
+    assert summary(again.stdout)[2:] == (4, 0)
+    assert "worker local-" not in again.stderr, "no worker for a job the cache answers"
+
+    extra = tmp_path / "extra"
+    shutil.copytree(image_dir, extra)
+    # Other bytes (a byte after the JPEG's end marker), the same picture.
+    (extra / "zz-new.jpg").write_bytes((image_dir / "astronaut.jpg").read_bytes() + b"\0")
+    mixed = run(str(extra))
+    images, failed, cached, tiles = summary(mixed.stdout)
+    assert (images, failed, cached) == (5, 0, 4) and tiles >= 1
+    assert "worker local-" in mixed.stderr
