@@ -19,6 +19,7 @@ on a free port and stops (its rows are left out, saying so, when it is not insta
 
     python benchmarks/cache.py                    # 48 images, centerface, ~1 min on 2 cores
     python benchmarks/cache.py --images 200 --model ssd-mobilenetv2-oid
+    python benchmarks/cache.py --size 1920x1080   # 8 tiles an image
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ SUMMARY = re.compile(r"(\d+) images, (\d+) failed, (\d+) cached, (\d+) tiles, \d
                      r"in ([0-9.]+) s")
 
 
-def make_folder(folder: Path, n: int) -> Path:
+def make_folder(folder: Path, n: int, size: tuple[int, int] | None = None) -> Path:
+    """``n`` JPEGs with different bytes: crops of the example photos, enlarged to
+    ``size`` (several tiles each, the images this tool is for) when it is given."""
     from PIL import Image
 
     folder.mkdir(parents=True)
@@ -49,8 +52,10 @@ def make_folder(folder: Path, n: int) -> Path:
     for i in range(n):
         src = photos[i % len(photos)]
         k = 2 * (i // len(photos))
-        src.crop((k, k, src.width - k, src.height - k)).save(folder / f"{i:04d}.jpg",
-                                                              quality=92)
+        img = src.crop((k, k, src.width - k, src.height - k))
+        if size is not None:
+            img = img.resize(size, Image.Resampling.BICUBIC)
+        img.save(folder / f"{i:04d}.jpg", quality=92)
     return folder
 
 
@@ -129,11 +134,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=48)
     ap.add_argument("--model", default="centerface")
+    ap.add_argument("--size", default=None,
+                    help="enlarge the images to WxH, e.g. 1920x1080 (several tiles each) "
+                         "[default: the photos' own sizes, one tile each]")
     args = ap.parse_args()
+    size = tuple(int(v) for v in args.size.split("x")) if args.size else None
     rows, notes = [], []
     with tempfile.TemporaryDirectory(prefix="zv-cache-bench-") as tmp:
         tmp = Path(tmp)
-        folder = make_folder(tmp / "images", args.images)
+        folder = make_folder(tmp / "images", args.images, size)
         # Warm OpenVINO's blob cache so the first run does not also pay a compile.
         run(folder, tmp / "warm.jsonl", "off", args.model)
         stores = [("SQLite", f"sqlite://{tmp}/cache.sqlite3")]
@@ -164,7 +173,8 @@ def main() -> None:
                           "lookup cost (median)"], rows))
     for note in notes:
         print(f"\n{note}")
-    print(f"\n{args.images} images, model {args.model}; job s: the summary line's time "
+    print(f"\n{args.images} images ({args.size or 'photo sizes'}), model {args.model}; "
+          "job s: the summary line's time "
           "(printed to 2 decimals: 0.00 counts as 0.005 in the ratio).")
 
 
