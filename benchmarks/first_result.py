@@ -88,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         out = tmp / "out.jsonl"
         run_cmd = [py, "-m", "zmqvision", "run", str(args.image), "--model", args.model,
-                   "--out", str(out), "--no-progress", "--events", "tcp://127.0.0.1:0"]
+                   "--out", str(out), "--no-progress", "--events", "tcp://127.0.0.1:0",
+                   "--no-cache"]
         wall(run_cmd)  # the warm cache is warm
         for r in range(args.repeats):
             cold = tmp / f"cold{r}"

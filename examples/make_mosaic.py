@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -84,18 +85,25 @@ def make_mosaic(
     n_faces: int = 60,
     face_px: tuple[int, int] = (40, 90),
     seed: int = 0,
+    widths: Sequence[float] | None = None,
 ) -> tuple[Image.Image, list[list[float]]]:
     """Build the mosaic in memory; return the image and the face boxes ``[x1, y1, x2, y2]``.
 
     Faces are ``face_px`` wide (uniformly random), one per cell of a grid with enough cells
-    for ``n_faces``, jittered inside their cell, so they never overlap. Deterministic for
-    a given seed.
+    for ``n_faces``, jittered inside their cell, so they never overlap. ``widths`` instead
+    gives each face's width (``n_faces`` is then its length): images with large and tiny
+    faces together. Deterministic for a given seed.
     """
     rng = np.random.default_rng(seed)
     canvas = _background(width, height, rng)
     patch, (fx1, fy1, fx2, fy2) = _face_patch()
     face_w = fx2 - fx1
-    lo, hi = face_px
+    if widths is not None:
+        widths = [float(w) for w in widths]
+        n_faces = len(widths)
+        lo, hi = min(widths), max(widths)
+    else:
+        lo, hi = face_px
     max_scale = hi / face_w
     max_pw = int(np.ceil(patch.width * max_scale))
     max_ph = int(np.ceil(patch.height * max_scale))
@@ -114,9 +122,10 @@ def make_mosaic(
     cells = rng.choice(cols * rows, size=n_faces, replace=False)
 
     boxes: list[list[float]] = []
-    for cell in sorted(int(c) for c in cells):
+    for i, cell in enumerate(sorted(int(c) for c in cells)):
         r, c = divmod(cell, cols)
-        scale = float(rng.uniform(lo, hi)) / face_w
+        width_px = widths[i] if widths is not None else float(rng.uniform(lo, hi))
+        scale = width_px / face_w
         pw, ph = round(patch.width * scale), round(patch.height * scale)
         face = patch.resize((pw, ph), Image.Resampling.LANCZOS)
         sx, sy = pw / patch.width, ph / patch.height

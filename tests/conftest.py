@@ -15,9 +15,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_servers import redis_cluster, redis_server  # noqa: F401 - fixtures
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples" / "images"
 PHOTOS = ["astronaut.jpg", "chelsea.jpg", "coffee.jpg", "rocket.jpg"]
+
+
+@pytest.fixture(autouse=True)
+def _no_result_cache_unless_asked(monkeypatch):
+    """Tests run without the result cache (a hit would change what they measure: tiles,
+    workers, timings); the tests of the cache name theirs with --cache / cache=."""
+    monkeypatch.setenv("ZMQVISION_RESULTS_CACHE", "off")
 
 
 @pytest.fixture(scope="session")

@@ -19,9 +19,9 @@ P = protocol
 
 
 def _roundtrip(msg):
-    frames = P.encode(msg)
+    frames = protocol.encode(msg)
     wire = [bytes(memoryview(f)) if not isinstance(f, bytes) else f for f in frames]
-    return P.decode(wire)
+    return protocol.decode(wire)
 
 
 def _tile(shape=(300, 300, 3)):
@@ -42,9 +42,9 @@ def _result(n=5):
 SIMPLE = [
     P.JobStart(job="j", model={"ref": "m@1", "labels": ["a", "b"], "name": "m"},
                tiling={"tile_size": [300, 300]}, merge={"method": "nmm"}),
-    P.ImageInfo(job="j", image="i", path="a/b.jpg", seq=0, width=4, height=3, tiles=1,
+    protocol.ImageInfo(job="j", image="i", path="a/b.jpg", seq=0, width=4, height=3, tiles=1,
                 hash="blake2b:00"),
-    P.ImageInfo(job="j", image="i", path="x.jpg", seq=1,
+    protocol.ImageInfo(job="j", image="i", path="x.jpg", seq=1,
                 error={"type": "corrupt_image", "message": "bad"}),
     P.JobEnd(job="j", images=3, tiles=40),
     P.Heartbeat(worker="w", host="h", pid=1, device="CPU", model="m@1", tiles_done=5,
@@ -63,7 +63,7 @@ def test_simple_messages_roundtrip(msg):
 
 def test_tile_roundtrip_and_version_in_header():
     t = _tile((120, 200, 3))
-    frames = P.encode(t)
+    frames = protocol.encode(t)
     assert frames[0] == b"zv.tile"
     assert msgpack.unpackb(frames[1])["v"] == P.VERSION
     back = _roundtrip(t)
@@ -91,10 +91,10 @@ def test_tile_pixels_travel_zero_copy_over_a_real_socket():
         a.bind("inproc://zc")
         b.connect("inproc://zc")
         t = _tile()
-        a.send_multipart(P.encode(t), copy=False)
+        a.send_multipart(protocol.encode(t), copy=False)
         assert b.poll(5000)
         frames = b.recv_multipart(copy=False)
-        got = P.decode(frames)
+        got = protocol.decode(frames)
         assert np.array_equal(got.pixels, t.pixels)
         # The array is a view of the received frame, not a copy of it.
         assert np.shares_memory(got.pixels, np.frombuffer(frames[2].buffer, np.uint8))
@@ -154,21 +154,21 @@ BAD = {
 
 @pytest.mark.parametrize("frames", list(BAD.values()), ids=list(BAD))
 def test_garbage_raises_protocol_error_only(frames):
-    with pytest.raises(P.ProtocolError):
-        P.decode(frames)
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(frames)
 
 
 def test_expect_filters_types():
-    frames = P.encode(SIMPLE[3])
-    with pytest.raises(P.ProtocolError):
-        P.decode(frames, (P.MsgType.TILE,))
+    frames = protocol.encode(SIMPLE[3])
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(frames, (P.MsgType.TILE,))
 
 
 @settings(max_examples=400, deadline=None)
 @given(st.lists(st.binary(max_size=64), max_size=5))
 def test_random_frames_never_escape_as_other_errors(frames):
-    with contextlib.suppress(P.ProtocolError):
-        P.decode(frames)
+    with contextlib.suppress(protocol.ProtocolError):
+        protocol.decode(frames)
 
 
 @settings(max_examples=300, deadline=None)
@@ -184,8 +184,8 @@ def test_random_frames_never_escape_as_other_errors(frames):
 )
 def test_structured_garbage_never_escapes(tag, header, extra):
     header.setdefault("v", P.VERSION)
-    with contextlib.suppress(P.ProtocolError):
-        P.decode([tag, msgpack.packb(header), *extra])
+    with contextlib.suppress(protocol.ProtocolError):
+        protocol.decode([tag, msgpack.packb(header), *extra])
 
 
 def _photo_tile(encoding="jpeg"):
@@ -199,7 +199,7 @@ def _photo_tile(encoding="jpeg"):
 
 def test_jpeg_tiles_are_small_and_close_to_the_pixels():
     t = _photo_tile()
-    frames = P.encode(t)
+    frames = protocol.encode(t)
     assert msgpack.unpackb(frames[1])["encoding"] == "jpeg"
     assert len(frames[2]) < t.pixels.nbytes / 5  # a photo compresses well
     back = _roundtrip(t)
@@ -216,10 +216,10 @@ def _with_header(frames, **changes):
 
 def test_a_header_without_encoding_is_raw():
     t = _tile((8, 8, 3))
-    frames = P.encode(t)
+    frames = protocol.encode(t)
     h = msgpack.unpackb(frames[1])
     del h["encoding"]
-    back = P.decode([frames[0], msgpack.packb(h), bytes(memoryview(frames[2]))])
+    back = protocol.decode([frames[0], msgpack.packb(h), bytes(memoryview(frames[2]))])
     assert back.encoding == "raw" and np.array_equal(back.pixels, t.pixels)
 
 
@@ -231,7 +231,7 @@ def test_bad_jpeg_tiles_are_protocol_errors(damage):
     from PIL import Image
 
     t = _photo_tile()
-    frames = [f if isinstance(f, bytes) else bytes(memoryview(f)) for f in P.encode(t)]
+    frames = [f if isinstance(f, bytes) else bytes(memoryview(f)) for f in protocol.encode(t)]
     data = frames[2]
     if damage == "truncated":
         frames[2] = data[: len(data) // 2]
@@ -251,13 +251,13 @@ def test_bad_jpeg_tiles_are_protocol_errors(damage):
         frames[2] = out.getvalue()
     elif damage == "unknown_encoding":
         frames = _with_header(frames, encoding="webp")
-    with pytest.raises(P.ProtocolError):
-        P.decode(frames)
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(frames)
 
 
 def test_unknown_encoding_is_refused_when_sending():
     with pytest.raises(ValueError):
-        P.encode(_photo_tile("webp"))
+        protocol.encode(_photo_tile("webp"))
 
 
 def test_a_result_claiming_too_many_boxes_is_refused():
@@ -268,14 +268,52 @@ def test_a_result_claiming_too_many_boxes_is_refused():
                              "attempt": 0}),
               np.zeros((n, 4), "<f8").tobytes(), np.zeros(n, "<f4").tobytes(),
               np.zeros(n, "<i4").tobytes()]
-    with pytest.raises(P.ProtocolError, match="detection count"):
-        P.decode(frames)
+    with pytest.raises(protocol.ProtocolError, match="detection count"):
+        protocol.decode(frames)
 
 
 @pytest.mark.parametrize("tiling", [{"tile_size": b"\x00"}, {1: 2}, {"x": float("nan")},
                                     {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}])
 def test_job_settings_must_be_plain_json(tiling):
-    frames = P.encode(P.JobStart(job="j", model={"ref": "m@1", "labels": []}, tiling=tiling,
+    frames = protocol.encode(P.JobStart(job="j", model={"ref": "m@1", "labels": []}, tiling=tiling,
                                  merge={}))
-    with pytest.raises(P.ProtocolError):
-        P.decode(frames)
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode(frames)
+
+
+def test_an_image_answered_from_the_cache_carries_its_detections_exactly():
+    dets = Detections(np.array([[1.5, 2.0, 3.0, 4.0]]), np.array([0.91003716], np.float32),
+                      np.array([2], np.int32))
+    msg = protocol.ImageInfo(job="j", image="i", path="a.jpg", seq=3, width=9, height=8,
+                             tiles=0, hash="blake2b:00",
+                             cached=protocol.Cached(tiles=6, detections=dets, created=5.0))
+    frames = protocol.encode(msg)
+    assert len(frames) == 5
+    got = protocol.decode([bytes(memoryview(f)) if not isinstance(f, bytes) else f for f in frames])
+    assert got.cached.tiles == 6 and got.cached.created == 5.0 and got.tiles == 0
+    assert got.cached.detections.scores.tolist() == dets.scores.tolist()
+    assert got.cached.detections.boxes.tolist() == dets.boxes.tolist()
+    # Not cached: no frames beyond the header, as before.
+    plain = protocol.ImageInfo(job="j", image="i", path="a", seq=0, tiles=1)
+    assert len(protocol.encode(plain)) == 2
+
+
+@pytest.mark.parametrize("change", [
+    {"tiles": 2},  # a cached image has no tiles coming
+    {"cached": {"tiles": 1, "n": 1}},  # frames missing for the claimed detection
+    {"cached": {"tiles": -1, "n": 0}},
+    {"cached": {"tiles": 1, "n": 0}, "error": {"type": "corrupt_image", "message": "x"},
+     "_frames": 1},
+])
+def test_inconsistent_cached_images_are_refused(change):
+    dets = Detections.empty() if "_frames" not in change else Detections(
+        np.zeros((1, 4)), np.ones(1, np.float32), np.zeros(1, np.int32))
+    frames = protocol.encode(protocol.ImageInfo(job="j", image="i", path="a", seq=0, tiles=0,
+                                  cached=protocol.Cached(tiles=1, detections=dets)))
+    header = msgpack.unpackb(frames[1])
+    header.update({k: v for k, v in change.items() if not k.startswith("_")})
+    if "_frames" in change:
+        header["cached"]["n"] = 1
+    frames[1] = msgpack.packb(header)
+    with pytest.raises(protocol.ProtocolError):
+        protocol.decode([bytes(memoryview(f)) if not isinstance(f, bytes) else f for f in frames])

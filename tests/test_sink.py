@@ -218,3 +218,46 @@ def test_records_say_which_settings_produced_them(tmp_path):
     h.send(result("a", 0, [], [], []))
     (rec,) = h.records()
     assert rec["settings"] == {"tiling": tiling, "merge": MERGE, "score_threshold": 0.4}
+
+
+def test_results_are_cached_as_images_complete_but_not_transient_errors(tmp_path):
+    """Successes and bytes-intrinsic errors are saved (with the path taken out of the
+    message); a failed tile is not; a cached image's record is written at once, marked."""
+    from zmqvision.cache import ResultCache, job_fingerprint
+    from zmqvision.cache.sqlite_store import SqliteStore
+
+    cache = ResultCache(SqliteStore(tmp_path / "c.sqlite3"))
+    h = Harness(tmp_path)
+    h.sink.cache = cache
+    start(h)
+    fp = job_fingerprint(P.JobStart(job="j", model=MODEL, tiling={}, merge=MERGE))
+    h.send(P.ImageInfo(job="j", image="a", path="a.jpg", seq=0, width=200, height=100,
+                       tiles=1, hash="blake2b:aa"))
+    h.send(result("a", 0, [[1, 2, 3, 4]], [0.75], [1]))
+    h.send(P.ImageInfo(job="j", image="b", path="b.jpg", seq=1, width=200, height=100,
+                       tiles=1, hash="blake2b:bb"))
+    h.send(result("b", 0, [], [], [], error={"type": "inference_failed", "message": "x"}))
+    h.send(P.ImageInfo(job="j", image="c", path="c.jpg", seq=2, hash="blake2b:cc",
+                       error={"type": "corrupt_image", "message": "c.jpg: damaged JPEG"}))
+    h.send(P.ImageInfo(job="j", image="d", path="d.txt", seq=3, hash="blake2b:dd",
+                       error={"type": "unsupported_format", "message": "d.txt: text"}))
+    hit = cache.guard.store  # nothing is written before the batch is flushed
+    assert hit.stats()["entries"] == 0
+    h.sink.flush_acks(force=True)
+    assert hit.stats()["entries"] == 2
+    a = cache.lookup(fp, "blake2b:aa", "toy@1")
+    assert a.detections.boxes.tolist() == [[1, 2, 3, 4]] and a.tiles == 1
+    assert cache.lookup(fp, "blake2b:bb", "toy@1") is None
+    c = cache.lookup(fp, "blake2b:cc", "toy@1")
+    assert c.error == {"type": "corrupt_image", "message": "damaged JPEG"}
+
+    h.send(P.ImageInfo(job="j", image="e", path="copy-of-a.jpg", seq=4, width=200, height=100,
+                       hash="blake2b:aa", cached=P.Cached(tiles=1, detections=a.detections)))
+    h.send(P.JobEnd(job="j", images=5, tiles=2))
+    recs = {r["image"]: r for r in h.records()}
+    assert recs["copy-of-a.jpg"]["cached"] is True and recs["a.jpg"]["cached"] is False
+    assert recs["copy-of-a.jpg"]["detections"] == recs["a.jpg"]["detections"]
+    assert recs["copy-of-a.jpg"]["tiles"] == 1
+    assert h.done()[0].cached == 1
+    assert [e for e in h.events if isinstance(e, P.Progress)][-1].images_cached == 1
+    h.sink.close()

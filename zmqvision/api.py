@@ -51,7 +51,7 @@ def detect(
         out = os.path.join(tmp, "results.jsonl")
         plan = RunPlan(
             job=job,
-            sink=SinkConfig(out=out, events="tcp://127.0.0.1:0"),
+            sink=SinkConfig(out=out, events="tcp://127.0.0.1:0", cache=job.cache),
             worker=WorkerConfig(model=model, input_size=job.input_size, device=device,
                                 threads=threads, score_threshold=job.score_threshold),
             workers=workers,

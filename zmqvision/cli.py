@@ -38,6 +38,26 @@ class SizeType(click.ParamType):
 SIZE = SizeType()
 
 
+class ScalesType(click.ParamType):
+    """``640,256`` or ``native,full,320x240`` → tuple of (w, h) | "native" | "full"."""
+
+    name = "SCALES"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        out = []
+        for part in str(value).split(","):
+            part = part.strip().lower()
+            if part in ("native", "full"):
+                out.append(part)
+            elif part:
+                out.append(SIZE.convert(part, param, ctx))
+        if not out:
+            self.fail(f"{value!r} names no scale", param, ctx)
+        return tuple(out)
+
+
 def _setup_logging(verbose: int, level: int | None = None) -> int:
     if level is None:
         level = (logging.WARNING if verbose == 0 else logging.INFO if verbose == 1
@@ -92,8 +112,18 @@ def _job_options(f):
                           "ratio is letterboxed, never distorted."),
         click.option("--overlap", type=click.FloatRange(0, 0.95), default=0.2,
                      show_default=True, help="Overlap between neighbouring tiles (fraction)."),
+        click.option("--min-size", type=click.FloatRange(0, min_open=True), default=None,
+                     help="Smallest objects you care about, in image pixels: the cut is "
+                          "chosen so they reach the size the model finds reliably "
+                          "(instead of --tile). The plan and its cost are printed."),
+        click.option("--scales", type=ScalesType(), default=None,
+                     help="Several cut sizes in one job, merged together, e.g. "
+                          "native,full or 640,256 ('native': the model input size, "
+                          "'full': the whole image shrunk). With --min-size, its cut is "
+                          "added."),
         click.option("--full-pass/--no-full-pass", default=False, show_default=True,
-                     help="Also infer the whole image downscaled, merged with the tiles."),
+                     help="Also infer the whole image downscaled, merged with the tiles "
+                          "(the scale 'full')."),
         click.option("--merge", "merge_method", type=click.Choice(["nmm", "nms", "none"]),
                      default="nmm", show_default=True,
                      help="How duplicates across tiles are removed."),
@@ -133,6 +163,53 @@ def _output_options(f):
     return f
 
 
+class DurationType(click.ParamType):
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` → seconds."""
+
+    name = "DURATION"
+    UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int | float):
+            return float(value)
+        text = str(value).strip().lower()
+        unit = text[-1:] if text[-1:] in self.UNITS else "s"
+        number = text[:-1] if text[-1:] in self.UNITS else text
+        try:
+            seconds = float(number) * self.UNITS[unit]
+        except ValueError:
+            self.fail(f"{value!r} is not a duration like 30d, 12h or 90m", param, ctx)
+        if not seconds >= 0:
+            self.fail(f"{value!r} is negative", param, ctx)
+        return seconds
+
+
+def _cache_options(f):
+    f = click.option("--no-cache", is_flag=True,
+                     help="Do not use the result cache (no lookups, no saves).")(f)
+    f = click.option("--cache", "cache_url", default=None, metavar="URL",
+                     help="Result cache: sqlite:///PATH, redis://HOST:PORT/DB or "
+                          "redis+cluster://HOST:PORT [default: $ZMQVISION_RESULTS_CACHE, "
+                          "else a SQLite file in the user cache directory].")(f)
+    return f
+
+
+def _cache_choice(cache_url: str | None, no_cache: bool) -> str | None:
+    """The config value: None (off), "auto" (environment or default) or a URL."""
+    from zmqvision.cache.url import check_url
+
+    if no_cache:
+        if cache_url:
+            raise click.BadParameter("give --cache or --no-cache, not both",
+                                     param_hint="--cache")
+        return None
+    try:
+        check_url(cache_url or "auto")
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cache") from None
+    return cache_url or "auto"
+
+
 def _vent_config(inputs, kw, **extra):
     from zmqvision.io import DEFAULT_MAX_PIXELS
     from zmqvision.merge import MergeConfig
@@ -150,6 +227,7 @@ def _vent_config(inputs, kw, **extra):
     return VentilateConfig(
         inputs=tuple(inputs), model=kw["model"], input_size=kw["input_size"],
         tile_size=kw["tile_size"], overlap=kw["overlap"], full_pass=kw["full_pass"],
+        scales=kw["scales"], min_size=kw["min_size"],
         merge=merge, score_threshold=kw["score_threshold"],
         max_pixels=kw["max_pixels"] or DEFAULT_MAX_PIXELS, extensions=exts,
         timeout=kw["timeout"], window=kw["window"], wire=kw["wire"], **extra,
@@ -166,6 +244,35 @@ def _check_model(kw) -> None:
             spec.with_input_size(*kw["input_size"])
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model/--input-size") from None
+
+
+def _show_tiling(cfg) -> None:
+    """Check the tiling now (a usage error, not a failed job) and, when the user shaped it
+    with --min-size or --scales, say what it will cost on the first input image."""
+    from zmqvision import io
+    from zmqvision.models import resolve
+    from zmqvision.scales import PlanError, describe, resolve_scales, summarize
+
+    default = resolve(cfg.model)
+    spec = default.with_input_size(*cfg.input_size) if cfg.input_size else default
+    try:
+        scales = resolve_scales(spec, tile_size=cfg.tile_size, scales=cfg.scales,
+                                min_size=cfg.min_size, full_pass=cfg.full_pass)
+    except PlanError as exc:
+        raise click.UsageError(str(exc)) from None
+    if cfg.min_size is None and cfg.scales is None:
+        return
+    summary = None
+    first = next(io.iter_image_paths(cfg.inputs, recursive=cfg.recursive,
+                                     extensions=cfg.extensions), None)
+    if first is not None:
+        size = io.peek_size(first)
+        if size is not None:
+            summary = summarize(spec, default, scales, cfg.overlap, *size)
+    click.echo(describe(spec, scales, cfg.min_size, summary), err=True)
+    if summary is not None and summary.costly:
+        click.echo(f"zmqvision: warning: this tiling costs {summary.cost:.0f}x the default's "
+                   f"inference; a larger --min-size or fewer --scales is cheaper", err=True)
 
 
 def _finish(done) -> None:
@@ -202,9 +309,10 @@ def cli() -> None:
 @click.option("--resume", is_flag=True,
               help="Keep --out and do only the images it has no record of yet.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@_cache_options
 @click.option("-v", "--verbose", count=True)
-def run(inputs, workers, device, threads, events, resume, progress, verbose, out, fmt, draw,
-        **kw):
+def run(inputs, workers, device, threads, events, resume, progress, cache_url, no_cache,
+        verbose, out, fmt, draw, **kw):
     """Run the whole job on this machine: sink, workers and ventilator."""
     from zmqvision.console import JobProgressBar
     from zmqvision.run import RunPlan, run_job
@@ -216,10 +324,14 @@ def run(inputs, workers, device, threads, events, resume, progress, verbose, out
     _check_model(kw)
     if resume and fmt != "jsonl":
         raise click.BadParameter("--resume needs the JSONL format", param_hint="--resume")
+    cache = _cache_choice(cache_url, no_cache)
+    job = _vent_config(inputs, kw, resume=out if resume else None, cache=cache)
+    _show_tiling(job)
     plan = RunPlan(
-        job=_vent_config(inputs, kw, resume=out if resume else None),
+        job=job,
         sink=SinkConfig(out=out, format=fmt, draw=draw, events=events,
-                        events_fallback="tcp://127.0.0.1:0", once=False, append=resume),
+                        events_fallback="tcp://127.0.0.1:0", once=False, append=resume,
+                        cache=cache),
         worker=WorkerConfig(model=kw["model"], input_size=kw["input_size"], device=device,
                             threads=threads, score_threshold=kw["score_threshold"]),
         workers=workers,
@@ -257,10 +369,11 @@ def run(inputs, workers, device, threads, events, resume, progress, verbose, out
               help="The sink's results file: continue its job, skipping images it has.")
 @click.option("--job", "job_id", default=None, help="Job id [default: new, or --resume's].")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@_cache_options
 @click.option("-v", "--verbose", count=True)
 @_curve_option
 def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_file, job_id,
-              progress, verbose, curve, **kw):
+              progress, cache_url, no_cache, verbose, curve, **kw):
     """Send a job's tiles to the workers; return when the sink reports it complete."""
     from zmqvision.console import JobProgressBar
     from zmqvision.ventilator import JobFailed
@@ -272,8 +385,10 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
         inputs, kw, tiles=bind_tiles,
         sink=sink_results or sockets.connect_endpoint(sockets.RESULTS_PORT, sink_host),
         events=sink_events or sockets.connect_endpoint(sockets.EVENTS_PORT, sink_host),
-        resume=resume_file, job_id=job_id, curve=curve,
+        resume=resume_file, job_id=job_id, cache=_cache_choice(cache_url, no_cache),
+        curve=curve,
     )
+    _show_tiling(cfg)
     stop = sockets.StopFlag()
     stop.install_signal_handlers()
     try:
@@ -301,18 +416,20 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
                    "restarted sink continues its jobs and never writes an image twice.")
 @click.option("--append", is_flag=True, hidden=True, help="The default (kept for scripts).")
 @click.option("--once", is_flag=True, help="Exit after the first job completes.")
+@_cache_options
 @click.option("-v", "--verbose", count=True)
 @_curve_option
 @_child_options
 def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, overwrite, append,
-         once, verbose, curve, announce, parent_pid, log_level):
+         once, cache_url, no_cache, verbose, curve, announce, parent_pid, log_level):
     """Collect partial results, merge them per image, write records, publish events."""
     from zmqvision.sink import SinkConfig, run_sink
 
     _setup_logging(max(verbose, 1), log_level)
     cfg = SinkConfig(results=bind_results, events=bind_events,
                      events_fallback=bind_events_fallback, out=out, format=fmt, draw=draw,
-                     append=not overwrite, once=once, curve=curve)
+                     append=not overwrite, once=once,
+                     cache=_cache_choice(cache_url, no_cache), curve=curve)
     stop = sockets.StopFlag(parent_pid)
     stop.install_signal_handlers()
     try:
@@ -400,6 +517,79 @@ def watch(endpoint, as_json, once, timeout, curve):
         click.echo(f"zmqvision: {exc}", err=True)
         sys.exit(EXIT_JOB_FAILED)
     sys.exit(code)
+
+
+@cli.group("cache")
+@click.option("--cache", "cache_url", default=None, metavar="URL",
+              help="The cache [default: $ZMQVISION_RESULTS_CACHE, else the SQLite file in "
+                   "the user cache directory].")
+@click.pass_context
+def cache_group(ctx, cache_url) -> None:
+    """The result cache: how big it is, empty it, drop old entries."""
+    from zmqvision.cache import open_store, resolve_url
+
+    url = resolve_url(cache_url or "auto")
+    if url is None:
+        raise click.UsageError("the result cache is off ($ZMQVISION_RESULTS_CACHE); "
+                               "name one with --cache URL")
+    try:
+        ctx.obj = open_store(url)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--cache") from None
+    except Exception as exc:  # noqa: BLE001 - unreadable file, no server: say it plainly
+        click.echo(f"zmqvision: cannot open the result cache {url}: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+    ctx.call_on_close(ctx.obj.close)
+
+
+def _cache_call(store, name: str, *args):
+    try:
+        return getattr(store, name)(*args)
+    except Exception as exc:  # noqa: BLE001 - Redis down, locked file: no traceback
+        click.echo(f"zmqvision: result cache {store.url}: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+
+
+@cache_group.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="As one JSON object.")
+@click.pass_obj
+def cache_stats(store, as_json) -> None:
+    """Entries, their bytes and their age."""
+    import time
+
+    stats = _cache_call(store, "stats")
+    if as_json:
+        click.echo(json.dumps(stats))
+        return
+    n = stats["entries"]
+    line = f"{stats['store']}: {n} entries, {stats['bytes'] / 1e6:.2f} MB of results"
+    if n:
+        avg = stats["bytes"] / n
+        line += f" ({avg:.0f} bytes each)"
+    if stats.get("oldest") is not None:
+        age = (time.time() - stats["oldest"]) / 86400
+        line += f", oldest {age:.1f} days"
+    click.echo(line)
+
+
+@cache_group.command("clear")
+@click.pass_obj
+def cache_clear(store) -> None:
+    """Delete every entry."""
+    n = _cache_call(store, "clear")
+    click.echo(f"{store.url}: {n} entries deleted")
+
+
+@cache_group.command("prune")
+@click.option("--older-than", type=DurationType(), required=True,
+              help="Delete entries made longer ago than this, e.g. 30d, 12h, 90m.")
+@click.pass_obj
+def cache_prune(store, older_than) -> None:
+    """Delete entries older than a duration."""
+    import time
+
+    n = _cache_call(store, "prune", time.time() - older_than)
+    click.echo(f"{store.url}: {n} entries older than {older_than / 86400:g} days deleted")
 
 
 @cli.group()

@@ -30,7 +30,8 @@ class JobProgressBar:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("images · {task.fields[tiles]} tiles · {task.fields[failed]} failed"),
+            TextColumn("images · {task.fields[cached]} cached · {task.fields[tiles]} tiles · "
+                       "{task.fields[failed]} failed"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=err_console,
@@ -41,7 +42,8 @@ class JobProgressBar:
     def __enter__(self) -> JobProgressBar:
         if self.enabled:
             self._bar.start()
-            self._task = self._bar.add_task("zmqvision", total=None, tiles=0, failed=0)
+            self._task = self._bar.add_task("zmqvision", total=None, tiles=0, failed=0,
+                                            cached=0)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -53,7 +55,7 @@ class JobProgressBar:
             return
         total = p.images_total if p.images_total is not None else max(p.images_seen, 1)
         self._bar.update(self._task, completed=p.images_done, total=total,
-                         tiles=p.tiles_done, failed=p.images_failed)
+                         tiles=p.tiles_done, failed=p.images_failed, cached=p.images_cached)
 
     def note(self, message: str) -> None:
         err_console.print(f"[yellow]{message}")
@@ -62,7 +64,7 @@ class JobProgressBar:
 def summary_line(done: protocol.JobDone) -> str:
     rate = done.tiles / done.seconds if done.seconds > 0 else 0.0
     return (
-        f"{done.images} images, {done.failed} failed, {done.tiles} tiles, "
+        f"{done.images} images, {done.failed} failed, {done.cached} cached, {done.tiles} tiles, "
         f"{done.detections} detections in {done.seconds:.2f} s ({rate:.1f} tiles/s) "
         f"-> {done.out}"
     )

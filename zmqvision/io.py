@@ -46,6 +46,7 @@ __all__ = [
     "content_hash",
     "decode_image",
     "iter_image_paths",
+    "read_file",
     "read_image",
 ]
 
@@ -221,9 +222,17 @@ def read_image(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImag
     (permissions, a directory, an I/O error) and everything :func:`decode_image` raises.
     """
     path = os.fspath(path)
+    return decode_image(read_file(path), max_pixels=max_pixels, name=path)
+
+
+def read_file(path: str) -> bytes:
+    """A file's bytes, or :class:`ImageError` (``not_found``, ``unreadable``,
+    ``too_large``). Separate from decoding so a caller can hash the bytes and look their
+    result up in a cache before paying for the decode (and then decode the same bytes)."""
+    path = os.fspath(path)
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read()
     except FileNotFoundError:
         raise ImageError("not_found", f"{path}: no such file") from None
     except IsADirectoryError:
@@ -235,21 +244,40 @@ def read_image(path: str, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> LoadedImag
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ImageError("unreadable", f"{path}: cannot read file ({reason})") from None
-    return decode_image(data, max_pixels=max_pixels, name=path)
+
+
+def peek_size(path: str) -> tuple[int, int] | None:
+    """Width and height as the image will be decoded (EXIF rotation included), from the
+    header alone; None for anything that is not a readable image.
+
+    Lets the CLI show what a tiling costs before the job starts, without decoding.
+    """
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+            try:
+                rotated = im.getexif().get(0x0112) in (5, 6, 7, 8)
+            except _DECODE_ERRORS:
+                rotated = False
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return (height, width) if rotated else (width, height)
 
 
 def decode_image(
-    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>"
+    data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>",
+    digest: str | None = None,
 ) -> LoadedImage:
     """Decode encoded image bytes into RGB pixels, or raise :class:`ImageError`.
 
     The pixel count is checked against ``max_pixels`` from the header, before any pixel
     is decoded, so a small file declaring 30000×30000 is rejected without allocating.
-    ``name`` only appears in error messages.
+    ``name`` only appears in error messages. ``digest``: ``content_hash(data)`` when the
+    caller already computed it (it is not computed twice).
     """
     if not data:
         raise ImageError("empty_file", f"{name}: file is empty (0 bytes)")
-    digest = content_hash(data)
+    digest = digest or content_hash(data)
     try:
         return _decode(data, digest, max_pixels, name)
     except ImageError:

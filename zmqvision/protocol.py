@@ -173,6 +173,36 @@ def _buffer(frame: Any) -> memoryview:
     return memoryview(frame) if buf is None else buf
 
 
+def _detection_frames(d: Detections) -> list:
+    """Boxes, scores and class ids as three little-endian frames (Result, cached ImageInfo)."""
+    return [
+        np.ascontiguousarray(d.boxes, BOX_DTYPE),
+        np.ascontiguousarray(d.scores, SCORE_DTYPE),
+        np.ascontiguousarray(d.labels, LABEL_DTYPE),
+    ]
+
+
+def _detections(n: int, bufs: Sequence) -> Detections:
+    """``n`` detections from three frames, checked for size and finite numbers."""
+    if not 0 <= n <= MAX_RESULT_BOXES:
+        raise ProtocolError(f"detection count {n} not in 0..{MAX_RESULT_BOXES}")
+    if len(bufs) != 3:
+        raise ProtocolError(f"detections need 3 frames (boxes, scores, labels), got {len(bufs)}")
+    views = [_buffer(b) for b in bufs]
+    sizes = (n * 4 * BOX_DTYPE.itemsize, n * SCORE_DTYPE.itemsize, n * LABEL_DTYPE.itemsize)
+    if tuple(v.nbytes for v in views) != sizes:
+        raise ProtocolError(f"detection frames sized {[v.nbytes for v in views]}, n={n}")
+    boxes = np.frombuffer(views[0], BOX_DTYPE).reshape(n, 4).astype(np.float64)
+    dets = Detections(
+        boxes,
+        np.frombuffer(views[1], SCORE_DTYPE).astype(np.float32),
+        np.frombuffer(views[2], LABEL_DTYPE).astype(np.int32),
+    )
+    if not np.isfinite(boxes).all() or not np.isfinite(dets.scores).all():
+        raise ProtocolError("non-finite numbers in detections")
+    return dets
+
+
 # ---------------------------------------------------------------------------- messages
 
 
@@ -210,10 +240,23 @@ class JobStart:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class Cached:
+    """A result the ventilator found in the result cache: the merged detections of the
+    image (or its bytes-intrinsic error) under the job's settings, with the tile count of
+    the run that produced them."""
+
+    tiles: int
+    detections: Detections
+    created: float = 0.0
+
+
 @dataclass(frozen=True)
 class ImageInfo:
     """Ventilator → sink: one input image, announced before its tiles. An image that could
-    not be read is announced with ``error`` set and zero tiles: it still gets its record."""
+    not be read is announced with ``error`` set and zero tiles: it still gets its record.
+    An image whose result was in the cache is announced with ``cached`` set and zero tiles:
+    its record is written from it at once, and no worker ever sees it."""
 
     TYPE: ClassVar[MsgType] = MsgType.IMAGE
     job: str
@@ -226,12 +269,30 @@ class ImageInfo:
     hash: str | None = None
     abspath: str | None = None
     error: dict | None = None
+    cached: Cached | None = None
 
     def header(self) -> dict:
-        return asdict(self)
+        h = {"job": self.job, "image": self.image, "path": self.path, "seq": self.seq,
+             "width": self.width, "height": self.height, "tiles": self.tiles,
+             "hash": self.hash, "abspath": self.abspath, "error": self.error}
+        if self.cached is not None:
+            h["cached"] = {"tiles": self.cached.tiles, "n": len(self.cached.detections),
+                           "created": self.cached.created}
+        return h
+
+    def buffers(self) -> list:
+        return [] if self.cached is None else _detection_frames(self.cached.detections)
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> ImageInfo:
+        cached = None
+        c = _req(h, "cached", dict, optional=True)
+        if c is not None:
+            tiles = _req(c, "tiles", int)
+            if tiles < 0:
+                raise ProtocolError("negative cached tile count")
+            cached = Cached(tiles=tiles, detections=_detections(_req(c, "n", int), bufs),
+                            created=float(_req(c, "created", _NUM, optional=True) or 0.0))
         msg = cls(
             job=_req(h, "job", str),
             image=_req(h, "image", str),
@@ -243,10 +304,16 @@ class ImageInfo:
             hash=_req(h, "hash", str, optional=True),
             abspath=_req(h, "abspath", str, optional=True),
             error=_error(h),
+            cached=cached,
         )
         if msg.tiles < 0 or msg.width < 0 or msg.height < 0 or msg.seq < 0:
             raise ProtocolError("negative count in image header")
-        if msg.error is None and msg.tiles == 0:
+        if cached is not None:
+            if msg.tiles != 0:
+                raise ProtocolError("a cached image has no tiles to send")
+            if msg.error is not None and len(cached.detections):
+                raise ProtocolError("a cached error has no detections")
+        elif msg.error is None and msg.tiles == 0:
             raise ProtocolError("an image without an error must have tiles")
         return msg
 
@@ -403,32 +470,11 @@ class Result:
         }
 
     def buffers(self) -> list:
-        d = self.detections
-        return [
-            np.ascontiguousarray(d.boxes, BOX_DTYPE),
-            np.ascontiguousarray(d.scores, SCORE_DTYPE),
-            np.ascontiguousarray(d.labels, LABEL_DTYPE),
-        ]
+        return _detection_frames(self.detections)
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> Result:
-        n = _req(h, "n", int)
-        if not 0 <= n <= MAX_RESULT_BOXES:
-            raise ProtocolError(f"detection count {n} not in 0..{MAX_RESULT_BOXES}")
-        if len(bufs) != 3:
-            raise ProtocolError(f"result needs 3 frames (boxes, scores, labels), got {len(bufs)}")
-        views = [_buffer(b) for b in bufs]
-        sizes = (n * 4 * BOX_DTYPE.itemsize, n * SCORE_DTYPE.itemsize, n * LABEL_DTYPE.itemsize)
-        if tuple(v.nbytes for v in views) != sizes:
-            raise ProtocolError(f"result frames sized {[v.nbytes for v in views]}, n={n}")
-        boxes = np.frombuffer(views[0], BOX_DTYPE).reshape(n, 4).astype(np.float64)
-        dets = Detections(
-            boxes,
-            np.frombuffer(views[1], SCORE_DTYPE).astype(np.float32),
-            np.frombuffer(views[2], LABEL_DTYPE).astype(np.int32),
-        )
-        if not np.isfinite(boxes).all() or not np.isfinite(dets.scores).all():
-            raise ProtocolError("non-finite numbers in result")
+        dets = _detections(_req(h, "n", int), bufs)
         return cls(
             job=_req(h, "job", str),
             image=_req(h, "image", str),
@@ -524,6 +570,7 @@ class Progress:
     done: bool = False
     detections: int = 0
     failures: tuple = ()  # the last few failed images: {"image", "path", "type", "message"}
+    images_cached: int = 0  # records written from the result cache (in images_done)
 
     def header(self) -> dict:
         h = asdict(self)
@@ -545,6 +592,7 @@ class Progress:
             done=bool(_req(h, "done", bool)),
             detections=_req(h, "detections", int, optional=True) or 0,
             failures=tuple(_failure_list(h)),
+            images_cached=_req(h, "images_cached", int, optional=True) or 0,
         )
 
 
@@ -570,6 +618,7 @@ class JobDone:
     detections: int
     seconds: float
     out: str
+    cached: int = 0  # images whose record came from the result cache
 
     def header(self) -> dict:
         return asdict(self)
@@ -584,6 +633,7 @@ class JobDone:
             detections=_req(h, "detections", int),
             seconds=float(_req(h, "seconds", _NUM)),
             out=_req(h, "out", str),
+            cached=_req(h, "cached", int, optional=True) or 0,
         )
 
 

@@ -31,6 +31,7 @@ def make_record(
     content_hash: str | None = None,
     tiles: int = 0,
     settings: dict | None = None,
+    cached: bool = False,
 ) -> dict:
     """The JSONL record; field names are a public contract (README, docs/protocol.md)."""
     dets = []
@@ -55,6 +56,7 @@ def make_record(
         "tiles": tiles,
         "job": job,
         "settings": settings,
+        "cached": cached,
     }
 
 

@@ -28,6 +28,8 @@ import zmq
 
 from zmqvision import protocol, results, security, sockets
 from zmqvision.boxes import Detections
+from zmqvision.cache import ResultCache, job_fingerprint, open_cache
+from zmqvision.cache.entry import detach_path
 from zmqvision.idset import IdSet
 from zmqvision.merge import MergeConfig, merge
 
@@ -52,6 +54,7 @@ class SinkConfig:
     once: bool = False  # exit after the first job completes
     status_s: float = 1.0
     progress_s: float = 0.2
+    cache: str | None = "auto"  # result cache URL; "auto": $ZMQVISION_RESULTS_CACHE or SQLite
     curve: str | None = None  # key directory: CURVE on both bound sockets (security.py)
 
 
@@ -68,6 +71,7 @@ class _Job:
     merge: MergeConfig
     labels: list[str]
     settings: dict  # what produced the results: tiling, merge, score threshold (records)
+    fingerprint: str = ""  # the settings part of the job's result-cache keys
     spool: results.JsonlWriter | None = None
     spool_path: str | None = None
     images: dict[str, _Image] = field(default_factory=dict)
@@ -76,6 +80,7 @@ class _Job:
     images_seen: int = 0
     images_done: int = 0
     images_failed: int = 0
+    images_cached: int = 0
     tiles_seen: int = 0
     tiles_done: int = 0
     detections: int = 0
@@ -101,6 +106,7 @@ class _Job:
             done=self.finished_at is not None,
             detections=self.detections,
             failures=tuple(self.failures),
+            images_cached=self.images_cached,
         )
 
     def is_complete(self) -> bool:
@@ -110,8 +116,10 @@ class _Job:
 class Sink:
     """Sink state and message handling, apart from the socket loop so tests can drive it."""
 
-    def __init__(self, config: SinkConfig, publish, sink_id: str = "sink") -> None:
+    def __init__(self, config: SinkConfig, publish, sink_id: str = "sink",
+                 cache: ResultCache | None = None) -> None:
         self.config = config
+        self.cache = cache  # results are saved here as images complete
         self.publish = publish  # callable(frames) → sends on PUB
         self.sink_id = sink_id
         # Per job, the images whose record is written (from the journal too), so a repeat is
@@ -145,9 +153,11 @@ class Sink:
             job, image = rec.get("job"), rec.get("id")
             if not isinstance(job, str) or not isinstance(image, str):
                 continue
-            counts = self.journal.setdefault(job, {"done": 0, "failed": 0, "detections": 0})
+            counts = self.journal.setdefault(job, {"done": 0, "failed": 0, "detections": 0,
+                                                   "cached": 0})
             counts["done"] += 1
             counts["failed"] += rec.get("error") is not None
+            counts["cached"] += rec.get("cached") is True
             counts["detections"] += len(rec.get("detections") or [])
             self._remember(job, image)
         if self.journal:
@@ -180,6 +190,8 @@ class Sink:
             return
         if any(images for _, images in self.acks.values()) and self.writer is not None:
             self.writer.sync()
+        if self.cache is not None:
+            self.cache.flush()  # after the records: a saved entry never outruns its record
         for job, (tiles, images) in self.acks.items():
             for i in range(0, max(len(tiles), len(images)), 2000):
                 self.publish(protocol.encode(protocol.Ack(
@@ -191,6 +203,8 @@ class Sink:
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
+        if self.cache is not None:
+            self.cache.close()
         for job in self.jobs.values():
             if job.spool is not None:
                 job.spool.close()
@@ -229,12 +243,14 @@ class Sink:
             return
         job = _Job(start=msg, merge=merge_cfg, labels=list(msg.model["labels"]),
                    settings={"tiling": msg.tiling, "merge": msg.merge,
-                             "score_threshold": msg.options.get("score_threshold")})
+                             "score_threshold": msg.options.get("score_threshold")},
+                   fingerprint=job_fingerprint(msg))
         journal = self.journal.get(msg.job)
         if journal is not None:  # restarted: the records already written count
             job.images_done = job.images_seen = journal["done"]
             job.images_failed = journal["failed"]
             job.detections = journal["detections"]
+            job.images_cached = journal["cached"]
         if self.config.format == "coco":
             fd, job.spool_path = tempfile.mkstemp(prefix=f"zmqvision-{msg.job}-", suffix=".jsonl")
             os.close(fd)
@@ -259,6 +275,10 @@ class Sink:
         job.dirty = True
         img = _Image(info=msg, error=msg.error)
         job.images[msg.image] = img
+        if msg.cached is not None:
+            job.images_cached += 1
+            self._complete(job, img)
+            return
         if msg.error is not None:
             self._complete(job, img)
             return
@@ -335,7 +355,10 @@ class Sink:
         info = img.info
         dets = None
         if img.error is None:
-            dets = merge(Detections.concat(list(img.parts.values())), job.merge)
+            if info.cached is not None:
+                dets = info.cached.detections  # merged when it was computed
+            else:
+                dets = merge(Detections.concat(list(img.parts.values())), job.merge)
             job.detections += len(dets)
         else:
             job.images_failed += 1
@@ -347,10 +370,13 @@ class Sink:
         record = results.make_record(
             path=info.path, image_id=info.image, job=job.start.job, width=info.width,
             height=info.height, model=job.start.model["ref"], labels=job.labels,
-            detections=dets, error=img.error, content_hash=info.hash, tiles=info.tiles,
-            settings=job.settings,
+            detections=dets, error=img.error, content_hash=info.hash,
+            tiles=info.tiles if info.cached is None else info.cached.tiles,
+            settings=job.settings, cached=info.cached is not None,
         )
         (job.spool or self.writer).write(record)
+        if info.cached is None:
+            self._save(job, img, dets)
         if self.config.draw and img.error is None:
             results.draw_record(record, info.abspath or info.path, self.config.draw)
         del job.images[info.image]
@@ -359,6 +385,23 @@ class Sink:
         job.images_done += 1
         job.dirty = True
         self._maybe_finish(job)
+
+    def _save(self, job: _Job, img: _Image, dets: Detections | None) -> None:
+        """Put a computed result into the cache: every success, and an error only when
+        the image's bytes cause it (a tile's failure may be transient: never cached)."""
+        info = img.info
+        if self.cache is None or info.hash is None:
+            return
+        error = None
+        if img.error is not None:
+            if info.error is None:
+                return  # a tile failed (inference, model mismatch): may not happen again
+            error = detach_path(info.error, info.path)
+            if error is None:
+                return
+        self.cache.save(job.fingerprint, info.hash, model=job.start.model["ref"],
+                        width=info.width, height=info.height, tiles=info.tiles,
+                        detections=dets, error=error)
 
     def _maybe_finish(self, job: _Job) -> None:
         if not job.is_complete() or job.finished_at is not None:
@@ -374,6 +417,7 @@ class Sink:
             job=job.start.job, images=job.images_done, failed=job.images_failed,
             tiles=job.tiles_done, detections=job.detections,
             seconds=job.finished_at - job.t0, out=os.path.abspath(out),
+            cached=job.images_cached,
         )
         self.publish(protocol.encode(job.progress()))
         self.publish(protocol.encode(done))
@@ -381,8 +425,8 @@ class Sink:
         self.finished[job.start.job] = (time.monotonic(), done)
         self.jobs_done += 1
         log.info(
-            "job %s complete: %d images (%d failed), %d tiles in %.2f s",
-            done.job, done.images, done.failed, done.tiles, done.seconds,
+            "job %s complete: %d images (%d failed, %d from the result cache), %d tiles in "
+            "%.2f s", done.job, done.images, done.failed, done.cached, done.tiles, done.seconds,
         )
 
     # ------------------------------------------------------------------ events
@@ -415,10 +459,16 @@ class Sink:
             self.publish(protocol.encode(done))
 
 
-def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=None) -> int:
-    """Serve until ``stop`` is set (or, with ``once``, until the first job completes)."""
+def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=None,
+             ctx: zmq.Context | None = None) -> int:
+    """Serve until ``stop`` is set (or, with ``once``, until the first job completes).
+
+    ``ctx``: a context shared with the ventilator and a worker in this process (inproc
+    endpoints); the caller owns it.
+    """
     stop = stop or sockets.StopFlag()
-    ctx = zmq.Context()
+    own_ctx = ctx is None
+    ctx = ctx if ctx is not None else zmq.Context()
     pull = sockets.make_socket(ctx, zmq.PULL, rcvhwm=10_000, maxmsgsize=16 << 20)
     pub = sockets.make_socket(ctx, zmq.PUB, sndhwm=1000)
     try:
@@ -426,7 +476,8 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
     except security.CurveKeyError:
         pull.close(linger=0)
         pub.close(linger=0)
-        ctx.term()
+        if own_ctx:
+            ctx.term()
         raise
     sink_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     started = time.monotonic()
@@ -434,7 +485,7 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
     def publish(frames) -> None:
         sockets.try_send(pub, frames, copy=True)
 
-    sink = Sink(config, publish, sink_id)
+    sink = Sink(config, publish, sink_id, cache=open_cache(config.cache))
     wake = sockets.WakePipe(stop)  # SIGTERM ends the poll at once
     try:
         results_ep = sockets.bind(pull, config.results)
@@ -464,6 +515,8 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
                 sink.publish_workers(sink_id)
                 sink.publish_progress(force=True)
                 sink.publish_finished()
+                if sink.cache is not None and sink.cache.pending:
+                    sink.cache.flush()  # saves held while the store was down
                 next_status = now + config.status_s
             if pull in dict(poller.poll(50)):
                 for _ in range(1000):
@@ -487,5 +540,6 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
             secured.close()
         pull.close(linger=0)
         pub.close(linger=0)
-        ctx.term()
+        if own_ctx:
+            ctx.term()
         wake.close()

@@ -10,6 +10,7 @@ The overlap exists so that an object cut by one tile border is whole in a neighb
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,16 +73,38 @@ def plan_tiles(
     whole image is appended, unless the grid is already that single tile (it would only
     detect everything twice).
     """
-    tw, th = tile_size
-    xs = tile_starts(width, tw, overlap)
-    ys = tile_starts(height, th, overlap)
-    tiles = [
-        Tile(index=len(xs) * r + c, box=(x, y, min(x + tw, width), min(y + th, height)))
-        for r, y in enumerate(ys)
-        for c, x in enumerate(xs)
-    ]
-    if full_pass and len(tiles) > 1:
-        tiles.append(Tile(index=len(tiles), box=(0, 0, width, height), full=True))
+    return plan_scales(width, height, [tile_size, None] if full_pass else [tile_size],
+                       overlap)
+
+
+def plan_scales(
+    width: int,
+    height: int,
+    scales: Sequence[tuple[int, int] | None],
+    overlap: float = 0.2,
+) -> list[Tile]:
+    """One grid per cut size in ``scales``, in that order; ``None`` is the whole image.
+
+    Several scales let one job see large objects whole (big cuts, or the whole image
+    shrunk) and tiny ones enlarged (small cuts), with one merge over all of them. A tile
+    whose box an earlier scale already produced is left out: the same pixels at the same
+    enlargement would only detect the same objects twice (an image smaller than every
+    cut is one tile, however many scales are asked for).
+    """
+    tiles: list[Tile] = []
+    seen: set[tuple[int, int, int, int]] = set()
+    for size in scales:
+        if size is None:
+            boxes = [(0, 0, width, height)]
+        else:
+            tw, th = size
+            xs = tile_starts(width, tw, overlap)
+            ys = tile_starts(height, th, overlap)
+            boxes = [(x, y, min(x + tw, width), min(y + th, height)) for y in ys for x in xs]
+        for box in boxes:
+            if box not in seen:
+                seen.add(box)
+                tiles.append(Tile(index=len(tiles), box=box, full=size is None))
     return tiles
 
 

@@ -29,10 +29,13 @@ import numpy as np
 import zmq
 
 from zmqvision import io, protocol, results, security, sockets
+from zmqvision.cache import Entry, job_fingerprint, open_cache
+from zmqvision.cache.entry import attach_path
 from zmqvision.dispatch import Dispatcher, TileKey
 from zmqvision.idset import IdSet
 from zmqvision.merge import MergeConfig
-from zmqvision.tiling import Tile, cut_tile, plan_tiles
+from zmqvision.scales import resolve_scales, scales_json
+from zmqvision.tiling import Tile, cut_tile, plan_scales
 
 log = logging.getLogger("zmqvision.ventilator")
 
@@ -52,6 +55,9 @@ class VentilateConfig:
     tile_size: tuple[int, int] | None = None  # None: the model's input size
     overlap: float = 0.2
     full_pass: bool = False
+    # More cut sizes in one job: (w, h), "native" or "full" (see zmqvision.scales).
+    scales: tuple[tuple[int, int] | str, ...] | None = None
+    min_size: float | None = None  # smallest object in source px: plans the cut
     merge: MergeConfig = field(default_factory=MergeConfig)
     score_threshold: float | None = None
     max_pixels: int = io.DEFAULT_MAX_PIXELS
@@ -65,6 +71,7 @@ class VentilateConfig:
     timeout: float | None = None  # give up if the job is not complete after this long
     job_id: str | None = None
     resume: str | None = None  # a results file: skip the images it already has
+    cache: str | None = "auto"  # result cache URL; "auto": $ZMQVISION_RESULTS_CACHE or SQLite
     curve: str | None = None  # key directory: CURVE on every socket (security.py)
 
 
@@ -73,24 +80,40 @@ class _Loaded:
     path: str
     image: io.LoadedImage | None
     error: dict | None
+    hash: str | None = None  # content hash, whenever the bytes could be read
+    hit: Entry | None = None  # the result cache had this image's result: not decoded
 
 
-def _load(path: str, max_pixels: int) -> _Loaded:
+Lookup = Callable[[str], "Entry | None"]
+
+
+def _load(path: str, max_pixels: int, lookup: Lookup | None = None) -> _Loaded:
+    """Read the file once; hash the bytes; look the result up (a hit is not decoded);
+    decode the same bytes otherwise."""
+    digest = None
     try:
-        return _Loaded(path, io.read_image(path, max_pixels=max_pixels), None)
+        data = io.read_file(path)
+        digest = io.content_hash(data) if data else None
+        if lookup is not None and digest is not None:
+            hit = lookup(digest)
+            if hit is not None:
+                return _Loaded(path, None, attach_path(hit.error, path), digest, hit)
+        image = io.decode_image(data, max_pixels=max_pixels, name=path, digest=digest)
+        return _Loaded(path, image, None, digest)
     except io.ImageError as exc:
-        return _Loaded(path, None, {"type": exc.type, "message": exc.message})
+        return _Loaded(path, None, {"type": exc.type, "message": exc.message}, digest)
     except Exception as exc:  # an image must never take the job down
-        return _Loaded(path, None, {"type": "unreadable", "message": f"{path}: {exc}"})
+        return _Loaded(path, None, {"type": "unreadable", "message": f"{path}: {exc}"}, digest)
 
 
 def _read_ahead(
-    paths: Iterable[str], pool: ThreadPoolExecutor, depth: int, max_pixels: int
+    paths: Iterable[str], pool: ThreadPoolExecutor, depth: int, max_pixels: int,
+    lookup: Lookup | None = None,
 ) -> Iterator[_Loaded]:
     """Decode up to ``depth`` images ahead, yielding them in input order."""
     pending: deque[Future] = deque()
     for path in paths:
-        pending.append(pool.submit(_load, path, max_pixels))
+        pending.append(pool.submit(_load, path, max_pixels, lookup))
         if len(pending) > depth:
             yield pending.popleft().result()
     while pending:
@@ -146,7 +169,7 @@ def _peer(frame: zmq.Frame) -> str:
 class Ventilator:
     """Binds the tiles socket first (so workers can connect), then runs one job."""
 
-    def __init__(self, config: VentilateConfig) -> None:
+    def __init__(self, config: VentilateConfig, ctx: zmq.Context | None = None) -> None:
         from zmqvision.models import resolve
 
         self.config = config
@@ -154,8 +177,11 @@ class Ventilator:
         if config.input_size is not None:
             spec = spec.with_input_size(*config.input_size)
         self.spec = spec
-        self.tile_size = config.tile_size or spec.input_size
-        self.ctx = zmq.Context()
+        self.scales = resolve_scales(spec, tile_size=config.tile_size, scales=config.scales,
+                                     min_size=config.min_size, full_pass=config.full_pass)
+        self.tile_size = next((s for s in self.scales if s is not None), spec.input_size)
+        self._own_ctx = ctx is None  # a shared one (inproc to threads) is the caller's
+        self.ctx = ctx if ctx is not None else zmq.Context()
         self.router = sockets.make_socket(self.ctx, zmq.ROUTER, sndhwm=1000, linger=2000,
                                           maxmsgsize=1 << 20)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -165,7 +191,10 @@ class Ventilator:
             self.secured = security.secure(self.ctx, config.curve, servers=(self.router,),
                                         clients=(self.to_sink, self.events))
         except security.CurveKeyError:
-            self.close()
+            for sock in (self.router, self.to_sink, self.events):
+                sock.close(linger=0)
+            if self._own_ctx:
+                self.ctx.term()
             raise
         self.tiles_endpoint: str | None = None
         self.last_sink_heard: float | None = None
@@ -183,6 +212,11 @@ class Ventilator:
         self.skipped = 0
         self.tiles_sent = 0  # every send, copies included
         self.rereads = 0  # images decoded again to cut tiles that had to be sent again
+        self.cached = 0  # images answered from the result cache (never decoded or tiled)
+        self.cache = open_cache(config.cache)
+        # Called once, when the first image that needs tiles is admitted (run starts its
+        # workers there when the job began with cached images).
+        self.on_first_tiles: Callable[[], None] | None = None
         resumed_job, self._already = (read_resume(config.resume) if config.resume
                                       else (None, IdSet()))
         self.job_id = config.job_id or resumed_job or protocol.new_job_id()
@@ -191,13 +225,50 @@ class Ventilator:
         self.tiles_endpoint = sockets.bind(self.router, self.config.tiles)
         return self.tiles_endpoint
 
+    def first_input_cached(self) -> bool:
+        """Whether the job's first input has a result in the cache, looked up before
+        anything else starts: ``run`` then leaves the workers (and their model) for the
+        first image that needs tiles, and a run whose images are all cached starts none."""
+        if self.cache is None:
+            return False
+        path = next(io.iter_image_paths(self.config.inputs, recursive=self.config.recursive,
+                                        extensions=self.config.extensions), None)
+        if path is None:
+            return False
+        try:
+            digest = io.content_hash(io.read_file(path))
+        except io.ImageError:
+            return False
+        settings = job_fingerprint(self.job_start_message())
+        return self.cache.lookup(settings, digest, self.spec.ref) is not None
+
+    def job_start_message(self) -> protocol.JobStart:
+        """The job's ``zv.job``: everything that shapes its results (the cache key and
+        every record's ``settings`` come from it)."""
+        cfg = self.config
+        return protocol.JobStart(
+            job=self.job_id,
+            model=self.spec.describe(),
+            tiling={"tile_size": list(self.tile_size), "overlap": cfg.overlap,
+                    "full_pass": None in self.scales,
+                    "input_size": list(self.spec.input_size),
+                    "scales": scales_json(self.scales), "min_size": cfg.min_size},
+            merge={"method": cfg.merge.method, "metric": cfg.merge.metric,
+                   "threshold": cfg.merge.threshold,
+                   "class_agnostic": cfg.merge.class_agnostic},
+            options={"score_threshold": cfg.score_threshold},
+        )
+
     def close(self) -> None:
-        if getattr(self, "secured", None) is not None:
+        if self.secured is not None:
             self.secured.close()
         self.router.close()
         self.to_sink.close()
         self.events.close(linger=0)
-        self.ctx.term()
+        if self._own_ctx:
+            self.ctx.term()
+        if self.cache is not None:
+            self.cache.close()
 
     # ------------------------------------------------------------------ workers
 
@@ -423,17 +494,14 @@ class Ventilator:
                 warned = True
 
         self._pump = pump
-        self._job_start = protocol.JobStart(
-            job=self.job_id,
-            model=self.spec.describe(),
-            tiling={"tile_size": list(self.tile_size), "overlap": cfg.overlap,
-                    "full_pass": cfg.full_pass, "input_size": list(self.spec.input_size)},
-            merge={"method": cfg.merge.method, "metric": cfg.merge.metric,
-                   "threshold": cfg.merge.threshold,
-                   "class_agnostic": cfg.merge.class_agnostic},
-            options={"score_threshold": cfg.score_threshold},
-        )
+        self._job_start = self.job_start_message()
         self._to_sink(self._job_start)
+        lookup = None
+        if self.cache is not None:
+            settings, cache, ref = job_fingerprint(self._job_start), self.cache, self.spec.ref
+
+            def lookup(content_hash: str) -> Entry | None:
+                return cache.lookup(settings, content_hash, ref)
         n_images = n_tiles = 0
         seen = IdSet()  # ids of the images admitted: the same input twice is one image
         paths = io.iter_image_paths(cfg.inputs, recursive=cfg.recursive,
@@ -442,7 +510,7 @@ class Ventilator:
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.events, zmq.POLLIN)
         with ThreadPoolExecutor(max(1, cfg.decode_threads), "zv-decode") as pool:
-            source = _read_ahead(paths, pool, cfg.read_ahead, cfg.max_pixels)
+            source = _read_ahead(paths, pool, cfg.read_ahead, cfg.max_pixels, lookup)
             while self.done is None:
                 if stop.is_set():
                     raise JobFailed("interrupted")
@@ -466,14 +534,16 @@ class Ventilator:
                 poller.poll(20 if self.dispatch.total_credit() else 100)
         d = self.dispatch
         log.info("job %s: %d images, %d tiles sent (%d again after a lost worker or lease, "
-                 "%d backup copies), %d images re-read to cut them", self.job_id, n_images,
-                 self.tiles_sent, d.requeued, d.backups_sent, self.rereads)
+                 "%d backup copies), %d images re-read to cut them, %d answered from the "
+                 "result cache", self.job_id, n_images, self.tiles_sent, d.requeued,
+                 d.backups_sent, self.rereads, self.cached)
         return self.done
 
     def _admit(self, loaded: _Loaded, seq: int, seen: IdSet) -> int | None:
         """Announce one image and queue its tiles; None if it is not part of the job."""
-        img = loaded.image
-        iid = (protocol.image_id(img.content_hash, loaded.path) if img is not None
+        img, hit = loaded.image, loaded.hit
+        ok = img is not None or (hit is not None and hit.error is None)
+        iid = (protocol.image_id(loaded.hash, loaded.path) if ok
                else protocol.failed_image_id(loaded.path))
         if iid in seen:
             log.info("skipping %s: already in this job", loaded.path)
@@ -483,12 +553,18 @@ class Ventilator:
         if iid in self._already:
             self.skipped += 1  # resumed: its record exists; the sink counts it from there
             return 0
+        if hit is not None:
+            self._admit_cached(loaded, hit, iid, seq, abspath)
+            return 0
         if img is None:
             self._to_sink(protocol.ImageInfo(job=self.job_id, image=iid, path=loaded.path,
-                                             seq=seq, abspath=abspath, error=loaded.error))
+                                             seq=seq, abspath=abspath, error=loaded.error,
+                                             hash=loaded.hash))
             return 0
-        plan = plan_tiles(img.width, img.height, self.tile_size, self.config.overlap,
-                          self.config.full_pass)
+        plan = plan_scales(img.width, img.height, self.scales, self.config.overlap)
+        if self.on_first_tiles is not None:  # the first image that needs a worker
+            hook, self.on_first_tiles = self.on_first_tiles, None
+            hook()
         info = protocol.ImageInfo(job=self.job_id, image=iid, path=loaded.path, seq=seq,
                                   width=img.width, height=img.height, tiles=len(plan),
                                   hash=img.content_hash, abspath=abspath)
@@ -496,6 +572,20 @@ class Ventilator:
         self.window[iid] = _InFlight(info, plan, img.pixels)
         self._unsent.append(iid)
         return len(plan)
+
+
+    def _admit_cached(self, loaded: _Loaded, hit: Entry, iid: str, seq: int,
+                      abspath: str) -> None:
+        """Announce an image with its cached result. It stays in the window (no tiles)
+        until the sink acks its record, so a restarted sink is told it again."""
+        info = protocol.ImageInfo(
+            job=self.job_id, image=iid, path=loaded.path, seq=seq, width=hit.width,
+            height=hit.height, tiles=0, hash=loaded.hash, abspath=abspath, error=loaded.error,
+            cached=protocol.Cached(tiles=hit.tiles, detections=hit.detections,
+                                   created=hit.created))
+        self._to_sink(info)
+        self.window[iid] = _InFlight(info, [], None)
+        self.cached += 1
 
 
 def ventilate(

@@ -165,6 +165,7 @@ class WatchState:
             entry = {
                 "job": jid, "images_seen": p.images_seen, "images_done": p.images_done,
                 "images_failed": p.images_failed, "images_total": p.images_total,
+                "images_cached": p.images_cached,
                 "tiles_seen": p.tiles_seen, "tiles_done": p.tiles_done,
                 "tiles_total": p.tiles_total, "detections": p.detections,
                 "elapsed": round(p.elapsed, 2), "tiles_per_s": round(j.rate, 2),
@@ -188,7 +189,7 @@ def _progress_from_done(d: protocol.JobDone) -> protocol.Progress:
     return protocol.Progress(job=d.job, images_seen=d.images, images_done=d.images,
                              images_failed=d.failed, tiles_seen=d.tiles, tiles_done=d.tiles,
                              images_total=d.images, tiles_total=d.tiles, elapsed=d.seconds,
-                             done=True, detections=d.detections)
+                             done=True, detections=d.detections, images_cached=d.cached)
 
 
 def _eta(job: _Job) -> float | None:
@@ -264,6 +265,8 @@ def render(state: WatchState, endpoint: str, width: int = WIDE):
         bar = ProgressBar(total=max(total, 1), completed=j["images_done"],
                           width=30 if wide else 12)
         images = f"{j['images_done']}/{j['images_total'] if j['images_total'] is not None else '?'}"
+        if j["images_cached"]:
+            images += f" ({j['images_cached']} cached)"
         tiles = f"{j['tiles_done']}/{j['tiles_total'] if j['tiles_total'] is not None else '?'}"
         if j["done"]:
             summ = j.get("summary") or {}

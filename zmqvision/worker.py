@@ -93,8 +93,14 @@ def run_worker(
     config: WorkerConfig,
     stop: sockets.StopFlag | None = None,
     on_ready=None,
+    ctx: zmq.Context | None = None,
 ) -> int:
-    """Serve tiles until ``stop`` is set. Returns a process exit code."""
+    """Serve tiles until ``stop`` is set. Returns a process exit code.
+
+    ``ctx`` is given when the worker is a thread of a process that also runs the
+    ventilator and the sink (``inproc://`` endpoints need one shared context); the caller
+    then owns it.
+    """
     import openvino as ov
 
     from zmqvision.models import Detector, ensure, resolve
@@ -132,7 +138,8 @@ def run_worker(
     infer_queue = ov.AsyncInferQueue(detector.compiled, n_requests)
     infer_queue.set_callback(completed)
 
-    ctx = zmq.Context()
+    own_ctx = ctx is None
+    ctx = ctx if ctx is not None else zmq.Context()
     endpoints = [e.strip() for e in config.tiles.split(",") if e.strip()]
     dealers = []
     for _ in endpoints:
@@ -253,8 +260,9 @@ def run_worker(
         for i in range(len(dealers)):
             give_credit(i, n_requests)
         log.info(
-            "worker %s: %s on %s, %d requests, tiles from %s, results to %s",
-            worker_id, spec.ref, config.device, n_requests, config.tiles, config.results,
+            "worker %s: %s on %s (%s hint), %d requests, tiles from %s, results to %s",
+            worker_id, spec.ref, config.device, config.hint, n_requests, config.tiles,
+            config.results,
         )
         if on_ready is not None:
             on_ready(worker_id)
@@ -298,5 +306,6 @@ def run_worker(
         for d in dealers:
             d.close(linger=500)  # long enough for Bye, short enough to never hang
         push.close()
-        ctx.term()
+        if own_ctx:
+            ctx.term()
         wake.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -32,7 +33,9 @@ pytestmark = [
 
 MODEL = "ssd-mobilenetv2-oid"  # 300 px tiles: a raw tile is 270,000 bytes
 RAW_TILE = 300 * 300 * 3
-ENV = {"PYTHONPATH": str(ROOT)}  # ZMQVISION_CACHE and the rest pass through as they are
+# ZMQVISION_CACHE and the rest pass through as they are; no result cache (a hit would send
+# no tiles: these tests are about tiles crossing the network).
+ENV = {"PYTHONPATH": str(ROOT), "ZMQVISION_RESULTS_CACHE": "off"}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,8 @@ def reference(folder: Path, out: Path, wire: str = "jpeg") -> list:
     p = subprocess.run([sys.executable, "-m", "zmqvision", "run", str(folder), "--model",
                         MODEL, "--out", str(out), "--no-progress", "--wire", wire,
                         "--events", "tcp://127.0.0.1:0", "--workers", "1", "--threads", "2"],
-                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+                       capture_output=True, text=True, timeout=300, cwd=ROOT,
+                       env={**os.environ, **ENV})
     assert p.returncode == 0, p.stdout + p.stderr
     return comparable(out)
 

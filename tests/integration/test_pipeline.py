@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -25,7 +26,8 @@ from zmqvision.boxes import Detections
 from zmqvision.io import read_image
 from zmqvision.merge import MergeConfig, merge
 from zmqvision.models import Detector, ensure, resolve
-from zmqvision.tiling import cut_tile, plan_tiles, to_image_coords
+from zmqvision.scales import resolve_scales
+from zmqvision.tiling import cut_tile, plan_scales, plan_tiles, to_image_coords
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -38,18 +40,19 @@ CASES = {
 
 
 def reference(paths, model, *, input_size=None, tile_size=None, overlap=0.2,
-              merge_cfg=MergeConfig(), full_pass=False):
+              merge_cfg=MergeConfig(), full_pass=False, scales=None, min_size=None):
     """decode → tile → synchronous infer → shift → merge, in this process."""
     spec = resolve(model)
     if input_size:
         spec = spec.with_input_size(*input_size)
     det = Detector(spec, model_path=ensure(spec))
+    cuts = resolve_scales(spec, tile_size=tile_size, scales=scales, min_size=min_size,
+                          full_pass=full_pass)
     out = {}
     for path in paths:
         img = read_image(str(path))
         parts = []
-        for tile in plan_tiles(img.width, img.height, tile_size or spec.input_size, overlap,
-                               full_pass):
+        for tile in plan_scales(img.width, img.height, cuts, overlap):
             pixels, scale = cut_tile(img.pixels, tile, spec.input_size)
             d = det.infer(pixels)
             parts.append(Detections(to_image_coords(d.boxes, tile.box, scale), d.scores,
@@ -89,6 +92,18 @@ def test_pipeline_with_full_pass_and_nms_equals_reference(photos, models_ready):
     records = detect([str(p) for p in photos], model="ssd-mobilenetv2-oid", merge=cfg,
                      full_pass=True, workers=2)
     assert_same(records, ref, spec)
+
+
+def test_enlarged_and_multi_scale_tiles_equal_reference(photos, models_ready):
+    """Cuts resized to the input (enlarged 200 → 320, shrunk 400 → 320) plus the whole
+    image, merged in one pass: still exactly what one process computes."""
+    opts = {"input_size": (320, 320), "scales": ((200, 200), (400, 400), "full")}
+    ref, spec = reference(photos, "centerface", **opts)
+    records = detect([str(p) for p in photos], model="centerface", **opts)
+    assert_same(records, ref, spec)
+    assert sum(len(r["detections"]) for r in records) > 0
+    assert all(r["settings"]["tiling"]["scales"] == [[200, 200], [400, 400], "full"]
+               for r in records)
 
 
 def test_real_photos_give_the_expected_objects(photos, models_ready):
@@ -367,3 +382,38 @@ def test_tiles_cut_smaller_than_the_input_are_enlarged_and_recorded(tmp_path, ph
     for d in rec["detections"]:
         x0, y0, x1, y1 = d["box"]
         assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+
+
+def test_one_image_runs_in_this_process_with_the_latency_hint(tmp_path, photos,
+                                                               models_ready):
+    out = tmp_path / "one.jsonl"
+    p = _cli("run", str(photos[0]), "--out", str(out), "--no-progress", "-v")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "one process: the sink and the worker (LATENCY hint) run as threads" in p.stderr
+    (rec,) = _records(out)
+    ref, spec = reference([photos[0]], "centerface")
+    assert_same([rec], ref, spec)
+
+
+def test_sink_and_worker_as_threads_equal_reference(tmp_path, photos, models_ready):
+    """The in-process path forced on several images and tiles: the same messages over
+    inproc endpoints of one context must give the same records as the reference."""
+    from zmqvision.run import RunPlan, run_job, single_image
+    from zmqvision.sink import SinkConfig
+    from zmqvision.ventilator import VentilateConfig
+    from zmqvision.worker import WorkerConfig
+
+    assert single_image(VentilateConfig(inputs=(str(photos[0]),))) == str(photos[0])
+    assert single_image(VentilateConfig(inputs=tuple(str(p) for p in photos))) is None
+    out = tmp_path / "threads.jsonl"
+    job = VentilateConfig(inputs=tuple(str(p) for p in photos), input_size=(320, 320),
+                          events="tcp://127.0.0.1:0")
+    done = run_job(RunPlan(job=job, sink=SinkConfig(out=str(out), events="tcp://127.0.0.1:0"),
+                           worker=WorkerConfig(input_size=(320, 320)), in_process=True))
+    assert done.images == len(photos) and done.failed == 0
+    records = sorted(_records(out), key=lambda r: r["image"])
+    ref, spec = reference(photos, "centerface", input_size=(320, 320))
+    assert_same(records, ref, spec)
+    assert all(r["tiles"] > 1 for r in records)
+    left = [t.name for t in threading.enumerate() if t.name.startswith(("zmqvision-", "zv-"))]
+    assert left == [], "the sink and worker threads end with the job"

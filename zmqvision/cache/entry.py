@@ -1,0 +1,148 @@
+"""One cache entry: the result of one image, small and versioned.
+
+An entry is a msgpack map (never pickle: a cache shared over the network is as untrusted as
+a socket)::
+
+    {"v": 1, "key": str, "model": "name@version", "w": int, "h": int, "tiles": int,
+     "n": int, "boxes": bin (n×4 little-endian float64), "scores": bin (n float32),
+     "labels": bin (n int32), "error": null | {"type": str, "message": str}, "t": float}
+
+The arrays are the merged detections exactly as the sink wrote them, so a record made
+from a hit is identical to the one made from inference. ``key`` repeats the key the entry
+was stored under: an entry found under another key (a foreign or mixed-up entry) is
+refused like a corrupt one. Anything that does not parse raises ``EntryError``; callers
+treat it as a miss.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from zmqvision.boxes import Detections
+
+ENTRY_VERSION = 1
+MAX_BOXES = 10_000  # as on the wire: no model gives more per image after its merge
+BOX_DTYPE = np.dtype("<f8")
+SCORE_DTYPE = np.dtype("<f4")
+LABEL_DTYPE = np.dtype("<i4")
+
+
+class EntryError(ValueError):
+    """An entry that is not ours, is damaged, or has another version: a miss."""
+
+
+@dataclass(frozen=True, eq=False)
+class Entry:
+    """The result of one image under one key. ``error`` set: detections are empty."""
+
+    key: str
+    model: str
+    width: int
+    height: int
+    tiles: int
+    detections: Detections
+    error: dict | None = None
+    created: float = 0.0
+
+
+def encode(entry: Entry) -> bytes:
+    d = entry.detections
+    return msgpack.packb({
+        "v": ENTRY_VERSION, "key": entry.key, "model": entry.model, "w": entry.width,
+        "h": entry.height, "tiles": entry.tiles, "n": len(d),
+        "boxes": np.ascontiguousarray(d.boxes, BOX_DTYPE).tobytes(),
+        "scores": np.ascontiguousarray(d.scores, SCORE_DTYPE).tobytes(),
+        "labels": np.ascontiguousarray(d.labels, LABEL_DTYPE).tobytes(),
+        "error": entry.error, "t": float(entry.created),
+    }, use_bin_type=True)
+
+
+def _get(m: dict, key: str, types: type | tuple[type, ...]) -> Any:
+    value = m.get(key)
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise EntryError(f"{key!r} is a bool")
+    if not isinstance(value, types):
+        raise EntryError(f"{key!r} is {type(value).__name__}")
+    return value
+
+
+def _unpack(data: bytes) -> dict:
+    try:
+        m = msgpack.unpackb(data, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several types for garbage
+        raise EntryError(f"not msgpack ({exc})") from None
+    if not isinstance(m, dict):
+        raise EntryError("not a map")
+    if m.get("v") != ENTRY_VERSION:
+        raise EntryError(f"entry version {m.get('v')!r}, this side reads {ENTRY_VERSION}")
+    return m
+
+
+def decode(data: bytes, key: str) -> Entry:
+    """The entry stored under ``key``; any defect raises EntryError."""
+    m = _unpack(data)
+    if _get(m, "key", str) != key:
+        raise EntryError("entry belongs to another key")
+    n = _get(m, "n", int)
+    if not 0 <= n <= MAX_BOXES:
+        raise EntryError(f"detection count {n}")
+    bufs = [_get(m, k, bytes) for k in ("boxes", "scores", "labels")]
+    if [len(b) for b in bufs] != [n * 32, n * 4, n * 4]:
+        raise EntryError("arrays do not match the detection count")
+    boxes = np.frombuffer(bufs[0], BOX_DTYPE).reshape(n, 4).astype(np.float64)
+    scores = np.frombuffer(bufs[1], SCORE_DTYPE).astype(np.float32)
+    labels = np.frombuffer(bufs[2], LABEL_DTYPE).astype(np.int32)
+    if not np.isfinite(boxes).all() or not np.isfinite(scores).all() or (labels < 0).any():
+        raise EntryError("non-finite box or score, or negative class id")
+    error = m.get("error")
+    if error is not None:
+        if (not isinstance(error, dict) or not isinstance(error.get("type"), str)
+                or not isinstance(error.get("message"), str)):
+            raise EntryError("error is not {type, message}")
+        if n:
+            raise EntryError("an error entry has detections")
+        error = {"type": error["type"], "message": error["message"]}
+    width, height, tiles = _get(m, "w", int), _get(m, "h", int), _get(m, "tiles", int)
+    if min(width, height, tiles) < 0:
+        raise EntryError("negative size")
+    created = float(_get(m, "t", (int, float)))
+    if not math.isfinite(created):
+        raise EntryError("non-finite time")
+    return Entry(key=key, model=_get(m, "model", str), width=width, height=height, tiles=tiles,
+                 detections=Detections(boxes, scores, labels), error=error, created=created)
+
+
+def created_of(data: bytes) -> float | None:
+    """When an entry was made, for pruning; None if it does not parse (prune it too)."""
+    try:
+        t = _unpack(data).get("t")
+    except EntryError:
+        return None
+    return float(t) if isinstance(t, int | float) and not isinstance(t, bool) else None
+
+
+# Errors that the bytes themselves cause, whatever the settings or the moment: the only
+# errors worth caching. (``unsupported_format`` messages depend on the file's name, and
+# ``too_large`` on ``max_pixels``; tile errors may be transient.)
+CACHEABLE_ERRORS = frozenset({"corrupt_image"})
+
+
+def detach_path(error: dict, path: str) -> dict | None:
+    """An error made storable: its message without the leading ``PATH: `` (the same bytes
+    may come back under another name). None when it should not be cached."""
+    prefix = f"{path}: "
+    if error.get("type") not in CACHEABLE_ERRORS or not error["message"].startswith(prefix):
+        return None
+    return {"type": error["type"], "message": error["message"][len(prefix):]}
+
+
+def attach_path(error: dict | None, path: str) -> dict | None:
+    """A stored error told about the file it is reported for now."""
+    if error is None:
+        return None
+    return {"type": error["type"], "message": f"{path}: {error['message']}"}

@@ -1,0 +1,108 @@
+"""What the pipeline calls: the ventilator looks results up before decoding an image, the
+sink saves them as images complete.
+
+Lookups may come from several threads (the ventilator's decode threads); saves are queued
+and written in one batch by ``flush`` (the sink calls it with its acks, every 0.1 s), so a
+busy sink pays one SQLite transaction or one Redis pipeline per batch, not per image.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from zmqvision.boxes import Detections
+from zmqvision.cache.entry import Entry, EntryError, decode, encode
+from zmqvision.cache.guard import Guarded
+from zmqvision.cache.key import entry_key
+
+log = logging.getLogger("zmqvision.cache")
+
+MAX_PENDING = 10_000  # saves queued at most; beyond, the oldest are dropped (a later miss)
+_FAILED = object()
+
+
+class ResultCache:
+    """Look up and save image results in a store, never failing the caller."""
+
+    def __init__(self, store) -> None:
+        self.guard = Guarded(store)
+        self.url: str = store.url
+        self._lock = threading.Lock()
+        self._pending: list[tuple[str, bytes, float]] = []
+        self.hits = self.misses = self.corrupt = self.saved = 0
+
+    def lookup(self, settings: str, content_hash: str, model: str) -> Entry | None:
+        """The entry for these bytes under these settings, or None (a miss). A corrupt,
+        foreign or other-version entry is a miss: logged and deleted, so the result
+        computed now replaces it."""
+        key = entry_key(settings, content_hash)
+        data = None if key is None else self.guard.call("get", None, key)
+        if data is None:
+            self._count("misses")
+            return None
+        try:
+            entry = decode(bytes(data), key)
+            if entry.model != model:
+                raise EntryError(f"entry of model {entry.model}, job uses {model}")
+        except EntryError as exc:
+            self._count("corrupt")
+            self._count("misses")
+            n = self.corrupt
+            if n <= 10 or n % 1000 == 0:
+                log.warning("result cache %s: entry %s is unusable (%s); ignoring it, it will "
+                            "be replaced (%d so far)", self.url, key, exc, n)
+            self.guard.call("delete", None, key)
+            return None
+        self._count("hits")
+        return entry
+
+    def save(self, settings: str, content_hash: str, *, model: str, width: int, height: int,
+             tiles: int, detections: Detections | None, error: dict | None = None) -> bool:
+        """Queue one image's result; False when it cannot be keyed."""
+        key = entry_key(settings, content_hash)
+        if key is None:
+            return False
+        now = time.time()
+        entry = Entry(key=key, model=model, width=width, height=height, tiles=tiles,
+                      detections=detections if detections is not None else Detections.empty(),
+                      error=error, created=now)
+        with self._lock:
+            self._pending.append((key, encode(entry), now))
+            if len(self._pending) > MAX_PENDING:
+                del self._pending[0]
+        return True
+
+    def flush(self) -> None:
+        """Write the queued saves in one batch. While the store is down they stay queued
+        (at most MAX_PENDING, the oldest dropped first) and go when it is back."""
+        with self._lock:
+            batch, self._pending = self._pending, []
+        if not batch:
+            return
+        if self.guard.call("put_many", _FAILED, batch) is _FAILED:
+            with self._lock:
+                self._pending[:0] = batch
+                del self._pending[:max(0, len(self._pending) - MAX_PENDING)]
+            return
+        self._count("saved", len(batch))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def counts(self) -> dict:
+        return {"hits": self.hits, "misses": self.misses, "corrupt": self.corrupt,
+                "saved": self.saved, "store_failures": self.guard.failures}
+
+    def close(self) -> None:
+        self.flush()
+        if self._pending:
+            log.warning("result cache %s: %d results could not be saved", self.url,
+                        len(self._pending))
+        self.guard.close()
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            setattr(self, name, getattr(self, name) + n)
