@@ -87,6 +87,13 @@ def _announcer(announce: bool):
     return ready
 
 
+def _curve_option(f):
+    return click.option(
+        "--curve", type=click.Path(file_okay=False), default=None,
+        help="Key directory (`zmqvision keys`): encrypt and authenticate every socket with "
+             "CURVE [default: plain text, for one host or a trusted network].")(f)
+
+
 def _model_options(f):
     f = click.option("--input-size", type=SIZE, default=None,
                      help="Model input size for models that take any size (CenterFace).")(f)
@@ -364,8 +371,9 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_cache_options
 @click.option("-v", "--verbose", count=True)
+@_curve_option
 def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_file, job_id,
-              progress, cache_url, no_cache, verbose, **kw):
+              progress, cache_url, no_cache, verbose, curve, **kw):
     """Send a job's tiles to the workers; return when the sink reports it complete."""
     from zmqvision.console import JobProgressBar
     from zmqvision.ventilator import JobFailed
@@ -378,6 +386,7 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
         sink=sink_results or sockets.connect_endpoint(sockets.RESULTS_PORT, sink_host),
         events=sink_events or sockets.connect_endpoint(sockets.EVENTS_PORT, sink_host),
         resume=resume_file, job_id=job_id, cache=_cache_choice(cache_url, no_cache),
+        curve=curve,
     )
     _show_tiling(cfg)
     stop = sockets.StopFlag()
@@ -409,9 +418,10 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
 @click.option("--once", is_flag=True, help="Exit after the first job completes.")
 @_cache_options
 @click.option("-v", "--verbose", count=True)
+@_curve_option
 @_child_options
 def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, overwrite, append,
-         once, cache_url, no_cache, verbose, announce, parent_pid, log_level):
+         once, cache_url, no_cache, verbose, curve, announce, parent_pid, log_level):
     """Collect partial results, merge them per image, write records, publish events."""
     from zmqvision.sink import SinkConfig, run_sink
 
@@ -419,7 +429,7 @@ def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, overwr
     cfg = SinkConfig(results=bind_results, events=bind_events,
                      events_fallback=bind_events_fallback, out=out, format=fmt, draw=draw,
                      append=not overwrite, once=once,
-                     cache=_cache_choice(cache_url, no_cache))
+                     cache=_cache_choice(cache_url, no_cache), curve=curve)
     stop = sockets.StopFlag(parent_pid)
     stop.install_signal_handlers()
     try:
@@ -451,9 +461,10 @@ def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, overwr
 @click.option("--throttle-ms", type=click.FloatRange(0), default=0.0, hidden=True,
               help="Tests only: hold every result this long, as a slow device would.")
 @click.option("-v", "--verbose", count=True)
+@_curve_option
 @_child_options
 def worker(model, input_size, device, threads, requests, hint, score_threshold, host, tiles,
-           results, heartbeat, worker_id, throttle_ms, verbose, announce, parent_pid,
+           results, heartbeat, worker_id, throttle_ms, verbose, curve, announce, parent_pid,
            log_level):
     """Infer tiles with OpenVINO; connect to a ventilator and a sink."""
     from zmqvision.models import ModelStoreError
@@ -466,7 +477,7 @@ def worker(model, input_size, device, threads, requests, hint, score_threshold, 
         results=results or sockets.connect_endpoint(sockets.RESULTS_PORT, host),
         model=model, input_size=input_size, device=device, threads=threads, hint=hint,
         requests=requests, score_threshold=score_threshold, heartbeat_s=heartbeat,
-        worker_id=worker_id, throttle_ms=throttle_ms,
+        worker_id=worker_id, throttle_ms=throttle_ms, curve=curve,
     )
     stop = sockets.StopFlag(parent_pid)
     stop.install_signal_handlers()
@@ -488,7 +499,8 @@ def worker(model, input_size, device, threads, requests, hint, score_threshold, 
               help="Print one snapshot and exit: 0 if the sink was heard, 1 if not.")
 @click.option("--timeout", type=click.FloatRange(0.1), default=5.0, show_default=True,
               help="With --once: how long to wait to hear the sink.")
-def watch(endpoint, as_json, once, timeout):
+@_curve_option
+def watch(endpoint, as_json, once, timeout, curve):
     """Live view of workers, jobs and the sink, from the sink's events."""
     from zmqvision.watch import watch as do_watch
 
@@ -498,7 +510,13 @@ def watch(endpoint, as_json, once, timeout):
     stop = sockets.StopFlag()
     stop.install_signal_handlers()
     mode = "once" if once else "json" if as_json else "live"
-    sys.exit(do_watch(endpoint, mode=mode, as_json=as_json, timeout=timeout, stop=stop))
+    try:
+        code = do_watch(endpoint, mode=mode, as_json=as_json, timeout=timeout, stop=stop,
+                        curve=curve)
+    except OSError as exc:  # keys missing or unreadable
+        click.echo(f"zmqvision: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+    sys.exit(code)
 
 
 @cli.group("cache")
@@ -629,6 +647,58 @@ def models_info(name) -> None:
     info["pulled"] = is_pulled(spec)
     info["file"] = str(model_file(spec))
     click.echo(json.dumps(info, indent=2))
+
+
+@cli.group()
+def keys() -> None:
+    """CURVE keys for `--curve DIR` (see docs/hosts.md): who may join, encrypted."""
+
+
+@keys.command("new")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--name", type=click.Choice(["client", "server"]), default=None,
+              help="Make only this key pair [default: a client pair, and a server pair "
+                   "unless DIRECTORY has one].")
+def keys_new(directory, name) -> None:
+    """Make key pairs in DIRECTORY and allow this host's own client key there.
+
+    On the host that binds (sink, ventilator): `zmqvision keys new DIR` makes server and
+    client pairs. On each worker or watcher host: `zmqvision keys new DIR --name client`,
+    copy the server's `server.key` (public) into that DIR, and on the server host run
+    `zmqvision keys allow DIR client.key` with the worker's public key.
+    """
+    from pathlib import Path
+
+    from zmqvision import security
+
+    d = Path(directory)
+    names = [name] if name else [n for n in ("server", "client")
+                                 if n == "client" or not (d / "server.key").exists()]
+    try:
+        for n in names:
+            public, secret = security.new_keys(d, n)
+            click.echo(f"{n}: {public} (public, give it out), {secret} (secret, keep it)")
+        if "client" in names and (d / "server.key_secret").exists():
+            click.echo(f"allowed: {security.allow(d, d / 'client.key')}")
+    except OSError as exc:
+        click.echo(f"zmqvision: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
+
+
+@keys.command("allow")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.argument("public_keys", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def keys_allow(directory, public_keys) -> None:
+    """Let the clients whose public key files are given in (copied to DIRECTORY/allowed/;
+    a running sink or ventilator picks them up within a second)."""
+    from zmqvision import security
+
+    try:
+        for key in public_keys:
+            click.echo(f"allowed: {security.allow(directory, key)}")
+    except OSError as exc:
+        click.echo(f"zmqvision: {exc}", err=True)
+        sys.exit(EXIT_JOB_FAILED)
 
 
 def main() -> None:

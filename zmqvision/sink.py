@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from zmqvision import protocol, results, sockets
+from zmqvision import protocol, results, security, sockets
 from zmqvision.boxes import Detections
 from zmqvision.cache import ResultCache, job_fingerprint, open_cache
 from zmqvision.cache.entry import detach_path
@@ -55,6 +55,7 @@ class SinkConfig:
     status_s: float = 1.0
     progress_s: float = 0.2
     cache: str | None = "auto"  # result cache URL; "auto": $ZMQVISION_RESULTS_CACHE or SQLite
+    curve: str | None = None  # key directory: CURVE on both bound sockets (security.py)
 
 
 @dataclass
@@ -470,6 +471,14 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
     ctx = ctx if ctx is not None else zmq.Context()
     pull = sockets.make_socket(ctx, zmq.PULL, rcvhwm=10_000, maxmsgsize=16 << 20)
     pub = sockets.make_socket(ctx, zmq.PUB, sndhwm=1000)
+    try:
+        secured = security.secure(ctx, config.curve, servers=(pull, pub))
+    except security.CurveKeyError:
+        pull.close(linger=0)
+        pub.close(linger=0)
+        if own_ctx:
+            ctx.term()
+        raise
     sink_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     started = time.monotonic()
 
@@ -527,6 +536,8 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
         return 0
     finally:
         sink.close()
+        if secured is not None:
+            secured.close()
         pull.close(linger=0)
         pub.close(linger=0)
         if own_ctx:

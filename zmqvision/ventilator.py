@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import zmq
 
-from zmqvision import io, protocol, results, sockets
+from zmqvision import io, protocol, results, security, sockets
 from zmqvision.cache import Entry, job_fingerprint, open_cache
 from zmqvision.cache.entry import attach_path
 from zmqvision.dispatch import Dispatcher, TileKey
@@ -72,6 +72,7 @@ class VentilateConfig:
     job_id: str | None = None
     resume: str | None = None  # a results file: skip the images it already has
     cache: str | None = "auto"  # result cache URL; "auto": $ZMQVISION_RESULTS_CACHE or SQLite
+    curve: str | None = None  # key directory: CURVE on every socket (security.py)
 
 
 @dataclass
@@ -157,6 +158,14 @@ def is_local_peer(frame: zmq.Frame, endpoint: str | None) -> bool:
     return addr in ("", "::1", "localhost") or addr.startswith(("127.", "::ffff:127."))
 
 
+def _peer(frame: zmq.Frame) -> str:
+    """The address a message came from, for the log."""
+    try:
+        return frame.get("Peer-Address") or "local"
+    except zmq.ZMQError:
+        return "local"
+
+
 class Ventilator:
     """Binds the tiles socket first (so workers can connect), then runs one job."""
 
@@ -178,6 +187,15 @@ class Ventilator:
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.to_sink = sockets.make_socket(self.ctx, zmq.PUSH, sndhwm=100_000, linger=5000)
         self.events = sockets.make_socket(self.ctx, zmq.SUB, rcvhwm=100_000)
+        try:
+            self.secured = security.secure(self.ctx, config.curve, servers=(self.router,),
+                                        clients=(self.to_sink, self.events))
+        except security.CurveKeyError:
+            for sock in (self.router, self.to_sink, self.events):
+                sock.close(linger=0)
+            if self._own_ctx:
+                self.ctx.term()
+            raise
         self.tiles_endpoint: str | None = None
         self.last_sink_heard: float | None = None
         self.sink_id: str | None = None
@@ -242,6 +260,8 @@ class Ventilator:
         )
 
     def close(self) -> None:
+        if self.secured is not None:
+            self.secured.close()
         self.router.close()
         self.to_sink.close()
         self.events.close(linger=0)
@@ -275,6 +295,8 @@ class Ventilator:
             slot = self.dispatch.workers.get(wid)
             if slot is not None and slot.encoding is None:  # its first message
                 slot.encoding = self._choose_encoding(frames[0])
+                log.info("worker %s (%s): tiles as %s", wid.decode(errors="replace"),
+                         _peer(frames[0]), slot.encoding)
 
     def _choose_encoding(self, frame: zmq.Frame) -> str:
         if self.config.wire != "auto":

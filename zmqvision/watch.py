@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from zmqvision import protocol, sockets
+from zmqvision import protocol, security, sockets
 
 WATCHED = (protocol.MsgType.HEARTBEAT, protocol.MsgType.PROGRESS, protocol.MsgType.JOB_DONE,
            protocol.MsgType.SINK_STATUS, protocol.MsgType.WORKERS, protocol.MsgType.FAILURE)
@@ -316,6 +316,7 @@ def watch(
     timeout: float = 5.0,  # "once": how long to wait to hear the sink
     stop: sockets.StopFlag | None = None,
     out=None,
+    curve: str | None = None,  # key directory: connect as a CURVE client (security.py)
 ) -> int:
     """Watch until stopped (live, json) or for one snapshot (once). Returns an exit code."""
     stop = stop or sockets.StopFlag()
@@ -325,6 +326,12 @@ def watch(
     sub = sockets.make_socket(ctx, zmq.SUB, rcvhwm=10_000, linger=0)
     for topic in WATCHED:
         sub.setsockopt(zmq.SUBSCRIBE, topic.tag)
+    try:
+        secured = security.secure(ctx, curve, clients=(sub,))
+    except security.CurveKeyError:
+        sub.close(linger=0)
+        ctx.term()
+        raise
     sub.connect(endpoint)
 
     def pump(wait_ms: int) -> list:
@@ -384,5 +391,7 @@ def watch(
                     next_draw = now + 0.25
         return 0
     finally:
+        if secured is not None:
+            secured.close()
         sub.close(linger=0)
         ctx.term()

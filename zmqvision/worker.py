@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import zmq
 
-from zmqvision import protocol, sockets
+from zmqvision import protocol, security, sockets
 from zmqvision.boxes import Detections
 from zmqvision.tiling import to_image_coords
 
@@ -51,6 +51,7 @@ class WorkerConfig:
     heartbeat_s: float = 1.0
     worker_id: str | None = None
     throttle_ms: float = 0.0  # tests only: hold each result this long (a slow device)
+    curve: str | None = None  # key directory: CURVE on every socket (security.py)
 
 
 def _new_worker_id() -> str:
@@ -105,6 +106,8 @@ def run_worker(
     from zmqvision.models import Detector, ensure, resolve
 
     stop = stop or sockets.StopFlag()
+    if config.curve is not None:  # missing keys: say so before compiling a model
+        security.Curve.load(config.curve, binds=False, connects=True)
     spec = resolve(config.model)
     if config.input_size is not None:
         spec = spec.with_input_size(*config.input_size)
@@ -248,7 +251,9 @@ def run_worker(
                 continue
             waiting.append((src, msg))
 
+    secured = None
     try:
+        secured = security.secure(ctx, config.curve, clients=(*dealers, push))
         for d, endpoint in zip(dealers, endpoints, strict=True):
             d.connect(endpoint)
         push.connect(config.results)
@@ -296,6 +301,8 @@ def run_worker(
     finally:
         with contextlib.suppress(Exception):
             infer_queue.wait_all()
+        if secured is not None:
+            secured.close()
         for d in dealers:
             d.close(linger=500)  # long enough for Bye, short enough to never hang
         push.close()
