@@ -3,10 +3,8 @@ are always stopped, whatever the test does."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.processes import ProcessGroup
 from tests.redis_servers import redis_cluster, redis_server  # noqa: F401 - fixtures
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -77,65 +76,47 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Processes:
+class Processes(ProcessGroup):
     """Starts `python -m zmqvision …` children and guarantees they are gone afterwards."""
 
     def __init__(self, tmp: Path) -> None:
+        super().__init__()
         self.tmp = tmp
-        self.procs: list[tuple[subprocess.Popen, Path]] = []
 
     def start(self, *args: str, name: str = "proc") -> subprocess.Popen:
         log = self.tmp / f"{name}-{len(self.procs)}.log"
-        fh = open(log, "wb")  # noqa: SIM115 - closed with the process
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        p = subprocess.Popen(
-            [sys.executable, "-m", "zmqvision", *args],
-            stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
-            start_new_session=True,
-        )
-        fh.close()
-        self.procs.append((p, log))
-        return p
+        with open(log, "wb") as fh:
+            p = subprocess.Popen(
+                [sys.executable, "-m", "zmqvision", *args],
+                stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+                start_new_session=True,
+            )
+        return self.track(p, log)
 
-    def log(self, p: subprocess.Popen) -> str:
-        for q, log in self.procs:
-            if q is p:
-                return log.read_text(errors="replace")
-        return ""
 
-    def wait(self, p: subprocess.Popen, timeout: float) -> int:
-        try:
-            return p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"process did not finish in {timeout} s; log:\n{self.log(p)}"
-            ) from None
+@pytest.fixture(scope="module")
+def job_dir(tmp_path_factory):
+    """12 images x 35 tiles of 300 px (420 tiles with the SSD): long enough to disturb
+    (kill a worker, cut a host off) while it runs."""
+    from PIL import Image
 
-    def stop(self, p: subprocess.Popen, timeout: float = 15) -> int:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
-        return p.returncode
+    d = tmp_path_factory.mktemp("job")
+    photos = [Image.open(EXAMPLES / p).convert("RGB") for p in PHOTOS]
+    for i in range(12):
+        photos[i % 4].resize((1600, 1200)).rotate(i * 7).save(d / f"img{i:02d}.jpg",
+                                                              quality=90)
+    return d
 
-    def stop_all(self) -> None:
-        for p, _ in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-        deadline = time.monotonic() + 15
-        for p, _ in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
+
+def example_module(name: str):
+    """A script of examples/ (not a package) as a module: the mosaic maker, the scorer."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture

@@ -31,9 +31,10 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tests.processes import ProcessGroup
 
 ROOT = Path(__file__).resolve().parent.parent
 PREFIX = "zvh"  # every namespace this module makes is named zvh<pid>x<random>-…
@@ -130,7 +131,7 @@ class Host:
 
 
 @dataclass
-class Network:
+class Network(ProcessGroup):
     """N hosts on one bridge. Use as a context manager, or call ``close()`` in a finally.
 
     >>> with Network(3, rate="1gbit", logs=Path("/tmp/x")) as net:
@@ -143,6 +144,7 @@ class Network:
     subnet: str = "10.77.0"
     env: dict[str, str] = field(default_factory=dict)  # extra environment for commands
     hosts: list[Host] = field(default_factory=list, init=False)
+    # ProcessGroup's list (a dataclass field: the generated __init__ does not call super's)
     procs: list[tuple[subprocess.Popen, Path]] = field(default_factory=list, init=False)
 
     def __post_init__(self) -> None:
@@ -230,51 +232,12 @@ class Network:
         with open(log, "wb") as fh:
             p = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=full_env,
                                  cwd=ROOT, start_new_session=True)
-        self.procs.append((p, log))
-        return p
-
-    def log(self, p: subprocess.Popen) -> str:
-        for q, log in self.procs:
-            if q is p:
-                return log.read_text(errors="replace")
-        return ""
-
-    def wait(self, p: subprocess.Popen, timeout: float) -> int:
-        try:
-            return p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"process did not finish in {timeout} s; log:\n{self.log(p)}") from None
-
-    def stop(self, p: subprocess.Popen, timeout: float = 15) -> int:
-        """SIGTERM (a clean leave), SIGKILL after ``timeout``."""
-        if p.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGTERM)
-            try:
-                p.wait(timeout)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                p.wait(5)
-        return p.returncode
+        return self.track(p, log)
 
     def close(self) -> None:
         """Stop every process, then delete every namespace (and with them every veth, the
         bridge and the qdiscs). Safe to call twice."""
-        for p, _ in self.procs:
-            if p.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for p, _ in self.procs:
-            try:
-                p.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(p.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    p.wait(5)
+        self.stop_all(grace=10)
         for ns in reversed(self._made):
             _kill_ns_processes(ns)
             _ip("netns", "del", ns, check=False)

@@ -38,20 +38,6 @@ RAW_TILE = 300 * 300 * 3
 ENV = {"PYTHONPATH": str(ROOT), "ZMQVISION_RESULTS_CACHE": "off"}
 
 
-@pytest.fixture(scope="module")
-def job_dir(tmp_path_factory):
-    """12 images × 35 tiles of 300 px (420 tiles): long enough to cut a host off mid-job."""
-    from PIL import Image
-
-    d = tmp_path_factory.mktemp("job")
-    photos = [Image.open(ROOT / "examples" / "images" / f"{n}.jpg").convert("RGB")
-              for n in ("astronaut", "chelsea", "coffee", "rocket")]
-    for i in range(12):
-        photos[i % 4].resize((1600, 1200)).rotate(i * 7).save(d / f"img{i:02d}.jpg",
-                                                              quality=90)
-    return d
-
-
 def records(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 

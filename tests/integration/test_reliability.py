@@ -24,20 +24,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 MODEL = "ssd-mobilenetv2-oid"
 
 
-@pytest.fixture(scope="module")
-def job_dir(tmp_path_factory):
-    """12 images × 35 tiles of 300 px: long enough to disturb while it runs."""
-    from PIL import Image
-
-    d = tmp_path_factory.mktemp("job")
-    photos = [Image.open(ROOT / "examples" / "images" / f"{n}.jpg").convert("RGB")
-              for n in ("astronaut", "chelsea", "coffee", "rocket")]
-    for i in range(12):
-        photos[i % 4].resize((1600, 1200)).rotate(i * 7).save(d / f"img{i:02d}.jpg",
-                                                              quality=90)
-    return d
-
-
 def lines(path):
     with open(path) as fh:
         return [x for x in fh if x.strip()]

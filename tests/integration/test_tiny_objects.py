@@ -9,14 +9,13 @@ below CenterFace's reliable size at native scale (24 px, benchmarks/reliable_siz
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, example_module, free_port
 from zmqvision import detect
 from zmqvision.models import resolve
 from zmqvision.scales import resolve_scales, summarize
@@ -24,19 +23,12 @@ from zmqvision.scales import resolve_scales, summarize
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 
-def _example(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-SCORE = _example("evaluate").score
+SCORE = example_module("evaluate").score
 
 
 @pytest.fixture(scope="module")
 def tiny_faces(tmp_path_factory):
-    image, faces = _example("make_mosaic").make_mosaic(2000, 1500, 60, (14, 36), seed=1)
+    image, faces = example_module("make_mosaic").make_mosaic(2000, 1500, 60, (14, 36), seed=1)
     path = tmp_path_factory.mktemp("tiny") / "tiny.jpg"
     image.save(path, quality=92)
     return path, faces
@@ -72,7 +64,7 @@ def test_min_size_finds_tiny_faces_that_native_tiles_miss(tiny_faces, tmp_path, 
 
 def test_multi_scale_finds_large_and_tiny_faces_once_each(tmp_path, models_ready):
     widths = [300, 300] + [20] * 10
-    image, faces = _example("make_mosaic").make_mosaic(3000, 2400, seed=0, widths=widths)
+    image, faces = example_module("make_mosaic").make_mosaic(3000, 2400, seed=0, widths=widths)
     path = tmp_path / "mixed.jpg"
     image.save(path, quality=92)
     large = [f for f in faces if f[2] - f[0] > 100]

@@ -4,27 +4,17 @@ squeezed into the model's input finds far fewer."""
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import example_module
 from zmqvision import detect
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
 
-def _example(name: str):
-    """A script of examples/ as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @pytest.fixture(scope="module")
 def mosaic(tmp_path_factory):
-    mod = _example("make_mosaic")
+    mod = example_module("make_mosaic")
     image, faces = mod.make_mosaic(4000, 3000, 60, seed=3)
     path = tmp_path_factory.mktemp("mosaic") / "mosaic.jpg"
     image.save(path, quality=92)
@@ -35,7 +25,7 @@ def test_tiles_find_the_faces_whole_image_does_not(mosaic, models_ready):
     path, faces = mosaic
     tiled = detect([str(path)], model="centerface")[0]
     assert tiled["error"] is None and tiled["tiles"] > 1
-    score = _example("evaluate").score
+    score = example_module("evaluate").score
     tiled_score = score([d["box"] for d in tiled["detections"]], faces)
     recall = tiled_score["recall"]
     assert recall >= 0.9, tiled_score
