@@ -5,38 +5,44 @@ from __future__ import annotations
 
 import sys
 
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-
 from zmqvision import protocol
-
-err_console = Console(stderr=True)
 
 
 class JobProgressBar:
     """A rich progress bar over images; the total is unknown until the ventilator has walked
-    every input, so until then the bar grows with the images announced."""
+    every input, so until then the bar grows with the images announced.
+
+    rich is imported only when a bar is drawn: it is a tenth of a second of a one-image
+    run's start-up, which --no-progress (and a non-terminal stderr) should not pay.
+    """
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled and sys.stderr.isatty()
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("images · {task.fields[cached]} cached · {task.fields[tiles]} tiles · "
-                       "{task.fields[failed]} failed"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=err_console,
-            transient=False,
-        )
+        self._console = None
+        self._bar = None
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._console = Console(stderr=True)
+            self._bar = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("images · {task.fields[cached]} cached · {task.fields[tiles]} "
+                           "tiles · {task.fields[failed]} failed"),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=self._console,
+                transient=False,
+            )
         self._task = None
 
     def __enter__(self) -> JobProgressBar:
@@ -58,7 +64,12 @@ class JobProgressBar:
                          tiles=p.tiles_done, failed=p.images_failed, cached=p.images_cached)
 
     def note(self, message: str) -> None:
-        err_console.print(f"[yellow]{message}")
+        if self._console is not None:
+            from rich.text import Text
+
+            self._console.print(Text(message, style="yellow"))  # no markup: paths have [ ]
+        else:
+            print(message, file=sys.stderr, flush=True)
 
 
 def summary_line(done: protocol.JobDone) -> str:

@@ -32,10 +32,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
+
+if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
 
 log = logging.getLogger("zmqvision.security")
 
@@ -136,6 +139,10 @@ class Curve:
     def authenticator(self, ctx: zmq.Context) -> ThreadAuthenticator:
         """Start the ZAP handler that admits the keys in ``allowed/``; stop it before
         ``ctx.term()``."""
+        # Imported here: it pulls in asyncio (20-40 ms), which every run without CURVE
+        # would otherwise pay at start-up.
+        from zmq.auth.thread import ThreadAuthenticator
+
         auth = ThreadAuthenticator(ctx, log=logging.getLogger("zmqvision.zap"))
         auth.start()
         auth.configure_curve_callback(ZAP_DOMAIN, AllowList(self.directory / ALLOWED))
