@@ -467,7 +467,7 @@ def worker(model, input_size, device, threads, requests, hint, score_threshold, 
            results, heartbeat, worker_id, throttle_ms, verbose, curve, announce, parent_pid,
            log_level):
     """Infer tiles with OpenVINO; connect to a ventilator and a sink."""
-    from zmqvision.models import ModelStoreError
+    from zmqvision.models import DeviceError, ModelStoreError
     from zmqvision.worker import WorkerConfig, run_worker
 
     _setup_logging(max(verbose, 1), log_level)
@@ -485,7 +485,7 @@ def worker(model, input_size, device, threads, requests, hint, score_threshold, 
     try:
         sys.exit(run_worker(cfg, stop, on_ready=announce_ready and
                             (lambda wid: announce_ready({"worker": wid}))))
-    except (ModelStoreError, RuntimeError, OSError) as exc:
+    except (ModelStoreError, DeviceError, RuntimeError, OSError) as exc:
         click.echo(f"zmqvision: {exc}", err=True)
         sys.exit(EXIT_JOB_FAILED)
 

@@ -417,3 +417,17 @@ def test_sink_and_worker_as_threads_equal_reference(tmp_path, photos, models_rea
     assert all(r["tiles"] > 1 for r in records)
     left = [t.name for t in threading.enumerate() if t.name.startswith(("zmqvision-", "zv-"))]
     assert left == [], "the sink and worker threads end with the job"
+
+
+@pytest.mark.parametrize("several", [False, True], ids=["one image", "a folder"])
+def test_a_missing_device_is_a_clear_job_failure(several, image_dir, photos, tmp_path,
+                                                  models_ready):
+    """No Intel GPU here: the run fails with exit 3 and OpenVINO's list of devices, with
+    no traceback, whether the worker is a thread (one image) or a process (a folder)."""
+    target = str(image_dir) if several else str(photos[0])
+    p = _cli("run", target, "--device", "GPU", "--out", str(tmp_path / "g.jsonl"),
+             "--no-progress", timeout=120)
+    assert p.returncode == 3, p.stdout + p.stderr
+    assert "OpenVINO device 'GPU' is not available on this machine" in p.stderr
+    assert "available devices: CPU" in p.stderr
+    assert "Traceback" not in p.stderr, p.stderr
