@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 
 import click
@@ -269,7 +270,8 @@ def _show_tiling(cfg) -> None:
         size = io.peek_size(first)
         if size is not None:
             summary = summarize(spec, default, scales, cfg.overlap, *size)
-    click.echo(describe(spec, scales, cfg.min_size, summary), err=True)
+    name = os.path.basename(first) if first is not None else None
+    click.echo(describe(spec, scales, cfg.min_size, summary, name), err=True)
     if summary is not None and summary.costly:
         click.echo(f"zmqvision: warning: this tiling costs {summary.cost:.0f}x the default's "
                    f"inference; a larger --min-size or fewer --scales is cheaper", err=True)

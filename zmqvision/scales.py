@@ -153,8 +153,10 @@ def describe(
     scales: Sequence[Scale],
     min_size: float | None = None,
     summary: PlanSummary | None = None,
+    name: str | None = None,
 ) -> str:
-    """One paragraph for the terminal: the cuts, their enlargement, and the cost."""
+    """One paragraph for the terminal: the cuts, their enlargement, and the cost on one
+    image (``name``: which one)."""
     in_w, in_h = spec.input_size
     parts = []
     for s in scales:
@@ -172,7 +174,9 @@ def describe(
         text += (f" (objects of {min_size:g} px become {min_size * f:.0f} px; {spec.name} "
                  f"finds them reliably from {spec.reliable_size} px)")
     if summary is not None:
-        text += (f"\n  a {summary.width}x{summary.height} image: {summary.tiles} tiles, "
+        what = f"{name} ({summary.width}x{summary.height})" if name else (
+            f"a {summary.width}x{summary.height} image")
+        text += (f"\n  {what}: {summary.tiles} tiles, "
                  f"{summary.cost:.1f}x the inference of the default tiling "
                  f"({summary.default_tiles} tiles)")
     return text
