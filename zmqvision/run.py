@@ -235,20 +235,25 @@ def single_image(job: VentilateConfig) -> str | None:
 
 def _single_tile(job: VentilateConfig, path: str) -> bool:
     """Whether the image is one tile under the job's tiling (read from its header)."""
-    from zmqvision import io
     from zmqvision.models import resolve
-    from zmqvision.scales import resolve_scales
-    from zmqvision.tiling import plan_scales
+    from zmqvision.scales import one_tile
 
-    size = io.peek_size(path)
-    if size is None:
-        return False
     spec = resolve(job.model)
     if job.input_size:
         spec = spec.with_input_size(*job.input_size)
-    scales = resolve_scales(spec, tile_size=job.tile_size, scales=job.scales,
-                            min_size=job.min_size, full_pass=job.full_pass)
-    return len(plan_scales(*size, scales, job.overlap)) == 1
+    return one_tile(spec, path, tile_size=job.tile_size, scales=job.scales,
+                    min_size=job.min_size, full_pass=job.full_pass, overlap=job.overlap)
+
+
+def _thread_worker(plan: RunPlan, image: str | None) -> WorkerConfig:
+    """The worker of a one-process run: LATENCY when the job is one tile (THROUGHPUT's
+    streams would give that tile half the cores)."""
+    wcfg = replace(plan.worker, threads=plan.worker.threads or default_threads(1),
+                   worker_id=plan.worker.worker_id or f"local-{os.getpid()}-0")
+    if (image is not None and plan.worker.hint == "THROUGHPUT"
+            and _single_tile(plan.job, image)):
+        wcfg = replace(wcfg, hint="LATENCY")
+    return wcfg
 
 
 def _run_in_threads(
@@ -264,12 +269,7 @@ def _run_in_threads(
 
     name = f"inproc://zmqvision-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     results_ep, tiles_ep = f"{name}-results", f"{name}-tiles"
-    wcfg = replace(plan.worker, tiles=tiles_ep, results=results_ep,
-                   threads=plan.worker.threads or default_threads(1),
-                   worker_id=plan.worker.worker_id or f"local-{os.getpid()}-0")
-    if (image is not None and plan.worker.hint == "THROUGHPUT"
-            and _single_tile(plan.job, image)):
-        wcfg = replace(wcfg, hint="LATENCY")
+    wcfg = replace(_thread_worker(plan, image), tiles=tiles_ep, results=results_ep)
     log.info("one process: the sink and the worker (%s hint) run as threads, on inproc "
              "endpoints", wcfg.hint)
     ctx = zmq.Context()

@@ -107,6 +107,28 @@ def resolve_scales(
     return tuple(unique)
 
 
+def one_tile(
+    spec: ModelSpec,
+    path: str,
+    *,
+    tile_size: tuple[int, int] | None = None,
+    scales: Sequence[tuple[int, int] | str] | None = None,
+    min_size: float | None = None,
+    full_pass: bool = False,
+    overlap: float = 0.2,
+) -> bool:
+    """Whether the image at ``path`` is a single tile under this tiling, from its header
+    alone (a one-tile job wants OpenVINO's LATENCY hint). False when it cannot be read."""
+    from zmqvision.io import peek_size
+
+    size = peek_size(path)
+    if size is None:
+        return False
+    cuts = resolve_scales(spec, tile_size=tile_size, scales=scales, min_size=min_size,
+                          full_pass=full_pass)
+    return len(plan_scales(*size, cuts, overlap)) == 1
+
+
 def scales_json(scales: Sequence[Scale]) -> list:
     """Scales as the JSON of records and the JobStart: ``[w, h]`` or ``"full"``."""
     return [FULL if s is None else [int(s[0]), int(s[1])] for s in scales]
