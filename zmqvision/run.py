@@ -331,6 +331,8 @@ def run_job(
             raise ValueError("in-process runs have one worker")
         return _run_in_threads(plan, image, stop, on_progress, on_wait)
     sink: Child | None = None
+    sink_thread: _Role | None = None  # the sink of a job whose first image is cached
+    sink_ctx: zmq.Context | None = None
     workers: list[Child] = []
     vent = None
     ipc_dir = tempfile.mkdtemp(prefix="zmqvision-") if zmq.has("ipc") else None
@@ -347,21 +349,33 @@ def run_job(
 
     try:
         # When the first image is already in the result cache, the workers (and their
-        # model) wait for the first image that needs tiles: a run whose images are all
-        # cached starts none. Otherwise they start at once, and the job's clock starts
-        # once they are ready, so its tiles/s leave out start-up.
+        # model) wait for the first image that needs tiles, and the sink runs as a thread
+        # here: a run whose images are all cached starts no process at all. Otherwise
+        # everything starts at once, and the job's clock starts once the workers are
+        # ready, so its tiles/s leave out start-up.
         if ipc_dir is not None:  # every endpoint known now: start everything at once
             results_ep = f"ipc://{ipc_dir}/results"
             vent = Ventilator(replace(plan.job, tiles=f"ipc://{ipc_dir}/tiles",
                                       sink=results_ep))
             tiles_ep = vent.bind()
-            sink = Child(sink_args(replace(plan.sink, results=results_ep)), plan.log_level)
             cached = vent.first_input_cached()
-            if not cached:
+            if cached:
+                from zmqvision.sink import run_sink
+
+                log.info("the first image is in the result cache: the sink runs as a "
+                         "thread, workers start at the first image that needs tiles")
+                sink_ctx = zmq.Context()
+                sink_thread = _Role("sink", run_sink, replace(plan.sink, results=results_ep),
+                                    sink_ctx)
+                sink_thread.start()
+                events = sink_thread.wait_ready(stop, READY_TIMEOUT_S)["events"]
+            else:
+                sink = Child(sink_args(replace(plan.sink, results=results_ep)),
+                             plan.log_level)
                 start_workers(tiles_ep, results_ep)
-            _wait_ready([sink], stop, READY_TIMEOUT_S)
-            vent.config = replace(vent.config,
-                                  events=sockets.connectable(sink.ready["events"]))
+                _wait_ready([sink], stop, READY_TIMEOUT_S)
+                events = sink.ready["events"]
+            vent.config = replace(vent.config, events=sockets.connectable(events))
         else:
             sink = Child(sink_args(replace(plan.sink, results=LOCAL_ANY_PORT)),
                          plan.log_level)
@@ -379,7 +393,9 @@ def run_job(
             _wait_ready(workers, stop, READY_TIMEOUT_S)
 
         def watchdog() -> None:
-            if not sink.alive():
+            if sink_thread is not None:
+                sink_thread.check()
+            elif not sink.alive():
                 raise JobFailed(f"the sink stopped (exit code {sink.proc.returncode})")
             if not workers:
                 return
@@ -401,5 +417,9 @@ def run_job(
             vent.close()
         if sink is not None:
             _stop([sink])
+        if sink_thread is not None:
+            sink_thread.finish()
+        if sink_ctx is not None:
+            sink_ctx.destroy(linger=0)
         if ipc_dir is not None:
             shutil.rmtree(ipc_dir, ignore_errors=True)

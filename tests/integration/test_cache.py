@@ -264,6 +264,8 @@ def test_run_starts_workers_only_for_images_the_cache_lacks(image_dir, tmp_path,
     again = run(str(image_dir))
     assert summary(again.stdout)[2:] == (4, 0)
     assert "worker local-" not in again.stderr, "no worker for a job the cache answers"
+    assert "the sink runs as a thread" in again.stderr  # and no sink process either
+    assert len(records(tmp_path / "r.jsonl")) == 1  # one job in the file: --out rewritten
 
     extra = tmp_path / "extra"
     shutil.copytree(image_dir, extra)
@@ -273,3 +275,6 @@ def test_run_starts_workers_only_for_images_the_cache_lacks(image_dir, tmp_path,
     images, failed, cached, tiles = summary(mixed.stdout)
     assert (images, failed, cached) == (5, 0, 4) and tiles >= 1
     assert "worker local-" in mixed.stderr
+    (job,) = records(tmp_path / "r.jsonl").values()
+    assert [r["cached"] for r in job] == [True] * 4 + [False]  # zz-new.jpg sorts last
+    assert job[4]["detections"] and job[4]["error"] is None
