@@ -173,8 +173,9 @@ def _buffer(frame: Any) -> memoryview:
     return memoryview(frame) if buf is None else buf
 
 
-def _detection_frames(d: Detections) -> list:
-    """Boxes, scores and class ids as three little-endian frames (Result, cached ImageInfo)."""
+def detection_arrays(d: Detections) -> list[np.ndarray]:
+    """Boxes, scores and class ids as three little-endian arrays: the frames of a Result
+    and of a cached ImageInfo, and the arrays of a result-cache entry."""
     return [
         np.ascontiguousarray(d.boxes, BOX_DTYPE),
         np.ascontiguousarray(d.scores, SCORE_DTYPE),
@@ -182,8 +183,9 @@ def _detection_frames(d: Detections) -> list:
     ]
 
 
-def _detections(n: int, bufs: Sequence) -> Detections:
-    """``n`` detections from three frames, checked for size and finite numbers."""
+def detections_from_buffers(n: int, bufs: Sequence) -> Detections:
+    """``n`` detections from three buffers (``detection_arrays``'s layout), checked for
+    count, size and finite numbers; ProtocolError otherwise."""
     if not 0 <= n <= MAX_RESULT_BOXES:
         raise ProtocolError(f"detection count {n} not in 0..{MAX_RESULT_BOXES}")
     if len(bufs) != 3:
@@ -281,7 +283,7 @@ class ImageInfo:
         return h
 
     def buffers(self) -> list:
-        return [] if self.cached is None else _detection_frames(self.cached.detections)
+        return [] if self.cached is None else detection_arrays(self.cached.detections)
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> ImageInfo:
@@ -291,7 +293,8 @@ class ImageInfo:
             tiles = _req(c, "tiles", int)
             if tiles < 0:
                 raise ProtocolError("negative cached tile count")
-            cached = Cached(tiles=tiles, detections=_detections(_req(c, "n", int), bufs),
+            dets = detections_from_buffers(_req(c, "n", int), bufs)
+            cached = Cached(tiles=tiles, detections=dets,
                             created=float(_req(c, "created", _NUM, optional=True) or 0.0))
         msg = cls(
             job=_req(h, "job", str),
@@ -470,11 +473,11 @@ class Result:
         }
 
     def buffers(self) -> list:
-        return _detection_frames(self.detections)
+        return detection_arrays(self.detections)
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> Result:
-        dets = _detections(_req(h, "n", int), bufs)
+        dets = detections_from_buffers(_req(h, "n", int), bufs)
         return cls(
             job=_req(h, "job", str),
             image=_req(h, "image", str),

@@ -21,15 +21,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import numpy as np
 
 from zmqvision.boxes import Detections
+from zmqvision.protocol import ProtocolError, detection_arrays, detections_from_buffers
 
 ENTRY_VERSION = 1
-MAX_BOXES = 10_000  # as on the wire: no model gives more per image after its merge
-BOX_DTYPE = np.dtype("<f8")
-SCORE_DTYPE = np.dtype("<f4")
-LABEL_DTYPE = np.dtype("<i4")
 
 
 class EntryError(ValueError):
@@ -51,13 +47,11 @@ class Entry:
 
 
 def encode(entry: Entry) -> bytes:
-    d = entry.detections
+    boxes, scores, labels = (a.tobytes() for a in detection_arrays(entry.detections))
     return msgpack.packb({
         "v": ENTRY_VERSION, "key": entry.key, "model": entry.model, "w": entry.width,
-        "h": entry.height, "tiles": entry.tiles, "n": len(d),
-        "boxes": np.ascontiguousarray(d.boxes, BOX_DTYPE).tobytes(),
-        "scores": np.ascontiguousarray(d.scores, SCORE_DTYPE).tobytes(),
-        "labels": np.ascontiguousarray(d.labels, LABEL_DTYPE).tobytes(),
+        "h": entry.height, "tiles": entry.tiles, "n": len(entry.detections),
+        "boxes": boxes, "scores": scores, "labels": labels,
         "error": entry.error, "t": float(entry.created),
     }, use_bin_type=True)
 
@@ -89,16 +83,13 @@ def decode(data: bytes, key: str) -> Entry:
     if _get(m, "key", str) != key:
         raise EntryError("entry belongs to another key")
     n = _get(m, "n", int)
-    if not 0 <= n <= MAX_BOXES:
-        raise EntryError(f"detection count {n}")
     bufs = [_get(m, k, bytes) for k in ("boxes", "scores", "labels")]
-    if [len(b) for b in bufs] != [n * 32, n * 4, n * 4]:
-        raise EntryError("arrays do not match the detection count")
-    boxes = np.frombuffer(bufs[0], BOX_DTYPE).reshape(n, 4).astype(np.float64)
-    scores = np.frombuffer(bufs[1], SCORE_DTYPE).astype(np.float32)
-    labels = np.frombuffer(bufs[2], LABEL_DTYPE).astype(np.int32)
-    if not np.isfinite(boxes).all() or not np.isfinite(scores).all() or (labels < 0).any():
-        raise EntryError("non-finite box or score, or negative class id")
+    try:  # the wire's own checks: count, sizes, finite numbers
+        detections = detections_from_buffers(n, bufs)
+    except ProtocolError as exc:
+        raise EntryError(str(exc)) from None
+    if (detections.labels < 0).any():
+        raise EntryError("negative class id")
     error = m.get("error")
     if error is not None:
         if (not isinstance(error, dict) or not isinstance(error.get("type"), str)
@@ -114,7 +105,7 @@ def decode(data: bytes, key: str) -> Entry:
     if not math.isfinite(created):
         raise EntryError("non-finite time")
     return Entry(key=key, model=_get(m, "model", str), width=width, height=height, tiles=tiles,
-                 detections=Detections(boxes, scores, labels), error=error, created=created)
+                 detections=detections, error=error, created=created)
 
 
 def created_of(data: bytes) -> float | None:
