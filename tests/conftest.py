@@ -44,10 +44,10 @@ def photos() -> list[Path]:
     return paths
 
 
-def wait_progress(events: str, at_least: int, field: str = "tiles_done",
-                  timeout: float = 120.0, alive=None):
-    """Block until the sink at ``events`` reports a job with ``field`` >= ``at_least``
-    (stop early, failing, if ``alive()`` turns false)."""
+def wait_event(events: str, msg_type, accept, timeout: float = 120.0, alive=None,
+               what: str = "the event"):
+    """The first ``msg_type`` message on the PUB socket at ``events`` for which
+    ``accept(msg)`` is true (stop early, failing, if ``alive()`` turns false)."""
     import zmq
 
     from zmqvision import protocol
@@ -55,19 +55,29 @@ def wait_progress(events: str, at_least: int, field: str = "tiles_done",
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.linger = 0
-    sub.setsockopt(zmq.SUBSCRIBE, protocol.MsgType.PROGRESS.tag)
+    sub.setsockopt(zmq.SUBSCRIBE, msg_type.tag)
     sub.connect(events)
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and (alive is None or alive()):
             if sub.poll(200):
-                p = protocol.decode(sub.recv_multipart())
-                if getattr(p, field) >= at_least:
-                    return p
-        raise AssertionError(f"no progress to {field} >= {at_least} in {timeout} s")
+                msg = protocol.decode(sub.recv_multipart())
+                if accept(msg):
+                    return msg
+        raise AssertionError(f"no {what} in {timeout} s")
     finally:
         sub.close(linger=0)
         ctx.term()
+
+
+def wait_progress(events: str, at_least: int, field: str = "tiles_done",
+                  timeout: float = 120.0, alive=None):
+    """Block until the sink at ``events`` reports a job with ``field`` >= ``at_least``."""
+    from zmqvision import protocol
+
+    return wait_event(events, protocol.MsgType.PROGRESS,
+                      lambda p: getattr(p, field) >= at_least, timeout, alive,
+                      what=f"progress to {field} >= {at_least}")
 
 
 def free_port() -> int:

@@ -16,9 +16,8 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 
-from tests.conftest import ROOT, free_port, wait_progress
+from tests.conftest import ROOT, free_port, wait_event, wait_progress
 from tests.redis_servers import RedisServer
 from zmqvision import protocol
 
@@ -36,22 +35,9 @@ def summary(log: str) -> tuple[int, int, int, int]:
 def worker_tiles(events: str, timeout: float = 15.0) -> int:
     """The worker's cumulative tiles_done from a heartbeat sent after this call."""
     after = time.time()
-    ctx = zmq.Context()
-    sub = ctx.socket(zmq.SUB)
-    sub.linger = 0
-    sub.setsockopt(zmq.SUBSCRIBE, protocol.MsgType.HEARTBEAT.tag)
-    sub.connect(events)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if sub.poll(200):
-                beat = protocol.decode(sub.recv_multipart())
-                if beat.t > after:
-                    return beat.tiles_done
-        raise AssertionError(f"no heartbeat in {timeout} s")
-    finally:
-        sub.close(linger=0)
-        ctx.term()
+    beat = wait_event(events, protocol.MsgType.HEARTBEAT, lambda b: b.t > after, timeout,
+                      what="heartbeat")
+    return beat.tiles_done
 
 
 def records(path) -> dict[str, list[dict]]:
