@@ -229,7 +229,8 @@ class Ventilator:
         """Whether the job's first input has a result in the cache, looked up before
         anything else starts: ``run`` then leaves the workers (and their model) for the
         first image that needs tiles, and a run whose images are all cached starts none."""
-        if self.cache is None:
+        lookup = self._cache_lookup()
+        if lookup is None:
             return False
         path = next(io.iter_image_paths(self.config.inputs, recursive=self.config.recursive,
                                         extensions=self.config.extensions), None)
@@ -239,8 +240,14 @@ class Ventilator:
             digest = io.content_hash(io.read_file(path))
         except io.ImageError:
             return False
-        settings = job_fingerprint(self.job_start_message())
-        return self.cache.lookup(settings, digest, self.spec.ref) is not None
+        return lookup(digest) is not None
+
+    def _cache_lookup(self) -> Lookup | None:
+        """The result cache's lookup under this job's settings; None without a cache."""
+        if self.cache is None:
+            return None
+        settings, cache, ref = job_fingerprint(self.job_start_message()), self.cache, self.spec.ref
+        return lambda content_hash: cache.lookup(settings, content_hash, ref)
 
     def job_start_message(self) -> protocol.JobStart:
         """The job's ``zv.job``: everything that shapes its results (the cache key and
@@ -496,12 +503,7 @@ class Ventilator:
         self._pump = pump
         self._job_start = self.job_start_message()
         self._to_sink(self._job_start)
-        lookup = None
-        if self.cache is not None:
-            settings, cache, ref = job_fingerprint(self._job_start), self.cache, self.spec.ref
-
-            def lookup(content_hash: str) -> Entry | None:
-                return cache.lookup(settings, content_hash, ref)
+        lookup = self._cache_lookup()
         n_images = n_tiles = 0
         seen = IdSet()  # ids of the images admitted: the same input twice is one image
         paths = io.iter_image_paths(cfg.inputs, recursive=cfg.recursive,
