@@ -273,12 +273,10 @@ def _run_in_threads(
     log.info("one process: the sink and the worker (%s hint) run as threads, on inproc "
              "endpoints", wcfg.hint)
     ctx = zmq.Context()
-    roles: list[_Role] = []
+    sink = _Role("sink", run_sink, replace(plan.sink, results=results_ep), ctx)
+    worker = _Role("worker", run_worker, wcfg, ctx)
     vent = None
     try:
-        sink = _Role("sink", run_sink, replace(plan.sink, results=results_ep), ctx)
-        worker = _Role("worker", run_worker, wcfg, ctx)
-        roles = [worker, sink]
         vent = Ventilator(replace(plan.job, tiles=tiles_ep, sink=results_ep), ctx=ctx)
         cached = vent.first_input_cached()
         if not cached:
@@ -293,20 +291,17 @@ def _run_in_threads(
             worker.wait_ready(stop, READY_TIMEOUT_S)
 
         def watchdog() -> None:
-            for role in roles:
+            for role in (worker, sink):
                 if role.ident is not None:  # started
                     role.check()
 
         return vent.run(stop, on_progress, on_wait, watchdog=watchdog)
     finally:
         # The same order as with processes: the worker's last messages find listeners.
-        for role in roles:
-            if role is roles[-1] and vent is not None:
-                vent.close()
-                vent = None
-            role.finish()
+        worker.finish()
         if vent is not None:
             vent.close()
+        sink.finish()
         ctx.destroy(linger=0)
 
 
