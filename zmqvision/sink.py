@@ -471,23 +471,18 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
     ctx = ctx if ctx is not None else zmq.Context()
     pull = sockets.make_socket(ctx, zmq.PULL, rcvhwm=10_000, maxmsgsize=16 << 20)
     pub = sockets.make_socket(ctx, zmq.PUB, sndhwm=1000)
-    try:
-        secured = security.secure(ctx, config.curve, servers=(pull, pub))
-    except security.CurveKeyError:
-        pull.close(linger=0)
-        pub.close(linger=0)
-        if own_ctx:
-            ctx.term()
-        raise
     sink_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
     started = time.monotonic()
 
     def publish(frames) -> None:
         sockets.try_send(pub, frames, copy=True)
 
-    sink = Sink(config, publish, sink_id, cache=open_cache(config.cache))
-    wake = sockets.WakePipe(stop)  # SIGTERM ends the poll at once
+    # One cleanup for every way out, a refused CURVE key or an unwritable --out included.
+    secured = sink = wake = None
     try:
+        secured = security.secure(ctx, config.curve, servers=(pull, pub))
+        sink = Sink(config, publish, sink_id, cache=open_cache(config.cache))
+        wake = sockets.WakePipe(stop)  # SIGTERM ends the poll at once
         results_ep = sockets.bind(pull, config.results)
         try:
             events_ep = sockets.bind(pub, config.events)
@@ -535,11 +530,13 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None, on_ready=
                 break
         return 0
     finally:
-        sink.close()
+        if sink is not None:
+            sink.close()
         if secured is not None:
             secured.close()
         pull.close(linger=0)
         pub.close(linger=0)
         if own_ctx:
             ctx.term()
-        wake.close()
+        if wake is not None:
+            wake.close()
