@@ -240,9 +240,7 @@ def _check_model(kw) -> None:
     from zmqvision.models import resolve
 
     try:
-        spec = resolve(kw["model"])
-        if kw.get("input_size"):
-            spec.with_input_size(*kw["input_size"])
+        resolve(kw["model"], kw.get("input_size"))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model/--input-size") from None
 

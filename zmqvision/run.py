@@ -238,11 +238,9 @@ def _single_tile(job: VentilateConfig, path: str) -> bool:
     from zmqvision.models import resolve
     from zmqvision.scales import one_tile
 
-    spec = resolve(job.model)
-    if job.input_size:
-        spec = spec.with_input_size(*job.input_size)
-    return one_tile(spec, path, tile_size=job.tile_size, scales=job.scales,
-                    min_size=job.min_size, full_pass=job.full_pass, overlap=job.overlap)
+    return one_tile(resolve(job.model, job.input_size), path, tile_size=job.tile_size,
+                    scales=job.scales, min_size=job.min_size, full_pass=job.full_pass,
+                    overlap=job.overlap)
 
 
 def _thread_worker(plan: RunPlan, image: str | None) -> WorkerConfig:

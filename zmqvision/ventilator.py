@@ -173,10 +173,7 @@ class Ventilator:
         from zmqvision.models import resolve
 
         self.config = config
-        spec = resolve(config.model)
-        if config.input_size is not None:
-            spec = spec.with_input_size(*config.input_size)
-        self.spec = spec
+        self.spec = spec = resolve(config.model, config.input_size)
         self.scales = resolve_scales(spec, tile_size=config.tile_size, scales=config.scales,
                                      min_size=config.min_size, full_pass=config.full_pass)
         self.tile_size = next((s for s in self.scales if s is not None), spec.input_size)

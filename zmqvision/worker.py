@@ -108,9 +108,7 @@ def run_worker(
     stop = stop or sockets.StopFlag()
     if config.curve is not None:  # missing keys: say so before compiling a model
         security.Curve.load(config.curve, binds=False, connects=True)
-    spec = resolve(config.model)
-    if config.input_size is not None:
-        spec = spec.with_input_size(*config.input_size)
+    spec = resolve(config.model, config.input_size)
     model_path = ensure(spec, log=lambda m: log.info("%s", m))
     detector = Detector(
         spec, device=config.device, threads=config.threads, hint=config.hint, model_path=model_path

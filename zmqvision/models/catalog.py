@@ -215,8 +215,14 @@ DEFAULT_MODEL = "centerface"
 USER_MODEL_SUFFIXES = (".xml", ".onnx", ".tflite")
 
 
-def resolve(model: str) -> ModelSpec:
-    """A catalog name, or the path of a user's DetectionOutput-style model file."""
+def resolve(model: str, input_size: tuple[int, int] | None = None) -> ModelSpec:
+    """A catalog name, or the path of a user's DetectionOutput-style model file; at
+    ``input_size`` when given (``ModelSpec.with_input_size``: ValueError if it cannot)."""
+    spec = _find(model)
+    return spec if input_size is None else spec.with_input_size(*input_size)
+
+
+def _find(model: str) -> ModelSpec:
     spec = CATALOG.get(model)
     if spec is not None:
         return spec
