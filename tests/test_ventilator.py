@@ -61,3 +61,40 @@ def test_a_worker_from_another_address_is_remote():
         router.close(linger=0)
         dealer.close(linger=0)
         ctx.term()
+
+
+@pytest.mark.timeout(30)
+def test_prefetch_decodes_the_first_inputs_before_the_job_runs(tmp_path, models_ready):
+    """`run` calls prefetch while its workers load the model: by the time a worker asks
+    for tiles, the first images (read_ahead + 1 of them, no more) are decoded, in order."""
+    import os
+    import threading
+    import time
+
+    from PIL import Image
+
+    from zmqvision.io import iter_image_paths
+    from zmqvision.ventilator import VentilateConfig, Ventilator
+
+    sizes = [(300, 200), (200, 300), (640, 480), (50, 60), (90, 90)]
+    for i, size in enumerate(sizes):
+        Image.new("RGB", size, (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
+    vent = Ventilator(VentilateConfig(inputs=(str(tmp_path),), model="blazeface-short",
+                                      tiles="inproc://prefetch-test", read_ahead=2,
+                                      cache=None), ctx=zmq.Context.instance())
+    try:
+        vent.prefetch()
+        pending = list(vent._reader._pending)
+        assert len(pending) == 3  # read_ahead + 1: memory stays bounded
+        deadline = time.monotonic() + 10
+        while not all(f.done() for f in pending) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert all(f.done() for f in pending)  # decoded with no job running
+        got = [vent._reader.next() for _ in sizes]
+        assert [g.path for g in got] == list(iter_image_paths((str(tmp_path),)))  # in order
+        assert [g.image.pixels.shape[1::-1] for g in got] == [
+            sizes[int(os.path.basename(g.path)[0])] for g in got]
+        assert vent._reader.next() is None
+    finally:
+        vent.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("zv-decode")]

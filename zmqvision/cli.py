@@ -710,6 +710,9 @@ _skip_teardown = False
 
 
 def main() -> None:
+    from zmqvision.openvino_import import skip_converter
+
+    skip_converter()
     try:
         cli(prog_name="zmqvision")
     except SystemExit as exc:

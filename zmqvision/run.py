@@ -283,6 +283,7 @@ def _run_in_threads(
             vent.on_first_tiles = worker.start
         sink.start()
         vent.bind()
+        vent.prefetch()  # decode the image while the worker loads the model
         ready = sink.wait_ready(stop, READY_TIMEOUT_S)
         vent.config = replace(vent.config, events=sockets.connectable(ready["events"]))
         if not cached:
@@ -380,6 +381,7 @@ def run_job(
             cached = vent.first_input_cached()
             if not cached:
                 start_workers(tiles_ep, results_ep)
+        vent.prefetch()  # decode the first images while the workers load the model
         if cached:
             vent.on_first_tiles = lambda: start_workers(tiles_ep, results_ep)
         else:

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -106,18 +106,39 @@ def _load(path: str, max_pixels: int, lookup: Lookup | None = None) -> _Loaded:
         return _Loaded(path, None, {"type": "unreadable", "message": f"{path}: {exc}"}, digest)
 
 
-def _read_ahead(
-    paths: Iterable[str], pool: ThreadPoolExecutor, depth: int, max_pixels: int,
-    lookup: Lookup | None = None,
-) -> Iterator[_Loaded]:
-    """Decode up to ``depth`` images ahead, yielding them in input order."""
-    pending: deque[Future] = deque()
-    for path in paths:
-        pending.append(pool.submit(_load, path, max_pixels, lookup))
-        if len(pending) > depth:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+class _ReadAhead:
+    """Read and decode up to ``depth`` images ahead on a thread pool, in input order.
+
+    It starts at once: ``Ventilator.prefetch`` builds it while the workers start (loading
+    a model takes longer than decoding the first images), so the first tiles are cut by
+    the time a worker asks for them."""
+
+    def __init__(self, paths: Iterable[str], threads: int, depth: int, max_pixels: int,
+                 lookup: Lookup | None = None) -> None:
+        self._paths = iter(paths)
+        self._pool = ThreadPoolExecutor(max(1, threads), "zv-decode")
+        self._pending: deque[Future] = deque()
+        self._depth, self._max_pixels, self._lookup = depth, max_pixels, lookup
+        self._fill()
+
+    def _fill(self) -> None:
+        while len(self._pending) <= self._depth:
+            path = next(self._paths, None)
+            if path is None:
+                return
+            self._pending.append(self._pool.submit(_load, path, self._max_pixels,
+                                                   self._lookup))
+
+    def next(self) -> _Loaded | None:
+        """The next input, loaded; None when there are no more."""
+        if not self._pending:
+            return None
+        loaded = self._pending.popleft().result()
+        self._fill()
+        return loaded
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def read_resume(path: str) -> tuple[str | None, IdSet]:
@@ -214,6 +235,7 @@ class Ventilator:
         # Called once, when the first image that needs tiles is admitted (run starts its
         # workers there when the job began with cached images).
         self.on_first_tiles: Callable[[], None] | None = None
+        self._reader: _ReadAhead | None = None  # started by prefetch() or run()
         resumed_job, self._already = (read_resume(config.resume) if config.resume
                                       else (None, IdSet()))
         self.job_id = config.job_id or resumed_job or protocol.new_job_id()
@@ -221,6 +243,16 @@ class Ventilator:
     def bind(self) -> str:
         self.tiles_endpoint = sockets.bind(self.router, self.config.tiles)
         return self.tiles_endpoint
+
+    def prefetch(self) -> None:
+        """Start reading and decoding the first inputs now, before ``run``: ``zmqvision
+        run`` calls it while its workers load the model, which is otherwise idle time."""
+        if self._reader is None:
+            cfg = self.config
+            paths = io.iter_image_paths(cfg.inputs, recursive=cfg.recursive,
+                                        extensions=cfg.extensions)
+            self._reader = _ReadAhead(paths, cfg.decode_threads, cfg.read_ahead,
+                                      cfg.max_pixels, self._cache_lookup())
 
     def first_input_cached(self) -> bool:
         """Whether the job's first input has a result in the cache, looked up before
@@ -264,6 +296,9 @@ class Ventilator:
         )
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self.secured is not None:
             self.secured.close()
         self.router.close()
@@ -500,16 +535,14 @@ class Ventilator:
         self._pump = pump
         self._job_start = self.job_start_message()
         self._to_sink(self._job_start)
-        lookup = self._cache_lookup()
         n_images = n_tiles = 0
         seen = IdSet()  # ids of the images admitted: the same input twice is one image
-        paths = io.iter_image_paths(cfg.inputs, recursive=cfg.recursive,
-                                    extensions=cfg.extensions)
         poller = zmq.Poller()
         poller.register(self.router, zmq.POLLIN)
         poller.register(self.events, zmq.POLLIN)
-        with ThreadPoolExecutor(max(1, cfg.decode_threads), "zv-decode") as pool:
-            source = _read_ahead(paths, pool, cfg.read_ahead, cfg.max_pixels, lookup)
+        self.prefetch()
+        source = self._reader
+        try:
             while self.done is None:
                 if stop.is_set():
                     raise JobFailed("interrupted")
@@ -517,7 +550,7 @@ class Ventilator:
                 # Admit images while the window has room and the workers could use tiles.
                 while (not self._exhausted and len(self.window) < cfg.window
                        and not self._has_unsent()):
-                    loaded = next(source, None)
+                    loaded = source.next()
                     if loaded is None:
                         self._exhausted = True
                         break
@@ -531,6 +564,9 @@ class Ventilator:
                     self._to_sink(self._job_end)
                 self._dispatch()
                 poller.poll(20 if self.dispatch.total_credit() else 100)
+        finally:
+            source.close()
+            self._reader = None
         d = self.dispatch
         log.info("job %s: %d images, %d tiles sent (%d again after a lost worker or lease, "
                  "%d backup copies), %d images re-read to cut them, %d answered from the "

@@ -101,9 +101,10 @@ def run_worker(
     ventilator and the sink (``inproc://`` endpoints need one shared context); the caller
     then owns it.
     """
-    import openvino as ov
-
     from zmqvision.models import Detector, ensure, resolve
+    from zmqvision.openvino_import import import_openvino
+
+    ov = import_openvino()
 
     stop = stop or sockets.StopFlag()
     if config.curve is not None:  # missing keys: say so before compiling a model

@@ -253,8 +253,9 @@ def user_model(path: Path) -> ModelSpec:
     different file under the same name refuses tiles cut for the other one. (For ``.xml``
     only the XML is hashed, not its ``.bin`` weights.)
     """
-    import openvino as ov
+    from zmqvision.openvino_import import import_openvino
 
+    ov = import_openvino()
     path = path.resolve()
     try:
         model = ov.Core().read_model(str(path))

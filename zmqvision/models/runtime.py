@@ -16,12 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import openvino as ov
-from openvino.preprocess import PrePostProcessor
 
 from zmqvision.boxes import Detections
 from zmqvision.models import blazeface, centerface, detection_output, ssd, store
 from zmqvision.models.catalog import ModelSpec
+from zmqvision.openvino_import import import_openvino
+
+ov = import_openvino()
+from openvino.preprocess import PrePostProcessor  # noqa: E402  (after the lean import)
 
 log = logging.getLogger(__name__)
 
