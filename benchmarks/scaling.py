@@ -9,6 +9,12 @@ hits all alike. The rate is tiles per second as ``zmqvision run`` prints it (fro
 JobStart to its JobDone; process start and model compile are outside it), and the ratio is
 the median over repeats of each run's rate ÷ the 1×1 rate of the same repeat.
 
+The machine's own ceiling is measured in the same rotation: W ``benchmark_app`` processes
+at once, each with T threads, the same hint and no pinning (what ``zmqvision run --workers
+W --threads T`` asks of OpenVINO), their FPS summed, ÷ one such process alone. Inference
+alone scales no better than that; the last column is zmqvision's ratio ÷ the ceiling's.
+``--no-ceiling`` skips it.
+
     python benchmarks/scaling.py                                   # 1x1, 2x1, 1x2
     python benchmarks/scaling.py --configs 1x1,2x1,4x1,8x1,16x1    # a bigger machine
 """
@@ -25,7 +31,7 @@ import tempfile
 from pathlib import Path
 
 from _common import run_zmqvision
-from throughput import make_inputs, parse_size
+from throughput import benchmark_app_cmd, make_inputs, parse_size
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
@@ -46,6 +52,27 @@ def run_once(folder: Path, model: str, workers: int, threads: int,
                          "--threads", str(threads))
 
 
+def ceiling_fps(model: str, workers: int, threads: int, seconds: int) -> float:
+    """Summed FPS of ``workers`` benchmark_app processes run at once, ``threads`` each."""
+    import subprocess
+
+    from zmqvision.models import ensure, resolve
+
+    spec = resolve(model)
+    cmd = benchmark_app_cmd(ensure(spec), spec, seconds) + [
+        "-nthreads", str(threads), "-pin", "NO"]
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, cwd=tempfile.gettempdir()) for _ in range(workers)]
+    total = 0.0
+    for p in procs:
+        text = p.communicate(timeout=seconds * 10 + 120)[0]
+        m = re.search(r"Throughput:\s*([0-9.]+)\s*FPS", text)
+        if p.returncode != 0 or not m:
+            raise RuntimeError(f"benchmark_app failed (rc {p.returncode}):\n{text[-2000:]}")
+        total += float(m.group(1))
+    return total
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="ssd-mobilenetv2-oid")
@@ -54,9 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", type=parse_configs, default=parse_configs("1x1,2x1,1x2"),
                     help="WORKERSxTHREADS list (default 1x1,2x1,1x2; 1x1 is always run)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--no-ceiling", action="store_true",
+                    help="skip the benchmark_app processes that measure the machine's ceiling")
+    ap.add_argument("--bench-seconds", type=int, default=8,
+                    help="benchmark_app -t for the ceiling (default 8)")
     args = ap.parse_args(argv)
 
     rates: dict[tuple[int, int], list[float]] = {c: [] for c in args.configs}
+    ceiling: dict[tuple[int, int], list[float]] = {c: [] for c in args.configs}
     with tempfile.TemporaryDirectory(prefix="zv-scaling-") as tmp:
         tmp = Path(tmp)
         folder = tmp / "in"
@@ -72,19 +104,34 @@ def main(argv: list[str] | None = None) -> int:
                 rates[(w, t)].append(rate)
                 print(f"repeat {r + 1}/{args.repeats}: {w}x{t} {rate:.1f} tiles/s",
                       file=sys.stderr, flush=True)
+                if not args.no_ceiling:
+                    fps = ceiling_fps(args.model, w, t, args.bench_seconds)
+                    ceiling[(w, t)].append(fps)
+                    print(f"repeat {r + 1}/{args.repeats}: benchmark_app {w}x{t} {fps:.1f} FPS",
+                          file=sys.stderr, flush=True)
 
     base = rates[(1, 1)]
     print(f"command: {shlex.join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]])}")
     print(f"{args.images} images {args.size[0]}x{args.size[1]}, {args.model}, {tiles} tiles "
           f"per run, {args.repeats} rotating repeats, os.cpu_count()={os.cpu_count()}")
     print()
-    print("| workers × threads | cores asked | tiles/s (median) | min–max "
-          "| ÷ 1×1 (median of per-repeat ratios) | per core asked |")
-    print("|---|---|---|---|---|---|")
+    with_ceiling = not args.no_ceiling
+    head = ["workers × threads", "cores asked", "tiles/s (median)", "min–max",
+            "÷ 1×1 (median of per-repeat ratios)", "per core asked"]
+    if with_ceiling:
+        head += ["benchmark_app, same processes and threads: FPS ÷ 1×1",
+                 "zmqvision ratio ÷ benchmark_app ratio"]
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
     for (w, t), v in rates.items():
         ratio = statistics.median(x / b for x, b in zip(v, base, strict=True))
-        print(f"| {w} × {t} | {w * t} | {statistics.median(v):.1f} | {min(v):.1f}–{max(v):.1f} "
-              f"| {ratio:.2f} | {ratio / (w * t):.2f} |")
+        cells = [f"{w} × {t}", str(w * t), f"{statistics.median(v):.1f}",
+                 f"{min(v):.1f}–{max(v):.1f}", f"{ratio:.2f}", f"{ratio / (w * t):.2f}"]
+        if with_ceiling:
+            c = ceiling[(w, t)]
+            limit = statistics.median(x / b for x, b in zip(c, ceiling[(1, 1)], strict=True))
+            cells += [f"{limit:.2f} ({statistics.median(c):.1f} FPS)", f"{ratio / limit:.2f}"]
+        print("| " + " | ".join(cells) + " |")
     return 0
 
 
