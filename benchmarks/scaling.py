@@ -10,9 +10,10 @@ JobStart to its JobDone; process start and model compile are outside it), and th
 the median over repeats of each run's rate ÷ the 1×1 rate of the same repeat.
 
 The machine's own ceiling is measured in the same rotation: W ``benchmark_app`` processes
-at once, each with T threads, the same hint and no pinning (what ``zmqvision run --workers
-W --threads T`` asks of OpenVINO), their FPS summed, ÷ one such process alone. Inference
-alone scales no better than that; the last column is zmqvision's ratio ÷ the ceiling's.
+at once, each with T threads in T streams, T + 1 requests and no pinning (what
+``zmqvision run --workers W --threads T`` asks of OpenVINO), their FPS summed, ÷ one such
+process alone. Inference alone scales no better than that; the last column is zmqvision's
+ratio ÷ the ceiling's.
 ``--no-ceiling`` skips it.
 
     python benchmarks/scaling.py                                   # 1x1, 2x1, 1x2
@@ -59,8 +60,12 @@ def ceiling_fps(model: str, workers: int, threads: int, seconds: int) -> float:
     from zmqvision.models import ensure, resolve
 
     spec = resolve(model)
-    cmd = benchmark_app_cmd(ensure(spec), spec, seconds) + [
-        "-nthreads", str(threads), "-pin", "NO"]
+    # benchmark_app takes thread settings only with -hint none. A worker of T threads runs
+    # T streams of one thread (THROUGHPUT) with one request more than the streams.
+    cmd = benchmark_app_cmd(ensure(spec), spec, seconds)
+    cmd[cmd.index("throughput")] = "none"
+    cmd += ["-nthreads", str(threads), "-nstreams", str(threads), "-nireq", str(threads + 1),
+            "-pin", "NO"]
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, cwd=tempfile.gettempdir()) for _ in range(workers)]
     total = 0.0
