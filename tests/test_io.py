@@ -413,3 +413,45 @@ def test_first_path_of_a_huge_directory_comes_without_listing_it(tmp_path, monke
     gen.close()
     monkeypatch.undo()
     assert sum(1 for _ in iter_image_paths([str(big)])) == 20_000
+
+
+# --------------------------------------------------------------------------- reduced decode
+
+
+def _big_jpeg(photos, exif: bytes | None = None) -> bytes:
+    big = Image.fromarray(photos["chelsea"]).resize((1804, 1200))  # 4x chelsea
+    return _encode(big, "JPEG", quality=92, **({"exif": exif} if exif else {}))
+
+
+@pytest.mark.parametrize("factor", [2, 4, 8])
+def test_a_jpeg_is_decoded_reduced_when_every_tile_allows_it(photos, factor):
+    data = _big_jpeg(photos)
+    asked = []
+    img = decode_image(data, reduce=lambda w, h: asked.append((w, h)) or factor)
+    full = decode_image(data)
+    assert asked == [(1804, 1200)]  # the displayed size, from the header
+    assert (img.width, img.height, img.reduced) == (1804, 1200, factor)
+    assert img.pixels.shape == (-(-1200 // factor), -(-1804 // factor), 3)
+    # The same picture: the full decode shrunk the same way differs only by resampling.
+    shrunk = np.asarray(Image.fromarray(full.pixels).resize(img.pixels.shape[1::-1],
+                                                            Image.BOX), np.int16)
+    assert np.abs(shrunk - img.pixels).mean() < 4
+    assert img.content_hash == full.content_hash
+
+
+def test_reduced_decode_sees_the_exif_orientation(photos):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned a quarter
+    asked = []
+    img = decode_image(_big_jpeg(photos, exif.tobytes()),
+                       reduce=lambda w, h: asked.append((w, h)) or 4)
+    assert asked == [(1200, 1804)]
+    assert (img.width, img.height, img.reduced) == (1200, 1804, 4)
+    assert img.pixels.shape == (451, 300, 3)
+
+
+def test_no_reduction_for_other_formats_or_a_factor_of_one(photos):
+    png = _encode(Image.fromarray(photos["chelsea"]).resize((1804, 1200)), "PNG")
+    for data, factor in ((png, 4), (_big_jpeg(photos), 1)):
+        img = decode_image(data, reduce=lambda w, h, f=factor: f)
+        assert (img.reduced, img.pixels.shape) == (1, (1200, 1804, 3))

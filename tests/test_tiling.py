@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from zmqvision.tiling import (
     Tile,
     cut_tile,
+    draft_factor,
     letterbox,
     plan_tiles,
     tile_starts,
@@ -264,3 +266,54 @@ def test_a_planted_box_comes_back_within_one_pixel_after_resizing(tile_side, inp
     assert found, "no tile holds the planted box whole"
     for box in found:
         assert np.abs(box - np.array(rect, np.float64)).max() <= 1.0, (box, rect)
+
+
+# ------------------------------------------------------------------ reduced decoding
+
+
+def _tiles(*sides):
+    return [Tile(i, (0, 0, w, h)) for i, (w, h) in enumerate(sides)]
+
+
+@pytest.mark.parametrize(("sides", "want"), [
+    ([(640, 640)], 1),  # cut = input: every pixel is seen
+    ([(256, 256)], 1),  # enlarged
+    ([(1279, 1279)], 1),  # shrunk by less than 2
+    ([(1280, 1280)], 2),
+    ([(1280, 1280), (640, 640)], 1),  # one native scale needs the full image
+    ([(4000, 3000)], 4),  # the whole image shrunk 6.25x (width limits)
+    ([(30000, 20000)], 8),  # at most 1/8: what JPEG's DCT scaling offers
+    ([(1280, 200)], 2),  # letterboxed: the longer side limits
+])
+def test_draft_factor_is_the_largest_power_of_two_no_tile_is_shrunk_less_than(sides, want):
+    assert draft_factor(_tiles(*sides), (640, 640)) == want
+
+
+@pytest.mark.parametrize(("tile_side", "factor"), [(1280, 2), (1500, 2), (2600, 2),
+                                                   (2600, 4), (2560, 4)])
+@pytest.mark.parametrize("where", ["inside", "edge"])
+def test_cuts_from_reduced_pixels_keep_the_geometry(tile_side, factor, where):
+    """A tile cut from an image decoded at 1/factor has the scale and padding of the
+    full-resolution cut, and a planted box comes back within factor/2 + 1 image pixels."""
+    input_side = 640
+    assert draft_factor(_tiles((tile_side, tile_side)), (input_side, input_side)) >= factor
+    img_w, img_h = 2 * tile_side + 37, tile_side + 211
+    side = tile_side // 4
+    if where == "inside":
+        rect = (tile_side // 3, tile_side // 5, tile_side // 3 + side, tile_side // 5 + side)
+    else:
+        rect = (img_w - side - 3, img_h - side - 2, img_w - 3, img_h - 2)
+    img = np.zeros((img_h, img_w, 3), np.uint8)
+    img[rect[1]:rect[3], rect[0]:rect[2]] = 255
+    small = np.asarray(Image.fromarray(img).reduce(factor))  # what a JPEG draft gives
+    for tile in plan_tiles(img_w, img_h, (tile_side, tile_side), 0.2, False):
+        full_cut, full_scale = cut_tile(img, tile, (input_side, input_side))
+        cut, scale = cut_tile(small, tile, (input_side, input_side), factor)
+        assert cut.shape == full_cut.shape and scale == full_scale
+        tx0, ty0, tx1, ty1 = tile.box
+        if not (tx0 <= rect[0] and ty0 <= rect[1] and rect[2] <= tx1 and rect[3] <= ty1):
+            continue
+        ys, xs = np.nonzero(cut[:, :, 0] >= 128)
+        found = to_image_coords(np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]],
+                                         np.float64), tile.box, scale)[0]
+        assert np.abs(found - np.array(rect, np.float64)).max() <= factor / 2 + 1, (found, rect)

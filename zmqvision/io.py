@@ -31,7 +31,7 @@ import os
 import struct
 import warnings
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -112,6 +112,11 @@ class LoadedImage:
     displayed size. ``mode`` is the file's Pillow mode before conversion, kept because it
     explains odd-looking results (a CMYK or 16-bit source). Equality is identity: comparing
     pixel arrays field by field is neither cheap nor what anyone means.
+
+    ``reduced`` > 1: a JPEG decoded at that fraction of its size (``decode_image``'s
+    ``reduce``), for tiles that are all shrunk more than that anyway. ``width`` and
+    ``height`` stay the image's own size, which tile boxes and records use; ``pixels`` is
+    about ``width / reduced`` wide.
     """
 
     pixels: np.ndarray
@@ -120,6 +125,7 @@ class LoadedImage:
     content_hash: str
     format: str
     mode: str
+    reduced: int = 1
 
 
 def content_hash(data: bytes) -> str:
@@ -266,7 +272,7 @@ def peek_size(path: str) -> tuple[int, int] | None:
 
 def decode_image(
     data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, name: str = "<bytes>",
-    digest: str | None = None,
+    digest: str | None = None, reduce: Callable[[int, int], int] | None = None,
 ) -> LoadedImage:
     """Decode encoded image bytes into RGB pixels, or raise :class:`ImageError`.
 
@@ -274,19 +280,26 @@ def decode_image(
     is decoded, so a small file declaring 30000×30000 is rejected without allocating.
     ``name`` only appears in error messages. ``digest``: ``content_hash(data)`` when the
     caller already computed it (it is not computed twice).
+
+    ``reduce(width, height)``, given the displayed size from the header, may answer 2, 4
+    or 8: a JPEG is then decoded at about that fraction of its size by the decoder's own
+    DCT scaling (Pillow's ``draft``), several times faster than a full decode and resize.
+    Other formats ignore it. The ventilator asks for it when every tile of the image is
+    shrunk to the model input by at least that factor (``tiling.draft_factor``).
     """
     if not data:
         raise ImageError("empty_file", f"{name}: file is empty (0 bytes)")
     digest = digest or content_hash(data)
     try:
-        return _decode(data, digest, max_pixels, name)
+        return _decode(data, digest, max_pixels, name, reduce)
     except ImageError:
         raise
     except MemoryError:
         raise ImageError("too_large", f"{name}: out of memory while decoding") from None
 
 
-def _decode(data: bytes, digest: str, max_pixels: int, name: str) -> LoadedImage:
+def _decode(data: bytes, digest: str, max_pixels: int, name: str,
+            reduce: Callable[[int, int], int] | None = None) -> LoadedImage:
     try:
         im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
@@ -324,6 +337,8 @@ def _decode(data: bytes, digest: str, max_pixels: int, name: str) -> LoadedImage
                 f"of {max_pixels:,} (max_pixels)",
             )
         mode = im.mode
+        reduced, shown = (_draft(im, reduce) if reduce is not None and fmt in _DRAFTABLE
+                          else (1, None))
         try:
             im.load()
         except MemoryError:
@@ -347,8 +362,34 @@ def _decode(data: bytes, digest: str, max_pixels: int, name: str) -> LoadedImage
     pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
     pixels.flags.writeable = False
     h, w = pixels.shape[:2]
+    if shown is not None and reduced > 1:  # the displayed size, as if decoded in full
+        w, h = shown
     return LoadedImage(pixels=pixels, width=w, height=h, content_hash=digest,
-                       format=fmt, mode=mode)
+                       format=fmt, mode=mode, reduced=reduced)
+
+
+_DRAFTABLE = frozenset({"JPEG", "MPO"})
+_ORIENTATION = 0x0112  # EXIF tag; 5-8 turn the image a quarter
+
+
+def _swaps_axes(im: Image.Image) -> bool:
+    try:
+        return im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)
+    except _DECODE_ERRORS:
+        return False
+
+
+def _draft(im: Image.Image, reduce: Callable[[int, int], int]) -> tuple[int, tuple[int, int]]:
+    """Ask the JPEG decoder for a reduced image before loading: the factor it used, and
+    the displayed size of the whole image (its EXIF orientation applied)."""
+    width, height = im.size
+    shown = (height, width) if _swaps_axes(im) else (width, height)
+    factor = int(reduce(*shown))
+    # Pillow picks the largest scale s with size // requested >= s: ask for the floor.
+    if factor < 2 or im.draft(im.mode, (max(1, width // factor),
+                                        max(1, height // factor))) is None:
+        return 1, shown
+    return max(1, round(width / im.size[0])), shown
 
 
 def _orient(im: Image.Image, name: str) -> Image.Image:

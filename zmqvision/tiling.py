@@ -10,6 +10,7 @@ The overlap exists so that an object cut by one tile border is whole in a neighb
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -108,7 +109,10 @@ def plan_scales(
     return tiles
 
 
-def letterbox(crop: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray, float]:
+def letterbox(
+    crop: np.ndarray, input_size: tuple[int, int], source_size: tuple[int, int] | None = None,
+    box: tuple[float, float, float, float] | None = None,
+) -> tuple[np.ndarray, float]:
     """Fit ``crop`` (uint8 ``[h, w, 3]``) into the model input ``(in_w, in_h)``.
 
     Aspect ratio is kept (scale ``s = min(in_w / w, in_h / h)``, input px per image px);
@@ -116,31 +120,71 @@ def letterbox(crop: np.ndarray, input_size: tuple[int, int]) -> tuple[np.ndarray
     ``/ s`` with no offset. The result is C-contiguous because it goes on the wire as one
     raw frame. A crop already of input size is not resized, and copied only if it is a
     non-contiguous view.
+
+    ``source_size`` and ``box``: when ``crop`` holds the tile at a reduced resolution (a
+    JPEG decoded at 1/2, 1/4 or 1/8, see ``draft_factor``), the tile's ``(w, h)`` in image
+    pixels and its exact, fractional region within ``crop``. The scale and the resized
+    size are those of the full-resolution tile, so boxes map back as they would without
+    the reduction.
     """
     in_w, in_h = input_size
     h, w = crop.shape[:2]
-    if (w, h) == (in_w, in_h):
+    sw, sh = source_size if source_size is not None else (w, h)
+    if box is None and (sw, sh) == (in_w, in_h) == (w, h):
         return np.ascontiguousarray(crop), 1.0
-    s = min(in_w / w, in_h / h)
-    nw = min(in_w, max(1, round(w * s)))
-    nh = min(in_h, max(1, round(h * s)))
-    if (nw, nh) == (w, h):
+    s = min(in_w / sw, in_h / sh)
+    nw = min(in_w, max(1, round(sw * s)))
+    nh = min(in_h, max(1, round(sh * s)))
+    if box is None and (nw, nh) == (w, h):
         resized = crop
     else:
-        resized = np.asarray(
-            Image.fromarray(np.ascontiguousarray(crop)).resize((nw, nh), Image.BILINEAR)
-        )
+        resized = np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(
+            (nw, nh), Image.BILINEAR, box=box))
+    if (nw, nh) == (in_w, in_h):
+        return np.ascontiguousarray(resized), s
     out = np.zeros((in_h, in_w, 3), np.uint8)
     out[:nh, :nw] = resized
     return out, s
 
 
+def draft_factor(tiles: Sequence[Tile], input_size: tuple[int, int]) -> int:
+    """How far an image may be reduced (1, 2, 4 or 8) before its tiles are cut.
+
+    Every tile is resized to the model input anyway; when each one shrinks by at least
+    ``f``, the image can be decoded at ``1/f`` of its size (JPEG decoders do this almost
+    for free, from the DCT) without losing a pixel the model would see. The largest power
+    of two that shrinks no tile below its input size is returned; 1 when some tile is
+    enlarged or kept as is (then every pixel is needed).
+    """
+    in_w, in_h = input_size
+    shrink = min((max((t.box[2] - t.box[0]) / in_w, (t.box[3] - t.box[1]) / in_h)
+                  for t in tiles), default=1.0)
+    f = 1
+    while f < 8 and shrink >= 2 * f:
+        f *= 2
+    return f
+
+
 def cut_tile(
-    image: np.ndarray, tile: Tile, input_size: tuple[int, int]
+    image: np.ndarray, tile: Tile, input_size: tuple[int, int], reduced: int = 1,
 ) -> tuple[np.ndarray, float]:
-    """Crop ``tile`` out of ``image`` (a view, no copy) and letterbox it to the model input."""
+    """Crop ``tile`` out of ``image`` (a view, no copy) and letterbox it to the model input.
+
+    ``reduced``: ``image`` holds the picture at 1/reduced of its size (each of its pixels
+    covers ``reduced`` × ``reduced`` image pixels, as a JPEG decoded with DCT scaling);
+    the tile's box, in image pixels, is then cut at its exact fractional place.
+    """
     x0, y0, x1, y1 = tile.box
-    return letterbox(image[y0:y1, x0:x1], input_size)
+    if reduced == 1:
+        return letterbox(image[y0:y1, x0:x1], input_size)
+    h, w = image.shape[:2]
+    f = float(reduced)
+    bx0, by0 = min(x0 / f, w - 1), min(y0 / f, h - 1)
+    bx1, by1 = min(x1 / f, w), min(y1 / f, h)
+    ix0, iy0 = int(bx0), int(by0)
+    ix1, iy1 = min(w, max(ix0 + 1, math.ceil(bx1))), min(h, max(iy0 + 1, math.ceil(by1)))
+    return letterbox(image[iy0:iy1, ix0:ix1], input_size, (x1 - x0, y1 - y0),
+                     (bx0 - ix0, by0 - iy0, bx1 - ix0, by1 - iy0))
 
 
 def to_image_coords(

@@ -35,7 +35,7 @@ from zmqvision.dispatch import Dispatcher, TileKey
 from zmqvision.idset import IdSet
 from zmqvision.merge import MergeConfig
 from zmqvision.scales import resolve_scales, scales_json
-from zmqvision.tiling import Tile, cut_tile, plan_scales
+from zmqvision.tiling import Tile, cut_tile, draft_factor, plan_scales
 
 log = logging.getLogger("zmqvision.ventilator")
 
@@ -67,6 +67,8 @@ class VentilateConfig:
     read_ahead: int = 2
     window: int = 256  # images in flight (announced, not yet written by the sink)
     wire: str = "auto"  # tile encoding: "raw", "jpeg", or "auto" (raw to local workers only)
+    # Decode a JPEG at 1/2, 1/4 or 1/8 when every tile of it shrinks at least that much.
+    jpeg_draft: bool = True
     lease_s: float = 120.0  # a tile unanswered this long is sent again
     timeout: float | None = None  # give up if the job is not complete after this long
     job_id: str | None = None
@@ -85,9 +87,11 @@ class _Loaded:
 
 
 Lookup = Callable[[str], "Entry | None"]
+Reduce = Callable[[int, int], int]
 
 
-def _load(path: str, max_pixels: int, lookup: Lookup | None = None) -> _Loaded:
+def _load(path: str, max_pixels: int, lookup: Lookup | None = None,
+          reduce: Reduce | None = None) -> _Loaded:
     """Read the file once; hash the bytes; look the result up (a hit is not decoded);
     decode the same bytes otherwise."""
     digest = None
@@ -98,7 +102,8 @@ def _load(path: str, max_pixels: int, lookup: Lookup | None = None) -> _Loaded:
             hit = lookup(digest)
             if hit is not None:
                 return _Loaded(path, None, attach_path(hit.error, path), digest, hit)
-        image = io.decode_image(data, max_pixels=max_pixels, name=path, digest=digest)
+        image = io.decode_image(data, max_pixels=max_pixels, name=path, digest=digest,
+                                reduce=reduce)
         return _Loaded(path, image, None, digest)
     except io.ImageError as exc:
         return _Loaded(path, None, {"type": exc.type, "message": exc.message}, digest)
@@ -114,11 +119,12 @@ class _ReadAhead:
     the time a worker asks for them."""
 
     def __init__(self, paths: Iterable[str], threads: int, depth: int, max_pixels: int,
-                 lookup: Lookup | None = None) -> None:
+                 lookup: Lookup | None = None, reduce: Reduce | None = None) -> None:
         self._paths = iter(paths)
         self._pool = ThreadPoolExecutor(max(1, threads), "zv-decode")
         self._pending: deque[Future] = deque()
         self._depth, self._max_pixels, self._lookup = depth, max_pixels, lookup
+        self._reduce = reduce
         self._fill()
 
     def _fill(self) -> None:
@@ -127,7 +133,7 @@ class _ReadAhead:
             if path is None:
                 return
             self._pending.append(self._pool.submit(_load, path, self._max_pixels,
-                                                   self._lookup))
+                                                   self._lookup, self._reduce))
 
     def next(self) -> _Loaded | None:
         """The next input, loaded; None when there are no more."""
@@ -161,6 +167,7 @@ class _InFlight:
     plan: list[Tile]
     pixels: np.ndarray | None  # dropped once every tile has been sent at least once
     next_tile: int = 0
+    reduced: int = 1  # the pixels are at 1/reduced of the image's size (a JPEG draft)
 
     @property
     def all_sent(self) -> bool:
@@ -230,6 +237,7 @@ class Ventilator:
         self.skipped = 0
         self.tiles_sent = 0  # every send, copies included
         self.rereads = 0  # images decoded again to cut tiles that had to be sent again
+        self.reduced = 0  # JPEGs decoded at 1/2, 1/4 or 1/8 (every tile shrinks that much)
         self.cached = 0  # images answered from the result cache (never decoded or tiled)
         self.cache = open_cache(config.cache)
         # Called once, when the first image that needs tiles is admitted (run starts its
@@ -252,7 +260,7 @@ class Ventilator:
             paths = io.iter_image_paths(cfg.inputs, recursive=cfg.recursive,
                                         extensions=cfg.extensions)
             self._reader = _ReadAhead(paths, cfg.decode_threads, cfg.read_ahead,
-                                      cfg.max_pixels, self._cache_lookup())
+                                      cfg.max_pixels, self._cache_lookup(), self._reduce())
 
     def first_input_cached(self) -> bool:
         """Whether the job's first input has a result in the cache, looked up before
@@ -271,6 +279,14 @@ class Ventilator:
             return False
         return lookup(digest) is not None
 
+    def _reduce(self) -> Reduce | None:
+        """How far a JPEG of a given size may be reduced as it is decoded: by the factor
+        every one of its tiles shrinks anyway (``tiling.draft_factor``)."""
+        if not self.config.jpeg_draft:
+            return None
+        scales, overlap, size = self.scales, self.config.overlap, self.spec.input_size
+        return lambda w, h: draft_factor(plan_scales(w, h, scales, overlap), size)
+
     def _cache_lookup(self) -> Lookup | None:
         """The result cache's lookup under this job's settings; None without a cache."""
         if self.cache is None:
@@ -288,7 +304,8 @@ class Ventilator:
             tiling={"tile_size": list(self.tile_size), "overlap": cfg.overlap,
                     "full_pass": None in self.scales,
                     "input_size": list(self.spec.input_size),
-                    "scales": scales_json(self.scales), "min_size": cfg.min_size},
+                    "scales": scales_json(self.scales), "min_size": cfg.min_size,
+                    "jpeg_draft": cfg.jpeg_draft},
             merge={"method": cfg.merge.method, "metric": cfg.merge.metric,
                    "threshold": cfg.merge.threshold,
                    "class_agnostic": cfg.merge.class_agnostic},
@@ -352,7 +369,7 @@ class Ventilator:
             if pixels is None:
                 return False
         tile = entry.plan[key[1]]
-        cut, scale = cut_tile(pixels, tile, self.spec.input_size)
+        cut, scale = cut_tile(pixels, tile, self.spec.input_size, entry.reduced)
         if entry.all_sent:
             entry.pixels = None  # every tile has been cut once: the pixels can go
         msg = protocol.Tile(job=self.job_id, image=key[0], index=key[1], box=tile.box,
@@ -378,11 +395,12 @@ class Ventilator:
         if self._reread_cache is not None and self._reread_cache[0] == image:
             return self._reread_cache[1]
         self.rereads += 1
-        loaded = _load(entry.info.path, self.config.max_pixels)
+        loaded = _load(entry.info.path, self.config.max_pixels, reduce=self._reduce())
         if loaded.image is None or loaded.image.content_hash != entry.info.hash:
             log.error("%s changed or vanished during the job; it cannot be sent again",
                       entry.info.path)
             return None
+        entry.reduced = loaded.image.reduced  # the same file and plan: the same factor
         self._reread_cache = (image, loaded.image.pixels)
         return loaded.image.pixels
 
@@ -570,8 +588,9 @@ class Ventilator:
         d = self.dispatch
         log.info("job %s: %d images, %d tiles sent (%d again after a lost worker or lease, "
                  "%d backup copies), %d images re-read to cut them, %d answered from the "
-                 "result cache", self.job_id, n_images, self.tiles_sent, d.requeued,
-                 d.backups_sent, self.rereads, self.cached)
+                 "result cache, %d decoded at reduced size", self.job_id, n_images,
+                 self.tiles_sent, d.requeued, d.backups_sent, self.rereads, self.cached,
+                 self.reduced)
         return self.done
 
     def _admit(self, loaded: _Loaded, seq: int, seen: IdSet) -> int | None:
@@ -597,6 +616,7 @@ class Ventilator:
                                              hash=loaded.hash))
             return 0
         plan = plan_scales(img.width, img.height, self.scales, self.config.overlap)
+        self.reduced += img.reduced > 1
         if self.on_first_tiles is not None:  # the first image that needs a worker
             hook, self.on_first_tiles = self.on_first_tiles, None
             hook()
@@ -604,7 +624,7 @@ class Ventilator:
                                   width=img.width, height=img.height, tiles=len(plan),
                                   hash=img.content_hash, abspath=abspath)
         self._to_sink(info)
-        self.window[iid] = _InFlight(info, plan, img.pixels)
+        self.window[iid] = _InFlight(info, plan, img.pixels, reduced=img.reduced)
         self._unsent.append(iid)
         return len(plan)
 
