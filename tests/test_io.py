@@ -455,3 +455,11 @@ def test_no_reduction_for_other_formats_or_a_factor_of_one(photos):
     for data, factor in ((png, 4), (_big_jpeg(photos), 1)):
         img = decode_image(data, reduce=lambda w, h, f=factor: f)
         assert (img.reduced, img.pixels.shape) == (1, (1200, 1804, 3))
+
+
+def test_a_small_jpeg_reports_the_decoder_scale_not_the_size_ratio(photos):
+    """20 px at 1/8 is 3 px wide (the last block is partial): the factor is still 8, which
+    is what maps tile boxes onto the reduced pixels."""
+    tiny = _encode(Image.fromarray(photos["chelsea"]).resize((20, 36)), "JPEG", quality=92)
+    img = decode_image(tiny, reduce=lambda w, h: 8)
+    assert (img.reduced, img.pixels.shape, img.width, img.height) == (8, (5, 3, 3), 20, 36)

@@ -385,11 +385,14 @@ def _draft(im: Image.Image, reduce: Callable[[int, int], int]) -> tuple[int, tup
     width, height = im.size
     shown = (height, width) if _swaps_axes(im) else (width, height)
     factor = int(reduce(*shown))
-    # Pillow picks the largest scale s with size // requested >= s: ask for the floor.
-    if factor < 2 or im.draft(im.mode, (max(1, width // factor),
-                                        max(1, height // factor))) is None:
+    if factor < 2:
         return 1, shown
-    return max(1, round(width / im.size[0])), shown
+    # Pillow picks the largest scale s in 8, 4, 2 with size // requested >= s (so ask for
+    # the floor) and answers the whole image's box in reduced pixels: width / scale.
+    got = im.draft(im.mode, (max(1, width // factor), max(1, height // factor)))
+    if got is None:
+        return 1, shown
+    return round(width / got[1][2]), shown
 
 
 def _orient(im: Image.Image, name: str) -> Image.Image:
