@@ -335,3 +335,29 @@ def test_a_fast_job_of_one_tile_images_does_not_wait_for_leases(tmp_path, models
                        capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert p.returncode == 0, p.stdout + p.stderr
     assert len(lines(out)) == 600
+
+
+def test_a_killed_worker_loses_nothing_when_jpegs_are_decoded_reduced(job_dir, tmp_path,
+                                                                      procs, models_ready):
+    """Cuts of 600 px for the SSD's 300 (each JPEG decoded at half size): the tiles a
+    killed worker held are cut again from the file, read anew at the same reduction."""
+    ref = tmp_path / "ref.jsonl"
+    p = subprocess.run([sys.executable, "-m", "zmqvision", "run", str(job_dir), "--model",
+                        MODEL, "--tile", "600", "--out", str(ref), "--no-progress"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    c = Cluster(procs, tmp_path)
+    c.sink()
+    # Slow workers, one tile each at a time: the job outlasts the kill. By the time the
+    # killed worker is declared dead (about 3 heartbeats), the other has moved past its
+    # image, whose pixels were dropped: its lost tile must be cut from the file again.
+    workers = [c.worker("--throttle-ms", "100", "--requests", "1") for _ in range(2)]
+    vent = c.ventilate(job_dir, "--tile", "600", "-v")
+    wait_progress(c.events, 30)
+    workers[0].send_signal(signal.SIGKILL)
+    assert procs.wait(vent, 300) == 0, procs.log(vent)
+    log = procs.log(vent)
+    assert "12 decoded at reduced size" in log, log
+    m = re.search(r"(\d+) images re-read to cut them", log)
+    assert m and int(m.group(1)) >= 1, log  # the re-read path ran, at the same reduction
+    assert comparable(c.out) == comparable(ref)
