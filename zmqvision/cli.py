@@ -268,8 +268,7 @@ def _show_tiling(cfg) -> None:
     if cfg.min_size is None and cfg.scales is None:
         return
     summary = None
-    first = next(io.iter_image_paths(cfg.inputs, recursive=cfg.recursive,
-                                     extensions=cfg.extensions), None)
+    first = next(cfg.input_paths(), None)
     if first is not None:
         size = io.peek_size(first)
         if size is not None:

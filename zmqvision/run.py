@@ -222,11 +222,8 @@ class _Role(threading.Thread):
 
 def single_image(job: VentilateConfig) -> str | None:
     """The job's only input image, or None when it has several (or none)."""
-    from zmqvision import io
-
     found = []
-    for path in io.iter_image_paths(job.inputs, recursive=job.recursive,
-                                    extensions=job.extensions):
+    for path in job.input_paths():
         found.append(path)
         if len(found) > 1:
             return None

@@ -21,7 +21,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -75,6 +75,11 @@ class VentilateConfig:
     resume: str | None = None  # a results file: skip the images it already has
     cache: str | None = "auto"  # result cache URL; "auto": $ZMQVISION_RESULTS_CACHE or SQLite
     curve: str | None = None  # key directory: CURVE on every socket (security.py)
+
+    def input_paths(self) -> Iterator[str]:
+        """The job's image files, walked lazily, in the order they are sent."""
+        return io.iter_image_paths(self.inputs, recursive=self.recursive,
+                                   extensions=self.extensions)
 
 
 @dataclass
@@ -257,9 +262,7 @@ class Ventilator:
         run`` calls it while its workers load the model, which is otherwise idle time."""
         if self._reader is None:
             cfg = self.config
-            paths = io.iter_image_paths(cfg.inputs, recursive=cfg.recursive,
-                                        extensions=cfg.extensions)
-            self._reader = _ReadAhead(paths, cfg.decode_threads, cfg.read_ahead,
+            self._reader = _ReadAhead(cfg.input_paths(), cfg.decode_threads, cfg.read_ahead,
                                       cfg.max_pixels, self._cache_lookup(), self._reduce())
 
     def first_input_cached(self) -> bool:
@@ -269,8 +272,7 @@ class Ventilator:
         lookup = self._cache_lookup()
         if lookup is None:
             return False
-        path = next(io.iter_image_paths(self.config.inputs, recursive=self.config.recursive,
-                                        extensions=self.config.extensions), None)
+        path = next(self.config.input_paths(), None)
         if path is None:
             return False
         try:
