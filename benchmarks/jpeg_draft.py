@@ -39,15 +39,11 @@ def feed_seconds(paths: list[Path], cuts, draft: bool) -> float:
     from zmqvision import io
     from zmqvision.models import resolve
     from zmqvision.scales import resolve_scales
-    from zmqvision.tiling import cut_tile, draft_factor, plan_scales
+    from zmqvision.tiling import cut_tile, draft_reducer, plan_scales
 
     spec = resolve("centerface")
     scales = resolve_scales(spec, scales=tuple(cuts))
-
-    def factor(w: int, h: int) -> int:
-        return draft_factor(plan_scales(w, h, scales, 0.2), spec.input_size)
-
-    reduce = factor if draft else None
+    reduce = draft_reducer(scales, 0.2, spec.input_size) if draft else None
     t0 = time.process_time()
     for p in paths:
         img = io.decode_image(io.read_file(str(p)), reduce=reduce)

@@ -11,7 +11,7 @@ The overlap exists so that an object cut by one tile border is whole in a neighb
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,6 +163,16 @@ def draft_factor(tiles: Sequence[Tile], input_size: tuple[int, int]) -> int:
     while f < 8 and shrink >= 2 * f:
         f *= 2
     return f
+
+
+def draft_reducer(
+    scales: Sequence[tuple[int, int] | None], overlap: float, input_size: tuple[int, int]
+) -> Callable[[int, int], int]:
+    """``io.decode_image``'s ``reduce`` for a job: an image's size → the ``draft_factor``
+    of the tiles ``plan_scales`` gives it. The ventilator and anything that must cut the
+    same tiles from the same pixels use this one function."""
+    return lambda width, height: draft_factor(plan_scales(width, height, scales, overlap),
+                                              input_size)
 
 
 def cut_tile(

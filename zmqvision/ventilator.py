@@ -35,7 +35,7 @@ from zmqvision.dispatch import Dispatcher, TileKey
 from zmqvision.idset import IdSet
 from zmqvision.merge import MergeConfig
 from zmqvision.scales import resolve_scales, scales_json
-from zmqvision.tiling import Tile, cut_tile, draft_factor, plan_scales
+from zmqvision.tiling import Tile, cut_tile, draft_reducer, plan_scales
 
 log = logging.getLogger("zmqvision.ventilator")
 
@@ -286,8 +286,7 @@ class Ventilator:
         every one of its tiles shrinks anyway (``tiling.draft_factor``)."""
         if not self.config.jpeg_draft:
             return None
-        scales, overlap, size = self.scales, self.config.overlap, self.spec.input_size
-        return lambda w, h: draft_factor(plan_scales(w, h, scales, overlap), size)
+        return draft_reducer(self.scales, self.config.overlap, self.spec.input_size)
 
     def _cache_lookup(self) -> Lookup | None:
         """The result cache's lookup under this job's settings; None without a cache."""

@@ -27,7 +27,7 @@ from zmqvision.io import decode_image, read_file
 from zmqvision.merge import MergeConfig, merge
 from zmqvision.models import Detector, ensure, resolve
 from zmqvision.scales import resolve_scales
-from zmqvision.tiling import cut_tile, draft_factor, plan_scales, plan_tiles, to_image_coords
+from zmqvision.tiling import cut_tile, draft_reducer, plan_scales, plan_tiles, to_image_coords
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -49,11 +49,9 @@ def reference(paths, model, *, input_size=None, tile_size=None, overlap=0.2,
     det = Detector(spec, model_path=ensure(spec))
     cuts = resolve_scales(spec, tile_size=tile_size, scales=scales, min_size=min_size,
                           full_pass=full_pass)
+    reduce = draft_reducer(cuts, overlap, spec.input_size)
     out = {}
     for path in paths:
-        def reduce(w, h):
-            return draft_factor(plan_scales(w, h, cuts, overlap), spec.input_size)
-
         img = decode_image(read_file(str(path)), reduce=reduce)
         parts = []
         for tile in plan_scales(img.width, img.height, cuts, overlap):
