@@ -32,7 +32,7 @@ import tempfile
 from pathlib import Path
 
 from _common import run_zmqvision
-from throughput import benchmark_app_cmd, make_inputs, parse_size
+from throughput import benchmark_app_cmd, make_inputs, parse_benchmark_app, parse_size
 
 
 def parse_configs(text: str) -> list[tuple[int, int]]:
@@ -71,10 +71,7 @@ def ceiling_fps(model: str, workers: int, threads: int, seconds: int) -> float:
     total = 0.0
     for p in procs:
         text = p.communicate(timeout=seconds * 10 + 120)[0]
-        m = re.search(r"Throughput:\s*([0-9.]+)\s*FPS", text)
-        if p.returncode != 0 or not m:
-            raise RuntimeError(f"benchmark_app failed (rc {p.returncode}):\n{text[-2000:]}")
-        total += float(m.group(1))
+        total += parse_benchmark_app(p.returncode, text)["fps"]
     return total
 
 

@@ -117,10 +117,14 @@ def benchmark_app_cmd(model_path: Path, spec, seconds: int) -> list[str]:
 
 def run_benchmark_app(cmd: list[str]) -> dict:
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
-    text = proc.stdout + proc.stderr
+    return parse_benchmark_app(proc.returncode, proc.stdout + proc.stderr)
+
+
+def parse_benchmark_app(returncode: int, text: str) -> dict:
+    """FPS and request count from benchmark_app's output; raises if it failed."""
     m = re.search(r"Throughput:\s*([0-9.]+)\s*FPS", text)
-    if proc.returncode != 0 or not m:
-        raise RuntimeError(f"benchmark_app failed (rc {proc.returncode}):\n{text[-2000:]}")
+    if returncode != 0 or not m:
+        raise RuntimeError(f"benchmark_app failed (rc {returncode}):\n{text[-2000:]}")
     req = re.search(r"(\d+) inference requests", text)
     return {"fps": float(m.group(1)), "requests": int(req.group(1)) if req else None}
 
