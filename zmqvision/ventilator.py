@@ -179,24 +179,22 @@ class _InFlight:
         return self.next_tile >= len(self.plan)
 
 
+def peer_address(frame: zmq.Frame) -> str:
+    """The address ZeroMQ reports a message came from; "" where it has none (ipc,
+    inproc, or a frame that no longer knows its connection)."""
+    try:
+        return frame.get("Peer-Address") or ""
+    except zmq.ZMQError:
+        return ""
+
+
 def is_local_peer(frame: zmq.Frame, endpoint: str | None) -> bool:
     """Whether a message came from this host: over ipc or inproc, or over tcp from a
     loopback address (what ZeroMQ reports as the frame's Peer-Address)."""
     if endpoint is None or not endpoint.startswith("tcp://"):
         return True
-    try:
-        addr = frame.get("Peer-Address")
-    except zmq.ZMQError:
-        return True
+    addr = peer_address(frame)
     return addr in ("", "::1", "localhost") or addr.startswith(("127.", "::ffff:127."))
-
-
-def _peer(frame: zmq.Frame) -> str:
-    """The address a message came from, for the log."""
-    try:
-        return frame.get("Peer-Address") or "local"
-    except zmq.ZMQError:
-        return "local"
 
 
 class Ventilator:
@@ -353,7 +351,7 @@ class Ventilator:
             if slot is not None and slot.encoding is None:  # its first message
                 slot.encoding = self._choose_encoding(frames[0])
                 log.info("worker %s (%s): tiles as %s", wid.decode(errors="replace"),
-                         _peer(frames[0]), slot.encoding)
+                         peer_address(frames[0]) or "local", slot.encoding)
 
     def _choose_encoding(self, frame: zmq.Frame) -> str:
         if self.config.wire != "auto":
