@@ -72,6 +72,8 @@ class MsgType(enum.Enum):
     READY = "zv.ready"
     BYE = "zv.bye"
     ACK = "zv.ack"
+    RECORD = "zv.record"
+    WITHDRAW = "zv.withdraw"
 
     @property
     def tag(self) -> bytes:
@@ -785,15 +787,86 @@ class Ack:
                    images=tuple(images))
 
 
+# How a job's records are delivered (JobStart ``options["records"]``): written to the
+# sink's results file (the default, and the journal), published on the sink's PUB as
+# ``zv.record`` (a Pool's requests: the caller gets the record, no file is touched), or both.
+RECORD_DELIVERY = ("write", "publish", "both")
+MAX_RECORD_BYTES = 16 << 20
+
+
+@dataclass(frozen=True)
+class Record:
+    """Sink → PUB, for jobs that asked for their records (``options["records"]``
+    ``"publish"`` or ``"both"``): one image's record, exactly the JSON line the results
+    file would hold (UTF-8, without the newline), as frame 2. Sent the moment the image
+    completes; the ventilator that owns the job hands it to its caller."""
+
+    TYPE: ClassVar[MsgType] = MsgType.RECORD
+    sink: str
+    job: str
+    image: str
+    json: bytes  # the record as one JSON text
+
+    def header(self) -> dict:
+        return {"sink": self.sink, "job": self.job, "image": self.image}
+
+    def buffers(self) -> list:
+        return [self.json]
+
+    def record(self) -> dict:
+        """The record as a dict (JSON, never evaluated); ProtocolError if it is not one."""
+        import json
+
+        try:
+            rec = json.loads(bytes(self.json).decode("utf-8"))
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise ProtocolError(f"record is not JSON: {exc}") from None
+        if not isinstance(rec, dict):
+            raise ProtocolError("record is not a JSON object")
+        return rec
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> Record:
+        if len(bufs) != 1:
+            raise ProtocolError(f"a record needs 1 JSON frame, got {len(bufs)}")
+        buf = _buffer(bufs[0])
+        if buf.nbytes > MAX_RECORD_BYTES:
+            raise ProtocolError(f"record of {buf.nbytes} bytes is over {MAX_RECORD_BYTES}")
+        return cls(sink=_req(h, "sink", str), job=_req(h, "job", str),
+                   image=_req(h, "image", str), json=bytes(buf))
+
+
+@dataclass(frozen=True)
+class Withdraw:
+    """Ventilator → sink: these images of the job are no longer wanted (their caller
+    cancelled or its deadline passed). The sink forgets them and whatever arrived for
+    them, writes no record, and drops their late results; they do not count towards the
+    job's totals (``JobEnd`` counts only images not withdrawn)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.WITHDRAW
+    job: str
+    images: tuple = ()
+
+    def header(self) -> dict:
+        return {"job": self.job, "images": list(self.images)}
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> Withdraw:
+        images = _req(h, "images", list)
+        if not all(isinstance(i, str) for i in images):
+            raise ProtocolError("withdrawn images must be strings")
+        return cls(job=_req(h, "job", str), images=tuple(images))
+
+
 Message = (
     JobStart | ImageInfo | Tile | Result | JobEnd | Heartbeat | Progress | JobDone | SinkStatus
-    | Workers | Failure | Ready | Bye | Ack
+    | Workers | Failure | Ready | Bye | Ack | Record | Withdraw
 )
 
 _CLASSES: dict[MsgType, type] = {
     cls.TYPE: cls
     for cls in (JobStart, ImageInfo, Tile, Result, JobEnd, Heartbeat, Progress, JobDone,
-                SinkStatus, Workers, Failure, Ready, Bye, Ack)
+                SinkStatus, Workers, Failure, Ready, Bye, Ack, Record, Withdraw)
 }
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import zmq
 
@@ -198,13 +198,33 @@ class BadMessages:
             log.warning("%s: dropped a bad message (#%d): %s", self.where, self.count, exc)
 
 
-def recv_message(
-    sock: zmq.Socket, bad: BadMessages, expect: tuple[protocol.MsgType, ...] | None = None
-) -> protocol.Message | None:
-    """Receive one message that is ready (call after a poll); None if it was bad."""
-    frames = sock.recv_multipart(copy=False)
-    try:
-        return protocol.decode(frames, expect)
-    except protocol.ProtocolError as exc:
-        bad(exc)
-        return None
+def receive(
+    sock: zmq.Socket,
+    bad: BadMessages,
+    expect: tuple[protocol.MsgType, ...] | None = None,
+    *,
+    routed: bool = False,
+    limit: int = 1000,
+) -> Iterator[tuple[zmq.Frame | None, protocol.Message]]:
+    """The one receive loop every role uses: take what is ready now (never blocks; call
+    after a poll), decode it, count and log what is bad, and yield ``(peer, message)``.
+
+    ``routed``: a ROUTER socket, whose first frame names the sender (``peer``); otherwise
+    ``peer`` is the message's first frame (its type tag), which still knows the connection
+    it came from (``Peer-Address``). At most ``limit`` messages a call, so one busy socket
+    cannot starve the rest of a loop."""
+    for _ in range(limit):
+        try:
+            frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return
+        body = frames[1:] if routed else frames
+        if routed and not body:
+            bad(protocol.ProtocolError("a routed message without a body"))
+            continue
+        try:
+            msg = protocol.decode(body, expect)
+        except protocol.ProtocolError as exc:
+            bad(exc)
+            continue
+        yield frames[0], msg
