@@ -1,12 +1,14 @@
 """zmqvision: brokerless distributed image recognition over ZeroMQ with OpenVINO workers.
 
-``zmqvision.detect(paths, model=...)`` runs the embedded pipeline and returns one record
-per image; the command line is ``zmqvision run DIR``.
+``zmqvision.Pool`` hands a pool of workers images from code (paths, bytes or arrays) and
+returns their records (``submit``, ``map``, ``await detect``); ``zmqvision.detect(paths,
+model=...)`` runs one embedded job and returns one record per image; the command line is
+``zmqvision run DIR``.
 """
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "detect"]
+__all__ = ["Pool", "__version__", "detect"]
 
 
 def detect(*args, **kwargs):  # noqa: D103 - documented in zmqvision.api.detect
@@ -16,3 +18,13 @@ def detect(*args, **kwargs):  # noqa: D103 - documented in zmqvision.api.detect
 
 
 detect.__doc__ = "Run the embedded pipeline; see zmqvision.api.detect."
+
+
+def __getattr__(name: str):
+    # The Pool imports ZeroMQ, OpenVINO's catalog and numpy: only when asked for, so that
+    # `zmqvision --help` and the roles' start-up stay fast.
+    if name == "Pool":
+        from zmqvision.pool import Pool
+
+        return Pool
+    raise AttributeError(f"module 'zmqvision' has no attribute {name!r}")

@@ -1,0 +1,462 @@
+"""The ventilator's engine: many jobs over one set of workers and one sink.
+
+One loop, in one thread, owns the sockets (``links``) and the in-flight images (``Window``).
+Each pass it takes calls from other threads (a Pool's submissions, cancellations), hears
+the workers and the sink, expires silent workers and late requests, admits images of each
+job while that job's window has room and it has no tile waiting, and hands tiles to the
+workers with credit, taking the jobs in turn (round-robin), so a one-image request does
+not wait behind a 10,000-image job.
+
+Every image the engine announces stays in the window until the sink acknowledges its
+record; its pixels are kept only while some tile has not been sent (a file's tile that must
+go again is cut from the file read anew; a caller's in-memory image keeps its pixels). When
+the sink restarts (a new sink id), every job is announced to it again with every image not
+yet written, and the new sink's journal turns that into exactly one record per image.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import zmq
+
+from zmqvision import protocol, security, sockets
+from zmqvision.boxes import Detections
+from zmqvision.dispatch import TileKey
+from zmqvision.inputs import Loaded, load_path
+from zmqvision.jobs import RESUMED, SKIP, FileJob, Job, Request, StreamJob, abspath
+from zmqvision.links import SinkLink, WorkerLink
+from zmqvision.tiling import Tile
+
+log = logging.getLogger("zmqvision.ventilator")
+
+HOUSEKEEPING_S = 0.1
+MAX_RECORD_RESENDS = 3  # leases, liveness and deadlines change on a scale of seconds
+
+
+class JobFailed(RuntimeError):
+    """The job could not be completed (no sink, timed out, interrupted)."""
+
+
+class RequestTimeout(TimeoutError):
+    """A request's deadline passed before its record came; its tiles were withdrawn."""
+
+
+@dataclass(eq=False)
+class InFlight:
+    """An image announced to the sink whose record is not written yet."""
+
+    job: Job
+    info: protocol.ImageInfo
+    plan: list[Tile]
+    pixels: np.ndarray | None  # dropped once every tile has been sent (files only)
+    reduced: int = 1  # the pixels are at 1/reduced of the image's size (a JPEG draft)
+    request: Request | None = None
+    next_tile: int = 0
+    sends: bytearray = field(default_factory=bytearray)  # per tile: times sent (capped)
+    broken: dict | None = None  # its file changed or vanished: remaining tiles fail
+
+    @property
+    def all_sent(self) -> bool:
+        return self.next_tile >= len(self.plan)
+
+    @property
+    def keeps_pixels(self) -> bool:
+        return self.request is not None  # nothing to read again
+
+
+def window_key(job: str, image: str) -> str:
+    """The engine's name for an image: its id within its job (two jobs may share ids)."""
+    return f"{job}/{image}"
+
+
+class Engine:
+    """Binds the tiles socket, connects to the sink, runs jobs; see the module doc."""
+
+    def __init__(self, *, ctx: zmq.Context | None = None, wire: str = "auto",
+                 lease_s: float = 120.0, curve: str | None = None,
+                 stop: sockets.StopFlag | None = None) -> None:
+        self._own_ctx = ctx is None  # a shared one (inproc to threads) is the caller's
+        self.ctx = ctx if ctx is not None else zmq.Context()
+        self.bad = sockets.BadMessages("ventilator")
+        self.workers = self.sink = None
+        try:
+            self.workers = WorkerLink(self.ctx, wire=wire, lease_s=lease_s, bad=self.bad)
+            self.sink = SinkLink(self.ctx, bad=self.bad)
+            self.secured = security.secure(self.ctx, curve, servers=(self.workers.router,),
+                                           clients=(self.sink.push, self.sink.events))
+        except BaseException:
+            self._close_sockets()
+            raise
+        self.dispatch = self.workers.dispatch
+        self.stop = stop or sockets.StopFlag()  # ends a send that waits for the sink
+        self.wake = sockets.WakePipe(self.stop)
+        self.poller = zmq.Poller()
+        self.poller.register(self.workers.router, zmq.POLLIN)
+        self.poller.register(self.sink.events, zmq.POLLIN)
+        self.poller.register(self.wake.r, zmq.POLLIN)
+        self.jobs: dict[str, Job] = {}
+        self.window: dict[str, InFlight] = {}
+        self._turn = 0  # round-robin position among jobs
+        self._calls: deque[Callable[[], None]] = deque()  # from other threads
+        self._deadlines: list[tuple[float, int, Request]] = []
+        self._reread_cache: tuple[str, np.ndarray] | None = None
+        self._next_housekeeping = 0.0
+        self.rereads = 0  # images decoded again to cut tiles that had to be sent again
+        # Called once, when the first image that needs tiles is admitted (run starts its
+        # workers there when the job began with cached images).
+        self.on_first_tiles: Callable[[], None] | None = None
+
+    # ------------------------------------------------------------------ set-up
+
+    def bind(self, tiles: str) -> str:
+        return self.workers.bind(tiles)
+
+    @property
+    def tiles_endpoint(self) -> str | None:
+        return self.workers.endpoint
+
+    def connect(self, sink: str, events: str) -> None:
+        self.sink.connect(sink, events)
+
+    def _close_sockets(self) -> None:
+        for link in (self.workers, self.sink):
+            if link is not None:
+                link.close()
+
+    def close(self) -> None:
+        for job in self.jobs.values():
+            job.close()
+        if self.secured is not None:
+            self.secured.close()
+        self._close_sockets()
+        self.wake.close()
+        if self._own_ctx:
+            self.ctx.term()
+
+    # ------------------------------------------------------------------ other threads
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` in the engine's thread at its next pass (thread-safe)."""
+        self._calls.append(fn)
+        self.wake.wake()
+
+    # ------------------------------------------------------------------ jobs
+
+    def add_job(self, job: Job) -> bool:
+        """Announce a job to the sink; False if stopped before it could be sent."""
+        self.jobs[job.id] = job
+        return self._to_sink(job.start)
+
+    def remove_job(self, job: Job) -> None:
+        """Forget a job: its images leave the window (a finished or abandoned job)."""
+        for key in [k for k, e in self.window.items() if e.job is job]:
+            self._drop(key)
+        self.jobs.pop(job.id, None)
+        job.close()
+
+    def end_stream(self, job: StreamJob) -> None:
+        """No more requests for this job: tell the sink its totals so it can finish it."""
+        if job.end is None:
+            job.end = protocol.JobEnd(job=job.id, images=job.images, tiles=job.tiles)
+            self._to_sink(job.end)
+
+    def watch_deadline(self, request: Request) -> None:
+        if request.deadline is not None:
+            heapq.heappush(self._deadlines, (request.deadline, id(request), request))
+
+    def withdraw(self, request: Request, reason: BaseException | None = None) -> None:
+        """A request is no longer wanted: its tiles are withdrawn (never sent, leases
+        released), the sink forgets the image, and a late result is dropped."""
+        if reason is not None:
+            request.fail(reason)
+        job = request.job
+        if job is None or request.image is None:
+            return  # not admitted yet: next_input skips it
+        key = window_key(job.id, request.image)
+        if key in self.window:
+            self._drop(key)
+            job.images -= 1
+            self._to_sink(protocol.Withdraw(job=job.id, images=(request.image,)))
+
+    def _drop(self, key: str) -> None:
+        entry = self.window.pop(key, None)
+        if entry is None:
+            return
+        entry.job.in_flight -= 1
+        self.dispatch.forget_image(key)
+        if self._reread_cache is not None and self._reread_cache[0] == key:
+            self._reread_cache = None
+
+    # ------------------------------------------------------------------ the loop
+
+    def step(self, timeout_ms: int | None = None) -> None:
+        """One pass: calls, workers, sink, housekeeping, admission, dispatch, then wait
+        for something to happen (at most ``timeout_ms``)."""
+        while self._calls:
+            self._calls.popleft()()
+        self.workers.receive()
+        self._from_sink()
+        now = time.monotonic()
+        if now >= self._next_housekeeping:
+            self._next_housekeeping = now + HOUSEKEEPING_S
+            self.dispatch.expire()
+            self._expire_requests(now)
+        for job in list(self.jobs.values()):
+            self._admit_from(job)
+        self._dispatch()
+        if timeout_ms is None:
+            timeout_ms = 20 if self.dispatch.total_credit() else 100
+        if dict(self.poller.poll(timeout_ms)).get(self.wake.r):
+            self.wake.drain()
+
+    def _expire_requests(self, now: float) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, _, request = heapq.heappop(self._deadlines)
+            if not request.finished:
+                waited = now - request.submitted
+                self.withdraw(request, RequestTimeout(
+                    f"{request.name}: no record after {waited:.1f} s (deadline passed)"))
+
+    def _to_sink(self, msg) -> bool:
+        return self.sink.send(msg, self.stop, while_waiting=self.workers.receive)
+
+    # ------------------------------------------------------------------ admission
+
+    def _admit_from(self, job: Job) -> None:
+        """Admit the job's images while its window has room and it has no tile waiting
+        (images are cut just in time: pixels in memory are those about to be sent)."""
+        while job.in_flight < job.window and not self._has_unsent(job):
+            nxt = job.next_input()
+            if nxt is None:
+                break
+            self._admit(job, *nxt)
+        if job.end is None and isinstance(job, FileJob) and job.exhausted:
+            job.end = protocol.JobEnd(job=job.id, images=job.images, tiles=job.tiles)
+            self._to_sink(job.end)
+
+    def _admit(self, job: Job, loaded: Loaded, request: Request | None) -> None:
+        img, hit = loaded.image, loaded.hit
+        ok = img is not None or (hit is not None and hit.error is None)
+        iid = job.image_id(loaded, ok, request)
+        if iid is SKIP:
+            return
+        seq = job.images
+        job.images += 1
+        if iid == RESUMED:
+            return
+        base = dict(job=job.id, image=iid, path=loaded.path, seq=seq, hash=loaded.hash,
+                    abspath=abspath(loaded.path) if request is None else None)
+        plan: list[Tile] = []
+        if hit is not None:
+            info = protocol.ImageInfo(**base, width=hit.width, height=hit.height,
+                                      error=loaded.error, cached=protocol.Cached(
+                                          tiles=hit.tiles, detections=hit.detections,
+                                          created=hit.created))
+            job.cached += 1
+        elif img is None:
+            info = protocol.ImageInfo(**base, error=loaded.error)
+        else:
+            plan = job.plan.tiles(img.width, img.height)
+            job.reduced += img.reduced > 1
+            if self.on_first_tiles is not None:  # the first image that needs a worker
+                hook, self.on_first_tiles = self.on_first_tiles, None
+                hook()
+            info = protocol.ImageInfo(**base, width=img.width, height=img.height,
+                                      tiles=len(plan))
+        key = window_key(job.id, iid)
+        entry = InFlight(job, info, plan, img.pixels if img is not None else None,
+                         reduced=img.reduced if img is not None else 1, request=request,
+                         sends=bytearray(len(plan)))
+        if request is not None:
+            request.image, request.loaded = iid, None  # the entry holds the pixels now
+        self.window[key] = entry
+        job.in_flight += 1
+        job.tiles += len(plan)
+        if plan:
+            job.unsent.append(key)
+        self._to_sink(info)
+
+    def _has_unsent(self, job: Job) -> bool:
+        """Whether an image of the job still has tiles never sent (dropping images
+        written meanwhile, e.g. acked by a restarted sink that already had them)."""
+        while job.unsent:
+            entry = self.window.get(job.unsent[0])
+            if entry is not None and not entry.all_sent:
+                return True
+            job.unsent.popleft()
+        return False
+
+    # ------------------------------------------------------------------ dispatch
+
+    def _next_key(self, wid: bytes) -> tuple[TileKey, bool] | None:
+        d = self.dispatch
+        while d.resend:
+            key = d.resend.popleft()
+            if key[0] in self.window and not d.is_leased(key):
+                return key, False
+        jobs = list(self.jobs.values())
+        for i in range(len(jobs)):
+            job = jobs[(self._turn + i) % len(jobs)]
+            if self._has_unsent(job):
+                self._turn = (self._turn + i + 1) % len(jobs)
+                key = job.unsent[0]
+                entry = self.window[key]
+                index = entry.next_tile
+                entry.next_tile += 1
+                if entry.all_sent:
+                    job.unsent.popleft()
+                return (key, index), False
+        if all(isinstance(j, FileJob) and j.exhausted for j in jobs):
+            key = d.backup_candidate(wid)
+            if key is not None:
+                return key, True
+        return None
+
+    def _dispatch(self) -> None:
+        while True:
+            wid = self.dispatch.pick_worker()
+            if wid is None:
+                return
+            nxt = self._next_key(wid)
+            if nxt is None:
+                return
+            self._send_tile(wid, *nxt)
+
+    def _send_tile(self, wid: bytes, key: TileKey, backup: bool) -> None:
+        entry = self.window.get(key[0])
+        if entry is None:
+            return  # written meanwhile
+        pixels = entry.pixels
+        if pixels is None and entry.broken is None:
+            pixels = self._reread(key[0], entry)
+        if pixels is None:
+            self._fail_tile(entry, key[1])
+            return
+        tile = entry.plan[key[1]]
+        cut, scale = entry.job.plan.cut(pixels, tile, entry.reduced)
+        if entry.all_sent and not entry.keeps_pixels:
+            entry.pixels = None  # every tile has been cut once: the pixels can go
+        attempt = entry.sends[key[1]]
+        entry.sends[key[1]] = min(255, attempt + 1)
+        info, settings = entry.info, entry.job.plan.settings
+        msg = protocol.Tile(job=info.job, image=info.image, index=key[1], box=tile.box,
+                            scale=scale, model=entry.job.plan.model_ref, pixels=cut,
+                            min_score=settings.score_threshold, attempt=attempt,
+                            encoding=self.workers.encoding(wid))
+        if self.workers.send(wid, key, msg, backup):
+            entry.job.tiles_sent += 1
+
+    def _reread(self, key: str, entry: InFlight) -> np.ndarray | None:
+        """Pixels of an image whose tiles must be sent again, read anew from its file (one
+        image is cached: re-sent tiles of one image tend to come together)."""
+        if self._reread_cache is not None and self._reread_cache[0] == key:
+            return self._reread_cache[1]
+        self.rereads += 1
+        plan = entry.job.plan
+        loaded = load_path(entry.info.path, plan.settings.max_pixels, reduce=plan.reducer())
+        if loaded.image is None or loaded.image.content_hash != entry.info.hash:
+            what = "vanished" if loaded.image is None else "changed"
+            log.error("%s %s during the job: its tiles cannot be sent again; the image "
+                      "gets an error record", entry.info.path, what)
+            entry.broken = {"type": "changed_during_job", "message":
+                            f"{entry.info.path}: the file {what} while the job ran, before "
+                            "all of its tiles were inferred (a tile had to be sent again)"}
+            return None
+        entry.reduced = loaded.image.reduced  # the same file and plan: the same factor
+        self._reread_cache = (key, loaded.image.pixels)
+        return loaded.image.pixels
+
+    def _fail_tile(self, entry: InFlight, index: int) -> None:
+        """A tile that cannot be cut any more is answered here, as that tile's error: the
+        sink writes the image's record with the error, instead of waiting for ever."""
+        info = entry.info
+        self._to_sink(protocol.Result(
+            job=info.job, image=info.image, index=index, worker="ventilator",
+            model=entry.job.plan.model_ref, detections=Detections.empty(),
+            error=entry.broken or {"type": "unreadable", "message": info.path}))
+
+    # ------------------------------------------------------------------ the sink
+
+    def _from_sink(self) -> None:
+        for msg, restarted in self.sink.receive():
+            if restarted is not None:
+                self._sink_restarted(restarted, self.sink.sink_id)
+            job = self.jobs.get(getattr(msg, "job", None) or "")
+            if job is None:
+                continue
+            if isinstance(msg, protocol.Ack):
+                self._on_ack(job, msg)
+            elif isinstance(msg, protocol.Record):
+                self._on_record(job, msg)
+            elif isinstance(msg, protocol.Progress):
+                job.on_progress(msg)
+            elif isinstance(msg, protocol.JobDone):
+                job.on_done(msg)
+
+    def _on_ack(self, job: Job, msg: protocol.Ack) -> None:
+        for image, index in msg.tiles:
+            self.dispatch.done((window_key(job.id, image), index))
+        for image in msg.images:
+            key = window_key(job.id, image)
+            entry = self.window.get(key)
+            if entry is None:
+                continue
+            request = entry.request
+            if request is not None and not request.finished:
+                # Its record was published before this ack and did not reach us (a full
+                # queue on the way): have it computed and published again, a few times.
+                if request.resent >= MAX_RECORD_RESENDS:
+                    self._drop(key)
+                    request.fail(JobFailed(
+                        f"{request.name}: the sink wrote no record for it {request.resent + 1} "
+                        "times (a sink that does not publish records: older than this pool?)"))
+                    continue
+                request.resent += 1
+                log.warning("record of %s lost on the way: sending it again", request.name)
+                self._resend_image(key, entry)
+                self._to_sink(entry.info)
+                continue
+            self._drop(key)
+
+    def _on_record(self, job: Job, msg: protocol.Record) -> None:
+        key = window_key(job.id, msg.image)
+        entry = self.window.get(key)
+        if entry is None or entry.request is None:
+            return  # a late copy, or a withdrawn request's
+        try:
+            record = msg.record()
+        except protocol.ProtocolError as exc:
+            self.bad(exc)
+            return
+        self._drop(key)
+        job.on_record(entry.request, record)
+
+    def _resend_image(self, key: str, entry: InFlight) -> None:
+        self.dispatch.forget_image(key)
+        entry.next_tile = 0
+        if not entry.keeps_pixels:
+            entry.pixels = None  # re-read on demand
+        if entry.plan and key not in entry.job.unsent:
+            entry.job.unsent.append(key)
+
+    def _sink_restarted(self, old: str, new: str | None) -> None:
+        """Announce every job again and send every unwritten image again: the new sink's
+        journal knows which records exist and merges everything else once."""
+        log.warning("the sink restarted (%s → %s): sending %d unfinished images again",
+                    old, new, len(self.window))
+        for job in self.jobs.values():
+            job.unsent.clear()
+            self._to_sink(job.start)
+            for key, entry in self.window.items():
+                if entry.job is job:
+                    self._to_sink(entry.info)
+                    self._resend_image(key, entry)
+            if job.end is not None:
+                self._to_sink(job.end)

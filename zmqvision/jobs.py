@@ -1,0 +1,190 @@
+"""What the ventilator's engine runs: jobs, each a source of images with the settings
+they are recognised with.
+
+- ``FileJob``: the files of a ``zmqvision run`` / ``ventilate`` (a directory walked lazily,
+  read ahead on threads), records written by the sink to its results file, the job over
+  when the sink says ``JobDone``. Stable image ids (content hash + path), so ``--resume``
+  and the sink's journal know what exists.
+- ``StreamJob``: the requests a ``Pool``'s callers submit with equal settings, for as
+  long as the pool lives. Every request is a new image (an id of its own, even for the
+  same bytes twice), its record published back by the sink and handed to the caller's
+  future.
+
+The engine asks a job for its next loaded input (never waiting), for an image's id, and
+tells it what happened (written, record, progress, done). Each job has its own window
+(images announced and not yet written), so a large job never holds a small one back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+from zmqvision import protocol
+from zmqvision.idset import IdSet
+from zmqvision.inputs import Loaded, Lookup, ReadAhead
+from zmqvision.plan import JobPlan
+
+log = logging.getLogger("zmqvision.ventilator")
+
+SKIP = None  # image_id's answer for an input that is not part of the job
+RESUMED = ""  # image_id's answer for an image the results file already has
+
+
+class Job:
+    """The state every job shares; subclasses say where images come from."""
+
+    records = "write"
+
+    def __init__(self, job_id: str, plan: JobPlan, window: int) -> None:
+        self.id = job_id
+        self.plan = plan
+        self.window = window
+        self.start = plan.job_start(job_id, self.records)
+        self.unsent: deque[str] = deque()  # window keys with tiles never sent, oldest first
+        self.in_flight = 0  # images announced and not yet written
+        self.images = 0  # images counted in the job (JobEnd's count)
+        self.tiles = 0
+        self.tiles_sent = 0  # every send, copies included
+        self.end: protocol.JobEnd | None = None
+        self.cached = 0  # images answered from the result cache
+        self.reduced = 0  # JPEGs decoded at 1/2, 1/4 or 1/8
+
+    def next_input(self) -> tuple[Loaded, Request | None] | None:
+        """The next input that is loaded; None when none is ready now."""
+        raise NotImplementedError
+
+    @property
+    def exhausted(self) -> bool:
+        """No input will come any more (a JobEnd can be sent)."""
+        return False
+
+    def image_id(self, loaded: Loaded, ok: bool, request: Request | None) -> str | None:
+        raise NotImplementedError
+
+    def on_progress(self, msg: protocol.Progress) -> None:
+        pass
+
+    def on_done(self, msg: protocol.JobDone) -> None:
+        pass
+
+    def on_record(self, request: Request | None, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class FileJob(Job):
+    """A job over files: walked lazily, read and decoded ahead, ended by a JobEnd."""
+
+    def __init__(self, job_id: str, plan: JobPlan, *, window: int,
+                 read_ahead: ReadAhead, already: IdSet | None = None,
+                 on_progress: Callable[[protocol.Progress], None] | None = None) -> None:
+        super().__init__(job_id, plan, window)
+        self.reader = read_ahead
+        self.already = already if already is not None else IdSet()
+        self.seen = IdSet()  # ids of the images admitted: the same input twice is one image
+        self.skipped = 0  # already in the results file (--resume)
+        self.done: Future[protocol.JobDone] = Future()
+        self._on_progress = on_progress
+
+    def next_input(self) -> tuple[Loaded, None] | None:
+        loaded = self.reader.ready()
+        return None if loaded is None else (loaded, None)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.reader.exhausted
+
+    def image_id(self, loaded: Loaded, ok: bool, request: None) -> str | None:
+        iid = (protocol.image_id(loaded.hash, loaded.path) if ok
+               else protocol.failed_image_id(loaded.path))
+        if iid in self.seen:
+            log.info("skipping %s: already in this job", loaded.path)
+            return SKIP
+        self.seen.add(iid)
+        if iid in self.already:
+            self.skipped += 1  # resumed: its record exists; the sink counts it from there
+            return RESUMED
+        return iid
+
+    def on_progress(self, msg: protocol.Progress) -> None:
+        if self._on_progress is not None:
+            self._on_progress(msg)
+
+    def on_done(self, msg: protocol.JobDone) -> None:
+        if not self.done.done():
+            self.done.set_result(msg)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+@dataclass(eq=False)
+class Request:
+    """One image a Pool's caller submitted: its future, and when it must be answered."""
+
+    name: str
+    future: Future
+    deadline: float | None = None  # time.monotonic() after which it is withdrawn
+    loaded: Loaded | None = None
+    job: StreamJob | None = None
+    image: str | None = None  # its image id, once admitted
+    submitted: float = field(default_factory=time.monotonic)
+    resent: int = 0  # times its record was lost on the way and it was sent again
+
+    @property
+    def finished(self) -> bool:
+        return self.future.done()
+
+    def resolve(self, record: dict) -> None:
+        with contextlib.suppress(InvalidStateError):  # cancelled meanwhile, by its caller
+            self.future.set_result(record)
+
+    def fail(self, exc: BaseException) -> None:
+        with contextlib.suppress(InvalidStateError):
+            self.future.set_exception(exc)
+
+
+class StreamJob(Job):
+    """Requests with equal settings, as they come; records published back to callers."""
+
+    records = "publish"
+
+    def __init__(self, job_id: str, plan: JobPlan, *, window: int,
+                 lookup: Lookup | None = None) -> None:
+        super().__init__(job_id, plan, window)
+        self.lookup = lookup
+        self.ready: deque[Request] = deque()  # loaded, waiting for room in the window
+        self._seq = itertools.count()
+        self._salt = uuid.uuid4().hex
+
+    def next_input(self) -> tuple[Loaded, Request] | None:
+        while self.ready:
+            request = self.ready.popleft()
+            if not request.finished:  # cancelled or timed out while it waited
+                return request.loaded, request
+        return None
+
+    def image_id(self, loaded: Loaded, ok: bool, request: Request | None) -> str:
+        # Every request is its own image, even the same bytes twice at once: the id mixes
+        # in a sequence number, so the sink never merges two callers' tiles.
+        return protocol.image_id(loaded.hash or "unreadable",
+                                 f"{loaded.path}\0{self._salt}:{next(self._seq)}")
+
+    def on_record(self, request: Request | None, record: dict) -> None:
+        if request is not None:
+            request.resolve(record)
+
+
+def abspath(path: str) -> str:
+    return os.path.abspath(path)

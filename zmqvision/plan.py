@@ -1,0 +1,106 @@
+"""A job's settings, resolved once: the model spec, the cut sizes, and everything that
+follows from them (the ``zv.job`` announcement, the tile plan of an image, the JPEG draft
+factor, the result cache's lookup).
+
+``JobSettings`` is what a caller chooses (per ``zmqvision run``, per ``Pool.submit``);
+``JobPlan`` is the resolved form every part of the ventilator reads, so the catalog and
+``scales.resolve_scales`` are consulted once per job rather than once per part.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+from zmqvision import io, protocol
+from zmqvision.merge import MergeConfig
+from zmqvision.scales import resolve_scales, scales_json
+from zmqvision.tiling import Tile, cut_tile, draft_reducer, plan_scales
+
+Reduce = Callable[[int, int], int]
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Everything that shapes an image's record: two requests with equal settings can
+    share a job (and the result cache) and give equal records for equal images."""
+
+    model: str = "centerface"
+    input_size: tuple[int, int] | None = None
+    tile_size: tuple[int, int] | None = None  # None: the model's input size
+    overlap: float = 0.2
+    full_pass: bool = False
+    # More cut sizes in one job: (w, h), "native" or "full" (see zmqvision.scales).
+    scales: tuple[tuple[int, int] | str, ...] | None = None
+    min_size: float | None = None  # smallest object in source px: plans the cut
+    merge: MergeConfig = field(default_factory=MergeConfig)
+    score_threshold: float | None = None
+    max_pixels: int = io.DEFAULT_MAX_PIXELS
+    # Decode a JPEG at 1/2, 1/4 or 1/8 when every tile of it shrinks at least that much.
+    jpeg_draft: bool = True
+
+    @classmethod
+    def names(cls) -> frozenset[str]:
+        return frozenset(f.name for f in fields(cls))
+
+    @classmethod
+    def of(cls, config: object, **overrides) -> JobSettings:
+        """The settings part of any config that has these fields (``VentilateConfig``),
+        with ``overrides`` (None values are left as they are)."""
+        values = {name: getattr(config, name) for name in cls.names() if hasattr(config, name)}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+class JobPlan:
+    """``JobSettings`` resolved against the model catalog (raises ``ValueError`` /
+    ``scales.PlanError`` for settings that cannot work, before anything is sent)."""
+
+    def __init__(self, settings: JobSettings) -> None:
+        from zmqvision.models import resolve
+
+        self.settings = settings
+        self.spec = spec = resolve(settings.model, settings.input_size)
+        self.scales = resolve_scales(spec, tile_size=settings.tile_size, scales=settings.scales,
+                                     min_size=settings.min_size, full_pass=settings.full_pass)
+        self.tile_size = next((s for s in self.scales if s is not None), spec.input_size)
+
+    @property
+    def model_ref(self) -> str:
+        return self.spec.ref
+
+    def job_start(self, job_id: str, records: str = "write") -> protocol.JobStart:
+        """The job's ``zv.job``: everything that shapes its results (the cache key and
+        every record's ``settings`` come from it)."""
+        s = self.settings
+        options: dict = {"score_threshold": s.score_threshold}
+        if records != "write":
+            options["records"] = records
+        return protocol.JobStart(
+            job=job_id,
+            model=self.spec.describe(),
+            tiling={"tile_size": list(self.tile_size), "overlap": s.overlap,
+                    "full_pass": None in self.scales,
+                    "input_size": list(self.spec.input_size),
+                    "scales": scales_json(self.scales), "min_size": s.min_size,
+                    "jpeg_draft": s.jpeg_draft},
+            merge={"method": s.merge.method, "metric": s.merge.metric,
+                   "threshold": s.merge.threshold,
+                   "class_agnostic": s.merge.class_agnostic},
+            options=options,
+        )
+
+    def reducer(self) -> Reduce | None:
+        """How far a JPEG of a given size may be reduced as it is decoded: by the factor
+        every one of its tiles shrinks anyway (``tiling.draft_factor``)."""
+        if not self.settings.jpeg_draft:
+            return None
+        return draft_reducer(self.scales, self.settings.overlap, self.spec.input_size)
+
+    def tiles(self, width: int, height: int) -> list[Tile]:
+        return plan_scales(width, height, self.scales, self.settings.overlap)
+
+    def cut(self, pixels: np.ndarray, tile: Tile, reduced: int) -> tuple[np.ndarray, float]:
+        return cut_tile(pixels, tile, self.spec.input_size, reduced)

@@ -1,0 +1,474 @@
+"""``zmqvision.Pool``: hand the pool images from code and get their records back.
+
+A Pool is the ventilator role as a library: an ``Engine`` in a thread of its own, which
+binds the tiles socket the workers connect to and talks to a sink. ``Pool()`` starts an
+embedded sink and workers on this machine (what ``zmqvision run`` does); ``Pool.connect``
+joins a running cluster (the sink of ``zmqvision sink``, workers that connect to this
+pool's tiles endpoint), with the same endpoints and CURVE keys as the commands.
+
+Every call is safe from any thread or asyncio task at once. Requests with equal settings
+share one job (a ``StreamJob``) whose records the sink publishes back; jobs take turns at
+the workers, so one small request does not wait behind a large one. A request's record is
+the JSON record the results file would hold for it (``error`` set for an image that could
+not be used); a request that is cancelled or passes its deadline is withdrawn: its tiles
+are not sent, its leases are released, the sink forgets it and its late results are
+dropped.
+
+    with zmqvision.Pool(model="centerface", workers=2) as pool:
+        record = pool.submit("photo.jpg").result()
+        for record in pool.map(paths, tile_size=(640, 640)):
+            ...
+        record = await pool.detect(upload_bytes)          # from asyncio
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import zmq
+
+from zmqvision import io, protocol, sockets
+from zmqvision.cache import job_fingerprint, open_cache
+from zmqvision.embedded import LOCAL_ANY_PORT, LocalCluster
+from zmqvision.engine import Engine, JobFailed, RequestTimeout
+from zmqvision.inputs import Loaded, Lookup, ReadAhead, load_array, load_bytes, load_path
+from zmqvision.jobs import FileJob, Request, StreamJob
+from zmqvision.plan import JobPlan, JobSettings
+
+log = logging.getLogger("zmqvision.pool")
+
+Image = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
+
+
+class PoolClosed(RuntimeError):
+    """The pool was closed (or its engine stopped) before the request was answered."""
+
+
+class Pool:
+    """A pool of workers to submit images to; see the module doc. Use as a context
+    manager, or call ``close()``.
+
+    ``settings`` (``model``, ``tile_size``, ``overlap``, ``merge``, ``score_threshold``, …,
+    the fields of ``JobSettings``) are the defaults of every call; each call may override
+    them. Workers serve one model: a call naming another gets ``model_mismatch`` records.
+    """
+
+    def __init__(self, model: str = "centerface", *, workers: int = 1, device: str = "CPU",
+                 threads: int | None = None, in_process: bool = False,
+                 cache: str | None = "auto", window: int = 256, decode_threads: int = 2,
+                 lease_s: float = 120.0, log_level: int = logging.WARNING,
+                 **settings: Any) -> None:
+        from zmqvision.sink import SinkConfig
+        from zmqvision.worker import WorkerConfig
+
+        defaults = JobSettings(model=model, **settings)
+        # Records of a Pool's requests are published back, never written; the sink still
+        # needs a results file of its own (file jobs such as run_files write there).
+        self._tmp = tempfile.mkdtemp(prefix="zmqvision-pool-")
+        sink = SinkConfig(out=os.path.join(self._tmp, "results.jsonl"),
+                          events="tcp://127.0.0.1:0", cache=cache)
+        worker = WorkerConfig(model=model, input_size=defaults.input_size, device=device,
+                              threads=threads, score_threshold=defaults.score_threshold)
+        cluster = LocalCluster(sink, worker, workers=workers, log_level=log_level,
+                               in_process=in_process)
+        self._setup(defaults, cache=cache, window=window, decode_threads=decode_threads,
+                    lease_s=lease_s, cluster=cluster)
+
+    @classmethod
+    def connect(cls, host: str = "127.0.0.1", *, tiles: str | None = None,
+                sink: str | None = None, events: str | None = None,
+                curve: str | None = None, model: str = "centerface",
+                cache: str | None = "auto", window: int = 256, decode_threads: int = 2,
+                lease_s: float = 120.0, wire: str = "auto", ctx: zmq.Context | None = None,
+                **settings: Any) -> Pool:
+        """A pool over a running cluster: the sink at ``host`` (``tcp://hostA`` or
+        ``hostA``; ``sink``/``events`` override its endpoints), tiles bound at ``tiles``
+        (default ``tcp://*:5557``, where ``zmqvision worker --connect`` looks)."""
+        host = host.removeprefix("tcp://")
+        self = cls.__new__(cls)
+        self._setup(JobSettings(model=model, **settings), cache=cache, window=window,
+                    decode_threads=decode_threads, lease_s=lease_s, wire=wire, curve=curve,
+                    ctx=ctx, tiles=tiles or sockets.bind_endpoint(sockets.TILES_PORT),
+                    sink=sink or sockets.connect_endpoint(sockets.RESULTS_PORT, host),
+                    events=events or sockets.connect_endpoint(sockets.EVENTS_PORT, host))
+        return self
+
+    @classmethod
+    def for_run(cls, cluster: LocalCluster, *, cache: str | None, wire: str = "auto",
+                lease_s: float = 120.0, curve: str | None = None,
+                stop: sockets.StopFlag | None = None) -> Pool:
+        """The pool of ``zmqvision run``: a cluster its caller configured (``run.py``),
+        stopped by the caller's ``stop`` (SIGINT, SIGTERM) as well as by ``close``."""
+        self = cls.__new__(cls)
+        self._setup(JobSettings(model=cluster.worker_config.model), cache=cache,
+                    window=256, decode_threads=2, lease_s=lease_s, wire=wire, curve=curve,
+                    cluster=cluster, stop=stop)
+        return self
+
+    def _setup(self, defaults: JobSettings, *, cache: str | None, window: int,
+               decode_threads: int, lease_s: float, wire: str = "auto",
+               curve: str | None = None, cluster: LocalCluster | None = None,
+               ctx: zmq.Context | None = None, stop: sockets.StopFlag | None = None,
+               tiles: str | None = None, sink: str | None = None,
+               events: str | None = None) -> None:
+        self.defaults = defaults
+        self.window = window
+        self.cluster = cluster
+        self._lock = threading.Lock()
+        self._streams: dict[JobSettings, StreamJob] = {}
+        self._plans: dict[JobSettings, JobPlan] = {}
+        self._pending: set[Request] = set()
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._stop = stop or sockets.StopFlag()
+        self.cache = open_cache(cache)
+        self.decoder = ThreadPoolExecutor(max(1, decode_threads), "zv-decode")
+        self.engine = None
+        try:
+            self.engine = Engine(ctx=cluster.ctx if cluster else ctx, wire=wire,
+                                 lease_s=lease_s, curve=curve, stop=self._stop)
+            if cluster is None:
+                self.tiles_endpoint = self.engine.bind(tiles)
+                self.engine.connect(sink, events)
+            else:
+                self._start_cluster(cluster)
+        except BaseException:
+            self._teardown()
+            raise
+        self._thread = threading.Thread(target=self._loop, name="zv-pool", daemon=True)
+        self._thread.start()
+
+    def _start_cluster(self, cluster: LocalCluster) -> None:
+        """Every endpoint known up front (ipc, inproc): workers first (compiling the model
+        is the longest wait), the sink with them; otherwise the sink first, on a port the
+        OS picks, then the tiles socket, then the workers."""
+        if cluster.tiles_bind == LOCAL_ANY_PORT:
+            cluster.start_sink()
+            info = cluster.sink_ready(self._stop)
+            self.tiles_endpoint = self.engine.bind(cluster.tiles_bind)
+            if not cluster.lazy_workers:
+                cluster.start_workers(self.tiles_endpoint)
+        else:
+            if not cluster.lazy_workers:
+                cluster.start_workers(cluster.tiles_bind)
+            cluster.start_sink()
+            self.tiles_endpoint = self.engine.bind(cluster.tiles_bind)
+            info = cluster.sink_ready(self._stop)
+        self.events_endpoint = sockets.connectable(info["events"])
+        self.engine.connect(cluster.results_endpoint, self.events_endpoint)
+        if cluster.lazy_workers:
+            tiles = self.tiles_endpoint
+            self.engine.on_first_tiles = lambda: cluster.start_workers(tiles)
+
+    # ------------------------------------------------------------------ the engine thread
+
+    def _loop(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.engine.step()
+        except BaseException as exc:  # noqa: BLE001 - every caller hears of it
+            log.error("the pool's engine stopped: %s", exc)
+            self._failure = exc
+        finally:
+            self._fail_pending(PoolClosed(f"the pool stopped: {self._failure}"
+                                          if self._failure else "the pool was closed"))
+
+    def _fail_pending(self, exc: BaseException) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, set()
+        for request in pending:
+            request.fail(exc)
+
+    def _call(self, fn: Callable[[], None]) -> None:
+        if self._closed or self._failure is not None:
+            raise PoolClosed("the pool is closed")
+        self.engine.call_soon(fn)
+
+    # ------------------------------------------------------------------ settings
+
+    def _settings(self, overrides: dict[str, Any]) -> JobSettings:
+        unknown = set(overrides) - JobSettings.names()
+        if unknown:
+            raise TypeError(f"unknown settings: {', '.join(sorted(unknown))}")
+        merge = overrides.get("merge")
+        if isinstance(merge, str):
+            from zmqvision.merge import MergeConfig
+
+            overrides = {**overrides, "merge": MergeConfig(method=merge)}
+        for key in ("tile_size", "input_size"):
+            if isinstance(overrides.get(key), int):
+                overrides = {**overrides, key: (overrides[key], overrides[key])}
+        return replace(self.defaults, **overrides)
+
+    def settings_of(self, config) -> JobSettings:
+        """The settings of a ``VentilateConfig`` (or any config with those fields)."""
+        return JobSettings.of(config)
+
+    def plan(self, settings: JobSettings) -> JobPlan:
+        """The resolved plan for these settings (resolved once per distinct settings)."""
+        with self._lock:
+            plan = self._plans.get(settings)
+        if plan is None:
+            plan = JobPlan(settings)  # ValueError here, in the caller's thread
+            with self._lock:
+                plan = self._plans.setdefault(settings, plan)
+        return plan
+
+    def lookup(self, start: protocol.JobStart, plan: JobPlan) -> Lookup | None:
+        """The result cache's lookup under a job's settings; None without a cache."""
+        if self.cache is None:
+            return None
+        cache, fingerprint, ref = self.cache, job_fingerprint(start), plan.spec.ref
+        return lambda content_hash: cache.lookup(fingerprint, content_hash, ref)
+
+    def _stream(self, settings: JobSettings) -> StreamJob:
+        with self._lock:
+            job = self._streams.get(settings)
+        if job is not None:
+            return job
+        plan = self.plan(settings)
+        with self._lock:
+            job = self._streams.get(settings)
+            if job is None:
+                job = StreamJob(protocol.new_job_id(), plan, window=self.window)
+                job.lookup = self.lookup(job.start, plan)
+                self._streams[settings] = job
+                self._call(lambda: self.engine.add_job(job))
+        return job
+
+    # ------------------------------------------------------------------ requests
+
+    def submit(self, image: Image, *, name: str | None = None, timeout: float | None = None,
+               **settings: Any) -> Future:
+        """Recognise one image (a path, encoded bytes, or an RGB ``uint8`` array); a
+        ``Future`` of its record. ``timeout``: seconds until the request is withdrawn and
+        the future raises ``RequestTimeout``. Cancelling the future withdraws it too."""
+        job = self._stream(self._settings(settings))
+        if name is None:
+            name = os.fspath(image) if isinstance(image, str | os.PathLike) else (
+                "<array>" if isinstance(image, np.ndarray) else "<bytes>")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        request = Request(name=name, future=Future(), deadline=deadline, job=job)
+        with self._lock:
+            if self._closed:
+                raise PoolClosed("the pool is closed")
+            self._pending.add(request)
+        request.future.add_done_callback(lambda f: self._finished(request, f))
+        if deadline is not None:
+            self._call(lambda: self.engine.watch_deadline(request))
+        self.decoder.submit(self._load, request, image, job).add_done_callback(
+            lambda f: f.exception() and request.fail(f.exception()))
+        return request.future
+
+    def _load(self, request: Request, image: Image, job: StreamJob) -> None:
+        if request.finished:
+            return  # cancelled before it was read
+        max_pixels = job.plan.settings.max_pixels
+        if isinstance(image, np.ndarray):
+            loaded = load_array(image, request.name, max_pixels, job.lookup)
+        elif isinstance(image, bytes | bytearray | memoryview):
+            loaded = load_bytes(bytes(image), request.name, max_pixels, job.lookup,
+                                job.plan.reducer())
+        elif isinstance(image, str | os.PathLike):
+            loaded = load_path(os.fspath(image), max_pixels, job.lookup, job.plan.reducer())
+        else:
+            loaded = Loaded(request.name, None, {"type": "unsupported_format", "message":
+                            f"{request.name}: a {type(image).__name__} is not an image "
+                            "(give a path, encoded bytes or a uint8 array)"})
+        request.loaded = loaded
+        self._call(lambda: job.ready.append(request))
+
+    def _finished(self, request: Request, future: Future) -> None:
+        with self._lock:
+            self._pending.discard(request)
+        if future.cancelled() and not self._closed:
+            self.engine.call_soon(lambda: self.engine.withdraw(request))
+
+    def map(self, images: Iterable[Image], *, timeout: float | None = None,
+            ahead: int | None = None, **settings: Any) -> Iterator[dict]:
+        """Records of many images, in the order they complete. At most ``ahead`` images
+        (default: the window, 256) are submitted and not yet answered, so memory stays
+        bounded for millions of inputs. A request that times out yields a record with
+        ``error.type == "timeout"``; leaving the loop early withdraws what is pending."""
+        limit = max(1, ahead or self.window)
+        pending: set[Future] = set()
+        names: dict[Future, str] = {}
+        try:
+            for image in images:
+                future = self.submit(image, timeout=timeout, **settings)
+                pending.add(future)
+                names[future] = future_name(image)
+                while len(pending) >= limit:
+                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                    yield from (_record_of(f, names.pop(f)) for f in done)
+            while pending:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                yield from (_record_of(f, names.pop(f)) for f in done)
+        finally:
+            for future in pending:
+                future.cancel()
+
+    async def detect(self, image: Image, *, name: str | None = None,
+                     timeout: float | None = None, **settings: Any) -> dict:
+        """``submit`` for asyncio: awaiting it does not block the event loop; cancelling
+        the task withdraws the request."""
+        return await asyncio.wrap_future(self.submit(image, name=name, timeout=timeout,
+                                                     **settings))
+
+    # ------------------------------------------------------------------ file jobs
+
+    def reader(self, config, plan: JobPlan | None = None) -> ReadAhead:
+        """Start reading and decoding a file job's first inputs now (``zmqvision run``
+        does it while its workers load the model, which is otherwise idle time)."""
+        plan = plan or self.plan(JobSettings.of(config))
+        start = plan.job_start(config.job_id or "")
+        return ReadAhead(config.input_paths(), self.decoder, config.read_ahead,
+                         plan.settings.max_pixels, self.lookup(start, plan), plan.reducer(),
+                         on_ready=self.engine.wake.wake)
+
+    def first_input_cached(self, config) -> bool:
+        """Whether a file job's first input has a result in the cache, looked up before
+        anything else starts: ``run`` then leaves the workers (and their model) for the
+        first image that needs tiles, and a run whose images are all cached starts none."""
+        plan = self.plan(JobSettings.of(config))
+        lookup = self.lookup(plan.job_start(""), plan)
+        if lookup is None:
+            return False
+        path = next(config.input_paths(), None)
+        if path is None:
+            return False
+        try:
+            digest = io.content_hash(io.read_file(path))
+        except io.ImageError:
+            return False
+        return lookup(digest) is not None
+
+    def run_files(self, config, stop: sockets.StopFlag | None = None,
+                  on_progress: Callable[[protocol.Progress], None] | None = None,
+                  on_wait: Callable[[str], None] | None = None,
+                  watchdog: Callable[[], None] | None = None,
+                  reader: ReadAhead | None = None) -> protocol.JobDone:
+        """A job over files, written by the sink to its results file, as ``zmqvision run``
+        and ``ventilate`` do (``config``: a ``VentilateConfig``); its ``JobDone``.
+
+        The files are read and decoded from now on, while the workers start; the job is
+        announced once they are ready, so its clock leaves out start-up."""
+        from zmqvision.inputs import read_resume
+
+        stop = stop or sockets.StopFlag()
+        plan = self.plan(JobSettings.of(config))
+        resumed, already = read_resume(config.resume) if config.resume else (None, None)
+        job_id = config.job_id or resumed or protocol.new_job_id()
+        reader = reader or self.reader(config, plan)
+        job = FileJob(job_id, plan, window=config.window, read_ahead=reader,
+                      already=already, on_progress=on_progress)
+        self.last_job = job
+        try:
+            if self.cluster is not None and not self.cluster.lazy_workers:
+                self.cluster.wait_workers(stop)
+            self._call(lambda: self.engine.add_job(job))
+            done = self._wait_done(job, config, stop, on_wait, watchdog)
+            d = self.engine.dispatch
+            logging.getLogger("zmqvision.ventilator").info(
+                "job %s: %d images, %d tiles sent (%d again after a lost worker or lease, %d "
+                "backup copies), %d images re-read to cut them, %d answered from the result "
+                "cache, %d decoded at reduced size", job.id, job.images, job.tiles_sent,
+                d.requeued, d.backups_sent, self.engine.rereads, job.cached, job.reduced)
+            return done
+        finally:
+            if self._failure is None and not self._closed:
+                self.engine.call_soon(lambda: self.engine.remove_job(job))
+            else:
+                job.close()
+
+    def _wait_done(self, job: FileJob, config, stop: sockets.StopFlag,
+                   on_wait: Callable[[str], None] | None,
+                   watchdog: Callable[[], None] | None) -> protocol.JobDone:
+        started = time.monotonic()
+        warned = False
+        while True:
+            try:
+                return job.done.result(timeout=0.05)
+            except TimeoutError:
+                pass
+            if stop.is_set():
+                raise JobFailed("interrupted")
+            if self._failure is not None:
+                raise JobFailed(f"the pool stopped: {self._failure}")
+            if watchdog is not None:
+                watchdog()
+            if self.cluster is not None:
+                self.cluster.check()
+            now = time.monotonic()
+            if config.timeout is not None and now - started > config.timeout:
+                raise JobFailed(f"job {job.id} not complete after {config.timeout:.0f} s")
+            quiet = now - (self.engine.sink.last_heard or started)
+            if quiet > 5 and not warned and on_wait is not None:
+                on_wait(f"no word from the sink at {self.engine.sink.events_endpoint} for "
+                        f"{quiet:.0f} s; waiting")
+                warned = True
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self) -> None:
+        """Withdraw what is pending (its futures raise ``PoolClosed``), stop the engine,
+        then the embedded workers and sink (in that order: their last messages find
+        listeners)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self.cluster is not None:
+            self.cluster.stop_workers()
+        self._stop.set()
+        self._thread.join(30)
+        self._teardown()
+
+    def _teardown(self) -> None:
+        self._fail_pending(PoolClosed("the pool was closed"))
+        self.decoder.shutdown(wait=True, cancel_futures=True)
+        if self.engine is not None:
+            self.engine.close()
+        if self.cluster is not None:
+            self.cluster.close()
+        if self.cache is not None:
+            self.cache.close()
+        tmp = getattr(self, "_tmp", None)
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def future_name(image: Image) -> str:
+    if isinstance(image, str | os.PathLike):
+        return os.fspath(image)
+    return "<array>" if isinstance(image, np.ndarray) else "<bytes>"
+
+
+def _record_of(future: Future, name: str) -> dict:
+    """A finished request's record; a timeout becomes a record with its error."""
+    try:
+        return future.result()
+    except RequestTimeout as exc:
+        error = {"type": "timeout", "message": str(exc)}
+    except PoolClosed as exc:
+        error = {"type": "pool_closed", "message": str(exc)}
+    return {"image": name, "width": 0, "height": 0, "model": None, "detections": [],
+            "error": error, "id": None, "hash": None, "tiles": 0, "job": None,
+            "settings": None, "cached": False}
