@@ -275,7 +275,7 @@ class Engine:
                          reduced=img.reduced if img is not None else 1, request=request,
                          sends=bytearray(len(plan)))
         if request is not None:
-            request.image, request.loaded = iid, None  # the entry holds the pixels now
+            request.image, request.loading = iid, None  # the entry holds the pixels now
         self.window[key] = entry
         job.in_flight += 1
         job.tiles += len(plan)

@@ -25,7 +25,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Executor, Future, InvalidStateError
 from dataclasses import dataclass, field
 
 from zmqvision import protocol
@@ -131,12 +131,17 @@ class FileJob(Job):
 
 @dataclass(eq=False)
 class Request:
-    """One image a Pool's caller submitted: its future, and when it must be answered."""
+    """One image a Pool's caller submitted: its future, and when it must be answered.
+
+    ``source`` (the caller's path, bytes or array) is decoded only when its job has room,
+    so a caller submitting thousands of large images holds their bytes, not their
+    pixels."""
 
     name: str
     future: Future
+    source: object = None
     deadline: float | None = None  # time.monotonic() after which it is withdrawn
-    loaded: Loaded | None = None
+    loading: Future | None = None  # its decode, once started
     job: StreamJob | None = None
     image: str | None = None  # its image id, once admitted
     submitted: float = field(default_factory=time.monotonic)
@@ -149,31 +154,63 @@ class Request:
     def resolve(self, record: dict) -> None:
         with contextlib.suppress(InvalidStateError):  # cancelled meanwhile, by its caller
             self.future.set_result(record)
+        self.source = self.loading = None
 
     def fail(self, exc: BaseException) -> None:
         with contextlib.suppress(InvalidStateError):
             self.future.set_exception(exc)
+        self.source = self.loading = None
 
 
 class StreamJob(Job):
-    """Requests with equal settings, as they come; records published back to callers."""
+    """Requests with equal settings, as they come; records published back to callers.
+
+    Requests wait undecoded; at most ``read_ahead`` + 1 are being decoded (on the Pool's
+    decode threads, ``load``), handed to the engine in the order they came."""
 
     records = "publish"
 
     def __init__(self, job_id: str, plan: JobPlan, *, window: int,
+                 load: Callable[[Request], Loaded], decoder: Executor,
+                 wake: Callable[[], None], read_ahead: int = 2,
                  lookup: Lookup | None = None) -> None:
         super().__init__(job_id, plan, window)
         self.lookup = lookup
-        self.ready: deque[Request] = deque()  # loaded, waiting for room in the window
+        self.announced = False  # add_job asked for (by the first caller)
+        self.waiting: deque[Request] = deque()  # not decoded yet
+        self.loading: deque[Request] = deque()  # being decoded, in order
+        self._load, self._decoder, self._wake = load, decoder, wake
+        self._depth = read_ahead
         self._seq = itertools.count()
         self._salt = uuid.uuid4().hex
 
+    def _fill(self) -> None:
+        while len(self.loading) <= self._depth and self.waiting:
+            request = self.waiting.popleft()
+            if request.finished:
+                continue  # cancelled or timed out while it waited
+            request.loading = self._decoder.submit(self._load, request)
+            request.loading.add_done_callback(lambda _f: self._wake())
+            self.loading.append(request)
+
     def next_input(self) -> tuple[Loaded, Request] | None:
-        while self.ready:
-            request = self.ready.popleft()
-            if not request.finished:  # cancelled or timed out while it waited
-                return request.loaded, request
+        self._fill()
+        while self.loading and (self.loading[0].finished or self.loading[0].loading.done()):
+            request = self.loading.popleft()
+            if request.finished:
+                continue
+            try:
+                loaded = request.loading.result()
+            except Exception as exc:  # noqa: BLE001 - the caller hears of it
+                request.fail(exc)
+                continue
+            self._fill()
+            return loaded, request
         return None
+
+    @property
+    def pending(self) -> int:
+        return len(self.waiting) + len(self.loading)
 
     def image_id(self, loaded: Loaded, ok: bool, request: Request | None) -> str:
         # Every request is its own image, even the same bytes twice at once: the id mixes

@@ -233,18 +233,25 @@ class Pool:
         return lambda content_hash: cache.lookup(fingerprint, content_hash, ref)
 
     def _stream(self, settings: JobSettings) -> StreamJob:
+        """The job that ``submit`` calls with these settings share."""
         with self._lock:
             job = self._streams.get(settings)
-        if job is not None:
-            return job
-        plan = self.plan(settings)
-        with self._lock:
-            job = self._streams.get(settings)
-            if job is None:
-                job = StreamJob(protocol.new_job_id(), plan, window=self.window)
-                job.lookup = self.lookup(job.start, plan)
-                self._streams[settings] = job
+        if job is None:
+            job = self._new_stream(settings)
+            with self._lock:
+                job = self._streams.setdefault(settings, job)
+        if not job.announced:
+            with self._lock:
+                first, job.announced = not job.announced, True
+            if first:
                 self._call(lambda: self.engine.add_job(job))
+        return job
+
+    def _new_stream(self, settings: JobSettings) -> StreamJob:
+        plan = self.plan(settings)
+        job = StreamJob(protocol.new_job_id(), plan, window=self.window, load=self._load,
+                        decoder=self.decoder, wake=self.engine.wake.wake)
+        job.lookup = self.lookup(job.start, plan)
         return job
 
     # ------------------------------------------------------------------ requests
@@ -254,40 +261,46 @@ class Pool:
         """Recognise one image (a path, encoded bytes, or an RGB ``uint8`` array); a
         ``Future`` of its record. ``timeout``: seconds until the request is withdrawn and
         the future raises ``RequestTimeout``. Cancelling the future withdraws it too."""
-        job = self._stream(self._settings(settings))
-        if name is None:
-            name = os.fspath(image) if isinstance(image, str | os.PathLike) else (
-                "<array>" if isinstance(image, np.ndarray) else "<bytes>")
+        return self._submit(self._stream(self._settings(settings)), image, name, timeout)
+
+    def _submit(self, job: StreamJob, image: Image, name: str | None,
+                timeout: float | None) -> Future:
+        name = future_name(image) if name is None else name
         deadline = None if timeout is None else time.monotonic() + timeout
-        request = Request(name=name, future=Future(), deadline=deadline, job=job)
+        request = Request(name=name, future=Future(), source=image, deadline=deadline,
+                          job=job)
         with self._lock:
             if self._closed:
                 raise PoolClosed("the pool is closed")
             self._pending.add(request)
         request.future.add_done_callback(lambda f: self._finished(request, f))
-        if deadline is not None:
-            self._call(lambda: self.engine.watch_deadline(request))
-        self.decoder.submit(self._load, request, image, job).add_done_callback(
-            lambda f: f.exception() and request.fail(f.exception()))
+        self._call(lambda: self._queue(request))
         return request.future
 
-    def _load(self, request: Request, image: Image, job: StreamJob) -> None:
+    def _queue(self, request: Request) -> None:
+        """In the engine's thread: the request waits its turn to be decoded."""
         if request.finished:
-            return  # cancelled before it was read
+            return
+        request.job.waiting.append(request)
+        self.engine.watch_deadline(request)
+
+    def _load(self, request: Request) -> Loaded:
+        """On a decode thread: read (a path), hash, look up in the cache, decode."""
+        image, job = request.source, request.job
+        request.source = None  # the pixels replace it
         max_pixels = job.plan.settings.max_pixels
         if isinstance(image, np.ndarray):
-            loaded = load_array(image, request.name, max_pixels, job.lookup)
-        elif isinstance(image, bytes | bytearray | memoryview):
-            loaded = load_bytes(bytes(image), request.name, max_pixels, job.lookup,
-                                job.plan.reducer())
-        elif isinstance(image, str | os.PathLike):
+            return load_array(image, request.name, max_pixels, job.lookup)
+        if isinstance(image, bytes | bytearray | memoryview):
+            return load_bytes(bytes(image), request.name, max_pixels, job.lookup,
+                              job.plan.reducer())
+        if isinstance(image, str | os.PathLike):
             loaded = load_path(os.fspath(image), max_pixels, job.lookup, job.plan.reducer())
-        else:
-            loaded = Loaded(request.name, None, {"type": "unsupported_format", "message":
-                            f"{request.name}: a {type(image).__name__} is not an image "
-                            "(give a path, encoded bytes or a uint8 array)"})
-        request.loaded = loaded
-        self._call(lambda: job.ready.append(request))
+            loaded.path = request.name  # the record names it as the caller did
+            return loaded
+        return Loaded(request.name, None, {"type": "unsupported_format", "message":
+                      f"{request.name}: a {type(image).__name__} is not an image (give a "
+                      "path, encoded bytes or a uint8 array)"})
 
     def _finished(self, request: Request, future: Future) -> None:
         with self._lock:
@@ -297,16 +310,23 @@ class Pool:
 
     def map(self, images: Iterable[Image], *, timeout: float | None = None,
             ahead: int | None = None, **settings: Any) -> Iterator[dict]:
-        """Records of many images, in the order they complete. At most ``ahead`` images
-        (default: the window, 256) are submitted and not yet answered, so memory stays
-        bounded for millions of inputs. A request that times out yields a record with
-        ``error.type == "timeout"``; leaving the loop early withdraws what is pending."""
+        """Records of many images, in the order they complete.
+
+        The images are a job of their own, which takes turns with every other job at the
+        workers (a ``submit`` meanwhile is not queued behind them). At most ``ahead``
+        images (default: the window, 256) are submitted and not yet answered (and only a
+        few of them decoded ahead), so memory stays bounded for millions of inputs. A
+        request that times out yields a record with ``error.type == "timeout"``; leaving
+        the loop early withdraws what is pending."""
         limit = max(1, ahead or self.window)
+        job = self._new_stream(self._settings(settings))
+        job.announced = True
+        self._call(lambda: self.engine.add_job(job))
         pending: set[Future] = set()
         names: dict[Future, str] = {}
         try:
             for image in images:
-                future = self.submit(image, timeout=timeout, **settings)
+                future = self._submit(job, image, None, timeout)
                 pending.add(future)
                 names[future] = future_name(image)
                 while len(pending) >= limit:
@@ -318,6 +338,9 @@ class Pool:
         finally:
             for future in pending:
                 future.cancel()
+            if not self._closed and self._failure is None:
+                self.engine.call_soon(lambda: (self.engine.end_stream(job),
+                                               self.engine.remove_job(job)))
 
     async def detect(self, image: Image, *, name: str | None = None,
                      timeout: float | None = None, **settings: Any) -> dict:
