@@ -1,9 +1,11 @@
-"""Result records and the files they go to: JSONL as images complete, COCO at job end,
-annotated copies on request.
+"""Result records and the files they go to: JSONL as images complete, COCO at job end
+(rewritten from a JSONL journal, see zmqvision.sink.output), annotated copies on request.
 
 One record per input image, always: detections, or an error that says what went wrong.
 Records are written the moment an image completes, so memory does not grow with the job
-and a crash loses nothing already written.
+and a crash loses nothing already written. ``record_json`` is the one serialiser: a
+record published to a caller is the same bytes as its line in the file. A results file
+has one writer at a time (``JsonlWriter`` holds a ``flock`` on it).
 """
 
 from __future__ import annotations
