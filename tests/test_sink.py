@@ -17,10 +17,11 @@ MERGE = {"method": "nmm", "metric": "ios", "threshold": 0.5, "class_agnostic": F
 
 
 class Harness:
-    def __init__(self, tmp_path, fmt="jsonl"):
+    def __init__(self, tmp_path, fmt="jsonl", cache=None, append=False):
         self.out = tmp_path / ("out.json" if fmt == "coco" else "out.jsonl")
         self.events: list = []
-        self.sink = Sink(SinkConfig(out=str(self.out), format=fmt), self._publish)
+        self.sink = Sink(SinkConfig(out=str(self.out), format=fmt, append=append),
+                         self._publish, cache=cache)
 
     def _publish(self, frames):
         self.events.append(P.decode([bytes(memoryview(f)) if not isinstance(f, bytes) else f
@@ -177,9 +178,9 @@ def test_coco_output(tmp_path):
 
 
 def test_early_results_for_images_never_announced_are_bounded(tmp_path, monkeypatch):
-    from zmqvision import sink as sink_module
+    from zmqvision.sink import jobs
 
-    monkeypatch.setattr(sink_module, "MAX_EARLY_RESULTS", 50)
+    monkeypatch.setattr(jobs, "MAX_EARLY_RESULTS", 50)
     h = Harness(tmp_path)
     start(h)
     for i in range(200):  # a confused or hostile sender: results for images nobody announced
@@ -227,8 +228,7 @@ def test_results_are_cached_as_images_complete_but_not_transient_errors(tmp_path
     from zmqvision.cache.sqlite_store import SqliteStore
 
     cache = ResultCache(SqliteStore(tmp_path / "c.sqlite3"))
-    h = Harness(tmp_path)
-    h.sink.cache = cache
+    h = Harness(tmp_path, cache=cache)
     start(h)
     fp = job_fingerprint(P.JobStart(job="j", model=MODEL, tiling={}, merge=MERGE))
     h.send(P.ImageInfo(job="j", image="a", path="a.jpg", seq=0, width=200, height=100,

@@ -1,13 +1,17 @@
-"""Result records and the files they go to: JSONL as images complete, COCO at job end,
-annotated copies on request.
+"""Result records and the files they go to: JSONL as images complete, COCO at job end
+(rewritten from a JSONL journal, see zmqvision.sink.output), annotated copies on request.
 
 One record per input image, always: detections, or an error that says what went wrong.
 Records are written the moment an image completes, so memory does not grow with the job
-and a crash loses nothing already written.
+and a crash loses nothing already written. ``record_json`` is the one serialiser: a
+record published to a caller is the same bytes as its line in the file. A results file
+has one writer at a time (``JsonlWriter`` holds a ``flock`` on it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -80,17 +84,100 @@ def read_jsonl(path: str | Path, *, skip_bad: bool = False) -> Iterator[dict]:
                 raise ValueError(f"{path}: a line is not a JSON object")
 
 
+def record_json(record: dict) -> bytes:
+    """A record as one line of JSON, without the newline: the one serialiser for the
+    results file and for records published to callers (``zv.record``), so both hold the
+    same bytes. ASCII (non-ASCII and surrogate-escaped path characters are escaped)."""
+    return json.dumps(record, separators=(",", ":")).encode("ascii")
+
+
+class FileLocked(OSError):
+    """The results file has a writer already (another sink or `zmqvision run`)."""
+
+
+def lock_holder(fd: int) -> int | None:
+    """The pid holding a ``flock`` on the open file ``fd``, read from ``/proc/locks``
+    (Linux; the pid as this process's PID namespace sees it); None when it cannot be told.
+    Matched by device and inode, or by inode alone where an overlay filesystem reports
+    another device than ``stat`` does."""
+    st = os.fstat(fd)
+    exact = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    by_inode = None
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as fh:
+            lines = fh.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if "->" in fields or len(fields) < 6 or fields[1] != "FLOCK":
+            continue  # a waiter, or a POSIX lock: not the holder of a flock
+        try:
+            pid = int(fields[4])
+        except ValueError:
+            continue
+        if fields[5] == exact:
+            return pid
+        if fields[5].rsplit(":", 1)[-1] == str(st.st_ino):
+            by_inode = pid
+    return by_inode
+
+
 class JsonlWriter:
-    """Appends one line per record and flushes it: a reader (or a crash) sees whole lines."""
+    """Appends one line per record and flushes it: a reader (or a crash) sees whole lines.
+
+    The file has one writer: an exclusive ``flock`` is held on it for the writer's life
+    (released by the kernel when the process dies, even by SIGKILL). A second writer is
+    refused with ``FileLocked`` naming the holder's pid (``lock_holder``) before anything
+    is changed; opening never truncates by itself: with ``append`` false the file is
+    emptied only after the lock is held, and a caller with more checks to pass (a sink
+    that must bind first) opens with ``append=True`` and calls ``truncate`` afterwards.
+    Writes go to the end (``O_APPEND``), also after a ``truncate`` or ``repair``."""
 
     def __init__(self, path: str | Path, *, append: bool = False) -> None:
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fh = open(self.path, "a" if append else "w", encoding="utf-8")  # noqa: SIM115
+        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+            self.created = True  # by this writer: a caller that gives up may remove it
+        except FileExistsError:
+            fd = os.open(self.path, flags)
+            self.created = False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = lock_holder(fd)
+            os.close(fd)
+            who = f"process {pid}" if pid is not None else "another process"
+            raise FileLocked(
+                f"{self.path} is being written by {who} (a sink or `zmqvision run`); "
+                "stop it or choose another --out") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fh = os.fdopen(fd, "ab")
+        if not append:
+            self.truncate()
+
+    def truncate(self) -> None:
+        """Start the file afresh (the lock is held: nobody else is writing it)."""
+        self._fh.flush()
+        os.ftruncate(self._fh.fileno(), 0)
+
+    def repair(self) -> None:
+        """Cut a last line that a killed writer left half-written."""
+        self._fh.flush()
+        truncate_partial_line(self.path)
 
     def write(self, record: dict) -> None:
-        self._fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.write_line(record_json(record))
+
+    def write_line(self, line: bytes) -> None:
+        """One record already serialised by ``record_json``."""
+        self._fh.write(line)
+        self._fh.write(b"\n")  # two writes to the buffer, not a copy of the line
         self._fh.flush()
 
     def sync(self) -> None:
@@ -99,7 +186,7 @@ class JsonlWriter:
         os.fsync(self._fh.fileno())
 
     def close(self) -> None:
-        self._fh.close()
+        self._fh.close()  # and with the descriptor, the lock
 
 
 def truncate_partial_line(path: str | Path) -> None:
@@ -129,34 +216,57 @@ def truncate_partial_line(path: str | Path) -> None:
 def write_coco(records: Iterable[dict], labels: list[str], out: str | Path) -> None:
     """COCO detection results plus ``images`` and ``categories``, streamed to a temp file
     and renamed, so the output is whole or absent. Boxes become [x, y, w, h]; category ids
-    start at 1 as COCO expects; failed images are listed under ``errors``."""
+    start at 1 as COCO expects (``labels[i]`` is id ``i + 1``); failed images are listed
+    under ``errors``. A record whose label is not ``labels[class_id]`` (another model's,
+    from an earlier job of the same journal) gets the category of that name, appended
+    after ``labels`` when there is none."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name, dir=out.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write('{"info":{"description":"zmqvision results"},"categories":')
-        fh.write(json.dumps([{"id": i + 1, "name": n} for i, n in enumerate(labels)]))
-        images, annotations, errors = [], [], []
-        ann_id = 0
-        for img_id, rec in enumerate(records, start=1):
-            images.append(
-                {"id": img_id, "file_name": rec["image"], "width": rec["width"],
-                 "height": rec["height"]}
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(labels)]
+    by_name: dict[str, int] = {}
+    for c in categories:
+        by_name.setdefault(c["name"], c["id"])
+
+    def category(d: dict) -> int:
+        cid = d["class_id"]
+        if 0 <= cid < len(labels) and labels[cid] == d["label"]:
+            return cid + 1
+        found = by_name.get(d["label"])
+        if found is None:
+            found = by_name[d["label"]] = len(categories) + 1
+            categories.append({"id": found, "name": d["label"]})
+        return found
+
+    images, annotations, errors = [], [], []
+    ann_id = 0
+    for img_id, rec in enumerate(records, start=1):
+        images.append(
+            {"id": img_id, "file_name": rec["image"], "width": rec["width"],
+             "height": rec["height"]}
+        )
+        if rec["error"] is not None:
+            errors.append({"image_id": img_id, "file_name": rec["image"], **rec["error"]})
+        for d in rec["detections"]:
+            ann_id += 1
+            x1, y1, x2, y2 = d["box"]
+            annotations.append(
+                {"id": ann_id, "image_id": img_id, "category_id": category(d),
+                 "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
+                 "score": d["score"], "iscrowd": 0}
             )
-            if rec["error"] is not None:
-                errors.append({"image_id": img_id, "file_name": rec["image"], **rec["error"]})
-            for d in rec["detections"]:
-                ann_id += 1
-                x1, y1, x2, y2 = d["box"]
-                annotations.append(
-                    {"id": ann_id, "image_id": img_id, "category_id": d["class_id"] + 1,
-                     "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
-                     "score": d["score"], "iscrowd": 0}
-                )
-        fh.write(',"images":' + json.dumps(images))
-        fh.write(',"annotations":' + json.dumps(annotations))
-        fh.write(',"errors":' + json.dumps(errors) + "}")
-    os.replace(tmp, out)
+    fd, tmp = tempfile.mkstemp(prefix=out.name, dir=out.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write('{"info":{"description":"zmqvision results"},"categories":')
+            fh.write(json.dumps(categories))
+            fh.write(',"images":' + json.dumps(images))
+            fh.write(',"annotations":' + json.dumps(annotations))
+            fh.write(',"errors":' + json.dumps(errors) + "}")
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def draw_record(record: dict, source: str, out_dir: str | Path) -> Path | None:

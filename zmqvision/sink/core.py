@@ -1,0 +1,268 @@
+"""The sink's message handling: each decoded message to the part that owns it.
+
+The ventilator announces each job (JobStart), each image with its tile count (ImageInfo)
+and the totals (JobEnd) over the same PULL socket the workers send results to. With those
+the sink knows when an image is complete (all its tile indices have answered) and when the
+job is (every announced image has its record). A result that arrives before its image's
+announcement (different paths through the network) waits in a bounded buffer; a result for
+a tile already merged is a duplicate and is dropped, so a re-sent tile is merged once.
+
+``Withdraw`` takes images back that a caller no longer wants: the sink forgets what it
+holds of them, writes no record, drops their late results without counting them bad, and
+no longer counts them in progress; an image id announced again afterwards is a new image.
+An image already written is not taken back (its record is in the journal).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+
+from zmqvision import protocol, results, sockets
+from zmqvision.cache import ResultCache
+from zmqvision.sink.acks import AckBatcher
+from zmqvision.sink.config import SinkConfig
+from zmqvision.sink.events import Events
+from zmqvision.sink.forgotten import PUBLISHED, WITHDRAWN, Forgotten
+from zmqvision.sink.jobs import ImageState, JobState
+from zmqvision.sink.journal import Journal
+from zmqvision.sink.output import RecordOutput
+from zmqvision.sink.roster import Roster
+from zmqvision.sink.saves import ResultSaver
+
+log = logging.getLogger("zmqvision.sink")
+
+MAX_ORPHAN_RESULTS = 10_000  # results for jobs not (yet) announced, all jobs together
+
+# What the sink's PULL socket takes; anything else is a bad message.
+SINK_EXPECTS = (
+    protocol.MsgType.RESULT, protocol.MsgType.IMAGE, protocol.MsgType.HEARTBEAT,
+    protocol.MsgType.JOB_START, protocol.MsgType.JOB_END, protocol.MsgType.WITHDRAW,
+)
+
+
+class Sink:
+    """Sink state and message handling, apart from the socket loop so tests can drive it.
+
+    ``journal``: the results file already locked (``run_sink`` locks it before binding and
+    opens it after); without one the sink locks and opens ``config.journal`` itself."""
+
+    def __init__(self, config: SinkConfig, publish: Callable[[list], None],
+                 sink_id: str = "sink", cache: ResultCache | None = None,
+                 journal: Journal | None = None) -> None:
+        self.config = config
+        self.publish = publish  # callable(frames) → sends on PUB
+        self.sink_id = sink_id
+        self.cache = cache  # results are saved here as images complete
+        if journal is None:
+            journal = Journal(config.journal, keep=config.append)
+            journal.open()
+        self.journal = journal
+        self.bad = sockets.BadMessages("sink")
+        self.jobs: dict[str, JobState] = {}
+        self.orphans: OrderedDict[str, list[protocol.Result]] = OrderedDict()
+        self.forgotten = Forgotten()
+        self.roster = Roster()
+        self.events = Events(publish, sink_id, config.progress_s)
+        self.acks = AckBatcher(sink_id, publish, journal, cache)
+        self.output = RecordOutput(config, journal, publish, sink_id)
+        self.saver = ResultSaver(cache)
+        self.jobs_done = 0
+
+    def close(self) -> None:
+        self.journal.close()
+        if self.cache is not None:
+            self.cache.close()
+
+    # ------------------------------------------------------------------ the loop's calls
+
+    def tick(self) -> None:
+        """Every status period: the sink's status, the roster, every job's progress, the
+        finished jobs again, and cache saves held while the store was down."""
+        self.events.status(jobs_active=len(self.jobs), bad_messages=self.bad.count)
+        self.publish(protocol.encode(self.roster.snapshot(self.sink_id)))
+        self.publish_progress(force=True)
+        self.publish_finished()
+        if self.cache is not None and self.cache.pending:
+            self.cache.flush()
+
+    def flush_acks(self, force: bool = False) -> None:
+        self.acks.flush(force)
+
+    def publish_progress(self, force: bool = False) -> None:
+        self.events.progress(self.jobs.values(), force)
+
+    def publish_finished(self) -> None:
+        self.events.republish_finished()
+
+    # ------------------------------------------------------------------ messages
+
+    def handle(self, frames: Sequence) -> None:
+        """One undecoded message (tests; the loop decodes with ``sockets.receive``)."""
+        try:
+            msg = protocol.decode(frames, SINK_EXPECTS)
+        except protocol.ProtocolError as exc:
+            self.bad(exc)
+            return
+        self.on_message(msg)
+
+    def on_message(self, msg: protocol.Message) -> None:
+        if isinstance(msg, protocol.Result):
+            self._on_result(msg)
+        elif isinstance(msg, protocol.ImageInfo):
+            self._on_image(msg)
+        elif isinstance(msg, protocol.Heartbeat):
+            self.roster.heard(msg)
+            self.publish(protocol.encode(msg))  # relayed for watchers
+        elif isinstance(msg, protocol.JobStart):
+            self._on_job_start(msg)
+        elif isinstance(msg, protocol.JobEnd):
+            self._on_job_end(msg)
+        elif isinstance(msg, protocol.Withdraw):
+            self._on_withdraw(msg)
+        else:
+            self.bad(protocol.ProtocolError(f"{msg.TYPE.value} is not for the sink"))
+
+    def _written(self, job: JobState, image: str) -> bool:
+        return job.writes and self.journal.has(job.id, image)
+
+    def _on_job_start(self, msg: protocol.JobStart) -> None:
+        if msg.job in self.jobs or self.events.is_finished(msg.job):
+            return  # a repeated announcement changes nothing
+        try:
+            job = JobState(msg, self.journal.counts.get(msg.job))
+        except protocol.ProtocolError as exc:  # records delivered in no way we know
+            self.bad(exc)
+            return
+        except (TypeError, ValueError) as exc:
+            self.bad(protocol.ProtocolError(f"job {msg.job}: bad merge settings: {exc}"))
+            return
+        self.jobs[msg.job] = job
+        log.info("job %s: model %s from %s, records %s", msg.job, job.model, msg.host,
+                 job.delivery)
+        for result in self.orphans.pop(msg.job, []):
+            self._on_result(result)
+
+    def _on_image(self, msg: protocol.ImageInfo) -> None:
+        job = self.jobs.get(msg.job)
+        if job is None:
+            self.bad(protocol.ProtocolError(f"image for unknown job {msg.job}"))
+            return
+        if msg.image in job.images:
+            return
+        if self._written(job, msg.image):
+            self.acks.image(job.id, msg.image)  # announced again: say again it is written
+            return
+        self.forgotten.pop(job.id, msg.image)  # published or withdrawn before: a new image
+        img = job.announce(msg)
+        if msg.cached is not None or msg.error is not None:
+            self._complete(job, img)
+            return
+        for result in job.take_early(msg.image):
+            self._add_part(job, img, result)
+
+    def _on_job_end(self, msg: protocol.JobEnd) -> None:
+        job = self.jobs.get(msg.job)
+        if job is None:
+            self.bad(protocol.ProtocolError(f"end of unknown job {msg.job}"))
+            return
+        job.end(msg)
+        self._maybe_finish(job)
+
+    def _on_withdraw(self, msg: protocol.Withdraw) -> None:
+        job = self.jobs.get(msg.job)
+        if job is None:
+            if not self.events.is_finished(msg.job):  # finished: too late, and harmless
+                self.bad(protocol.ProtocolError(f"withdraw for unknown job {msg.job}"))
+            return
+        for image in msg.images:
+            if self._written(job, image):
+                continue  # its record is in the journal: nothing to take back
+            job.withdraw(image)
+            self.forgotten.add(job.id, image, WITHDRAWN)
+        self._maybe_finish(job)  # a JobEnd's count may now be reached
+
+    def _on_result(self, msg: protocol.Result) -> None:
+        job = self.jobs.get(msg.job)
+        if job is None:
+            self._hold_orphan(msg)
+            return
+        img = job.images.get(msg.image)
+        if img is not None:
+            self._add_part(job, img, msg)
+            return
+        if self._written(job, msg.image):
+            self.acks.image(job.id, msg.image)  # a late copy of a written image's tile
+            return
+        why = self.forgotten.get(job.id, msg.image)
+        if why == PUBLISHED:
+            self.acks.image(job.id, msg.image)  # a late copy: say again it is delivered
+            return
+        if why == WITHDRAWN:
+            return  # nobody wants it: dropped, not bad
+        dropped = job.hold_early(msg)
+        if dropped is not None:  # never acked: those tiles come again
+            self.bad(protocol.ProtocolError(
+                f"{dropped[1]} results for image {dropped[0]}, never announced"))
+
+    def _hold_orphan(self, msg: protocol.Result) -> None:
+        """A result for a job not announced yet (or never): kept, bounded, until it is."""
+        if self.events.is_finished(msg.job):
+            return  # a late duplicate of a finished job
+        self.orphans.setdefault(msg.job, []).append(msg)
+        if sum(len(v) for v in self.orphans.values()) > MAX_ORPHAN_RESULTS:
+            job_id, dropped = self.orphans.popitem(last=False)
+            self.bad(protocol.ProtocolError(f"{len(dropped)} results for unknown job {job_id}"))
+
+    def _add_part(self, job: JobState, img: ImageState, msg: protocol.Result) -> None:
+        try:
+            added = job.add_part(img, msg)
+        except protocol.ProtocolError as exc:
+            self.bad(exc)
+            return
+        self.acks.tile(job.id, msg.image, msg.index)  # a re-send is acked again
+        if added and job.is_whole(img):
+            self._complete(job, img)
+
+    def _complete(self, job: JobState, img: ImageState) -> None:
+        info = img.info
+        dets = job.finish_image(img)
+        if img.error is not None:
+            self.publish(protocol.encode(protocol.Failure(
+                job=job.id, image=info.image, path=info.path, error=img.error)))
+        record = results.make_record(
+            path=info.path, image_id=info.image, job=job.id, width=info.width,
+            height=info.height, model=job.model, labels=job.labels,
+            detections=dets, error=img.error, content_hash=info.hash,
+            tiles=info.tiles if info.cached is None else info.cached.tiles,
+            settings=job.settings, cached=info.cached is not None,
+        )
+        self.output.deliver(job, record, info.abspath or info.path)
+        self.saver.save(job, img, dets)
+        if job.writes:
+            self.acks.image(job.id, info.image)  # once the journal is synced
+        else:
+            self.forgotten.add(job.id, info.image, PUBLISHED)
+            self.acks.image_now(job.id, info.image)
+        self._maybe_finish(job)
+
+    def _maybe_finish(self, job: JobState) -> None:
+        if not job.is_complete() or job.finished_at is not None:
+            return
+        job.finished_at = time.monotonic()
+        self.acks.flush(force=True)  # and with it, the journal synced
+        out = self.output.job_done(job)
+        done = protocol.JobDone(
+            job=job.id, images=job.images_done, failed=job.images_failed,
+            tiles=job.tiles_done, detections=job.detections,
+            seconds=job.finished_at - job.t0, out=out, cached=job.images_cached,
+        )
+        self.events.job_done(job, done)
+        del self.jobs[job.id]
+        self.jobs_done += 1
+        log.info(
+            "job %s complete: %d images (%d failed, %d from the result cache), %d tiles in "
+            "%.2f s", done.job, done.images, done.failed, done.cached, done.tiles, done.seconds,
+        )

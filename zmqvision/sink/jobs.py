@@ -1,0 +1,213 @@
+"""Merge state per job: the images announced and not yet complete, the tiles each has
+answered, results that came before their image's announcement, and the job's counters.
+
+Pure bookkeeping, no sockets and no files: ``zmqvision.sink.core.Sink`` feeds it decoded
+messages and does the writing. An image's state lives from its announcement until its
+record is made (or it is withdrawn); nothing per image stays behind here, so a job that
+never ends (a library pool's stream) holds only the images in flight.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from zmqvision import protocol
+from zmqvision.boxes import Detections
+from zmqvision.cache import job_fingerprint
+from zmqvision.merge import MergeConfig, merge
+
+MAX_EARLY_RESULTS = 10_000  # per job: results waiting for their image's announcement
+RECENT_FAILURES = 10  # failed images a progress snapshot names
+
+
+def delivery_of(start: protocol.JobStart) -> str:
+    """Where a job's records go (``options["records"]``, protocol.RECORD_DELIVERY):
+    ``"write"`` (the default), ``"publish"`` or ``"both"``; ProtocolError otherwise."""
+    mode = start.options.get("records", "write")
+    if mode not in protocol.RECORD_DELIVERY:
+        raise protocol.ProtocolError(
+            f"job {start.job}: records {mode!r} is not one of {protocol.RECORD_DELIVERY}")
+    return mode
+
+
+@dataclass
+class JournalCounts:
+    """What the journal already holds of one job (a restarted sink continues from it)."""
+
+    done: int = 0
+    failed: int = 0
+    detections: int = 0
+    cached: int = 0
+
+
+@dataclass
+class ImageState:
+    info: protocol.ImageInfo
+    parts: dict[int, Detections] = field(default_factory=dict)
+    error: dict | None = None
+
+
+class JobState:
+    """One job's merge state and counters; the source of its Progress snapshots."""
+
+    def __init__(self, start: protocol.JobStart, journal: JournalCounts | None = None) -> None:
+        """``journal``: what the results file already holds of this job (a restart).
+        ProtocolError for an unknown record delivery; TypeError or ValueError for bad
+        merge settings."""
+        self.start = start
+        self.id = start.job
+        self.delivery = delivery_of(start)
+        self.merge = MergeConfig(**start.merge)  # TypeError/ValueError: refused by the caller
+        self.labels = list(start.model["labels"])
+        self.model = start.model["ref"]
+        # What produced the results (copied into every record).
+        self.settings = {"tiling": start.tiling, "merge": start.merge,
+                         "score_threshold": start.options.get("score_threshold")}
+        self.fingerprint = job_fingerprint(start)  # the settings part of its cache keys
+        self.images: dict[str, ImageState] = {}
+        self.early: dict[str, list[protocol.Result]] = {}
+        self.early_count = 0
+        if journal is None or not self.writes:  # nothing of a publish-only job is journaled
+            journal = JournalCounts()
+        self.images_seen = journal.done  # restarted: the records already written count
+        self.images_done = journal.done
+        self.images_failed = journal.failed
+        self.images_cached = journal.cached
+        self.detections = journal.detections
+        self.tiles_seen = 0
+        self.tiles_done = 0
+        self.images_total: int | None = None
+        self.tiles_total: int | None = None
+        self.t0 = time.monotonic()
+        self.finished_at: float | None = None
+        self.dirty = True  # a Progress snapshot is due
+        self.last_progress = 0.0
+        self.failures: deque[dict] = deque(maxlen=RECENT_FAILURES)
+
+    @property
+    def writes(self) -> bool:
+        """Its records go to the results file (the journal)."""
+        return self.delivery != "publish"
+
+    @property
+    def publishes(self) -> bool:
+        """Its records go out on the PUB socket as ``zv.record``."""
+        return self.delivery != "write"
+
+    # ------------------------------------------------------------------ images
+
+    def announce(self, info: protocol.ImageInfo) -> ImageState:
+        img = ImageState(info=info, error=info.error)
+        self.images[info.image] = img
+        self.images_seen += 1
+        self.tiles_seen += info.tiles
+        if info.cached is not None:
+            self.images_cached += 1
+        self.dirty = True
+        return img
+
+    def hold_early(self, result: protocol.Result) -> tuple[str, int] | None:
+        """Keep a result until its image is announced. Over MAX_EARLY_RESULTS the oldest
+        image's results go (never acked, so their tiles come again): returns that image
+        and how many were dropped."""
+        self.early.setdefault(result.image, []).append(result)
+        self.early_count += 1
+        if self.early_count <= MAX_EARLY_RESULTS:
+            return None
+        image, dropped = next(iter(self.early.items()))
+        del self.early[image]
+        self.early_count -= len(dropped)
+        return image, len(dropped)
+
+    def take_early(self, image: str) -> list[protocol.Result]:
+        early = self.early.pop(image, [])
+        self.early_count -= len(early)
+        return early
+
+    def add_part(self, img: ImageState, msg: protocol.Result) -> bool:
+        """Merge one tile's result into its image; False for a tile already merged (a
+        re-send). A result of another model than the job's becomes that tile's error,
+        never detections. ProtocolError for an index the image does not have."""
+        if not 0 <= msg.index < img.info.tiles:
+            raise protocol.ProtocolError(f"tile index {msg.index} out of range")
+        if msg.index in img.parts:
+            return False
+        detections, error = msg.detections, msg.error
+        if msg.model != self.model:
+            detections = Detections.empty()
+            error = {"type": "model_mismatch",
+                     "message": f"tile answered by {msg.model}, job uses {self.model}"}
+        img.parts[msg.index] = detections
+        self.tiles_done += 1
+        self.dirty = True
+        if error is not None and img.error is None:
+            img.error = {"type": error["type"],
+                         "message": f"tile {msg.index} on worker {msg.worker}: "
+                                    f"{error['message']}"}
+        return True
+
+    @staticmethod
+    def is_whole(img: ImageState) -> bool:
+        return len(img.parts) == img.info.tiles
+
+    def finish_image(self, img: ImageState) -> Detections | None:
+        """The image's merged detections (None when it failed), counted; its state goes."""
+        info = img.info
+        del self.images[info.image]
+        self.images_done += 1
+        self.dirty = True
+        if img.error is not None:
+            self.images_failed += 1
+            self.failures.append({"image": info.image, "path": info.path,
+                                  "type": img.error["type"], "message": img.error["message"]})
+            return None
+        if info.cached is not None:
+            dets = info.cached.detections  # merged when it was computed
+        else:
+            dets = merge(Detections.concat(list(img.parts.values())), self.merge)
+        self.detections += len(dets)
+        return dets
+
+    def withdraw(self, image: str) -> bool:
+        """Forget an image not yet complete, and what arrived for it: it no longer counts
+        in progress. False when there was nothing to forget."""
+        early = self.take_early(image)
+        img = self.images.pop(image, None)
+        if img is None:
+            return bool(early)
+        self.images_seen -= 1
+        self.tiles_seen -= img.info.tiles
+        self.tiles_done -= len(img.parts)
+        if img.info.cached is not None:
+            self.images_cached -= 1
+        self.dirty = True
+        return True
+
+    # ------------------------------------------------------------------ the job
+
+    def end(self, msg: protocol.JobEnd) -> None:
+        self.images_total = msg.images
+        self.tiles_total = msg.tiles
+        self.dirty = True
+
+    def is_complete(self) -> bool:
+        return self.images_total is not None and self.images_done >= self.images_total
+
+    def progress(self) -> protocol.Progress:
+        return protocol.Progress(
+            job=self.id,
+            images_seen=self.images_seen,
+            images_done=self.images_done,
+            images_failed=self.images_failed,
+            tiles_seen=self.tiles_seen,
+            tiles_done=self.tiles_done,
+            images_total=self.images_total,
+            tiles_total=self.tiles_total,
+            elapsed=(self.finished_at or time.monotonic()) - self.t0,
+            done=self.finished_at is not None,
+            detections=self.detections,
+            failures=tuple(self.failures),
+            images_cached=self.images_cached,
+        )
