@@ -265,3 +265,14 @@ def test_one_hostile_field_is_refused_or_harmless(index, data, value):
                 assert math.isfinite(number), (k, v)
                 if k not in ("t", "created", "box", "tiling", "merge", "options", "model"):
                     assert number >= 0, (k, v)
+
+
+def test_an_invalid_tile_still_names_itself_for_its_bad_tile_answer():
+    tile = _case(P.Tile)
+    frames = _frames(tile, scale=NAN)
+    with pytest.raises(P.ProtocolError):
+        P.decode(frames)
+    assert P.tile_identity(frames) == (tile.job, tile.image, tile.index, tile.attempt)
+    assert P.tile_identity(_frames(tile, index=-1)) is None  # nothing to answer for
+    assert P.tile_identity([b"zv.tile", b"\xc1"]) is None
+    assert P.tile_identity(_frames(_case(P.JobEnd))) is None
