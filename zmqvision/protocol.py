@@ -237,7 +237,9 @@ def _box(h: dict, key: str) -> tuple[float, float, float, float]:
     v = _req(h, key, list)
     if len(v) != 4 or not all(isinstance(x, _NUM) and not isinstance(x, bool) for x in v):
         raise ProtocolError(f"{key!r} must be 4 numbers")
-    box = tuple(_finite(x, key) for x in v)
+    box = tuple(v)
+    for x in box:
+        _finite(x, key)
     if box[2] < box[0] or box[3] < box[1]:
         raise ProtocolError(f"{key!r} must be [x0, y0, x1, y1] with x0 <= x1, y0 <= y1")
     return box  # type: ignore[return-value]
