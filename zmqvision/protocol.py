@@ -11,9 +11,16 @@ compact, binary-safe and has a parser in every language; the pixels never go thr
 they travel as their own frame and are handed to numpy and OpenVINO without a copy.
 Nothing here unpickles or evaluates anything: a frame is bytes until validated.
 
-``decode`` raises ``ProtocolError`` for anything malformed, foreign or of another version;
-the receiving loops count and log it and carry on. docs/protocol.md is the specification
-for other languages; keep the two in step.
+``decode`` raises ``ProtocolError`` for anything malformed, foreign or of another version,
+and for any field outside its bounds: counts are non-negative ints (a float is refused),
+floats are finite, ids and texts have a length limit, settings maps are plain JSON of
+bounded depth. The receiving loops count and log it and carry on, so nothing downstream
+(a cache key, a watcher, a JSON record) ever meets a NaN or a 500-deep list.
+
+Paths come from the OS and need not be UTF-8: such a path (a str with lone surrogates in
+Python) travels as a msgpack bin of its bytes and decodes back to the same str
+(``os_text``). docs/protocol.md is the specification for other languages; keep the two
+in step.
 """
 
 from __future__ import annotations
