@@ -11,14 +11,22 @@ compact, binary-safe and has a parser in every language; the pixels never go thr
 they travel as their own frame and are handed to numpy and OpenVINO without a copy.
 Nothing here unpickles or evaluates anything: a frame is bytes until validated.
 
-``decode`` raises ``ProtocolError`` for anything malformed, foreign or of another version;
-the receiving loops count and log it and carry on. docs/protocol.md is the specification
-for other languages; keep the two in step.
+``decode`` raises ``ProtocolError`` for anything malformed, foreign or of another version,
+and for any field outside its bounds: counts are non-negative ints (a float is refused),
+floats are finite, ids and texts have a length limit, settings maps are plain JSON of
+bounded depth. The receiving loops count and log it and carry on, so nothing downstream
+(a cache key, a watcher, a JSON record) ever meets a NaN or a 500-deep list.
+
+Paths come from the OS and need not be UTF-8: such a path (a str with lone surrogates in
+Python) travels as a msgpack bin of its bytes and decodes back to the same str
+(``os_text``). docs/protocol.md is the specification for other languages; keep the two
+in step.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import os
 import socket
 import time
@@ -109,6 +117,22 @@ def failed_image_id(path: str) -> str:
 # ---------------------------------------------------------------------------- validation
 
 
+# Bounds on what one header may hold, beyond its total size (MAX_HEADER_BYTES):
+# - counts (tile indices, attempts, counters, sizes) are 0 … 2**53 − 1, exact in a double
+#   and in JavaScript's Number, so a watcher in any language reads them unchanged;
+# - names (ids, hosts, model refs, error types) are short and end up as keys of per-peer
+#   tables, so they are bounded tightly;
+# - text from the operating system (paths, error messages) may be long, and may not be
+#   valid UTF-8: see ``_text``;
+# - settings maps (model, tiling, merge, options) are plain JSON nested at most 4 deep
+#   (``_plain``), so nothing downstream (a cache key, a JSON record) recurses without end.
+MAX_COUNT = (1 << 53) - 1
+MAX_CREDIT = 1_000_000
+MAX_NAME_CHARS = 1024
+MAX_TEXT_CHARS = 1 << 18  # one path (Linux allows 128 KiB per argument) and some prose
+MAX_PLAIN_DEPTH = 4
+
+
 def _req(h: dict, key: str, types: type | tuple[type, ...], optional: bool = False) -> Any:
     if key not in h:
         if optional:
@@ -128,45 +152,175 @@ def _req(h: dict, key: str, types: type | tuple[type, ...], optional: bool = Fal
 _NUM = (int, float)
 
 
+def _count(h: dict, key: str, optional: bool = False, hi: int = MAX_COUNT) -> Any:
+    """A non-negative integer (a float such as 3.0 is refused: the sender has a bug)."""
+    value = _req(h, key, int, optional)
+    if value is not None and not 0 <= value <= hi:
+        raise ProtocolError(f"{key!r} is {value}, not in 0..{hi}")
+    return value
+
+
+def _finite(value: Any, key: str) -> float:
+    value = float(value)
+    if not math.isfinite(value):
+        raise ProtocolError(f"{key!r} is not a finite number")
+    return value
+
+
+def _float(h: dict, key: str, optional: bool = False, lo: float | None = None,
+           hi: float | None = None) -> Any:
+    """A finite number (an int is accepted), within ``lo`` … ``hi`` when given."""
+    value = _req(h, key, _NUM, optional)
+    if value is None:
+        return None
+    value = _finite(value, key)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        raise ProtocolError(f"{key!r} is {value}, not in {lo}..{hi}")
+    return value
+
+
+def _name(h: dict, key: str, optional: bool = False) -> Any:
+    """An identifier (job, image, worker, sink, host, model ref, error type)."""
+    value = _req(h, key, str, optional)
+    if value is not None and len(value) > MAX_NAME_CHARS:
+        raise ProtocolError(f"{key!r} is over {MAX_NAME_CHARS} characters")
+    return value
+
+
+def _names(h: dict, key: str) -> tuple[str, ...]:
+    """A list of identifiers (image ids of an ack or a withdrawal)."""
+    values = _req(h, key, list)
+    if not all(isinstance(v, str) and len(v) <= MAX_NAME_CHARS for v in values):
+        raise ProtocolError(f"{key!r} must be a list of ids")
+    return tuple(values)
+
+
+def os_text(value: str) -> str | bytes:
+    """How text from the operating system travels: as a msgpack str when it is valid
+    Unicode, else (a file name whose bytes are not UTF-8, which Python holds as lone
+    surrogates, PEP 383) as a msgpack bin of its bytes, so it arrives exactly."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no OS path gives (U+D800…U+DC7F): escaped
+        return value.encode("utf-8", "backslashreplace").decode("ascii")
+
+
+def _from_bin(value: bytes) -> str:
+    """The inverse of ``os_text``: bytes that are not UTF-8 become U+DC80…U+DCFF, as
+    ``os.fsdecode`` gives them on POSIX, so the name opens the same file again."""
+    return bytes(value).decode("utf-8", "surrogateescape")
+
+
+def _text(h: dict, key: str, optional: bool = False) -> Any:
+    """Text that may come from the OS (a path, an error message): str, or bin holding
+    bytes that need not be UTF-8 (``os_text``)."""
+    value = _req(h, key, (str, bytes), optional)
+    if isinstance(value, bytes):
+        value = _from_bin(value)
+    if value is not None and len(value) > MAX_TEXT_CHARS:
+        raise ProtocolError(f"{key!r} is over {MAX_TEXT_CHARS} characters")
+    return value
+
+
+def _for_wire(value: Any) -> Any:
+    """A header with every string that msgpack cannot pack as UTF-8 made packable
+    (``os_text``); only called when packing failed, so the usual message pays nothing."""
+    if isinstance(value, str):
+        return os_text(value)
+    if isinstance(value, dict):  # keys are ours, never paths: escaped if need be
+        return {(k.encode("utf-8", "backslashreplace").decode("utf-8")
+                 if isinstance(k, str) else k): _for_wire(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_for_wire(v) for v in value]
+    return value
+
+
 def _box(h: dict, key: str) -> tuple[float, float, float, float]:
     v = _req(h, key, list)
     if len(v) != 4 or not all(isinstance(x, _NUM) and not isinstance(x, bool) for x in v):
         raise ProtocolError(f"{key!r} must be 4 numbers")
-    return tuple(v)  # type: ignore[return-value]
+    box = tuple(v)
+    for x in box:
+        _finite(x, key)
+    if box[2] < box[0] or box[3] < box[1]:
+        raise ProtocolError(f"{key!r} must be [x0, y0, x1, y1] with x0 <= x1, y0 <= y1")
+    return box  # type: ignore[return-value]
 
 
 def _error(h: dict) -> dict | None:
     e = _req(h, "error", dict, optional=True)
     if e is None:
         return None
-    _req(e, "type", str)
-    _req(e, "message", str)
-    return {"type": e["type"], "message": e["message"]}
+    return {"type": _name(e, "type"), "message": _text(e, "message")}
 
 
-def _plain(value: Any, where: str, depth: int = 0) -> Any:
+def _plain(value: Any, where: str, depth: int = 0, paths: bool = False) -> Any:
     """``value`` if it is plain JSON (str keys; str, int, finite float, bool, None, lists,
-    maps; nested at most 4 deep): settings that end up in result records must be writable
-    as JSON whatever a sender put in them."""
-    if depth > 4:
+    maps; nested at most ``MAX_PLAIN_DEPTH`` deep): settings that end up in result records
+    and cache keys must be writable as JSON whatever a sender put in them. With ``paths``
+    (the model map, which names a user's model file), a bin is text from the OS
+    (``_text``) and comes back as a str."""
+    if depth > MAX_PLAIN_DEPTH:
         raise ProtocolError(f"{where}: nested too deep")
     if value is None or isinstance(value, str | bool | int):
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_COUNT:
+            raise ProtocolError(f"{where}: integer out of range")
         return value
+    if isinstance(value, bytes) and paths:
+        return _from_bin(value)
     if isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
+        if not math.isfinite(value):
             raise ProtocolError(f"{where}: non-finite number")
         return value
     if isinstance(value, list):
-        for item in value:
-            _plain(item, where, depth + 1)
-        return value
+        return [_plain(item, where, depth + 1, paths) for item in value]
     if isinstance(value, dict):
+        out = {}
         for key, item in value.items():
             if not isinstance(key, str):
                 raise ProtocolError(f"{where}: keys must be strings")
-            _plain(item, where, depth + 1)
-        return value
+            out[key] = _plain(item, where, depth + 1, paths)
+        return out
     raise ProtocolError(f"{where}: {type(value).__name__} is not a plain JSON value")
+
+
+def _model(h: dict) -> dict:
+    """The job's model description (``ModelSpec.describe()``): plain JSON, with the keys
+    that the sink and the result cache read typed (``ref``, ``labels``, and when present
+    ``name``, ``version``, ``sha256``, ``task``, ``family``, ``input_size``, the two
+    thresholds and ``preprocess``)."""
+    model = _plain(_req(h, "model", dict), "model", paths=True)
+    _name(model, "ref")
+    labels = _req(model, "labels", list)
+    if not all(isinstance(x, str) for x in labels):
+        raise ProtocolError("model labels must be strings")
+    for key in ("name", "version", "sha256", "task", "family"):
+        _name(model, key, optional=True)
+    size = _req(model, "input_size", list, optional=True)
+    if size is not None and (len(size) != 2 or not all(
+            isinstance(x, int) and not isinstance(x, bool) and 1 <= x <= MAX_TILE_SIDE
+            for x in size)):
+        raise ProtocolError("model input_size must be [width, height], 1..16384")
+    _float(model, "score_threshold", optional=True, lo=0.0, hi=1.0)
+    _float(model, "nms_threshold", optional=True, lo=0.0, hi=1.0)
+    _req(model, "preprocess", dict, optional=True)
+    return model
+
+
+def _options(h: dict) -> dict:
+    """JobStart ``options``: plain JSON; ``score_threshold`` null or 0…1, ``records`` one
+    of RECORD_DELIVERY when present."""
+    options = _plain(_req(h, "options", dict, optional=True) or {}, "options")
+    _float(options, "score_threshold", optional=True, lo=0.0, hi=1.0)
+    records = _req(options, "records", str, optional=True)
+    if records is not None and records not in RECORD_DELIVERY:
+        raise ProtocolError(f"options.records must be one of {RECORD_DELIVERY}")
+    return options
 
 
 def _buffer(frame: Any) -> memoryview:
@@ -228,19 +382,14 @@ class JobStart:
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> JobStart:
-        model = _req(h, "model", dict)
-        _req(model, "ref", str)
-        labels = _req(model, "labels", list)
-        if not all(isinstance(x, str) for x in labels):
-            raise ProtocolError("model labels must be strings")
         return cls(
-            job=_req(h, "job", str),
-            model=model,
+            job=_name(h, "job"),
+            model=_model(h),
             tiling=_plain(_req(h, "tiling", dict), "tiling"),
             merge=_plain(_req(h, "merge", dict), "merge"),
-            created=float(_req(h, "created", _NUM)),
-            host=_req(h, "host", str),
-            options=_plain(_req(h, "options", dict, optional=True) or {}, "options"),
+            created=_float(h, "created"),
+            host=_name(h, "host"),
+            options=_options(h),
         )
 
 
@@ -292,27 +441,23 @@ class ImageInfo:
         cached = None
         c = _req(h, "cached", dict, optional=True)
         if c is not None:
-            tiles = _req(c, "tiles", int)
-            if tiles < 0:
-                raise ProtocolError("negative cached tile count")
+            tiles = _count(c, "tiles")
             dets = detections_from_buffers(_req(c, "n", int), bufs)
             cached = Cached(tiles=tiles, detections=dets,
-                            created=float(_req(c, "created", _NUM, optional=True) or 0.0))
+                            created=_float(c, "created", optional=True) or 0.0)
         msg = cls(
-            job=_req(h, "job", str),
-            image=_req(h, "image", str),
-            path=_req(h, "path", str),
-            seq=_req(h, "seq", int),
-            width=_req(h, "width", int),
-            height=_req(h, "height", int),
-            tiles=_req(h, "tiles", int),
-            hash=_req(h, "hash", str, optional=True),
-            abspath=_req(h, "abspath", str, optional=True),
+            job=_name(h, "job"),
+            image=_name(h, "image"),
+            path=_text(h, "path"),
+            seq=_count(h, "seq"),
+            width=_count(h, "width"),
+            height=_count(h, "height"),
+            tiles=_count(h, "tiles"),
+            hash=_name(h, "hash", optional=True),
+            abspath=_text(h, "abspath", optional=True),
             error=_error(h),
             cached=cached,
         )
-        if msg.tiles < 0 or msg.width < 0 or msg.height < 0 or msg.seq < 0:
-            raise ProtocolError("negative count in image header")
         if cached is not None:
             if msg.tiles != 0:
                 raise ProtocolError("a cached image has no tiles to send")
@@ -383,7 +528,7 @@ class Tile:
             raise ProtocolError("tile dtype must be uint8")
         if len(bufs) != 1:
             raise ProtocolError(f"tile needs 1 pixel frame, got {len(bufs)}")
-        encoding = _req(h, "encoding", str, optional=True) or "raw"
+        encoding = _name(h, "encoding", optional=True) or "raw"
         buf = _buffer(bufs[0])
         if encoding == "raw":
             if buf.nbytes != shape[0] * shape[1] * 3:
@@ -393,19 +538,19 @@ class Tile:
             pixels = _decode_jpeg(buf, shape)
         else:
             raise ProtocolError(f"unknown tile encoding {encoding!r}")
-        scale = float(_req(h, "scale", _NUM))
+        scale = _float(h, "scale")
         if not scale > 0:
             raise ProtocolError("tile scale must be positive")
         return cls(
-            job=_req(h, "job", str),
-            image=_req(h, "image", str),
-            index=_req(h, "index", int),
+            job=_name(h, "job"),
+            image=_name(h, "image"),
+            index=_count(h, "index"),
             box=_box(h, "box"),
             scale=scale,
-            model=_req(h, "model", str),
+            model=_name(h, "model"),
             pixels=pixels,
-            attempt=_req(h, "attempt", int),
-            min_score=_req(h, "min_score", _NUM, optional=True),
+            attempt=_count(h, "attempt"),
+            min_score=_float(h, "min_score", optional=True, lo=0.0, hi=1.0),
             encoding=encoding,
             frame=bufs[0],
         )
@@ -481,15 +626,15 @@ class Result:
     def parse(cls, h: dict, bufs: Sequence) -> Result:
         dets = detections_from_buffers(_req(h, "n", int), bufs)
         return cls(
-            job=_req(h, "job", str),
-            image=_req(h, "image", str),
-            index=_req(h, "index", int),
-            worker=_req(h, "worker", str),
-            model=_req(h, "model", str),
+            job=_name(h, "job"),
+            image=_name(h, "image"),
+            index=_count(h, "index"),
+            worker=_name(h, "worker"),
+            model=_name(h, "model"),
             detections=dets,
             error=_error(h),
-            attempt=_req(h, "attempt", int),
-            infer_ms=float(_req(h, "infer_ms", _NUM)),
+            attempt=_count(h, "attempt"),
+            infer_ms=_float(h, "infer_ms", lo=0.0),
         )
 
 
@@ -507,9 +652,7 @@ class JobEnd:
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> JobEnd:
-        return cls(
-            job=_req(h, "job", str), images=_req(h, "images", int), tiles=_req(h, "tiles", int)
-        )
+        return cls(job=_name(h, "job"), images=_count(h, "images"), tiles=_count(h, "tiles"))
 
 
 @dataclass(frozen=True)
@@ -537,24 +680,24 @@ class Heartbeat:
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence = ()) -> Heartbeat:
-        period = _req(h, "period", _NUM, optional=True)
+        period = _float(h, "period", optional=True)
         if period is not None and not period > 0:
             raise ProtocolError("heartbeat period must be positive")
         return cls(
-            worker=_req(h, "worker", str),
-            host=_req(h, "host", str),
-            pid=_req(h, "pid", int),
-            device=_req(h, "device", str),
-            model=_req(h, "model", str),
-            tiles_done=_req(h, "tiles_done", int),
-            tiles_failed=_req(h, "tiles_failed", int),
-            tiles_per_s=float(_req(h, "tiles_per_s", _NUM)),
-            in_flight=_req(h, "in_flight", int),
-            queue=_req(h, "queue", int),
-            uptime=float(_req(h, "uptime", _NUM)),
-            t=float(_req(h, "t", _NUM)),
-            period=float(period or 1.0),
-            requests=_req(h, "requests", int, optional=True) or 0,
+            worker=_name(h, "worker"),
+            host=_name(h, "host"),
+            pid=_count(h, "pid"),
+            device=_name(h, "device"),
+            model=_name(h, "model"),
+            tiles_done=_count(h, "tiles_done"),
+            tiles_failed=_count(h, "tiles_failed"),
+            tiles_per_s=_float(h, "tiles_per_s", lo=0.0),
+            in_flight=_count(h, "in_flight", hi=MAX_CREDIT),
+            queue=_count(h, "queue", hi=MAX_CREDIT),
+            uptime=_float(h, "uptime", lo=0.0),
+            t=_float(h, "t"),
+            period=period or 1.0,
+            requests=_count(h, "requests", optional=True, hi=MAX_CREDIT) or 0,
         )
 
 
@@ -585,19 +728,19 @@ class Progress:
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> Progress:
         return cls(
-            job=_req(h, "job", str),
-            images_seen=_req(h, "images_seen", int),
-            images_done=_req(h, "images_done", int),
-            images_failed=_req(h, "images_failed", int),
-            tiles_seen=_req(h, "tiles_seen", int),
-            tiles_done=_req(h, "tiles_done", int),
-            images_total=_req(h, "images_total", int, optional=True),
-            tiles_total=_req(h, "tiles_total", int, optional=True),
-            elapsed=float(_req(h, "elapsed", _NUM)),
+            job=_name(h, "job"),
+            images_seen=_count(h, "images_seen"),
+            images_done=_count(h, "images_done"),
+            images_failed=_count(h, "images_failed"),
+            tiles_seen=_count(h, "tiles_seen"),
+            tiles_done=_count(h, "tiles_done"),
+            images_total=_count(h, "images_total", optional=True),
+            tiles_total=_count(h, "tiles_total", optional=True),
+            elapsed=_float(h, "elapsed", lo=0.0),
             done=bool(_req(h, "done", bool)),
-            detections=_req(h, "detections", int, optional=True) or 0,
+            detections=_count(h, "detections", optional=True) or 0,
             failures=tuple(_failure_list(h)),
-            images_cached=_req(h, "images_cached", int, optional=True) or 0,
+            images_cached=_count(h, "images_cached", optional=True) or 0,
         )
 
 
@@ -606,8 +749,8 @@ def _failure_list(h: dict) -> list[dict]:
     for f in _req(h, "failures", list, optional=True) or []:
         if not isinstance(f, dict):
             raise ProtocolError("failures must be maps")
-        out.append({"image": _req(f, "image", str), "path": _req(f, "path", str),
-                    "type": _req(f, "type", str), "message": _req(f, "message", str)})
+        out.append({"image": _name(f, "image"), "path": _text(f, "path"),
+                    "type": _name(f, "type"), "message": _text(f, "message")})
     return out
 
 
@@ -631,14 +774,14 @@ class JobDone:
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> JobDone:
         return cls(
-            job=_req(h, "job", str),
-            images=_req(h, "images", int),
-            failed=_req(h, "failed", int),
-            tiles=_req(h, "tiles", int),
-            detections=_req(h, "detections", int),
-            seconds=float(_req(h, "seconds", _NUM)),
-            out=_req(h, "out", str),
-            cached=_req(h, "cached", int, optional=True) or 0,
+            job=_name(h, "job"),
+            images=_count(h, "images"),
+            failed=_count(h, "failed"),
+            tiles=_count(h, "tiles"),
+            detections=_count(h, "detections"),
+            seconds=_float(h, "seconds", lo=0.0),
+            out=_text(h, "out"),
+            cached=_count(h, "cached", optional=True) or 0,
         )
 
 
@@ -661,13 +804,13 @@ class SinkStatus:
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> SinkStatus:
         return cls(
-            sink=_req(h, "sink", str),
-            host=_req(h, "host", str),
-            pid=_req(h, "pid", int),
-            uptime=float(_req(h, "uptime", _NUM)),
-            jobs_active=_req(h, "jobs_active", int),
-            bad_messages=_req(h, "bad_messages", int),
-            t=float(_req(h, "t", _NUM)),
+            sink=_name(h, "sink"),
+            host=_name(h, "host"),
+            pid=_count(h, "pid"),
+            uptime=_float(h, "uptime", lo=0.0),
+            jobs_active=_count(h, "jobs_active"),
+            bad_messages=_count(h, "bad_messages"),
+            t=_float(h, "t"),
         )
 
 
@@ -691,10 +834,9 @@ class Workers:
             if not isinstance(w, dict):
                 raise ProtocolError("workers entries must be maps")
             beat = Heartbeat.parse(w)
-            age = float(_req(w, "age", _NUM))
+            age = _float(w, "age", lo=0.0)
             entries.append({**beat.header(), "age": age})
-        return cls(sink=_req(h, "sink", str), workers=tuple(entries),
-                   t=float(_req(h, "t", _NUM)))
+        return cls(sink=_name(h, "sink"), workers=tuple(entries), t=_float(h, "t"))
 
 
 @dataclass(frozen=True)
@@ -716,8 +858,8 @@ class Failure:
         error = _error(h)
         if error is None:
             raise ProtocolError("a failure needs its error")
-        return cls(job=_req(h, "job", str), image=_req(h, "image", str),
-                   path=_req(h, "path", str), error=error, t=float(_req(h, "t", _NUM)))
+        return cls(job=_name(h, "job"), image=_name(h, "image"), path=_text(h, "path"),
+                   error=error, t=_float(h, "t"))
 
 
 @dataclass(frozen=True)
@@ -735,10 +877,7 @@ class Ready:
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> Ready:
-        credit = _req(h, "credit", int)
-        if not 0 <= credit <= 1_000_000:
-            raise ProtocolError("credit out of range")
-        return cls(worker=_req(h, "worker", str), credit=credit)
+        return cls(worker=_name(h, "worker"), credit=_count(h, "credit", hi=MAX_CREDIT))
 
 
 @dataclass(frozen=True)
@@ -753,7 +892,7 @@ class Bye:
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> Bye:
-        return cls(worker=_req(h, "worker", str))
+        return cls(worker=_name(h, "worker"))
 
 
 @dataclass(frozen=True)
@@ -776,15 +915,12 @@ class Ack:
     def parse(cls, h: dict, bufs: Sequence) -> Ack:
         tiles = []
         for t in _req(h, "tiles", list):
-            if (not isinstance(t, list) or len(t) != 2 or not isinstance(t[0], str)
-                    or not isinstance(t[1], int) or isinstance(t[1], bool)):
+            if not isinstance(t, list) or len(t) != 2:
                 raise ProtocolError("ack tiles must be [image, index] pairs")
-            tiles.append((t[0], t[1]))
-        images = _req(h, "images", list)
-        if not all(isinstance(i, str) for i in images):
-            raise ProtocolError("ack images must be strings")
-        return cls(sink=_req(h, "sink", str), job=_req(h, "job", str), tiles=tuple(tiles),
-                   images=tuple(images))
+            pair = {"image": t[0], "index": t[1]}
+            tiles.append((_name(pair, "image"), _count(pair, "index")))
+        return cls(sink=_name(h, "sink"), job=_name(h, "job"), tiles=tuple(tiles),
+                   images=_names(h, "images"))
 
 
 # How a job's records are delivered (JobStart ``options["records"]``): written to the
@@ -832,8 +968,8 @@ class Record:
         buf = _buffer(bufs[0])
         if buf.nbytes > MAX_RECORD_BYTES:
             raise ProtocolError(f"record of {buf.nbytes} bytes is over {MAX_RECORD_BYTES}")
-        return cls(sink=_req(h, "sink", str), job=_req(h, "job", str),
-                   image=_req(h, "image", str), json=bytes(buf))
+        return cls(sink=_name(h, "sink"), job=_name(h, "job"), image=_name(h, "image"),
+                   json=bytes(buf))
 
 
 @dataclass(frozen=True)
@@ -852,10 +988,7 @@ class Withdraw:
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> Withdraw:
-        images = _req(h, "images", list)
-        if not all(isinstance(i, str) for i in images):
-            raise ProtocolError("withdrawn images must be strings")
-        return cls(job=_req(h, "job", str), images=tuple(images))
+        return cls(job=_name(h, "job"), images=_names(h, "images"))
 
 
 Message = (
@@ -877,11 +1010,35 @@ def encode(msg: Message) -> list:
     """Frames for ``socket.send_multipart(frames, copy=False)``; arrays are not copied."""
     header = dict(msg.header())
     header["v"] = VERSION
-    frames: list = [msg.TYPE.tag, msgpack.packb(header, use_bin_type=True)]
+    try:
+        packed = msgpack.packb(header, use_bin_type=True)
+    except UnicodeEncodeError:  # a path that is not UTF-8: it travels as its bytes
+        packed = msgpack.packb(_for_wire(header), use_bin_type=True)
+    frames: list = [msg.TYPE.tag, packed]
     buffers = getattr(msg, "buffers", None)
     if buffers is not None:
         frames.extend(buffers())
     return frames
+
+
+def tile_identity(frames: Sequence) -> tuple[str, str, int, int] | None:
+    """``(job, image, index, attempt)`` of a ``zv.tile`` that failed to decode, read from
+    its header alone, when those four are valid: a worker answers such a tile with a
+    ``bad_tile`` error result (docs/protocol.md) instead of leaving it to the lease. None
+    when the message is not a tile or its header does not name one."""
+    try:
+        if peek_type(frames) is not MsgType.TILE or len(frames) < 2:
+            return None
+        raw = _buffer(frames[1])
+        if raw.nbytes > MAX_HEADER_BYTES:
+            return None
+        h = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        if not isinstance(h, dict) or type(h.get("v")) is not int or h["v"] != VERSION:
+            return None
+        return (_name(h, "job"), _name(h, "image"), _count(h, "index"),
+                _count(h, "attempt", optional=True) or 0)
+    except Exception:  # garbage of any kind: nothing to answer
+        return None
 
 
 def peek_type(frames: Sequence) -> MsgType:
@@ -912,7 +1069,7 @@ def decode(frames: Sequence, expect: tuple[MsgType, ...] | None = None) -> Messa
     if not isinstance(h, dict):
         raise ProtocolError("header is not a map")
     v = h.get("v")
-    if v != VERSION:
+    if type(v) is not int or v != VERSION:  # noqa: E721 - True == 1, and 1.0 == 1
         raise ProtocolError(f"protocol version {v!r}, this side speaks {VERSION}")
     cls = _CLASSES[t]
     try:
