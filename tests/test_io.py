@@ -6,7 +6,6 @@ downloaded; every broken file is derived from a real encoding of them.
 
 from __future__ import annotations
 
-import inspect
 import io
 import os
 import pickle
@@ -257,12 +256,12 @@ def test_text_file(tmp_path):
     assert "text" in err.message
 
 
-def test_gif_is_unsupported(tmp_path, photos):
-    path = tmp_path / "cat.gif"
-    path.write_bytes(_encode(Image.fromarray(photos["chelsea"]), "GIF"))
+def test_unsupported_format_is_named(tmp_path, photos):
+    path = tmp_path / "cat.ppm"
+    path.write_bytes(_encode(Image.fromarray(photos["chelsea"]), "PPM"))
     err = _error(read_image, str(path))
     assert err.type == "unsupported_format"
-    assert "GIF" in err.message and "JPEG" in err.message
+    assert "PPM" in err.message and "JPEG" in err.message and "GIF" in err.message
 
 
 def test_huge_declared_png_rejected_fast(tmp_path):
@@ -332,28 +331,39 @@ def _touch(path: Path) -> None:
     path.write_bytes(b"")
 
 
-def test_iter_is_a_generator(tmp_path):
-    assert inspect.isgenerator(iter_image_paths([str(tmp_path)]))
+def test_iter_is_a_lazy_iterator(tmp_path):
+    walk = iter_image_paths([str(tmp_path)])
+    assert iter(walk) is walk and not isinstance(walk, (list, tuple))
 
 
-def test_walk_skips_hidden_and_filters_extensions(tmp_path):
+def test_walk_skips_hidden_and_takes_image_extensions(tmp_path):
     for rel in ["a.jpg", "b.PNG", "c.txt", ".hidden.jpg", ".git/x.jpg", "sub/d.jpeg",
-                "sub/deeper/e.jpg", "noext"]:
+                "sub/deeper/e.jpg", "noext", "f.gif"]:
         _touch(tmp_path / rel)
     top = str(tmp_path)
-    found = set(iter_image_paths([top]))
+    walk = iter_image_paths([top])
+    found = set(walk)
     assert found == {os.path.join(top, r) for r in
-                     ["a.jpg", "b.PNG", "c.txt", "sub/d.jpeg", "sub/deeper/e.jpg", "noext"]}
-    filtered = set(iter_image_paths([top], extensions=frozenset({"jpg", "png"})))
-    assert filtered == {os.path.join(top, r) for r in ["a.jpg", "b.PNG", "sub/deeper/e.jpg"]}
+                     ["a.jpg", "b.PNG", "sub/d.jpeg", "sub/deeper/e.jpg", "f.gif"]}
+    assert walk.skipped == 2  # c.txt, noext; hidden names are not counted
+    assert sorted(walk.skipped_examples) == [os.path.join(top, "c.txt"),
+                                             os.path.join(top, "noext")]
+    everything = set(iter_image_paths([top], extensions=zio.ALL_EXTENSIONS))
+    assert everything == found | {os.path.join(top, "c.txt"), os.path.join(top, "noext")}
+    assert set(iter_image_paths([top], extensions="*")) == everything
+    filtered = iter_image_paths([top], extensions=frozenset({"jpg", "png"}))
+    assert set(filtered) == {os.path.join(top, r) for r in
+                             ["a.jpg", "b.PNG", "sub/deeper/e.jpg"]}
+    assert filtered.skipped == 4
     flat = set(iter_image_paths([top], recursive=False))
-    assert flat == {os.path.join(top, r) for r in ["a.jpg", "b.PNG", "c.txt", "noext"]}
+    assert flat == {os.path.join(top, r) for r in ["a.jpg", "b.PNG", "f.gif"]}
 
 
 def test_explicit_files_yielded_as_given(tmp_path):
     _touch(tmp_path / ".hidden.jpg")
     given = [str(tmp_path / "missing.jpg"), str(tmp_path / ".hidden.jpg"), "notes.txt"]
     assert list(iter_image_paths(given, extensions=frozenset({"png"}))) == given
+    assert list(iter_image_paths(given)) == given  # image extensions are for folders only
 
 
 def test_relative_paths_stay_relative(tmp_path, monkeypatch):
