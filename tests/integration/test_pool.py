@@ -7,6 +7,7 @@ small request is not queued behind a large job; a pool joins a running cluster."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import threading
 import time
@@ -159,6 +160,14 @@ def _settled(pool, timeout: float = 30.0) -> bool:
 
 
 def _rss_mb() -> float:
+    """This process's resident memory (the pool's engine runs here), after giving freed
+    memory back to the OS: glibc keeps freed image buffers in its arenas otherwise."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
@@ -167,7 +176,7 @@ def _rss_mb() -> float:
 def test_cancelled_and_timed_out_requests_leave_nothing(pool, tmp_path):
     big = _big(tmp_path)
     rss = []
-    for _ in range(4):
+    for _ in range(5):
         futures = [pool.submit(big) for _ in range(20)]
         # Wait until the first is being worked on (tiles leased), then cancel them all.
         deadline = time.monotonic() + 30
@@ -188,10 +197,11 @@ def test_cancelled_and_timed_out_requests_leave_nothing(pool, tmp_path):
             with pytest.raises(RequestTimeout):
                 f.result(timeout=30)
         assert _settled(pool), "timed-out requests left images, leases or re-sends behind"
+        del futures, timed, f
         rss.append(_rss_mb())
     # The pool still answers, and memory did not grow with the withdrawn requests.
     assert pool.submit(EXAMPLES / PHOTOS[1]).result(timeout=60)["error"] is None
-    assert rss[-1] - rss[0] < 40, f"RSS grew {rss} MiB"
+    assert rss[-1] - rss[1] < 30, f"RSS grew {rss} MiB"
 
 
 @pytest.mark.timeout(240)
