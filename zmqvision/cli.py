@@ -465,13 +465,11 @@ def sink(out, fmt, draw, bind_results, bind_events, bind_events_fallback, overwr
 @click.option("--heartbeat", type=click.FloatRange(0.05), default=1.0, show_default=True,
               help="Seconds between heartbeats.")
 @click.option("--id", "worker_id", default=None, help="Worker id [default: host-pid-random].")
-@click.option("--throttle-ms", type=click.FloatRange(0), default=0.0, hidden=True,
-              help="Tests only: hold every result this long, as a slow device would.")
 @click.option("-v", "--verbose", count=True)
 @_curve_option
 @_child_options
 def worker(model, input_size, device, threads, requests, hint, score_threshold, host, tiles,
-           results, heartbeat, worker_id, throttle_ms, verbose, curve, announce, parent_pid,
+           results, heartbeat, worker_id, verbose, curve, announce, parent_pid,
            log_level):
     """Infer tiles with OpenVINO; connect to a ventilator and a sink."""
     from zmqvision.models import DeviceError, ModelStoreError
@@ -484,7 +482,7 @@ def worker(model, input_size, device, threads, requests, hint, score_threshold, 
         results=results or sockets.connect_endpoint(sockets.RESULTS_PORT, host),
         model=model, input_size=input_size, device=device, threads=threads, hint=hint,
         requests=requests, score_threshold=score_threshold, heartbeat_s=heartbeat,
-        worker_id=worker_id, throttle_ms=throttle_ms, curve=curve,
+        worker_id=worker_id, curve=curve,
     )
     stop = sockets.StopFlag(parent_pid)
     stop.install_signal_handlers()

@@ -107,8 +107,6 @@ def worker_args(cfg: WorkerConfig) -> list[str]:
         args += ["--score-threshold", str(cfg.score_threshold)]
     if cfg.worker_id:
         args += ["--id", cfg.worker_id]
-    if cfg.throttle_ms:
-        args += ["--throttle-ms", str(cfg.throttle_ms)]
     return args
 
 
