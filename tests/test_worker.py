@@ -205,9 +205,7 @@ def test_sigterm_ends_a_worker_whose_sink_is_gone_with_results_pending(
     """The sink is gone: the worker's PUSH queue fills (10,000 results) and the send waits
     for room. SIGTERM must still end the worker within seconds, with exit code 0."""
     vent = Ventilator(ctx, "tcp://127.0.0.1:0")
-    gone = ctx.socket(zmq.PULL)
-    results = sockets.connectable(sockets.bind(gone, "tcp://127.0.0.1:0"))
-    gone.close(linger=0)  # the sink was here
+    results = f"ipc://{tmp_path}/no-sink"  # nobody listens: the sink is gone
     log = tmp_path / "worker.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
@@ -239,3 +237,26 @@ def test_sigterm_ends_a_worker_whose_sink_is_gone_with_results_pending(
             proc.kill()
             proc.wait(10)
         vent.close()
+
+
+def test_a_result_send_waits_for_room_until_stopped_then_for_the_drain_only(ctx, tmp_path):
+    """No sink: the PUSH queue (here 1 result) is full. Running, a send waits for room;
+    stopped, it waits ``drain_s`` more, then gives up, and so do later sends, at once."""
+    from zmqvision.worker.results import ResultSender, tile_error
+
+    stop = sockets.StopFlag()
+    sender = ResultSender(ctx, f"ipc://{tmp_path}/no-sink", stop, drain_s=0.3)
+    sender.sock.sndhwm = 1
+    sender.connect()
+    result = tile_error(tile(0, side=4), "w1", REF, "bad_tile", "test")
+    try:
+        assert sender.send(result)  # queued
+        threading.Timer(0.5, stop.set).start()
+        t0 = time.monotonic()
+        assert not sender.send(result)  # waited for room, then for the drain
+        assert 0.7 < time.monotonic() - t0 < 5
+        t0 = time.monotonic()
+        assert not sender.send(result)
+        assert time.monotonic() - t0 < 0.5 and sender.unsent == 2
+    finally:
+        sender.close()
