@@ -93,12 +93,14 @@ class Processes(ProcessGroup):
         super().__init__()
         self.tmp = tmp
 
-    def start(self, *args: str, name: str = "proc") -> subprocess.Popen:
+    def start(self, *args: str, name: str = "proc", module: str = "zmqvision",
+              prefix: tuple[str, ...] = ()) -> subprocess.Popen:
+        """``python -m MODULE *PREFIX *ARGS`` (another module: tests.slow_worker)."""
         log = self.tmp / f"{name}-{len(self.procs)}.log"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         with open(log, "wb") as fh:
             p = subprocess.Popen(
-                [sys.executable, "-m", "zmqvision", *args],
+                [sys.executable, "-m", module, *prefix, *args],
                 stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
                 start_new_session=True,
             )

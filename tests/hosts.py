@@ -217,10 +217,13 @@ class Network(ProcessGroup):
     # ------------------------------------------------------------------ processes
 
     def start(self, host: Host, *args: str, name: str = "proc",
-              env: dict[str, str] | None = None) -> subprocess.Popen:
+              env: dict[str, str] | None = None, module: str = "zmqvision",
+              prefix: tuple[str, ...] = ()) -> subprocess.Popen:
         """``python -m zmqvision ARGS`` inside ``host`` (same interpreter, PYTHONPATH and
-        ZMQVISION_CACHE as this process); output goes to a log file (``log()``)."""
-        return self.exec(host, sys.executable, "-m", "zmqvision", *args, name=name, env=env)
+        ZMQVISION_CACHE as this process); output goes to a log file (``log()``). Another
+        ``module`` runs as ``python -m MODULE *PREFIX *ARGS`` (tests.slow_worker)."""
+        return self.exec(host, sys.executable, "-m", module, *prefix, *args, name=name,
+                         env=env)
 
     def exec(self, host: Host, *argv: str, name: str = "proc",
              env: dict[str, str] | None = None) -> subprocess.Popen:

@@ -123,3 +123,37 @@ def test_unknown_worker_gets_credit_from_its_heartbeat():
     assert d.workers[b"w"].credit == 3
     d.heard(b"w", free=9)  # known: its credit is not reset by a heartbeat
     assert d.workers[b"w"].credit == 3
+
+
+def test_a_heartbeat_before_the_first_ready_does_not_count_the_free_slots_twice():
+    """A worker that heartbeats (4 free) and then sends its first Ready (its 4 requests)
+    offers the same four slots twice: it gets 4 tiles, not 8."""
+    d, _ = make()
+    d.heard(b"w", period=1.0, free=4, held=0)
+    d.ready(b"w", 4)
+    assert d.workers[b"w"].credit == 4
+    d.ready(b"w", 1)  # from now on each Ready is a finished tile: one more
+    assert d.workers[b"w"].credit == 5
+
+
+def test_after_a_ventilator_restart_a_busy_worker_keeps_its_free_slots_and_each_finish():
+    """The case heartbeat credit is for: the worker's credit went to a ventilator that
+    restarted. Its free slots come from the heartbeat, and every Ready after it (a tile of
+    the old ventilator or of this one finished) adds one."""
+    d, _ = make()
+    d.heard(b"w", period=1.0, free=2, held=2)  # 2 tiles of the old ventilator in flight
+    assert d.workers[b"w"].credit == 2
+    d.assign(("x", 0), b"w")
+    d.assign(("x", 1), b"w")
+    for _ in range(4):  # the two old tiles and the two new ones done
+        d.ready(b"w", 1)
+    assert d.workers[b"w"].credit == 4
+
+
+def test_after_a_ventilator_restart_an_idle_worker_is_credited_by_its_heartbeat_alone():
+    d, _ = make()
+    d.heard(b"w", period=1.0, free=3, held=0)
+    for i in range(3):
+        d.assign(("x", i), b"w")
+    d.ready(b"w", 1)  # a tile of this ventilator done: one more, not a repeat of the 3
+    assert d.workers[b"w"].credit == 1

@@ -574,8 +574,6 @@ def sink_config(params: Mapping) -> SinkConfig:
 @click.option("--heartbeat", type=click.FloatRange(0.05), default=1.0, show_default=True,
               help="Seconds between heartbeats.")
 @click.option("--id", "worker_id", default=None, help="Worker id [default: host-pid-random].")
-@click.option("--throttle-ms", type=click.FloatRange(0), default=0.0, hidden=True,
-              help="Tests only: hold every result this long, as a slow device would.")
 @click.option("-v", "--verbose", count=True)
 @_curve_option
 @_child_options
@@ -604,7 +602,7 @@ def worker_config(params: Mapping) -> WorkerConfig:
         model=params["model"], input_size=params["input_size"], device=params["device"],
         threads=params["threads"], hint=params["hint"], requests=params["requests"],
         score_threshold=params["score_threshold"], heartbeat_s=params["heartbeat"],
-        worker_id=params["worker_id"], throttle_ms=params["throttle_ms"],
+        worker_id=params["worker_id"],
         curve=params["curve"],
     )
 

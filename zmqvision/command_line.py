@@ -89,7 +89,6 @@ WORKER_FLAGS: FlagTable = {
     "score_threshold": Flag("--score-threshold"),
     "heartbeat_s": Flag("--heartbeat"),
     "worker_id": Flag("--id"),
-    "throttle_ms": NOT_PASSED,  # a test hook, leaving the production path
     "curve": Flag("--curve"),
 }
 

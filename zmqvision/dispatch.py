@@ -35,6 +35,10 @@ class WorkerSlot:
     leases: set[TileKey] = field(default_factory=set)
     assigned: int = 0  # tiles ever sent to it; ties go to the least used worker
     encoding: str | None = None  # how tiles travel to it (the ventilator decides once)
+    # Credit its first heartbeat gave it, not yet matched by a Ready, and the tiles it held
+    # then (finishing those brings Readies that are new credit): see Dispatcher.ready.
+    seeded: int = 0
+    held_at_seed: int = 0
 
 
 @dataclass
@@ -67,20 +71,37 @@ class Dispatcher:
     # ------------------------------------------------------------------ workers
 
     def heard(self, wid: bytes, *, period: float | None = None,
-              free: int | None = None) -> WorkerSlot:
-        """Any message from a worker. ``free`` (from a heartbeat) seeds the credit of a
-        worker not seen before, e.g. one that was serving a ventilator which restarted."""
+              free: int | None = None, held: int = 0) -> WorkerSlot:
+        """Any message from a worker. ``free`` (from a heartbeat: its idle infer requests)
+        seeds the credit of a worker not seen before, e.g. one whose credit went to a
+        ventilator that restarted: it only heartbeats to this one until it is given tiles.
+        ``held``: the tiles it held at that heartbeat (in flight or queued)."""
         now = self.clock()
         slot = self.workers.get(wid)
         if slot is None:
-            slot = self.workers[wid] = WorkerSlot(wid, now, credit=max(0, free or 0))
+            seed = max(0, free or 0)
+            slot = self.workers[wid] = WorkerSlot(wid, now, credit=seed, seeded=seed,
+                                                  held_at_seed=max(0, held))
         slot.last_heard = now
         if period:
             slot.period = period
         return slot
 
     def ready(self, wid: bytes, credit: int) -> None:
-        self.heard(wid).credit += credit
+        """``credit`` more tiles may go to the worker: its requests when it connects, one
+        for each tile it finished.
+
+        A worker whose credit came from its heartbeat may still send its connect-time Ready
+        (a worker that heartbeats first): that Ready offers the slots the heartbeat already
+        counted. Its first Ready after the seed adds only what tiles finished can explain
+        (those it held then and those sent to it since); the rest repays the seed. A
+        worker that restarted its ventilator sends only Readies for finished tiles, which
+        that always explains, so it keeps its seed and each finish."""
+        slot = self.heard(wid)
+        if slot.seeded:
+            credit -= min(slot.seeded, max(0, credit - slot.held_at_seed - slot.assigned))
+            slot.seeded = 0
+        slot.credit += credit
 
     def bye(self, wid: bytes) -> None:
         slot = self.workers.pop(wid, None)

@@ -72,7 +72,8 @@ class WorkerLink:
                 self.dispatch.ready(wid, msg.credit)
             elif isinstance(msg, protocol.Heartbeat):
                 free = max(0, msg.requests - msg.in_flight - msg.queue)
-                self.dispatch.heard(wid, period=msg.period, free=free)
+                self.dispatch.heard(wid, period=msg.period, free=free,
+                                    held=msg.in_flight + msg.queue)
             else:
                 self.dispatch.bye(wid)
             slot = self.dispatch.workers.get(wid)

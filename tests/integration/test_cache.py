@@ -19,6 +19,7 @@ import pytest
 
 from tests.conftest import ROOT, free_port, wait_event, wait_progress
 from tests.redis_servers import RedisServer
+from tests.slow_worker import hold
 from zmqvision import protocol
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -59,7 +60,7 @@ class Pipeline:
     them), and ventilators started one job at a time, all with the same cache."""
 
     def __init__(self, procs, tmp_path, cache: str, *worker_args: str,
-                 model: str = "centerface") -> None:
+                 model: str = "centerface", hold_ms: float = 0) -> None:
         self.procs, self.cache, self.model = procs, cache, model
         self.tiles, self.results, self.events = (f"tcp://127.0.0.1:{free_port()}"
                                                  for _ in range(3))
@@ -69,7 +70,7 @@ class Pipeline:
                                 name="sink")
         self.worker = procs.start("worker", "--model", model, "--tiles", self.tiles,
                                   "--results", self.results, "--threads", "1", *worker_args,
-                                  name="worker")
+                                  name="worker", **(hold(hold_ms) if hold_ms else {}))
 
     def start(self, *inputs) -> subprocess.Popen:
         return self.procs.start("ventilate", *map(str, inputs), "--model", self.model,
@@ -145,8 +146,7 @@ def test_redis_killed_mid_job_the_job_completes_and_the_cache_comes_back(
 
     folder = distinct_images(tmp_path / "twelve", photos, 12)
     # One request, each result held 250 ms: the job lasts a few seconds.
-    pipe = Pipeline(procs, tmp_path, redis_server.url, "--requests", "1",
-                    "--throttle-ms", "250")
+    pipe = Pipeline(procs, tmp_path, redis_server.url, "--requests", "1", hold_ms=250)
     vent = pipe.start(folder)
     before_kill = wait_progress(pipe.events, 2, field="images_done", timeout=120).images_done
     redis_server.kill()

@@ -23,6 +23,7 @@ import pytest
 
 from tests.conftest import ROOT
 from tests.hosts import Network, unavailable
+from tests.slow_worker import hold
 
 _WHY = unavailable()
 pytestmark = [
@@ -100,10 +101,12 @@ class Cluster:
         return self.net.start(self.home, "ventilate", str(folder), "--model", MODEL,
                               "--no-progress", "-v", *extra, name="ventilate")
 
-    def worker(self, host, *extra: str):
+    def worker(self, host, *extra: str, hold_ms: float = 0):
+        """A worker; with ``hold_ms``, a slow one (each tile's request held that long)."""
         return self.net.start(host, "worker", "--model", MODEL, "--connect", self.home.addr,
                               "--threads", "1", "--heartbeat", "0.5",
-                              "--id", f"{host.hostname}-w", *extra, name="worker")
+                              "--id", f"{host.hostname}-w", *extra, name="worker",
+                              **(hold(hold_ms) if hold_ms else {}))
 
     def watch(self, host):
         return self.net.start(host, "watch", "--connect", self.home.addr, "--json",
@@ -231,8 +234,7 @@ def test_a_host_cut_off_for_20_s_loses_nothing_and_duplicates_nothing(
     c.sink()
     watch = c.watch(hosts[4])
     # Slow workers (each result held 150 ms, one request) so the job outlasts the cut.
-    slow = ("--requests", "1", "--throttle-ms", "150")
-    workers = [c.worker(h, *slow) for h in hosts[1:4]]
+    workers = [c.worker(h, "--requests", "1", hold_ms=150) for h in hosts[1:4]]
     vent = c.ventilate(job_dir)
     cut = hosts[1]
     wait_for(lambda: tiles_done(net, watch, "host1-w") >= 5, 60, "host 1's first tiles",
@@ -264,7 +266,7 @@ def test_a_host_added_mid_job_gets_tiles_within_seconds(job_dir, job_reference, 
     c = Cluster(net, tmp_path / "out.jsonl")
     c.sink()
     watch = c.watch(hosts[2])
-    c.worker(hosts[1], "--requests", "1", "--throttle-ms", "150")
+    c.worker(hosts[1], "--requests", "1", hold_ms=150)
     vent = c.ventilate(job_dir)
     wait_for(lambda: tiles_done(net, watch, "host1-w") >= 5, 60, "the job to be under way",
              alive=lambda: vent.poll() is None)

@@ -17,6 +17,7 @@ import pytest
 import zmq
 
 from tests.conftest import ROOT, free_port, wait_progress
+from tests.slow_worker import hold
 from zmqvision import protocol as P
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -65,10 +66,11 @@ class Cluster:
         return self.procs.start("sink", "--out", str(self.out), "--bind-results", self.results,
                                 "--bind-events", self.events, *extra, name="sink")
 
-    def worker(self, *extra):
+    def worker(self, *extra, hold_ms: float = 0):
+        """A worker; with ``hold_ms``, a slow one (each tile's request held that long)."""
         return self.procs.start("worker", "--model", MODEL, "--tiles", self.tiles, "--results",
                                 self.results, "--threads", "1", "--heartbeat", "0.5", *extra,
-                                name="worker")
+                                name="worker", **(hold(hold_ms) if hold_ms else {}))
 
     def ventilate(self, inputs, *extra):
         return self.procs.start("ventilate", str(inputs), "--model", MODEL, "--bind",
@@ -103,7 +105,7 @@ def test_a_slow_worker_does_not_stretch_the_job(job_dir, tmp_path, procs, undist
     alone = job_seconds(procs.log(vent))
     # The same two fast workers plus one that holds every result 150 ms (several times
     # slower than a 300 px SSD tile on one thread here).
-    slow = c.worker("--throttle-ms", "150")
+    slow = c.worker(hold_ms=150)
     time.sleep(1.0)
     vent = c.ventilate(job_dir)
     assert procs.wait(vent, 300) == 0, procs.log(vent)
@@ -298,7 +300,7 @@ def test_worker_joining_mid_job_gets_work_and_one_leaving_cleanly_loses_nothing(
     # The first worker is held to at most ~16 tiles/s, so the 380 tiles left when the late
     # one starts outlast its start and compile even on a loaded machine (unthrottled, the
     # job could end before the late worker did a tile).
-    first = c.worker("--throttle-ms", "60", "--requests", "1")
+    first = c.worker("--requests", "1", hold_ms=60)
     w = InProcessWatcher(c.events)
     try:
         vent = c.ventilate(job_dir)
@@ -351,7 +353,7 @@ def test_a_killed_worker_loses_nothing_when_jpegs_are_decoded_reduced(job_dir, t
     # Slow workers, one tile each at a time: the job outlasts the kill. By the time the
     # killed worker is declared dead (about 3 heartbeats), the other has moved past its
     # image, whose pixels were dropped: its lost tile must be cut from the file again.
-    workers = [c.worker("--throttle-ms", "100", "--requests", "1") for _ in range(2)]
+    workers = [c.worker("--requests", "1", hold_ms=100) for _ in range(2)]
     vent = c.ventilate(job_dir, "--tile", "600", "-v")
     wait_progress(c.events, 30)
     workers[0].send_signal(signal.SIGKILL)

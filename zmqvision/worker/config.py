@@ -1,0 +1,35 @@
+"""What a worker is told: its endpoints, its model and device, its heartbeat period."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from dataclasses import dataclass
+
+from zmqvision import sockets
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    tiles: str = sockets.connect_endpoint(sockets.TILES_PORT)  # comma-separated for several
+    results: str = sockets.connect_endpoint(sockets.RESULTS_PORT)
+    model: str = "centerface"
+    input_size: tuple[int, int] | None = None
+    device: str = "CPU"
+    threads: int | None = None
+    hint: str = "THROUGHPUT"
+    requests: int | None = None  # in-flight infer requests; None = the device's optimum + 1
+    score_threshold: float | None = None
+    heartbeat_s: float = 1.0
+    worker_id: str | None = None
+    curve: str | None = None  # key directory: CURVE on every socket (security.py)
+
+    def tile_endpoints(self) -> list[str]:
+        """One ventilator per endpoint of ``tiles``."""
+        return [e.strip() for e in self.tiles.split(",") if e.strip()]
+
+
+def new_worker_id() -> str:
+    """host-pid-random: unique among the workers of a pool (ventilators route by it)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"

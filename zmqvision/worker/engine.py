@@ -1,0 +1,114 @@
+"""The inference engine: one compiled model behind OpenVINO's ``AsyncInferQueue``.
+
+OpenVINO completes requests on its own threads. Their callback decodes the outputs (numpy,
+small) and hands the result over through a queue, then wakes the socket thread through a
+pipe that its ZeroMQ poller watches, so completions are sent at once without busy polling.
+Only the socket thread calls ``start`` and ``completed``; ``in_flight`` is its count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import time
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from zmqvision import protocol, sockets
+from zmqvision.boxes import Detections
+from zmqvision.worker.config import WorkerConfig
+
+log = logging.getLogger("zmqvision.worker")
+
+
+class Completion(NamedTuple):
+    """A finished tile: its detections in tile coordinates, or the error that stopped it."""
+
+    src: int  # the ventilator it came from (index of its DEALER)
+    tile: protocol.Tile
+    t0: float  # time.perf_counter() when it started
+    detections: Detections | None
+    error: Exception | None
+
+
+class InferenceEngine:
+    """Starts tiles on the device and hands back their completions to the socket thread."""
+
+    def __init__(self, config: WorkerConfig, stop: sockets.StopFlag) -> None:
+        from zmqvision.models import Detector, ensure, resolve
+        from zmqvision.openvino_import import import_openvino
+
+        ov = import_openvino()
+        self.spec = resolve(config.model, config.input_size)
+        model_path = ensure(self.spec, log=lambda m: log.info("%s", m))
+        self.detector = Detector(self.spec, device=config.device, threads=config.threads,
+                                 hint=config.hint, model_path=model_path)
+        # One request more than the device's optimum: while Python hands a finished tile
+        # over and starts the next, the device still has a tile queued.
+        self.requests = config.requests or self.detector.optimal_requests() + 1
+        w, h = self.detector.input_size
+        self.input_shape = (h, w, 3)
+        self.score_threshold = config.score_threshold
+        self.in_flight = 0  # started, completion not yet taken by the socket thread
+        self._done: queue.SimpleQueue[Completion] = queue.SimpleQueue()
+        # Completions and SIGTERM wake the socket loop at once (a stop waited 0.3 s without).
+        self.wake = sockets.WakePipe(stop)
+        self._queue = ov.AsyncInferQueue(self.detector.compiled, self.requests)
+        self._queue.set_callback(self._completed)
+
+    def has_room(self) -> bool:
+        return self.in_flight < self.requests
+
+    def refusal(self, tile: protocol.Tile) -> tuple[str, str] | None:
+        """Why this tile cannot run here, as an error (type, message); None if it can."""
+        if tile.model != self.spec.ref:
+            return "model_mismatch", f"tile cut for {tile.model}, this worker runs {self.spec.ref}"
+        if tile.pixels.shape != self.input_shape:
+            return "bad_tile", f"tile is {tile.pixels.shape}, model input is {self.input_shape}"
+        return None
+
+    def start(self, src: int, tile: protocol.Tile) -> None:
+        """Start a tile (there must be room). Raises what OpenVINO raised, counting nothing."""
+        self._queue.start_async({0: self.detector.input_tensor(tile.pixels)},
+                                (src, tile, time.perf_counter()))
+        self.in_flight += 1
+
+    def completed(self) -> Iterator[Completion]:
+        """The completions that are ready now."""
+        while True:
+            try:
+                c = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self.in_flight -= 1
+            yield c
+
+    def wait_completion(self, timeout: float) -> Completion | None:
+        """The next completion, waiting up to ``timeout`` s (a clean stop's drain)."""
+        try:
+            c = self._done.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+        self.in_flight -= 1
+        return c
+
+    def _completed(self, request, userdata) -> None:  # on an OpenVINO thread
+        src, tile, t0 = userdata
+        threshold = tile.min_score if tile.min_score is not None else self.score_threshold
+        try:
+            dets = self.detector.decode(self.detector.outputs_of(request), threshold)
+            c = Completion(src, tile, t0, dets, None)
+        except Exception as exc:  # reported as this tile's error, never lost
+            c = Completion(src, tile, t0, None, exc)
+        self._deliver(c)
+
+    def _deliver(self, c: Completion) -> None:
+        self._done.put(c)
+        self.wake.wake()
+
+    def close(self) -> None:
+        """Wait for the device to finish (no callback may run after), then drop the pipe."""
+        with contextlib.suppress(Exception):
+            self._queue.wait_all()
+        self.wake.close()

@@ -1,0 +1,173 @@
+"""The worker's loop: it wires the engine, the tile link, the result sender and the
+heartbeat, and is the only thread that touches the sockets."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+
+import zmq
+
+from zmqvision import protocol, security, sockets
+from zmqvision.worker.config import WorkerConfig, new_worker_id
+from zmqvision.worker.engine import Completion, InferenceEngine
+from zmqvision.worker.heartbeat import Heartbeats
+from zmqvision.worker.link import TileLink
+from zmqvision.worker.results import ResultSender, tile_error, tile_result
+
+log = logging.getLogger("zmqvision.worker")
+
+DRAIN_S = 60.0  # a clean stop finishes the tiles it holds for at most this long
+
+
+class Worker:
+    """One worker: tiles from the link start on the engine as requests free up; each
+    completion (or refusal) becomes a result to the sink and one credit back.
+
+    ``engine`` is given by callers that wrap the device (the tests' slow device); the
+    worker owns it from then on and closes it."""
+
+    def __init__(self, config: WorkerConfig, stop: sockets.StopFlag,
+                 ctx: zmq.Context | None = None, engine: InferenceEngine | None = None) -> None:
+        if config.curve is not None:  # missing keys: say so before compiling a model
+            security.Curve.load(config.curve, binds=False, connects=True)
+        self.config = config
+        self.stop = stop
+        self.engine = engine if engine is not None else InferenceEngine(config, stop)
+        self.id = config.worker_id or new_worker_id()
+        self.model = self.engine.spec.ref
+        self.waiting: deque[tuple[int, protocol.Tile]] = deque()  # received, not started
+        self.done = 0
+        self.failed = 0
+        self.beats = Heartbeats(self.id, config.device, self.model, config.heartbeat_s,
+                                self.engine.requests)
+        self._own_ctx = ctx is None
+        self.ctx = ctx if ctx is not None else zmq.Context()
+        self.poller = zmq.Poller()
+        self.poller.register(self.engine.wake.r, zmq.POLLIN)
+        self.link: TileLink | None = None
+        self.results: ResultSender | None = None
+        self.secured = None
+        try:
+            self.link = TileLink(self.ctx, config.tile_endpoints(), self.id, self.poller,
+                                 self.engine.requests)
+            self.results = ResultSender(self.ctx, config.results, stop)
+            self.secured = security.secure(self.ctx, config.curve,
+                                           clients=(*self.link.dealers, self.results.sock))
+            self.link.connect()
+            self.results.connect()
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, on_ready: Callable[[str], None] | None = None) -> int:
+        """Serve tiles until the stop flag is set, then finish those held and say Bye.
+        Returns a process exit code."""
+        self.link.send_owed()  # the first Ready, before any heartbeat
+        log.info("worker %s: %s on %s (%s hint), %d requests, tiles from %s, results to %s",
+                 self.id, self.model, self.config.device, self.config.hint,
+                 self.engine.requests, self.config.tiles, self.config.results)
+        if on_ready is not None:
+            on_ready(self.id)
+        while not self.stop.is_set():
+            self._step()
+        self._drain()
+        self._beat()
+        self.link.bye()
+        return 0
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        wait_s = self.beats.seconds_left(now)
+        if wait_s <= 0:
+            self._beat()
+            wait_s = self.config.heartbeat_s
+        events = dict(self.poller.poll(max(1, min(200, int(wait_s * 1000)))))
+        if self.engine.wake.r in events:
+            self.engine.wake.drain()
+        for c in self.engine.completed():
+            self._finish(c)
+        for src, d in enumerate(self.link.dealers):
+            if events.get(d, 0) & zmq.POLLIN:
+                self.waiting.extend((src, tile) for tile in self.link.tiles(src))
+        if self.link.waiting_for_room:
+            self.link.send_owed()
+        self._start_waiting()
+
+    def _start_waiting(self) -> None:
+        engine = self.engine
+        while self.waiting and engine.has_room():
+            src, tile = self.waiting.popleft()
+            refusal = engine.refusal(tile)
+            if refusal is not None:
+                self._answer(src, tile_error(tile, self.id, self.model, *refusal), failed=True)
+                continue
+            try:
+                engine.start(src, tile)
+            except Exception as exc:
+                self._answer(src, tile_error(tile, self.id, self.model, "inference_failed",
+                                             str(exc)), failed=True)
+
+    def _finish(self, c: Completion) -> None:
+        self._answer(c.src, tile_result(c, self.id, self.model), failed=c.error is not None)
+
+    def _answer(self, src: int, result: protocol.Result, failed: bool) -> None:
+        if failed:
+            self.failed += 1
+        else:
+            self.done += 1
+        self.results.send(result)
+        self.link.give_credit(src)
+
+    def _beat(self) -> None:
+        hb = self.beats.message(self.done, self.failed, self.engine.in_flight,
+                                len(self.waiting))
+        self.results.try_send(hb)
+        self.link.beat(hb)
+
+    def _drain(self) -> None:
+        """A clean stop: finish every tile this worker holds (bounded: DRAIN_S)."""
+        deadline = time.monotonic() + DRAIN_S
+        while self.waiting or self.engine.in_flight:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("worker %s: stopped with %d tiles unfinished", self.id,
+                            len(self.waiting) + self.engine.in_flight)
+                return
+            self._start_waiting()
+            c = self.engine.wait_completion(min(left, 1.0))
+            if c is not None:
+                self._finish(c)
+
+    def close(self) -> None:
+        """Close in the order that never hangs: the device first (no callback after)."""
+        self.engine.close()
+        if self.secured is not None:
+            self.secured.close()
+        if self.link is not None:
+            self.link.close()
+        if self.results is not None:
+            self.results.close()
+        if self._own_ctx:
+            self.ctx.term()
+
+
+def run_worker(
+    config: WorkerConfig,
+    stop: sockets.StopFlag | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    ctx: zmq.Context | None = None,
+) -> int:
+    """Serve tiles until ``stop`` is set. Returns a process exit code.
+
+    ``ctx`` is given when the worker is a thread of a process that also runs the
+    ventilator and the sink (``inproc://`` endpoints need one shared context); the caller
+    then owns it.
+    """
+    worker = Worker(config, stop or sockets.StopFlag(), ctx)
+    try:
+        return worker.run(on_ready)
+    finally:
+        worker.close()
