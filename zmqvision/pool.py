@@ -131,7 +131,10 @@ class Pool:
         self._pending: set[Request] = set()
         self._closed = False
         self._failure: BaseException | None = None
-        self._stop = stop or sockets.StopFlag()
+        # The pool's own stop (close); a caller's ``stop`` (run's SIGINT) also ends it, but
+        # closing the pool must not look like an interrupt to that caller.
+        self._stop = sockets.StopFlag()
+        self._interrupt = stop
         self.cache = open_cache(cache)
         self.decoder = ThreadPoolExecutor(max(1, decode_threads), "zv-decode")
         self.engine = None
@@ -155,7 +158,7 @@ class Pool:
         OS picks, then the tiles socket, then the workers."""
         if cluster.tiles_bind == LOCAL_ANY_PORT:
             cluster.start_sink()
-            info = cluster.sink_ready(self._stop)
+            info = cluster.sink_ready(self._interrupt or self._stop)
             self.tiles_endpoint = self.engine.bind(cluster.tiles_bind)
             if not cluster.lazy_workers:
                 cluster.start_workers(self.tiles_endpoint)
@@ -164,7 +167,7 @@ class Pool:
                 cluster.start_workers(cluster.tiles_bind)
             cluster.start_sink()
             self.tiles_endpoint = self.engine.bind(cluster.tiles_bind)
-            info = cluster.sink_ready(self._stop)
+            info = cluster.sink_ready(self._interrupt or self._stop)
         self.events_endpoint = sockets.connectable(info["events"])
         self.engine.connect(cluster.results_endpoint, self.events_endpoint)
         if cluster.lazy_workers:
@@ -176,6 +179,9 @@ class Pool:
     def _loop(self) -> None:
         try:
             while not self._stop.is_set():
+                if self._interrupt is not None and self._interrupt.is_set():
+                    self._stop.set()
+                    break
                 self.engine.step()
         except BaseException as exc:  # noqa: BLE001 - every caller hears of it
             log.error("the pool's engine stopped: %s", exc)

@@ -142,9 +142,10 @@ def test_bad_inputs_get_error_records_and_the_pool_goes_on(pool, small_images):
 
 
 def _big(tmp: Path) -> Path:
-    """One 1600x1200 photo: about 200 tiles of 128 px, so requests queue up."""
+    """One 3200x2400 photo: about 800 tiles of 128 px (a second or more of inference), so
+    requests queue up and a deadline of 0.1 s always passes first."""
     p = tmp / "big.jpg"
-    Image.open(EXAMPLES / PHOTOS[0]).convert("RGB").resize((1600, 1200)).save(p, quality=90)
+    Image.open(EXAMPLES / PHOTOS[0]).convert("RGB").resize((3200, 2400)).save(p, quality=90)
     return p
 
 
@@ -190,7 +191,7 @@ def test_cancelled_and_timed_out_requests_leave_nothing(pool, tmp_path):
             if f.cancelled():
                 with pytest.raises(CancelledError):
                     f.result(0)
-        timed = [pool.submit(big, timeout=0.2) for _ in range(5)]
+        timed = [pool.submit(big, timeout=0.1) for _ in range(5)]
         from zmqvision.engine import RequestTimeout
 
         for f in timed:
