@@ -8,7 +8,7 @@ model=...)`` runs one embedded job and returns one record per image; the command
 
 __version__ = "0.1.0"
 
-__all__ = ["Pool", "__version__", "detect"]
+__all__ = ["Pool", "PoolClosed", "RequestTimeout", "__version__", "detect"]
 
 
 def detect(*args, **kwargs):  # noqa: D103 - documented in zmqvision.api.detect
@@ -23,8 +23,12 @@ detect.__doc__ = "Run the embedded pipeline; see zmqvision.api.detect."
 def __getattr__(name: str):
     # The Pool imports ZeroMQ, OpenVINO's catalog and numpy: only when asked for, so that
     # `zmqvision --help` and the roles' start-up stay fast.
-    if name == "Pool":
-        from zmqvision.pool import Pool
+    if name in ("Pool", "PoolClosed"):
+        from zmqvision import pool
 
-        return Pool
+        return getattr(pool, name)
+    if name == "RequestTimeout":
+        from zmqvision.engine import RequestTimeout
+
+        return RequestTimeout
     raise AttributeError(f"module 'zmqvision' has no attribute {name!r}")

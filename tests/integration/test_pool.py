@@ -257,3 +257,17 @@ def test_pool_connects_to_a_running_sink_and_workers(tmp_path, models_ready, sma
         assert not out.exists() or not list(results.read_jsonl(out))
     finally:
         stop_children(children)
+
+
+@pytest.mark.timeout(180)
+def test_the_readme_pool_example_runs(models_ready):
+    """examples/pool.py, which README's Python API section points to, runs as written."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    p = subprocess.run([sys.executable, str(ROOT / "examples" / "pool.py")], cwd=ROOT,
+                       capture_output=True, text=True, timeout=170)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "records from 8 threads" in p.stdout and "timed out as asked" in p.stdout
