@@ -69,6 +69,21 @@ def wait_event(events: str, msg_type, accept, timeout: float = 120.0, alive=None
         ctx.term()
 
 
+def wait_until(predicate, timeout: float, what: str, alive=None, every: float = 0.05):
+    """``predicate()``'s first true value, polled every ``every`` s; fails after
+    ``timeout`` s, or as soon as ``alive()`` turns false."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if alive is not None and not alive():
+            raise AssertionError(f"gave up waiting for {what}: the process it needs ended")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out ({timeout} s) waiting for {what}")
+        time.sleep(every)
+
+
 def wait_progress(events: str, at_least: int, field: str = "tiles_done",
                   timeout: float = 120.0, alive=None):
     """Block until the sink at ``events`` reports a job with ``field`` >= ``at_least``."""
