@@ -104,9 +104,13 @@ def assert_tiles_came_back_by_heartbeat(log: str, killed: str, within: float = 5
 def test_sigkilled_worker_loses_nothing(job_dir, tmp_path, procs, undisturbed):
     c = Cluster(procs, tmp_path)
     c.sink()
-    workers = [c.worker("--id", f"w{i}") for i in range(3)]
+    workers = [c.worker("--id", f"w{i}", "--announce") for i in range(3)]
+    for w in workers:  # all ready first: each holds tiles from the job's first moment
+        procs.announced(w)
     vent = c.ventilate(job_dir, "-v")
-    wait_progress(c.events, 80, alive=lambda: vent.poll() is None)
+    # Early: plenty of new tiles are left when w1 is found dead 1.5 s later, so none of
+    # its tiles goes out as a backup copy first (3 s for this job on an idle machine).
+    wait_progress(c.events, 20, alive=lambda: vent.poll() is None)
     workers[1].send_signal(signal.SIGKILL)
     assert procs.wait(vent, 300) == 0, procs.log(vent)
     assert "12 images, 0 failed" in procs.log(vent)
@@ -389,8 +393,10 @@ def test_a_killed_worker_loses_nothing_when_jpegs_are_decoded_reduced(job_dir, t
     # Slow workers, one tile each at a time: the job outlasts the kill. By the time the
     # killed worker is declared dead (about 3 heartbeats), the other has moved past its
     # image, whose pixels were dropped: its lost tile must be cut from the file again.
-    workers = [c.worker("--throttle-ms", "100", "--requests", "1", "--id", f"w{i}")
-               for i in range(2)]
+    workers = [c.worker("--throttle-ms", "100", "--requests", "1", "--id", f"w{i}",
+                        "--announce") for i in range(2)]
+    for w in workers:  # both ready first: each holds a tile from the job's first moment
+        procs.announced(w)
     vent = c.ventilate(job_dir, "--tile", "600", "-v")
     wait_progress(c.events, 30, alive=lambda: vent.poll() is None)
     workers[0].send_signal(signal.SIGKILL)
