@@ -61,7 +61,6 @@ class Cluster:
 
     def __init__(self, procs, tmp_path):
         self.procs = procs
-        self.tmp = tmp_path
         self.tiles = ipc(tmp_path, "tiles")
         self.results = self.events = None
         self.out = tmp_path / "out.jsonl"
