@@ -1,11 +1,10 @@
-"""Shared fixtures: real models (pulled once), free ports, and `zmqvision` processes that
-are always stopped, whatever the test does."""
+"""Shared fixtures: real models (pulled once), endpoints nothing else can take, and
+`zmqvision` processes that are always stopped, whatever the test does."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -70,6 +69,21 @@ def wait_event(events: str, msg_type, accept, timeout: float = 120.0, alive=None
         ctx.term()
 
 
+def wait_until(predicate, timeout: float, what: str, alive=None, every: float = 0.05):
+    """``predicate()``'s first true value, polled every ``every`` s; fails after
+    ``timeout`` s, or as soon as ``alive()`` turns false."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        if alive is not None and not alive():
+            raise AssertionError(f"gave up waiting for {what}: the process it needs ended")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out ({timeout} s) waiting for {what}")
+        time.sleep(every)
+
+
 def wait_progress(events: str, at_least: int, field: str = "tiles_done",
                   timeout: float = 120.0, alive=None):
     """Block until the sink at ``events`` reports a job with ``field`` >= ``at_least``."""
@@ -80,10 +94,16 @@ def wait_progress(events: str, at_least: int, field: str = "tiles_done",
                       what=f"progress to {field} >= {at_least}")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+ANY_PORT = "tcp://127.0.0.1:0"  # the child binds a free port and announces it
+
+
+def ipc(tmp: Path, name: str) -> str:
+    """An ``ipc://`` endpoint in a test's own directory. Nothing else can take it between
+    a probe and a bind (a port can), and a restarted process binds the same one again; for
+    a ventilator's tiles, which it does not announce."""
+    path = tmp / f"{name}.ipc"
+    assert len(str(path)) < 100, f"{path}: too long for a unix socket"
+    return f"ipc://{path}"
 
 
 class Processes(ProcessGroup):
@@ -105,6 +125,15 @@ class Processes(ProcessGroup):
                 start_new_session=True,
             )
         return self.track(p, log)
+
+    def sink(self, out: Path, *extra: str, results: str = ANY_PORT, events: str = ANY_PORT,
+             name: str = "sink") -> tuple[subprocess.Popen, str, str]:
+        """A sink on ``results`` and ``events`` (by default free ports it picks), once it is
+        ready: (process, results endpoint, events endpoint), as it bound them."""
+        p = self.start("sink", "--out", str(out), "--bind-results", results, "--bind-events",
+                       events, "--announce", *extra, name=name)
+        ready = self.announced(p)
+        return p, ready["results"], ready["events"]
 
 
 @pytest.fixture(scope="module")

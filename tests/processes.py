@@ -8,6 +8,7 @@ Shared by ``conftest.Processes`` (``python -m zmqvision …`` on this host) and
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -35,6 +36,23 @@ class ProcessGroup:
         except subprocess.TimeoutExpired:
             raise AssertionError(
                 f"process did not finish in {timeout} s; log:\n{self.log(p)}") from None
+
+    def announced(self, p: subprocess.Popen, timeout: float = 120) -> dict:
+        """What a child started with ``--announce`` says once it is ready (a sink: the
+        endpoints it bound, port 0 resolved; a worker: its id). Waits for that JSON line in
+        its log, and fails at once if the child exits first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for line in self.log(p).splitlines():
+                if line.startswith('{"ready":'):
+                    with contextlib.suppress(ValueError):  # a line still being written
+                        return json.loads(line)["ready"]
+            if p.poll() is not None:
+                raise AssertionError(f"exited with {p.returncode} before it announced "
+                                     f"itself; log:\n{self.log(p)}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"not ready in {timeout} s; log:\n{self.log(p)}")
+            time.sleep(0.05)
 
     def stop(self, p: subprocess.Popen, timeout: float = 15) -> int:
         """SIGTERM (a clean leave), SIGKILL to its whole group after ``timeout``."""

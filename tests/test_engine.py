@@ -4,6 +4,7 @@ and leave without answering, so tiles must be sent again."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -45,10 +46,8 @@ class Harness:
     def _run(self) -> None:
         from zmqvision.engine import JobFailed
 
-        try:
+        with contextlib.suppress(JobFailed):
             self.pool.run_files(self.config, self.stop)
-        except JobFailed:
-            pass
 
     def worker(self, wid: str, credit: int) -> zmq.Socket:
         d = self.ctx.socket(zmq.DEALER)

@@ -17,11 +17,14 @@ The ventilator is a load-balancing dispatcher (ZeroMQ guide, chapter 3) with lea
 
 from __future__ import annotations
 
+import logging
 import statistics
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+log = logging.getLogger("zmqvision.dispatch")
 
 TileKey = tuple[str, int]  # (image id, tile index)
 
@@ -174,6 +177,7 @@ class Dispatcher:
         self.resend = deque(k for k in self.resend if k[0] != image)
 
     def _requeue_from(self, slot: WorkerSlot) -> None:
+        before = self.requeued
         for key in list(slot.leases):
             lease = self.leases.get(key)
             if lease is None:
@@ -182,6 +186,10 @@ class Dispatcher:
             if not lease.holders:  # no other copy is out: send it again
                 self._requeue(key)
         slot.leases.clear()
+        # A dead worker's tiles come back seconds after its last word, not after lease_s.
+        log.info("worker %s gone, last heard %.1f s ago: %d tiles sent again",
+                 slot.wid.decode(errors="replace"), self.clock() - slot.last_heard,
+                 self.requeued - before)
 
     def expire(self) -> list[bytes]:
         """Declare silent workers dead and requeue their tiles, and requeue leases that ran

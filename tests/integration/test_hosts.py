@@ -144,6 +144,13 @@ def tiles_done(net: Network, watch, worker: str) -> int:
     return b[-1]["tiles_done"] if b else 0
 
 
+def beat_after(net: Network, watch, workers, after: float) -> None:
+    """Wait until the watcher has printed a heartbeat of each of ``workers`` sent after
+    ``after`` (a ``time.time()``): their counters then include all they did before."""
+    wait_for(lambda: all(any(b["t"] > after for b in beats(events(net, watch), w))
+                         for w in workers), 20, f"a heartbeat of each of {workers}")
+
+
 def _netns() -> set[str]:
     p = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=20)
     return {line.split()[0] for line in p.stdout.splitlines() if line.strip()}
@@ -191,10 +198,11 @@ def test_three_worker_hosts_equal_zmqvision_run(job_dir, job_reference, net, tmp
     assert net.wait(vent, 120) == 0, net.log(vent)
     assert "12 images, 0 failed" in net.log(vent)
     assert comparable(c.out) == job_reference
+    ended = time.time()
     for h in workers:  # --wire auto saw each worker's connection come from another host
         assert f"worker {h}-w (10.77.0." in net.log(vent)
         assert f"{h}-w (10.77.0.{int(h[-1]) + 1}): tiles as jpeg" in net.log(vent)
-    time.sleep(1.5)  # one more beat each, so the watcher's counters are final
+    beat_after(net, watch, [f"{h}-w" for h in workers], ended)  # the counters are final
     evs = events(net, watch)
     assert any(e["type"] == "zv.job_done" for e in evs), "the watcher on host 4 saw no end"
     done = {h: tiles_done(net, watch, f"{h}-w") for h in workers}
@@ -219,9 +227,10 @@ def test_raw_tiles_a_slow_link_host_gets_fewer_and_results_equal_a_plain_run(
         c.worker(h)
     vent = c.ventilate(job_dir, "--wire", "raw")
     assert net.wait(vent, 120) == 0, net.log(vent)
+    ended = time.time()
     assert comparable(c.out) == plain_run_reference  # raw over the network = zmqvision run
     assert net.log(vent).count("tiles as raw") == 3
-    time.sleep(1.5)
+    beat_after(net, watch, [f"host{i}-w" for i in (1, 2, 3)], ended)
     done = {i: tiles_done(net, watch, f"host{i}-w") for i in (1, 2, 3)}
     # Credit, not round-robin: the slow link's worker asks for what it can take.
     assert sum(done.values()) >= 420 and done[3] < 0.5 * min(done[1], done[2]), done
@@ -251,8 +260,13 @@ def test_a_host_cut_off_for_20_s_loses_nothing_and_duplicates_nothing(
     assert net.wait(vent, 90) == 0, net.log(vent)
     log = net.log(vent)
     assert "12 images, 0 failed" in log
+    # Host 1's tiles went to others as soon as its heartbeats stopped (3 of 0.5 s), not
+    # after a 120 s lease: every tile sent again was one of a worker given up for silence.
+    gone = [(w, float(ago), int(n)) for w, ago, n in re.findall(
+        r"worker (\S+) gone, last heard ([0-9.]+) s ago: (\d+) tiles sent again", log)]
+    assert any(w == "host1-w" and n > 0 and ago < 5 for w, ago, n in gone), (gone, log)
     again = re.search(r"tiles sent \((\d+) again", log)
-    assert again and int(again.group(1)) > 0, log  # host 1's tiles went to others
+    assert again and int(again.group(1)) == sum(n for _, _, n in gone), (gone, log)
     assert comparable(c.out) == job_reference  # nothing lost, nothing twice
     assert all(w.poll() is None for w in workers)  # the cut-off worker survived the cut
     # Its held results reached the sink after the cut and were dropped or merged once.
@@ -278,8 +292,8 @@ def test_a_host_added_mid_job_gets_tiles_within_seconds(job_dir, job_reference, 
                                 if b["tiles_done"] > 0], 30, "the new worker's first tile")[0]
     assert working["t"] - first["t"] < 3.0, (first, working)
     assert net.wait(vent, 120) == 0, net.log(vent)
+    beat_after(net, watch, ["host1-w", "host3-w"], time.time())
     assert comparable(c.out) == job_reference
-    time.sleep(1.0)
     assert tiles_done(net, watch, "host3-w") > tiles_done(net, watch, "host1-w")
 
 
@@ -313,7 +327,7 @@ def test_curve_only_allowed_keys_get_tiles_or_events(job_dir, job_reference, net
     assert rx["host1"] > 420 * 10_000, rx  # every tile went to host 1 (JPEG, ~33 KB each)
     # The others got handshakes only, never a tile: ZeroMQ keeps knocking every 100 ms.
     assert rx["host2"] < rx["host1"] / 20 and rx["host3"] < rx["host1"] / 20, rx
-    time.sleep(1.5)
+    beat_after(net, watch, ["host1-w"], time.time())  # the others had their chance too
     evs = events(net, watch)
     assert {e["worker"] for e in evs if e["type"] == "zv.heartbeat"} == {"host1-w"}
     stranger_key = (stranger / "client.key").read_text().split('public-key = "')[1][:40]

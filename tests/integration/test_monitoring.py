@@ -3,7 +3,9 @@ workers, many (and stopped) watchers, a restarted sink, and the live view in a t
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -13,7 +15,7 @@ import time
 import pytest
 import zmq
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, ipc, wait_until
 from zmqvision.watch import WatchState
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
@@ -35,16 +37,19 @@ def big_dir(tmp_path):
 
 
 class Cluster:
+    """A sink (started first: the others connect to the endpoints it announces), workers,
+    watchers and ventilators, which bind their tiles on an ipc path of the test's own."""
+
     def __init__(self, procs, tmp_path):
         self.procs = procs
         self.tmp = tmp_path
-        self.tiles, self.results, self.events = (f"tcp://127.0.0.1:{free_port()}"
-                                                 for _ in range(3))
+        self.tiles = ipc(tmp_path, "tiles")
+        self.results = self.events = None
         self.out = tmp_path / "out.jsonl"
 
-    def sink(self):
-        return self.procs.start("sink", "--out", str(self.out), "--bind-results", self.results,
-                                "--bind-events", self.events, "--append", name="sink")
+    def sink(self, **bind):
+        sink, self.results, self.events = self.procs.sink(self.out, "--append", **bind)
+        return sink
 
     def worker(self, *extra):
         return self.procs.start("worker", "--model", MODEL, "--tiles", self.tiles, "--results",
@@ -107,12 +112,29 @@ def states(snap):
     return {w["pid"]: w["state"] for w in snap["workers"]}
 
 
+def json_events(procs, watcher) -> list[dict]:
+    """What a ``watch --json`` printed so far, one dict per event."""
+    out = []
+    for line in procs.log(watcher).splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):  # a line still being written
+                out.append(json.loads(line))
+    return out
+
+
+def wait_subscribed(procs, watcher) -> None:
+    """A watcher has printed an event (the sink's status comes every second or so): its
+    subscription is in place, so it misses nothing from now on."""
+    wait_until(lambda: json_events(procs, watcher), 30, "the watcher's first event",
+               alive=lambda: watcher.poll() is None)
+
+
 def test_json_events_and_a_late_once_snapshot(big_dir, tmp_path, procs, models_ready):
     c = Cluster(procs, tmp_path)
     c.sink()
     w1, w2 = c.worker(), c.worker()
     watcher = c.watch("--json")
-    time.sleep(0.5)  # the subscription is asynchronous; the job takes seconds anyway
+    wait_subscribed(procs, watcher)
     vent = c.ventilate(big_dir)
     # Mid-job: a watcher started now learns both workers and the progress so far.
     deadline = time.monotonic() + 120
@@ -133,10 +155,11 @@ def test_json_events_and_a_late_once_snapshot(big_dir, tmp_path, procs, models_r
     job = next(j for j in snap["jobs"] if not j["done"])
     assert job["tiles_done"] > 0 and not job["done"]
     assert procs.wait(vent, 240) == 0, procs.log(vent)
-    time.sleep(1.5)
+    # Everything up to the job's end has reached the watcher's output.
+    wait_until(lambda: any(e["type"] == "zv.job_done" for e in json_events(procs, watcher)),
+               30, "the watcher to print the job's end")
     procs.stop(watcher)
-    events = [json.loads(line) for line in procs.log(watcher).splitlines()
-              if line.startswith("{")]
+    events = json_events(procs, watcher)
     beats = {e["pid"] for e in events if e["type"] == "zv.heartbeat"}
     assert {w1.pid, w2.pid} <= beats
     done = [e for e in events if e["type"] == "zv.job_done"]
@@ -201,7 +224,8 @@ def test_many_watchers_and_a_stopped_one_do_not_hold_the_pipeline(big_dir, tmp_p
     c.worker()
     watchers = [c.watch("--json") for _ in range(5)]
     stopped = c.watch("--json")
-    time.sleep(1.0)
+    for p in [*watchers, stopped]:
+        wait_subscribed(procs, p)
     stopped.send_signal(signal.SIGSTOP)
     rss_before = _rss_kib(sink.pid)
     try:
@@ -211,11 +235,14 @@ def test_many_watchers_and_a_stopped_one_do_not_hold_the_pipeline(big_dir, tmp_p
         rss_after = _rss_kib(sink.pid)
     finally:
         stopped.send_signal(signal.SIGCONT)
-    time.sleep(1.5)
-    for p in watchers:
+
+    def jobs_done(p):
+        return {e["job"] for e in json_events(procs, p) if e["type"] == "zv.job_done"}
+
+    for p in watchers:  # each saw both jobs end
+        wait_until(lambda p=p: len(jobs_done(p)) == 2, 30, "both jobs' ends in a watcher")
         procs.stop(p)
-        events = [json.loads(x) for x in procs.log(p).splitlines() if x.startswith("{")]
-        assert len({e["job"] for e in events if e["type"] == "zv.job_done"}) == 2
+        assert len(jobs_done(p)) == 2
     # The stopped watcher's backlog is bounded by the PUB high-water mark: the sink grew by
     # far less than the 700 tiles' worth of events would be if it kept them all.
     assert rss_after - rss_before < 60 * 1024, (rss_before, rss_after)
@@ -223,13 +250,15 @@ def test_many_watchers_and_a_stopped_one_do_not_hold_the_pipeline(big_dir, tmp_p
 
 def test_watcher_survives_a_sink_restart(tmp_path, procs, models_ready):
     c = Cluster(procs, tmp_path)
-    sink = c.sink()
+    # On ipc paths, which the restarted sink binds again (a port could be taken meanwhile).
+    bind = {"results": ipc(tmp_path, "results"), "events": ipc(tmp_path, "events")}
+    sink = c.sink(**bind)
     w = InProcessWatcher(c.events)
     try:
         first = w.wait_for(lambda s: s["sink"]["state"] == "reachable", 30, "the sink")
         procs.stop(sink)
         w.wait_for(lambda s: s["sink"]["state"] == "silent", 10, "the sink silent")
-        c.sink()
+        c.sink(**bind)
         again = w.wait_for(lambda s: s["sink"]["state"] == "reachable"
                            and s["sink"]["pid"] != first["sink"]["pid"], 30, "the new sink")
         assert again["sink"]["uptime"] < first["sink"]["uptime"] + 30
@@ -242,7 +271,7 @@ def test_live_view_in_a_real_terminal(big_dir, tmp_path, procs, models_ready):
     c = Cluster(procs, tmp_path)
     c.sink()
     a, b = c.worker(), c.worker()
-    session = f"zv{free_port()}"
+    session = f"zv{os.getpid()}-{tmp_path.name}"  # unique on this machine
     cmd = " ".join([*_zmqvision(), "watch", "--connect", c.events])
     subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "50", cmd],
                    check=True, cwd=ROOT, timeout=30)

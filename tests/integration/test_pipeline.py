@@ -20,7 +20,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_progress
+from tests.conftest import ROOT, ipc, wait_progress
 from zmqvision import detect
 from zmqvision.boxes import Detections
 from zmqvision.io import decode_image, read_file
@@ -208,10 +208,11 @@ def test_separate_commands_over_tcp_equal_run(n_workers, image_dir, tmp_path, pr
     p = _cli("run", str(image_dir), "--model", model, "--out", str(embedded), "--no-progress")
     assert p.returncode == 0, p.stdout + p.stderr
 
-    tiles, results, events = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
+    # Results and events over TCP (ports the sink picks and announces), tiles over ipc:
+    # both ventilators bind the same path, which no other process can take in between.
+    tiles = ipc(tmp_path, "tiles")
     out = tmp_path / "separate.jsonl"
-    sink = procs.start("sink", "--out", str(out), "--bind-results", results,
-                       "--bind-events", events, name="sink")
+    sink, results, events = procs.sink(out)
     workers = [procs.start("worker", "--model", model, "--tiles", tiles, "--results", results,
                            "--threads", "1", name="worker") for _ in range(n_workers)]
     vent = procs.start("ventilate", str(image_dir), "--model", model, "--bind", tiles,
@@ -320,7 +321,7 @@ def _run_until_busy(tmp_path, procs, *extra):
     photo = Image.open(ROOT / "examples" / "images" / "astronaut.jpg").resize((3000, 3000))
     for i in range(5):
         photo.save(big / f"p{i}.jpg")
-    events = f"tcp://127.0.0.1:{free_port()}"
+    events = ipc(tmp_path, "events")
     run = procs.start("run", str(big), "--events", events, "--out", str(tmp_path / "r.jsonl"),
                       "--no-progress", *extra, name="run")
     wait_progress(events, 1, alive=lambda: run.poll() is None)

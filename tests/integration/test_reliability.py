@@ -1,6 +1,7 @@
 """Nothing lost, nothing twice: killed workers, a slow worker, a killed sink, a killed
-ventilator, and fuzz at every socket, all with real processes over TCP. Every disturbed
-run must give the same records as an undisturbed one."""
+ventilator, and fuzz at every socket, all with real processes (results and events over
+TCP, tiles over ipc). Every disturbed run must give the same records as an undisturbed
+one."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import pytest
 import zmq
 
-from tests.conftest import ROOT, free_port, wait_progress
+from tests.conftest import ROOT, ipc, wait_event, wait_progress
 from tests.slow_worker import hold
 from zmqvision import protocol as P
 
@@ -56,15 +57,18 @@ def undisturbed(job_dir, tmp_path_factory, models_ready):
 
 
 class Cluster:
+    """A sink (start it first: the others connect to the endpoints it announces), workers
+    and ventilators; the ventilator binds its tiles on an ipc path of the test's own."""
+
     def __init__(self, procs, tmp_path):
         self.procs = procs
-        self.tiles, self.results, self.events = (f"tcp://127.0.0.1:{free_port()}"
-                                                 for _ in range(3))
+        self.tiles = ipc(tmp_path, "tiles")
+        self.results = self.events = None
         self.out = tmp_path / "out.jsonl"
 
-    def sink(self, *extra):
-        return self.procs.start("sink", "--out", str(self.out), "--bind-results", self.results,
-                                "--bind-events", self.events, *extra, name="sink")
+    def sink(self, *extra, **bind):
+        sink, self.results, self.events = self.procs.sink(self.out, *extra, **bind)
+        return sink
 
     def worker(self, *extra, hold_ms: float = 0):
         """A worker; with ``hold_ms``, a slow one (each tile's request held that long)."""
@@ -84,16 +88,35 @@ def job_seconds(log: str) -> float:
     return float(m.group(1))
 
 
+def assert_tiles_came_back_by_heartbeat(log: str, killed: str, within: float = 5.0) -> None:
+    """From a ventilator's log (run with -v): the killed worker was given up ``within``
+    seconds of its last word (3 heartbeats of 0.5 s, or a send that failed), its tiles
+    went back in the queue then, and no tile at all was sent again for a lease that ran
+    out (120 s): every re-send of the job is one of a gone worker's."""
+    gone = [(w, float(ago), int(n)) for w, ago, n in re.findall(
+        r"worker (\S+) gone, last heard ([0-9.]+) s ago: (\d+) tiles sent again", log)]
+    theirs = [(ago, n) for w, ago, n in gone if w == killed]
+    assert any(n > 0 and ago < within for ago, n in theirs), (killed, gone, log[-3000:])
+    again = re.search(r"tiles sent \((\d+) again after a lost worker or lease", log)
+    assert again, log[-3000:]
+    assert int(again.group(1)) == sum(n for _, _, n in gone), (again.group(0), gone)
+
+
 def test_sigkilled_worker_loses_nothing(job_dir, tmp_path, procs, undisturbed):
     c = Cluster(procs, tmp_path)
     c.sink()
-    workers = [c.worker() for _ in range(3)]
-    vent = c.ventilate(job_dir)
-    wait_progress(c.events, 80)
+    workers = [c.worker("--id", f"w{i}", "--announce") for i in range(3)]
+    for w in workers:  # all ready first: each holds tiles from the job's first moment
+        procs.announced(w)
+    vent = c.ventilate(job_dir, "-v")
+    # Early: plenty of new tiles are left when w1 is found dead 1.5 s later, so none of
+    # its tiles goes out as a backup copy first (3 s for this job on an idle machine).
+    wait_progress(c.events, 20, alive=lambda: vent.poll() is None)
     workers[1].send_signal(signal.SIGKILL)
     assert procs.wait(vent, 300) == 0, procs.log(vent)
     assert "12 images, 0 failed" in procs.log(vent)
     assert comparable(c.out) == undisturbed
+    assert_tiles_came_back_by_heartbeat(procs.log(vent), "w1")
 
 
 def test_a_slow_worker_does_not_stretch_the_job(job_dir, tmp_path, procs, undisturbed):
@@ -104,14 +127,21 @@ def test_a_slow_worker_does_not_stretch_the_job(job_dir, tmp_path, procs, undist
     assert procs.wait(vent, 300) == 0, procs.log(vent)
     alone = job_seconds(procs.log(vent))
     # The same two fast workers plus one that holds every result 150 ms (several times
-    # slower than a 300 px SSD tile on one thread here).
-    slow = c.worker(hold_ms=150)
-    time.sleep(1.0)
+    # slower than a 300 px SSD tile on one thread here), ready before the job starts.
+    slow = c.worker("--id", "slow", "--announce", hold_ms=150)
+    assert procs.announced(slow) == {"worker": "slow"}
     vent = c.ventilate(job_dir)
     assert procs.wait(vent, 300) == 0, procs.log(vent)
+    ended = time.time()
     with_slow = job_seconds(procs.log(vent))
     assert with_slow < 1.5 * alone, (with_slow, alone)
     assert all(p.poll() is None for p in [*fast, slow])
+    # It took part: its first heartbeat after the job counts the tiles it did (all of them
+    # in this job: it started after the first).
+    beat = wait_event(c.events, P.MsgType.HEARTBEAT,
+                      lambda h: h.worker == "slow" and h.t > ended, timeout=30,
+                      what="a heartbeat of the slow worker after the job")
+    assert beat.tiles_done > 0, beat
     recs = records(c.out)
     jobs = {r["job"] for r in recs}
     assert len(jobs) == 2 and len(recs) == 24  # two jobs, each image written once
@@ -119,17 +149,18 @@ def test_a_slow_worker_does_not_stretch_the_job(job_dir, tmp_path, procs, undist
 
 def test_sigkilled_sink_restarts_and_resumes(job_dir, tmp_path, procs, undisturbed):
     c = Cluster(procs, tmp_path)
-    sink = c.sink()
+    # On ipc paths, which the restarted sink binds again (a port could be taken meanwhile).
+    bind = {"results": ipc(tmp_path, "results"), "events": ipc(tmp_path, "events")}
+    sink = c.sink(**bind)
     for _ in range(2):
         c.worker()
     vent = c.ventilate(job_dir)
-    wait_progress(c.events, 5, field="images_done")
+    wait_progress(c.events, 5, field="images_done", alive=lambda: vent.poll() is None)
     sink.send_signal(signal.SIGKILL)
     sink.wait(10)
     written = len(lines(c.out))
     assert 0 < written < 12
-    time.sleep(1.0)
-    c.sink()  # same --out: the journal
+    c.sink(**bind)  # same --out: the journal
     assert procs.wait(vent, 300) == 0, procs.log(vent)
     assert "12 images, 0 failed" in procs.log(vent), procs.log(vent)
     assert comparable(c.out) == undisturbed
@@ -141,7 +172,7 @@ def test_sigkilled_ventilator_rerun_with_resume(job_dir, tmp_path, procs, undist
     for _ in range(2):
         c.worker()
     vent = c.ventilate(job_dir)
-    wait_progress(c.events, 4, field="images_done")
+    wait_progress(c.events, 4, field="images_done", alive=lambda: vent.poll() is None)
     vent.send_signal(signal.SIGKILL)
     vent.wait(10)
     before = len(lines(c.out))
@@ -216,9 +247,10 @@ def fuzz_messages(rng: np.random.Generator, n: int, job: str = "nojob") -> list[
 
 
 def _spray(kind, endpoint, msgs, stop, sent):
+    """Send ``msgs`` at ``endpoint``, counting each send in ``sent[0]``; returns once every
+    one is handed to ZeroMQ and flushed to the peer (or ``stop`` is set)."""
     ctx = zmq.Context()
     s = ctx.socket(kind)
-    s.linger = 0
     s.sndhwm = 200
     prefix = []
     try:
@@ -241,41 +273,50 @@ def _spray(kind, endpoint, msgs, stop, sent):
             if stop.is_set():
                 break
     finally:
-        s.close(linger=0)
+        # Linger: the last messages queued reach the peer before the thread ends.
+        s.close(linger=0 if stop.is_set() else 30_000)
         ctx.term()
 
 
 def test_ten_thousand_fuzzed_messages_at_every_socket(job_dir, tmp_path, procs, undisturbed):
     n = 10_000
     c = Cluster(procs, tmp_path)
-    junk = f"tcp://127.0.0.1:{free_port()}"
+    junk = ipc(tmp_path, "junk")
     sink = c.sink()
-    workers = [procs.start("worker", "--model", MODEL, "--tiles", f"{c.tiles},{junk}",
-                           "--results", c.results, "--threads", "1", name="worker")
-               for _ in range(2)]
     rng = np.random.default_rng(11)
     stop = threading.Event()
     counts = {"sink": [0], "ventilator": [0], "worker": [0]}
-    sprayers = [
-        threading.Thread(target=_spray, args=(zmq.PUSH, c.results, fuzz_messages(rng, n),
-                                              stop, counts["sink"])),
-        threading.Thread(target=_spray, args=(zmq.DEALER, c.tiles, fuzz_messages(rng, n),
-                                              stop, counts["ventilator"])),
-        threading.Thread(target=_spray, args=(zmq.ROUTER, junk, fuzz_messages(rng, n), stop,
-                                              counts["worker"])),
-    ]
+
+    def sprayer(role, kind, endpoint):
+        return threading.Thread(target=_spray, args=(kind, endpoint, fuzz_messages(rng, n),
+                                                     stop, counts[role]))
+
+    at_sink = sprayer("sink", zmq.PUSH, c.results)
+    at_vent = sprayer("ventilator", zmq.DEALER, c.tiles)
+    at_worker = sprayer("worker", zmq.ROUTER, junk)
+    workers = []
     vent = c.ventilate(job_dir)
-    for t in sprayers:
-        t.start()
     try:
+        at_sink.start()
+        at_vent.start()
+        # The ventilator takes all its 10,000 while its job waits for workers: the job, and
+        # the ventilator with it, cannot end before (a job that ended first left messages
+        # unsent: {'ventilator': 9800} on 2 loaded cores). Its talk with the sink goes on
+        # meanwhile.
+        at_vent.join(300)
+        assert not at_vent.is_alive() and vent.poll() is None, procs.log(vent)[-3000:]
+        at_worker.start()  # workers outlive the job: this one may end after it
+        workers = [procs.start("worker", "--model", MODEL, "--tiles", f"{c.tiles},{junk}",
+                               "--results", c.results, "--threads", "1", name="worker")
+                   for _ in range(2)]
         assert procs.wait(vent, 400) == 0, procs.log(vent)[-3000:]
-        deadline = time.monotonic() + 60
-        while any(v[0] < n for v in counts.values()) and time.monotonic() < deadline:
-            time.sleep(0.2)
+        for t in (at_sink, at_worker):
+            t.join(120)
     finally:
         stop.set()
-        for t in sprayers:
-            t.join(10)
+        for t in (at_sink, at_vent, at_worker):
+            if t.ident is not None:
+                t.join(10)
     assert {k: v[0] for k, v in counts.items()} == {"sink": n, "ventilator": n, "worker": n}
     assert comparable(c.out) == undisturbed
     for w in workers:
@@ -353,12 +394,16 @@ def test_a_killed_worker_loses_nothing_when_jpegs_are_decoded_reduced(job_dir, t
     # Slow workers, one tile each at a time: the job outlasts the kill. By the time the
     # killed worker is declared dead (about 3 heartbeats), the other has moved past its
     # image, whose pixels were dropped: its lost tile must be cut from the file again.
-    workers = [c.worker("--requests", "1", hold_ms=100) for _ in range(2)]
+    workers = [c.worker("--requests", "1", "--id", f"w{i}", "--announce", hold_ms=100)
+               for i in range(2)]
+    for w in workers:  # both ready first: each holds a tile from the job's first moment
+        procs.announced(w)
     vent = c.ventilate(job_dir, "--tile", "600", "-v")
-    wait_progress(c.events, 30)
+    wait_progress(c.events, 30, alive=lambda: vent.poll() is None)
     workers[0].send_signal(signal.SIGKILL)
     assert procs.wait(vent, 300) == 0, procs.log(vent)
     log = procs.log(vent)
+    assert_tiles_came_back_by_heartbeat(log, "w0")
     assert "12 decoded at reduced size" in log, log
     m = re.search(r"(\d+) images re-read to cut them", log)
     assert m and int(m.group(1)) >= 1, log  # the re-read path ran, at the same reduction

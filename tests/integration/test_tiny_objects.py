@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, example_module, free_port
+from tests.conftest import ROOT, example_module, ipc
 from zmqvision import detect
 from zmqvision.models import resolve
 from zmqvision.scales import resolve_scales, summarize
@@ -98,7 +98,7 @@ def test_plans_that_cannot_work_are_usage_errors(args, message, photos):
     assert message in p.stderr
 
 
-def test_a_costly_plan_is_announced_with_a_warning(tiny_faces):
+def test_a_costly_plan_is_announced_with_a_warning(tiny_faces, tmp_path):
     """--min-size 3: 80 px cuts enlarged 8x, dozens of times the default's inference. No
     sink runs, so the job gives up after --timeout, once the warning is out."""
     path, _ = tiny_faces
@@ -107,8 +107,8 @@ def test_a_costly_plan_is_announced_with_a_warning(tiny_faces):
     assert cost > 10
     p = _cli("ventilate", str(path), "--min-size", "3", "--timeout", "1",
              "--bind", "tcp://127.0.0.1:0",
-             "--sink-results", f"tcp://127.0.0.1:{free_port()}",
-             "--sink-events", f"tcp://127.0.0.1:{free_port()}", "--no-progress")
+             "--sink-results", ipc(tmp_path, "nobody-results"),
+             "--sink-events", ipc(tmp_path, "nobody-events"), "--no-progress")
     assert p.returncode == 3, p.stdout + p.stderr
     assert "80x80 px cuts enlarged x8.00" in p.stderr
     assert f"warning: this tiling costs {cost:.0f}x the default's inference" in p.stderr
