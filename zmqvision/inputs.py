@@ -160,6 +160,22 @@ class ReadAhead:
         self.exhausted = True
 
 
+def first_input_cached(paths: Iterable[str], lookup: Lookup | None) -> bool:
+    """Whether a job's first input has a result in the cache, looked up before anything
+    else starts: ``run`` then leaves the workers (and their model) for the first image
+    that needs tiles, and a run whose images are all cached starts none."""
+    if lookup is None:
+        return False
+    path = next(iter(paths), None)
+    if path is None:
+        return False
+    try:
+        digest = io.content_hash(io.read_file(path))
+    except io.ImageError:
+        return False
+    return lookup(digest) is not None
+
+
 def read_resume(path: str) -> tuple[str | None, IdSet]:
     """The job id and the ids of the images a results file already has a record for."""
     job, done = None, IdSet()

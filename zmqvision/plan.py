@@ -46,12 +46,10 @@ class JobSettings:
         return frozenset(f.name for f in fields(cls))
 
     @classmethod
-    def of(cls, config: object, **overrides) -> JobSettings:
-        """The settings part of any config that has these fields (``VentilateConfig``),
-        with ``overrides`` (None values are left as they are)."""
-        values = {name: getattr(config, name) for name in cls.names() if hasattr(config, name)}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
+    def of(cls, config: JobSettings) -> JobSettings:
+        """Just the settings of a config that extends them (``VentilateConfig``): equal
+        settings make equal plans, whatever else the configs hold."""
+        return cls(**{name: getattr(config, name) for name in cls.names()})
 
 
 class JobPlan:

@@ -23,7 +23,6 @@ dropped.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import shutil
@@ -38,11 +37,19 @@ from typing import Any
 import numpy as np
 import zmq
 
-from zmqvision import io, protocol, sockets
+from zmqvision import protocol, sockets
 from zmqvision.cache import job_fingerprint, open_cache
 from zmqvision.embedded import LOCAL_ANY_PORT, LocalCluster
 from zmqvision.engine import Engine, JobFailed, RequestTimeout
-from zmqvision.inputs import Loaded, Lookup, ReadAhead, load_array, load_bytes, load_path
+from zmqvision.inputs import (
+    Loaded,
+    Lookup,
+    ReadAhead,
+    first_input_cached,
+    load_array,
+    load_bytes,
+    load_path,
+)
 from zmqvision.jobs import FileJob, Request, StreamJob
 from zmqvision.plan import JobPlan, JobSettings
 
@@ -352,6 +359,8 @@ class Pool:
                      timeout: float | None = None, **settings: Any) -> dict:
         """``submit`` for asyncio: awaiting it does not block the event loop; cancelling
         the task withdraws the request."""
+        import asyncio  # here: 20 ms of start-up that only asyncio callers need
+
         return await asyncio.wrap_future(self.submit(image, name=name, timeout=timeout,
                                                      **settings))
 
@@ -367,21 +376,9 @@ class Pool:
                          on_ready=self.engine.wake.wake)
 
     def first_input_cached(self, config) -> bool:
-        """Whether a file job's first input has a result in the cache, looked up before
-        anything else starts: ``run`` then leaves the workers (and their model) for the
-        first image that needs tiles, and a run whose images are all cached starts none."""
+        """Whether a file job's first input is in the result cache (``inputs``)."""
         plan = self.plan(JobSettings.of(config))
-        lookup = self.lookup(plan.job_start(""), plan)
-        if lookup is None:
-            return False
-        path = next(config.input_paths(), None)
-        if path is None:
-            return False
-        try:
-            digest = io.content_hash(io.read_file(path))
-        except io.ImageError:
-            return False
-        return lookup(digest) is not None
+        return first_input_cached(config.input_paths(), self.lookup(plan.job_start(""), plan))
 
     def run_files(self, config, stop: sockets.StopFlag | None = None,
                   on_progress: Callable[[protocol.Progress], None] | None = None,

@@ -93,25 +93,18 @@ def _thread_worker(plan: RunPlan, image: str | None) -> WorkerConfig:
 
 
 def _first_input_cached(job: VentilateConfig) -> bool:
-    """Looked up before anything starts (the cache's own lookup, no pool needed)."""
-    from zmqvision import io
+    """Looked up before anything starts, with the cache's own lookup (no pool yet)."""
     from zmqvision.cache import job_fingerprint, open_cache
+    from zmqvision.inputs import first_input_cached
     from zmqvision.plan import JobPlan, JobSettings
 
     cache = open_cache(job.cache)
     if cache is None:
         return False
     try:
-        path = next(job.input_paths(), None)
-        if path is None:
-            return False
-        try:
-            digest = io.content_hash(io.read_file(path))
-        except io.ImageError:
-            return False
         plan = JobPlan(JobSettings.of(job))
-        return cache.lookup(job_fingerprint(plan.job_start("")), digest,
-                            plan.spec.ref) is not None
+        key, ref = job_fingerprint(plan.job_start("")), plan.spec.ref
+        return first_input_cached(job.input_paths(), lambda h: cache.lookup(key, h, ref))
     finally:
         cache.close()
 

@@ -11,7 +11,7 @@ benchmarks and a few tests drive it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import zmq
 
@@ -19,37 +19,28 @@ from zmqvision import io, protocol, sockets
 from zmqvision.engine import JobFailed
 from zmqvision.inputs import ReadAhead, read_resume
 from zmqvision.links import is_local_peer, peer_address
-from zmqvision.merge import MergeConfig
+from zmqvision.plan import JobSettings
 
 __all__ = ["JobFailed", "VentilateConfig", "Ventilator", "is_local_peer", "peer_address",
            "read_resume", "ventilate"]
 
 
 @dataclass(frozen=True)
-class VentilateConfig:
-    inputs: tuple[str, ...]
+class VentilateConfig(JobSettings):
+    """A file job (``zmqvision run``/``ventilate``): the settings every record of it is
+    made with (``JobSettings``: model, tiling, merge, score threshold, ...), its inputs,
+    and where and how the ventilator role runs it."""
+
+    inputs: tuple[str, ...] = ()
     tiles: str = sockets.bind_endpoint(sockets.TILES_PORT)
     sink: str = sockets.connect_endpoint(sockets.RESULTS_PORT)
     events: str = sockets.connect_endpoint(sockets.EVENTS_PORT)
-    model: str = "centerface"
-    input_size: tuple[int, int] | None = None
-    tile_size: tuple[int, int] | None = None  # None: the model's input size
-    overlap: float = 0.2
-    full_pass: bool = False
-    # More cut sizes in one job: (w, h), "native" or "full" (see zmqvision.scales).
-    scales: tuple[tuple[int, int] | str, ...] | None = None
-    min_size: float | None = None  # smallest object in source px: plans the cut
-    merge: MergeConfig = field(default_factory=MergeConfig)
-    score_threshold: float | None = None
-    max_pixels: int = io.DEFAULT_MAX_PIXELS
     extensions: frozenset[str] | None = None
     recursive: bool = True
     decode_threads: int = 2
     read_ahead: int = 2
     window: int = 256  # images in flight (announced, not yet written by the sink)
     wire: str = "auto"  # tile encoding: "raw", "jpeg", or "auto" (raw to local workers only)
-    # Decode a JPEG at 1/2, 1/4 or 1/8 when every tile of it shrinks at least that much.
-    jpeg_draft: bool = True
     lease_s: float = 120.0  # a tile unanswered this long is sent again
     timeout: float | None = None  # give up if the job is not complete after this long
     job_id: str | None = None
