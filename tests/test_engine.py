@@ -133,3 +133,95 @@ def test_a_file_changed_before_a_resend_becomes_the_images_error(harness, image)
     assert {r.error["type"] for r in failed} == {"changed_during_job"}
     assert all(r.worker == "ventilator" for r in failed)
     assert not harness.tiles(harness.dealers[1], 1, timeout=0.5)  # nothing cut from it
+
+
+class FakeSink:
+    """A sink written here: PULL for what the pool announces, PUB for what it answers."""
+
+    def __init__(self, tmp_path) -> None:
+        self.ctx = zmq.Context()
+        self.pull, self.pub = self.ctx.socket(zmq.PULL), self.ctx.socket(zmq.PUB)
+        for s in (self.pull, self.pub):
+            s.linger = 0
+        self.results, self.events = f"ipc://{tmp_path}/r", f"ipc://{tmp_path}/e"
+        self.pull.bind(self.results)
+        self.pub.bind(self.events)
+
+    def next(self, kind, timeout: float = 10.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.pull.poll(100):
+                msg = protocol.decode(self.pull.recv_multipart(copy=False))
+                if isinstance(msg, kind):
+                    return msg
+        raise AssertionError(f"no {kind.__name__} in {timeout} s")
+
+    def publish(self, msg) -> None:
+        self.pub.send_multipart(protocol.encode(msg))
+
+    def heard_by(self, pool, timeout: float = 10.0) -> None:
+        """Publish the sink's status until the pool has heard it (a SUB joins late)."""
+        deadline = time.monotonic() + timeout
+        while pool.engine.sink.sink_id != "s1":
+            assert time.monotonic() < deadline, "the pool never heard the sink"
+            self.publish(protocol.SinkStatus(sink="s1", host="h", pid=1, uptime=0.0,
+                                             jobs_active=0, bad_messages=0))
+            time.sleep(0.02)
+
+    def close(self) -> None:
+        self.pull.close(0)
+        self.pub.close(0)
+        self.ctx.term()
+
+
+@pytest.fixture
+def fake_sink(tmp_path):
+    s = FakeSink(tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_request_gets_the_record_the_sink_publishes(fake_sink, tmp_path, image, models_ready):
+    from zmqvision.pool import Pool
+
+    with Pool.connect(tiles=f"ipc://{tmp_path}/t", sink=fake_sink.results,
+                      events=fake_sink.events, model=MODEL, cache=None) as pool:
+        fake_sink.heard_by(pool)
+        future = pool.submit(image)
+        start = fake_sink.next(protocol.JobStart)
+        assert start.options["records"] == "publish"
+        info = fake_sink.next(protocol.ImageInfo)
+        record = {"image": str(image), "id": info.image, "detections": [], "error": None}
+        import json
+
+        fake_sink.publish(protocol.Record(sink="s1", job=start.job, image=info.image,
+                                          json=json.dumps(record).encode()))
+        assert future.result(timeout=10) == record
+        assert not pool.engine.window
+
+
+@pytest.mark.timeout(60)
+def test_a_record_lost_on_the_way_is_asked_for_again_then_fails(fake_sink, tmp_path, image,
+                                                                 models_ready):
+    """An image ack with no record before it (the PUB dropped the record): the pool
+    announces the image again, three times, then fails the request with a clear error."""
+    from zmqvision.engine import JobFailed
+    from zmqvision.pool import Pool
+
+    with Pool.connect(tiles=f"ipc://{tmp_path}/t", sink=fake_sink.results,
+                      events=fake_sink.events, model=MODEL, cache=None) as pool:
+        fake_sink.heard_by(pool)
+        future = pool.submit(image)
+        start = fake_sink.next(protocol.JobStart)
+        info = fake_sink.next(protocol.ImageInfo)
+        for _ in range(3):
+            fake_sink.publish(protocol.Ack(sink="s1", job=start.job, images=(info.image,)))
+            again = fake_sink.next(protocol.ImageInfo)
+            assert again.image == info.image and not future.done()
+        fake_sink.publish(protocol.Ack(sink="s1", job=start.job, images=(info.image,)))
+        with pytest.raises(JobFailed, match="no record"):
+            future.result(timeout=10)
+        assert not pool.engine.window
