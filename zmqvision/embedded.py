@@ -224,6 +224,29 @@ class LocalCluster:
         else:
             self.tiles_bind = LOCAL_ANY_PORT
 
+    def start(self, engine, stop: sockets.StopFlag) -> tuple[str, str]:
+        """Start the sink and workers around a Pool's ``engine``; its tiles and the sink's
+        events endpoints. Every endpoint known up front (ipc, inproc): workers first
+        (compiling the model is the longest wait), the sink with them; otherwise the sink
+        first, on a port the OS picks, then the tiles socket, then the workers."""
+        if self.tiles_bind == LOCAL_ANY_PORT:
+            self.start_sink()
+            info = self.sink_ready(stop)
+            tiles = engine.bind(self.tiles_bind)
+            if not self.lazy_workers:
+                self.start_workers(tiles)
+        else:
+            if not self.lazy_workers:
+                self.start_workers(self.tiles_bind)
+            self.start_sink()
+            tiles = engine.bind(self.tiles_bind)
+            info = self.sink_ready(stop)
+        events = sockets.connectable(info["events"])
+        engine.connect(self.results_endpoint, events)
+        if self.lazy_workers:
+            engine.on_first_tiles = lambda: self.start_workers(tiles)
+        return tiles, events
+
     def start_sink(self) -> None:
         """Start the sink now (with ipc or inproc its endpoint is already known)."""
         cfg = self.sink_config

@@ -39,7 +39,7 @@ import zmq
 
 from zmqvision import protocol, sockets
 from zmqvision.cache import job_fingerprint, open_cache
-from zmqvision.embedded import LOCAL_ANY_PORT, LocalCluster
+from zmqvision.embedded import LocalCluster
 from zmqvision.engine import Engine, JobFailed, RequestTimeout
 from zmqvision.inputs import (
     Loaded,
@@ -152,34 +152,13 @@ class Pool:
                 self.tiles_endpoint = self.engine.bind(tiles)
                 self.engine.connect(sink, events)
             else:
-                self._start_cluster(cluster)
+                self.tiles_endpoint, self.events_endpoint = cluster.start(
+                    self.engine, self._interrupt or self._stop)
         except BaseException:
             self._teardown()
             raise
         self._thread = threading.Thread(target=self._loop, name="zv-pool", daemon=True)
         self._thread.start()
-
-    def _start_cluster(self, cluster: LocalCluster) -> None:
-        """Every endpoint known up front (ipc, inproc): workers first (compiling the model
-        is the longest wait), the sink with them; otherwise the sink first, on a port the
-        OS picks, then the tiles socket, then the workers."""
-        if cluster.tiles_bind == LOCAL_ANY_PORT:
-            cluster.start_sink()
-            info = cluster.sink_ready(self._interrupt or self._stop)
-            self.tiles_endpoint = self.engine.bind(cluster.tiles_bind)
-            if not cluster.lazy_workers:
-                cluster.start_workers(self.tiles_endpoint)
-        else:
-            if not cluster.lazy_workers:
-                cluster.start_workers(cluster.tiles_bind)
-            cluster.start_sink()
-            self.tiles_endpoint = self.engine.bind(cluster.tiles_bind)
-            info = cluster.sink_ready(self._interrupt or self._stop)
-        self.events_endpoint = sockets.connectable(info["events"])
-        self.engine.connect(cluster.results_endpoint, self.events_endpoint)
-        if cluster.lazy_workers:
-            tiles = self.tiles_endpoint
-            self.engine.on_first_tiles = lambda: cluster.start_workers(tiles)
 
     # ------------------------------------------------------------------ the engine thread
 
