@@ -1,0 +1,207 @@
+"""Many small images: `zmqvision run` over a folder of single-tile JPEGs, against OpenVINO's
+limit and against the short loop a user could write instead, with each role's CPU per image.
+
+Rows (images per second; median and min–max over ``--repeats`` rounds, interleaved so a
+noisy machine slows every row alike; ratios are taken per round, side by side):
+
+- ``benchmark_app``: ``benchmark_app -hint throughput`` on the model at its input size:
+  inference only, random input. The limit.
+- ``plain loop``: one process, the user's alternative: PIL decode and resize to the model
+  input, ``AsyncInferQueue`` with the THROUGHPUT hint, raw outputs, no post-processing.
+- ``zmqvision run, N worker(s)``: ``zmqvision run DIR`` as a command (``--no-progress``,
+  no result cache), wall time of the whole command and images / ``JobDone.seconds``.
+- CPU per image of each role: ``zmqvision sink``, ``worker`` and ``ventilate`` run as
+  three commands over the same folder, each one's user+system time from ``wait4``.
+
+    python benchmarks/small_images.py                               # ssd-mobilenetv2-oid
+    python benchmarks/small_images.py --model blazeface-short --images 2000
+    python benchmarks/small_images.py --model centerface --images 300 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+ZV = [sys.executable, "-m", "zmqvision"]
+
+
+def make_inputs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> None:
+    """``n`` JPEGs of exactly ``size``: random crops of scikit-image's bundled photos,
+    scaled, so every image differs (no two share a content hash)."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data as skdata
+
+    rng = np.random.default_rng(seed)
+    photos = [Image.fromarray(getattr(skdata, p)()).convert("RGB") for p in PHOTOS]
+    for i in range(n):
+        im = photos[int(rng.integers(len(photos)))]
+        side = int(rng.integers(min(im.size) // 3, min(im.size)))
+        x, y = int(rng.integers(0, im.width - side + 1)), int(rng.integers(0, im.height - side + 1))
+        crop = im.crop((x, y, x + side, y + side)).resize(size, Image.BILINEAR)
+        crop.save(folder / f"small_{i:05d}.jpg", quality=90)
+
+
+def benchmark_app(model: str, seconds: int) -> float:
+    from zmqvision.models import ensure, resolve
+
+    spec = resolve(model)
+    cmd = [str(Path(sys.executable).parent / "benchmark_app"), "-m", str(ensure(spec)),
+           "-d", "CPU", "-hint", "throughput", "-t", str(seconds)]
+    if spec.input_multiple is not None:
+        w, h = spec.input_size
+        cmd += ["-shape", f"[1,3,{h},{w}]" if spec.preprocess.layout == "NCHW"
+                else f"[1,{h},{w},3]"]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    m = re.search(r"Throughput:\s*([0-9.]+)\s*FPS", p.stdout + p.stderr)
+    if p.returncode != 0 or not m:
+        raise RuntimeError(f"benchmark_app failed:\n{(p.stdout + p.stderr)[-2000:]}")
+    return float(m.group(1))
+
+
+PLAIN_LOOP = r'''
+import sys, time, pathlib, numpy as np, openvino as ov
+from PIL import Image
+from zmqvision.models import ensure, resolve
+from zmqvision.models.runtime import build_model
+spec = resolve(sys.argv[1]); w, h = spec.input_size
+core = ov.Core()
+model = build_model(core.read_model(str(ensure(spec))), spec)
+compiled = core.compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+done = []
+queue = ov.AsyncInferQueue(compiled)
+queue.set_callback(lambda req, i: done.append([req.get_output_tensor(k).data.copy()
+                                                for k in range(len(compiled.outputs))]))
+paths = sorted(pathlib.Path(sys.argv[2]).glob("*.jpg"))
+t0 = time.perf_counter()
+for p in paths:
+    img = np.asarray(Image.open(p).convert("RGB").resize((w, h)))
+    queue.start_async({0: img[None]})
+queue.wait_all()
+print(len(done) / (time.perf_counter() - t0))
+'''
+
+
+def plain_loop(model: str, folder: Path) -> float:
+    p = subprocess.run([sys.executable, "-c", PLAIN_LOOP, model, str(folder)],
+                       capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise RuntimeError(p.stderr[-2000:])
+    return float(p.stdout.strip().splitlines()[-1])
+
+
+def zv_run(model: str, folder: Path, workers: int, n: int) -> tuple[float, float]:
+    """(images/s of the whole command, images/s by JobDone.seconds)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "r.jsonl")
+        t0 = time.perf_counter()
+        p = subprocess.run([*ZV, "run", str(folder), "--model", model, "--workers",
+                            str(workers), "--out", out, "--no-progress", "--no-cache",
+                            "--events", "tcp://127.0.0.1:0"],
+                           capture_output=True, text=True, cwd=ROOT)
+        wall = time.perf_counter() - t0
+    m = re.search(r"in ([0-9.]+) s", p.stdout)
+    if p.returncode != 0 or not m:
+        raise RuntimeError(f"run failed:\n{p.stdout}\n{p.stderr[-2000:]}")
+    return n / wall, n / float(m.group(1))
+
+
+def _cpu_of(proc: subprocess.Popen) -> float:
+    _, _, usage = os.wait4(proc.pid, 0)
+    proc.returncode = 0
+    return usage.ru_utime + usage.ru_stime
+
+
+def _announced(proc: subprocess.Popen) -> dict:
+    return json.loads(proc.stdout.readline())["ready"]
+
+
+def role_cpu(model: str, folder: Path, n: int) -> dict[str, float]:
+    """CPU milliseconds per image of the sink, a worker and the ventilator, each its own
+    command over ipc endpoints."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tiles, results = f"ipc://{tmp}/t", f"ipc://{tmp}/r"
+        sink = subprocess.Popen([*ZV, "sink", "--out", f"{tmp}/r.jsonl", "--bind-results",
+                                 results, "--bind-events", f"ipc://{tmp}/e", "--no-cache",
+                                 "--announce"], stdout=subprocess.PIPE, cwd=ROOT)
+        worker = subprocess.Popen([*ZV, "worker", "--model", model, "--tiles", tiles,
+                                   "--results", results, "--announce"],
+                                  stdout=subprocess.PIPE, cwd=ROOT)
+        try:
+            _announced(sink), _announced(worker)
+            vent = subprocess.Popen([*ZV, "ventilate", str(folder), "--model", model,
+                                     "--bind", tiles, "--sink-results", results,
+                                     "--sink-events", f"ipc://{tmp}/e", "--no-cache"],
+                                    stdout=subprocess.DEVNULL, cwd=ROOT)
+            cpu = {"ventilator": _cpu_of(vent)}
+        finally:
+            for p in (worker, sink):
+                p.send_signal(signal.SIGTERM)
+        cpu["worker"] = _cpu_of(worker)
+        cpu["sink"] = _cpu_of(sink)
+    return {k: v * 1000 / n for k, v in cpu.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="ssd-mobilenetv2-oid")
+    ap.add_argument("--images", type=int, default=1200)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--workers", default="1,2")
+    ap.add_argument("--bench-seconds", type=int, default=10)
+    args = ap.parse_args(argv)
+    from zmqvision.models import resolve
+
+    size = resolve(args.model).input_size
+    workers = [int(w) for w in args.workers.split(",")]
+    rows: dict[str, list[float]] = {"benchmark_app": [], "plain loop": []}
+    for w in workers:
+        rows[f"zmqvision run, {w} worker(s): wall"] = []
+        rows[f"zmqvision run, {w} worker(s): JobDone"] = []
+    ratios: dict[str, list[float]] = {k: [] for k in rows}
+    cpu: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="zv-small-") as tmp:
+        folder = Path(tmp)
+        make_inputs(folder, args.images, size)
+        for r in range(args.repeats):
+            got = {"benchmark_app": benchmark_app(args.model, args.bench_seconds),
+                   "plain loop": plain_loop(args.model, folder)}
+            for w in workers:
+                wall, job = zv_run(args.model, folder, w, args.images)
+                got[f"zmqvision run, {w} worker(s): wall"] = wall
+                got[f"zmqvision run, {w} worker(s): JobDone"] = job
+            cpu.append(role_cpu(args.model, folder, args.images))
+            for k, v in got.items():
+                rows[k].append(v)
+                ratios[k].append(v / got["benchmark_app"])
+            print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k}={v:.0f}"
+                                                               for k, v in got.items()),
+                  file=sys.stderr)
+    print(f"\n{args.images} JPEGs of {size[0]}x{size[1]}, {args.model}, {os.cpu_count()} "
+          f"cores, medians of {args.repeats}\n")
+    print("| what | images/s | min–max | ÷ benchmark_app | ÷ plain loop |")
+    print("|---|---|---|---|---|")
+    plain = statistics.median(rows["plain loop"])
+    for k, v in rows.items():
+        print(f"| {k} | {statistics.median(v):.0f} | {min(v):.0f}–{max(v):.0f} | "
+              f"{statistics.median(ratios[k]):.2f} | {statistics.median(v) / plain:.2f} |")
+    print("\n| role | CPU ms per image (median) |\n|---|---|")
+    for role in ("ventilator", "worker", "sink"):
+        print(f"| {role} | {statistics.median(c[role] for c in cpu):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
