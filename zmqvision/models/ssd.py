@@ -102,14 +102,31 @@ def multiclass_nms(
     return Detections.of(boxes[k][order], scores[k][order], labels[k][order])
 
 
+def logit_floor(score_threshold: float) -> float:
+    """A logit below which no score can reach the threshold, a little under the exact
+    one: the sigmoid is monotonic, so candidates are chosen on the raw logits (no exp over
+    all 1917 × 23 of them), and the exact test runs on those few in float64."""
+    if score_threshold <= 0.0:
+        return -np.inf
+    if score_threshold >= 1.0:
+        return 36.0  # float64's sigmoid is 1.0 from about 36.7 on
+    return min(36.0, float(np.log(score_threshold / (1.0 - score_threshold)))) - 1e-3
+
+
 def decode(outputs: list[np.ndarray], spec: ModelSpec, score_threshold: float) -> Detections:
-    """Objects in model-input pixels; class 0 (background) dropped, ids shifted down by 1."""
+    """Objects in model-input pixels; class 0 (background) dropped, ids shifted down by 1.
+
+    Exactly the scores ``sigmoid(logit) >= threshold`` computed over the whole matrix in
+    float64 would keep, in the same (anchor, class) order: the floor only skips logits
+    that cannot pass."""
     encodings, logits = outputs[0], outputs[1]
     logits = logits.reshape(-1, logits.shape[-1])[:, 1:]
-    scores = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
-    anchor_idx, label = np.nonzero(scores >= score_threshold)
+    anchor_idx, label = np.nonzero(logits >= logit_floor(score_threshold))
+    scores = 1.0 / (1.0 + np.exp(-logits[anchor_idx, label].astype(np.float64)))
+    keep = scores >= score_threshold
+    anchor_idx, label, scores = anchor_idx[keep], label[keep], scores[keep]
     if len(anchor_idx) == 0:
         return Detections.empty()
     width, height = spec.input_size
     boxes = decode_boxes(encodings.reshape(-1, 4)[anchor_idx], width, height, anchor_idx)
-    return multiclass_nms(boxes, scores[anchor_idx, label], label, spec.nms_threshold)
+    return multiclass_nms(boxes, scores, label, spec.nms_threshold)
