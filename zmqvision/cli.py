@@ -410,6 +410,9 @@ def _interrupted_run(out: str, fmt: str) -> CommandError:
         return CommandError(f"interrupted: {plural(kept, 'record')} kept; a COCO job cannot "
                             f"be resumed, run it again", ExitCode.INTERRUPTED)
     kept = _count_records(out)
+    if not kept:
+        return CommandError("interrupted before any record was written",
+                            ExitCode.INTERRUPTED)
     return CommandError(f"interrupted: {plural(kept, 'record')} kept in {out}; to do the "
                         f"rest: {resume_command(sys.argv[1:])}", ExitCode.INTERRUPTED)
 
@@ -419,10 +422,11 @@ def _interrupted_ventilate(bar) -> CommandError:
     --resume and the sink's results file does the rest."""
     from zmqvision.console import plural, resume_command
 
-    kept = bar.last.images_done if bar.last is not None else 0
-    job = f" of job {bar.last.job}" if bar.last is not None else ""
+    if bar.last is None or not bar.last.images_done:  # the sink had nothing of it yet
+        return CommandError("interrupted", ExitCode.INTERRUPTED)
+    kept, job = bar.last.images_done, bar.last.job
     return CommandError(
-        f"interrupted: the sink kept {plural(kept, 'record')}{job}; to do the rest: "
+        f"interrupted: the sink kept {plural(kept, 'record')} of job {job}; to do the rest: "
         f"{resume_command(sys.argv[1:], value='RESULTS.jsonl')} (RESULTS.jsonl: the "
         f"sink's --out file)", ExitCode.INTERRUPTED)
 
