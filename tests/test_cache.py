@@ -152,6 +152,23 @@ def test_save_then_lookup_hits_and_another_model_misses(sqlite_cache):
     assert sqlite_cache.counts()["hits"] == 1
 
 
+def test_failures_are_never_saved_and_an_old_failure_entry_is_a_miss(sqlite_cache):
+    """A failed image is done again on every run: never "cached": true beside an error,
+    never counted both cached and failed (issue 17.8). An entry with an error (saved by an
+    older version) is a quiet miss, deleted."""
+    fp = job_fingerprint(_job())
+    error = {"type": "corrupt_image", "message": "damaged JPEG"}
+    assert not sqlite_cache.save(fp, HASH, model="centerface@1.5.0", width=0, height=0,
+                                 tiles=0, detections=None, error=error)
+    sqlite_cache.flush()
+    assert sqlite_cache.guard.store.stats()["entries"] == 0
+    key = entry_key(fp, HASH)
+    old = _entry(key=key, error=error, detections=Detections.empty(), tiles=0)
+    sqlite_cache.guard.store.put_many([(key, encode(old), time.time())])
+    assert sqlite_cache.lookup(fp, HASH, "centerface@1.5.0") is None
+    assert sqlite_cache.guard.store.get(key) is None and sqlite_cache.corrupt == 0
+
+
 @pytest.mark.parametrize("damage", ["garbage", "version", "foreign", "model"])
 def test_corrupt_entry_is_a_logged_miss_and_is_replaced(sqlite_cache, damage, caplog):
     fp = job_fingerprint(_job())

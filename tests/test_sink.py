@@ -221,9 +221,10 @@ def test_records_say_which_settings_produced_them(tmp_path):
     assert rec["settings"] == {"tiling": tiling, "merge": MERGE, "score_threshold": 0.4}
 
 
-def test_results_are_cached_as_images_complete_but_not_transient_errors(tmp_path):
-    """Successes and bytes-intrinsic errors are saved (with the path taken out of the
-    message); a failed tile is not; a cached image's record is written at once, marked."""
+def test_results_are_cached_as_images_complete_but_never_failures(tmp_path):
+    """Successes are saved; no failure is (a failed tile, a corrupt file: a record is
+    never "cached" beside an error, issue 17.8); a cached image's record is written at
+    once, marked."""
     from zmqvision.cache import ResultCache, job_fingerprint
     from zmqvision.cache.sqlite_store import SqliteStore
 
@@ -244,12 +245,11 @@ def test_results_are_cached_as_images_complete_but_not_transient_errors(tmp_path
     hit = cache.guard.store  # nothing is written before the batch is flushed
     assert hit.stats()["entries"] == 0
     h.sink.flush_acks(force=True)
-    assert hit.stats()["entries"] == 2
+    assert hit.stats()["entries"] == 1
     a = cache.lookup(fp, "blake2b:aa", "toy@1")
     assert a.detections.boxes.tolist() == [[1, 2, 3, 4]] and a.tiles == 1
     assert cache.lookup(fp, "blake2b:bb", "toy@1") is None
-    c = cache.lookup(fp, "blake2b:cc", "toy@1")
-    assert c.error == {"type": "corrupt_image", "message": "damaged JPEG"}
+    assert cache.lookup(fp, "blake2b:cc", "toy@1") is None
 
     h.send(P.ImageInfo(job="j", image="e", path="copy-of-a.jpg", seq=4, width=200, height=100,
                        hash="blake2b:aa", cached=P.Cached(tiles=1, detections=a.detections)))

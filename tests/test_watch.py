@@ -169,3 +169,76 @@ def test_once_against_a_real_pub_socket(tmp_path):
         ctx.term()
     # Nobody there: exit code 1 after the timeout, no hang.
     assert watch(f"tcp://127.0.0.1:{port}", mode="once", timeout=0.5, out=io.StringIO()) == 1
+
+
+def test_no_eta_while_the_total_is_unknown_then_a_real_one():
+    """Inputs still being walked (no JobEnd yet): `N/?` and no ETA, however fast the job
+    goes (an ETA from the tiles announced so far was a guess: "ETA 0s" at 113/?)."""
+    from rich.console import Console
+
+    clock = Clock()
+    s = WatchState(clock=clock)
+    for k in range(1, 4):
+        feed(s, P.Progress(job="j", images_seen=10 * k, images_done=9 * k, images_failed=0,
+                           tiles_seen=20 * k, tiles_done=18 * k, elapsed=float(k)))
+        clock.t += 1
+    (job,) = s.snapshot()["jobs"]
+    assert job["tiles_per_s"] > 0 and job["eta"] is None and job["images_total"] is None
+    buf = io.StringIO()
+    Console(file=buf, width=160).print(render(s, "tcp://x:1"))
+    assert "27/?" in buf.getvalue() and "0s" not in buf.getvalue(), buf.getvalue()
+    feed(s, P.Progress(job="j", images_seen=40, images_done=36, images_failed=0,
+                       tiles_seen=80, tiles_done=72, images_total=40, tiles_total=80,
+                       elapsed=4.0))
+    assert s.snapshot()["jobs"][0]["eta"] > 0
+
+
+def test_finished_jobs_show_their_final_average_rate_the_summarys():
+    """A finished job's rate is tiles / seconds, what its summary line says, not the last
+    smoothed sample (0.0/s once its progress stopped moving)."""
+    from zmqvision.console import summary_line
+
+    clock = Clock()
+    s = WatchState(clock=clock)
+    feed(s, P.Progress(job="j", images_seen=4, images_done=1, images_failed=0,
+                       tiles_seen=40, tiles_done=10, elapsed=1.0))
+    clock.t += 1
+    feed(s, P.Progress(job="j", images_seen=4, images_done=4, images_failed=0,
+                       tiles_seen=40, tiles_done=40, images_total=4, tiles_total=40,
+                       elapsed=1.5, done=True))
+    done = P.JobDone(job="j", images=4, failed=0, tiles=40, detections=7, seconds=1.6,
+                     out="/r.jsonl")
+    feed(s, done)
+    feed(s, P.JobDone(job="k", images=2, failed=0, tiles=3, detections=1, seconds=2.0,
+                      out="/x"))  # heard only its summary
+    rates = {j["job"]: j["tiles_per_s"] for j in s.snapshot()["jobs"]}
+    assert rates == {"j": 25.0, "k": 1.5}
+    assert f"({rates['j']:.1f} tiles/s)" in summary_line(done)
+
+
+def test_a_job_whose_counters_stop_is_stalled_then_abandoned():
+    """The sink keeps reporting a job whose ventilator died; its counters no longer move:
+    stalled after STALLED_S, abandoned after ABANDONED_S, running again if they move."""
+    from rich.console import Console
+
+    from zmqvision.watch import ABANDONED_S, STALLED_S
+
+    clock = Clock()
+    s = WatchState(clock=clock)
+
+    def snap(done, elapsed):
+        feed(s, P.Progress(job="j", images_seen=5, images_done=done, images_failed=0,
+                           tiles_seen=10, tiles_done=2 * done, elapsed=elapsed))
+        return s.snapshot()["jobs"][0]
+
+    assert snap(1, 1.0)["state"] == "running"
+    clock.t += STALLED_S + 1
+    job = snap(1, 2.0 + STALLED_S)  # the same counters, a later snapshot
+    assert job["state"] == "stalled" and job["eta"] is None
+    clock.t += ABANDONED_S
+    assert snap(1, 3.0 + ABANDONED_S)["state"] == "abandoned"
+    buf = io.StringIO()
+    Console(file=buf, width=160).print(render(s, "tcp://x:1"))
+    assert "abandoned (no progress for 5m" in buf.getvalue(), buf.getvalue()
+    clock.t += 1
+    assert snap(2, 4.0 + ABANDONED_S)["state"] == "running"

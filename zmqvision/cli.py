@@ -236,9 +236,13 @@ def _job_options(f):
                      default="nmm", show_default=True,
                      help="How duplicates across tiles are removed."),
         click.option("--match-metric", type=click.Choice(["ios", "iou"]), default="ios",
-                     show_default=True),
+                     show_default=True,
+                     help="How two boxes are judged the same object when merging: ios "
+                          "(intersection over the smaller box: a face cut by a tile border "
+                          "matches the whole one) or iou (intersection over union)."),
         click.option("--match-threshold", type=click.FloatRange(0, 1), default=0.5,
-                     show_default=True),
+                     show_default=True,
+                     help="Boxes whose --match-metric reaches this are merged into one."),
         click.option("--class-agnostic", is_flag=True, help="Merge boxes across classes."),
         click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
                      help="Minimum detection score [default: per model]."),
@@ -353,9 +357,78 @@ def _check_model(kw) -> None:
     from zmqvision.models import resolve
 
     try:
-        resolve(kw["model"], kw.get("input_size"))
+        spec = resolve(kw["model"])
     except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--model/--input-size") from None
+        raise click.BadParameter(str(exc), param_hint="--model") from None
+    if kw.get("input_size"):
+        try:
+            spec.with_input_size(*kw["input_size"])
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--input-size") from None
+
+
+def _check_inputs(cfg) -> None:
+    """A job with nothing to do is a usage error, said before anything starts (the sink
+    would otherwise empty --out for a job of no image)."""
+    from zmqvision.console import skipped_notice
+
+    walk = cfg.input_paths()
+    try:
+        first = next(walk, None)
+    finally:
+        walk.close()
+    if first is not None:
+        return
+    where = ", ".join(cfg.inputs)
+    why = f"; {skipped_notice(walk.skipped, walk.skipped_examples)}" if walk.skipped else ""
+    raise CommandError(f"no image to do in {where}{why} (nothing was written)",
+                       ExitCode.USAGE)
+
+
+def _input_counter(cfg):
+    """The job's inputs counted on a thread, for the bar's total (io.InputCounter)."""
+    from zmqvision.io import InputCounter
+
+    return InputCounter(list(cfg.inputs), recursive=cfg.recursive, extensions=cfg.extensions)
+
+
+def _count_records(path: str) -> int:
+    """Complete records in a JSONL file (its newlines); 0 when it is not there."""
+    try:
+        with open(path, "rb") as fh:
+            return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+    except OSError:
+        return 0
+
+
+def _interrupted_run(out: str, fmt: str) -> CommandError:
+    """`run` stopped by Ctrl-C: what it kept, and the command that continues it."""
+    from zmqvision.console import plural, resume_command
+
+    if fmt != "jsonl":
+        kept = _count_records(out + ".journal.jsonl")
+        return CommandError(f"interrupted: {plural(kept, 'record')} kept; a COCO job cannot "
+                            f"be resumed, run it again", ExitCode.INTERRUPTED)
+    kept = _count_records(out)
+    if not kept:
+        return CommandError("interrupted before any record was written",
+                            ExitCode.INTERRUPTED)
+    return CommandError(f"interrupted: {plural(kept, 'record')} kept in {out}; to do the "
+                        f"rest: {resume_command(sys.argv[1:])}", ExitCode.INTERRUPTED)
+
+
+def _interrupted_ventilate(bar) -> CommandError:
+    """`ventilate` stopped by Ctrl-C: the sink keeps what it wrote; the same command with
+    --resume and the sink's results file does the rest."""
+    from zmqvision.console import plural, resume_command
+
+    if bar.last is None or not bar.last.images_done:  # the sink had nothing of it yet
+        return CommandError("interrupted", ExitCode.INTERRUPTED)
+    kept, job = bar.last.images_done, bar.last.job
+    return CommandError(
+        f"interrupted: the sink kept {plural(kept, 'record')} of job {job}; to do the rest: "
+        f"{resume_command(sys.argv[1:], value='RESULTS.jsonl')} (RESULTS.jsonl: the "
+        f"sink's --out file)", ExitCode.INTERRUPTED)
 
 
 def _show_tiling(cfg) -> None:
@@ -387,10 +460,12 @@ def _show_tiling(cfg) -> None:
                    f"inference; a larger --min-size or fewer --scales is cheaper", err=True)
 
 
-def _finish(done) -> None:
-    from zmqvision.console import summary_line
+def _finish(done, bar) -> None:
+    from zmqvision.console import failure_report, summary_line
 
     click.echo(summary_line(done))
+    for line in failure_report(done, bar.failures.first):
+        click.echo(line)
     sys.exit(int(ExitCode.IMAGES_FAILED if done.failed else ExitCode.OK))
 
 
@@ -453,6 +528,7 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
     cache = _cache_choice(cache_url, no_cache)
     job = _vent_config(inputs, kw, resume=out if resume else None, cache=cache)
     _show_tiling(job)
+    _check_inputs(job)
     plan = RunPlan(
         job=job,
         sink=SinkConfig(out=out, format=fmt, draw=draw, events=events,
@@ -464,11 +540,20 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
         log_level=level,
     )
     stop = _stop_flag()
-    with JobProgressBar(progress) as bar:
-        done = run_job(plan, stop, on_progress=bar.update, on_wait=bar.note)
+    counter = _input_counter(job)
+    bar = JobProgressBar(progress, counter)
+    try:
+        with bar:
+            done = run_job(plan, stop, on_progress=bar.update, on_wait=bar.note)
+    except Exception as exc:
+        if stop.is_set():
+            raise _interrupted_run(out, fmt) from exc
+        raise
+    finally:
+        counter.stop()
     global _skip_teardown
     _skip_teardown = True  # the job is over: records closed, children reaped, threads joined
-    _finish(done)
+    _finish(done, bar)
 
 
 @cli.command()
@@ -507,10 +592,20 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
         curve=curve,
     )
     _show_tiling(cfg)
+    _check_inputs(cfg)
     stop = _stop_flag()
-    with JobProgressBar(progress) as bar:
-        done = do_ventilate(cfg, stop, on_progress=bar.update, on_wait=bar.note)
-    _finish(done)
+    counter = _input_counter(cfg)
+    bar = JobProgressBar(progress, counter)
+    try:
+        with bar:
+            done = do_ventilate(cfg, stop, on_progress=bar.update, on_wait=bar.note)
+    except Exception as exc:
+        if stop.is_set():
+            raise _interrupted_ventilate(bar) from exc
+        raise
+    finally:
+        counter.stop()
+    _finish(done, bar)
 
 
 @cli.command()
@@ -708,10 +803,11 @@ def models_list() -> None:
     """Catalog models and whether they are in the local cache."""
     from zmqvision.models import CATALOG, is_pulled
 
+    click.echo(f"{'MODEL':24} {'TASK':10} {'INPUT':<10} {'LOCAL':11} SOURCE")
     for name, spec in CATALOG.items():
         w, h = spec.input_size
         state = "pulled" if is_pulled(spec) else "not pulled"
-        click.echo(f"{name:24} {spec.task:10} {w}x{h:<6} {state:11} {spec.source}")
+        click.echo(f"{name:24} {spec.task:10} {f'{w}x{h}':<10} {state:11} {spec.source}")
 
 
 @models.command("pull")
@@ -766,8 +862,9 @@ def keys_new(directory, name) -> None:
 
     On the host that binds (sink, ventilator): `zmqvision keys new DIR` makes server and
     client pairs. On each worker or watcher host: `zmqvision keys new DIR --name client`,
-    copy the server's `server.key` (public) into that DIR, and on the server host run
-    `zmqvision keys allow DIR client.key` with the worker's public key.
+    copy the server's `server.key` (public) into that DIR, copy that host's public
+    `client.key` to the server host under a name of its own (e.g. `hostB.key`) and run
+    `zmqvision keys allow DIR hostB.key` there.
     """
     from pathlib import Path
 

@@ -55,6 +55,8 @@ from zmqvision.plan import JobPlan, JobSettings
 
 log = logging.getLogger("zmqvision.pool")
 
+NO_WORKER_NOTICE_S = 3.0  # a ventilator with no worker this long says how to start one
+
 Image = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
 
 
@@ -384,6 +386,7 @@ class Pool:
                 self.cluster.wait_workers(stop)
             self._call(lambda: self.engine.add_job(job))
             done = self._wait_done(job, config, stop, on_wait, watchdog)
+            self._report(job, config, on_wait)
             d = self.engine.dispatch
             logging.getLogger("zmqvision.ventilator").info(
                 "job %s: %d images, %d tiles sent (%d again after a lost worker or lease, %d "
@@ -397,11 +400,44 @@ class Pool:
             else:
                 job.close()
 
+    def _report(self, job: FileJob, config, on_wait: Callable[[str], None] | None) -> None:
+        """After the job: what the folder walk skipped (not images by their extension) and
+        what ``--resume`` carried over, for the summary."""
+        from zmqvision.console import plural, skipped_notice
+
+        say = on_wait or (lambda m: log.info("%s", m))
+        walk = getattr(job.reader, "_paths", None)  # the ImageWalk the reader consumed
+        if getattr(walk, "skipped", 0):
+            say(skipped_notice(walk.skipped, walk.skipped_examples))
+        if config.resume and job.skipped:
+            say(f"resumed: {plural(job.skipped, 'image')} carried over from {config.resume} "
+                f"(their records were already there)")
+
     def _wait_done(self, job: FileJob, config, stop: sockets.StopFlag,
                    on_wait: Callable[[str], None] | None,
                    watchdog: Callable[[], None] | None) -> protocol.JobDone:
+        """Wait for the sink's JobDone; meanwhile tell the user what they can act on: the
+        events endpoint when ``run``'s default port was taken, no worker connected (a
+        ventilator's workers are the user's to start), no word from the sink."""
+        from zmqvision.console import worker_hint
+
+        say = on_wait or (lambda m: log.warning("%s", m))
         started = time.monotonic()
         warned = False
+        if self.cluster is not None:
+            wanted = self.cluster.sink_config.events.rpartition(":")[2]
+            got = getattr(self, "events_endpoint", None)
+            if got and wanted not in ("0", got.rpartition(":")[2]):
+                say(f"{self.cluster.sink_config.events} is taken: this run publishes its "
+                    f"events on {got}; watch it with `zmqvision watch --connect {got}`")
+        dispatch = self.engine.dispatch
+        no_worker_since: float | None = None
+        worker_warned = ever_worker = False
+
+        def no_worker() -> str:
+            what = "every worker has left" if ever_worker else "no worker has connected to"
+            return f"{what} {self.tiles_endpoint}; {worker_hint(self.tiles_endpoint, config.sink)}"
+
         while True:
             try:
                 return job.done.result(timeout=0.05)
@@ -416,12 +452,21 @@ class Pool:
             if self.cluster is not None:
                 self.cluster.check()
             now = time.monotonic()
+            if self.cluster is None:
+                if dispatch.workers:
+                    ever_worker, no_worker_since = True, None
+                elif no_worker_since is None:
+                    no_worker_since = now
+                elif now - no_worker_since > NO_WORKER_NOTICE_S and not worker_warned:
+                    say(f"{no_worker()} (waiting)")
+                    worker_warned = True
             if config.timeout is not None and now - started > config.timeout:
-                raise JobFailed(f"job {job.id} not complete after {config.timeout:.0f} s")
+                why = f": {no_worker()}" if self.cluster is None and not dispatch.workers else ""
+                raise JobFailed(f"job {job.id} not complete after {config.timeout:.0f} s{why}")
             quiet = now - (self.engine.sink.last_heard or started)
-            if quiet > 5 and not warned and on_wait is not None:
-                on_wait(f"no word from the sink at {self.engine.sink.events_endpoint} for "
-                        f"{quiet:.0f} s; waiting")
+            if quiet > 5 and not warned:
+                say(f"no word from the sink at {self.engine.sink.events_endpoint} for "
+                    f"{quiet:.0f} s; waiting")
                 warned = True
 
     # ------------------------------------------------------------------ closing

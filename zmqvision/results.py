@@ -269,6 +269,19 @@ def write_coco(records: Iterable[dict], labels: list[str], out: str | Path) -> N
         raise
 
 
+def label_font(image_size: tuple[int, int]):
+    """A font for detection labels that grows with the image: about 1/60 of its larger
+    side (a 4000x3000 photo gets 66 px, a 640x480 one 12 px), never under 11 px. Pillow's
+    own scalable font; its fixed bitmap font where FreeType is missing."""
+    from PIL import ImageFont
+
+    size = max(11, round(max(image_size) / 60))
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):  # an old Pillow, or one without FreeType
+        return ImageFont.load_default()
+
+
 def draw_record(record: dict, source: str, out_dir: str | Path) -> Path | None:
     """An annotated copy of one image (Pillow); None when the source cannot be read here
     (a sink on another host than the files) or the image failed."""
@@ -283,11 +296,18 @@ def draw_record(record: dict, source: str, out_dir: str | Path) -> Path | None:
         return None
     draw = ImageDraw.Draw(im)
     width = max(2, round(max(im.size) / 500))
+    font = label_font(im.size)
+    size = font.size if hasattr(font, "size") else 11
     for d in record["detections"]:
         x1, y1, x2, y2 = d["box"]
         draw.rectangle([x1, y1, x2, y2], outline=(255, 40, 40), width=width)
         caption = f"{d['label']} {d['score']:.2f}"
-        draw.text((x1 + width, max(0, y1 - 12)), caption, fill=(255, 40, 40))
+        # Above the box (inside it at the top edge), on a dark band so it reads on any photo.
+        top = y1 - size - 2 * width if y1 >= size + 2 * width else y1 + width
+        left, t, right, bottom = draw.textbbox((x1 + width, top), caption, font=font)
+        draw.rectangle([left - width, t - width, right + width, bottom + width],
+                       fill=(0, 0, 0))
+        draw.text((x1 + width, top), caption, fill=(255, 80, 80), font=font)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     dest = out_dir / f"{Path(record['image']).stem}-{record['id'][:8]}.jpg"

@@ -8,6 +8,15 @@ which makes a SIGKILLed worker show as dead less than three periods after it die
 sink's once-a-second snapshots (Workers, Progress, SinkStatus) mean a watcher that joins
 mid-job knows everything after one period; nothing here ever blocks the pipeline (PUB
 drops for a slow watcher) or hangs on exit (linger 0).
+
+Jobs are judged by the same clock. A job's total is known once its ventilator has walked
+every input (its JobEnd): until then the images column says ``N/?`` and there is no ETA
+(the ventilator's own bar counts its inputs ahead; the sink is not told that count). A job
+whose counters have not moved for ``STALLED_S`` is *stalled* (no worker, a huge tile); for
+``ABANDONED_S`` (past two of the ventilator's 120 s tile leases, after which it would have
+sent again) it is *abandoned*: its ventilator died or gave up, and the sink, which cannot
+tell, keeps reporting it. A finished job's rate is its final average (tiles over seconds,
+the summary line's figure), not the last smoothed sample.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ DEAD_PERIODS = 2.5
 SINK_SILENT_S = 3.0
 FORGET_DEAD_S = 300.0
 KEEP_DONE_JOBS = 5
+STALLED_S = 30.0
+ABANDONED_S = 300.0
 
 
 @dataclass
@@ -45,6 +56,21 @@ class _Job:
     done: protocol.JobDone | None = None
     rate: float = 0.0  # tiles/s, smoothed
     _last: tuple[float, int] | None = None  # (elapsed, tiles_done) of the last rate sample
+    changed: float = 0.0  # local monotonic time its counters last moved
+
+    @staticmethod
+    def counters(p: protocol.Progress) -> tuple:
+        return (p.images_seen, p.images_done, p.tiles_seen, p.tiles_done, p.images_total)
+
+    def final_rate(self) -> float | None:
+        """The finished job's average tiles/s (the summary line's); None while it runs."""
+        if self.done is not None:
+            d = self.done
+            return d.tiles / d.seconds if d.seconds > 0 else 0.0
+        p = self.progress
+        if p.done:
+            return p.tiles_done / p.elapsed if p.elapsed > 0 else 0.0
+        return None
 
 
 @dataclass
@@ -91,7 +117,7 @@ class WatchState:
         elif isinstance(msg, protocol.JobDone):
             job = self.jobs.get(msg.job)
             if job is None:
-                job = self.jobs[msg.job] = _Job(_progress_from_done(msg), now)
+                job = self.jobs[msg.job] = _Job(_progress_from_done(msg), now, changed=now)
             job.done = msg
             job.seen = now
         elif isinstance(msg, protocol.Failure):
@@ -105,7 +131,9 @@ class WatchState:
     def _on_progress(self, p: protocol.Progress, now: float) -> None:
         job = self.jobs.get(p.job)
         if job is None:
-            job = self.jobs[p.job] = _Job(p, now)
+            job = self.jobs[p.job] = _Job(p, now, changed=now)
+        elif _Job.counters(p) != _Job.counters(job.progress):
+            job.changed = now
         if job._last is not None and p.elapsed > job._last[0] + 0.2:
             inst = (p.tiles_done - job._last[1]) / (p.elapsed - job._last[0])
             job.rate = inst if job.rate == 0 else 0.6 * job.rate + 0.4 * inst
@@ -139,6 +167,15 @@ class WatchState:
             return "late"
         return "alive"
 
+    def job_state(self, j: _Job, now: float | None = None) -> str:
+        """complete, running, stalled (no counter moved for STALLED_S) or abandoned."""
+        if j.done is not None or j.progress.done:
+            return "complete"
+        idle = (now if now is not None else self.clock()) - j.changed
+        if idle > ABANDONED_S:
+            return "abandoned"
+        return "stalled" if idle > STALLED_S else "running"
+
     def sink_state(self, now: float | None = None) -> str:
         if self.sink_seen is None:
             return "unheard"
@@ -162,14 +199,19 @@ class WatchState:
         jobs = []
         for jid, j in self.jobs.items():
             p = j.progress
+            state = self.job_state(j, now)
+            final = j.final_rate()
             entry = {
                 "job": jid, "images_seen": p.images_seen, "images_done": p.images_done,
                 "images_failed": p.images_failed, "images_total": p.images_total,
                 "images_cached": p.images_cached,
                 "tiles_seen": p.tiles_seen, "tiles_done": p.tiles_done,
                 "tiles_total": p.tiles_total, "detections": p.detections,
-                "elapsed": round(p.elapsed, 2), "tiles_per_s": round(j.rate, 2),
-                "eta": _eta(j), "done": j.done is not None or p.done,
+                "elapsed": round(p.elapsed, 2),
+                "tiles_per_s": round(final if final is not None else j.rate, 2),
+                "eta": _eta(j) if state in ("running", "complete") else None,
+                "done": j.done is not None or p.done, "state": state,
+                "idle": round(now - j.changed, 1),
             }
             if j.done is not None:
                 entry["summary"] = j.done.header()
@@ -196,13 +238,9 @@ def _eta(job: _Job) -> float | None:
     p = job.progress
     if job.done is not None or p.done:
         return 0.0
-    if job.rate <= 0:
-        return None
-    if p.tiles_total is not None:
-        remaining = p.tiles_total - p.tiles_done
-    else:  # still walking inputs: at least the tiles already announced
-        remaining = p.tiles_seen - p.tiles_done
-    return round(max(0, remaining) / job.rate, 1)
+    if job.rate <= 0 or p.images_total is None or p.tiles_total is None:
+        return None  # still walking inputs: the work left is not known
+    return round(max(0, p.tiles_total - p.tiles_done) / job.rate, 1)
 
 
 # ---------------------------------------------------------------------------- rendering
@@ -261,9 +299,9 @@ def render(state: WatchState, endpoint: str, width: int = WIDE):
     for col in ("job", "progress", "images", "tiles", "failed", "rate", "ETA", "state"):
         jobs.add_column(col, no_wrap=True)
     for j in snap["jobs"]:
-        total = j["images_total"] if j["images_total"] is not None else max(j["images_seen"], 1)
-        bar = ProgressBar(total=max(total, 1), completed=j["images_done"],
-                          width=30 if wide else 12)
+        total = j["images_total"]  # None: still walking inputs, the bar pulses
+        bar = ProgressBar(total=None if total is None else max(total, 1),
+                          completed=j["images_done"], width=30 if wide else 12)
         images = f"{j['images_done']}/{j['images_total'] if j['images_total'] is not None else '?'}"
         if j["images_cached"]:
             images += f" ({j['images_cached']} cached)"
@@ -272,6 +310,10 @@ def render(state: WatchState, endpoint: str, width: int = WIDE):
             summ = j.get("summary") or {}
             state_txt = Text(f"complete in {summ.get('seconds', j['elapsed']):.1f}s",
                              style="green")
+        elif j["state"] == "abandoned":
+            state_txt = Text(f"abandoned (no progress for {_dur(j['idle'])})", style="red")
+        elif j["state"] == "stalled":
+            state_txt = Text(f"stalled (no progress for {_dur(j['idle'])})", style="yellow")
         else:
             state_txt = Text("running", style="cyan")
         eta = "-" if j["eta"] is None else _dur(j["eta"])

@@ -1,6 +1,10 @@
 """What the pipeline calls: the ventilator looks results up before decoding an image, the
 sink saves them as images complete.
 
+Only successes are kept: a failed image is done again on every run, never answered from
+the cache (its record would say ``"cached": true`` beside an error, and the summary would
+count it both cached and failed). An error entry an older version saved is a miss.
+
 Lookups may come from several threads (the ventilator's decode threads); saves are queued
 and written in one batch by ``flush`` (the sink calls it with its acks, every 0.1 s), so a
 busy sink pays one SQLite transaction or one Redis pipeline per batch, not per image.
@@ -55,14 +59,18 @@ class ResultCache:
                             "be replaced (%d so far)", self.url, key, exc, n)
             self.guard.call("delete", None, key)
             return None
+        if entry.error is not None:  # a failure an older version saved: done again
+            self._count("misses")
+            self.guard.call("delete", None, key)
+            return None
         self._count("hits")
         return entry
 
     def save(self, settings: str, content_hash: str, *, model: str, width: int, height: int,
              tiles: int, detections: Detections | None, error: dict | None = None) -> bool:
-        """Queue one image's result; False when it cannot be keyed."""
+        """Queue one image's result; False when it cannot be keyed or is a failure."""
         key = entry_key(settings, content_hash)
-        if key is None:
+        if key is None or error is not None:
             return False
         now = time.time()
         entry = Entry(key=key, model=model, width=width, height=height, tiles=tiles,
