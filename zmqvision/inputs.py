@@ -118,6 +118,7 @@ class ReadAhead:
     def __init__(self, paths: Iterable[str], pool: ThreadPoolExecutor, depth: int,
                  max_pixels: int, lookup: Lookup | None = None, reduce: Reduce | None = None,
                  on_ready: Callable[[], None] | None = None) -> None:
+        self.paths = paths  # what it walks (an io.ImageWalk counts what it skipped)
         self._paths = iter(paths)
         self._pool = pool
         self._pending: deque[Future] = deque()

@@ -406,7 +406,7 @@ class Pool:
         from zmqvision.console import plural, skipped_notice
 
         say = on_wait or (lambda m: log.info("%s", m))
-        walk = getattr(job.reader, "_paths", None)  # the ImageWalk the reader consumed
+        walk = job.reader.paths  # the io.ImageWalk the reader consumed
         if getattr(walk, "skipped", 0):
             say(skipped_notice(walk.skipped, walk.skipped_examples))
         if config.resume and job.skipped:
