@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_progress
+from tests.conftest import ROOT, ipc, wait_progress
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -46,8 +46,8 @@ def test_nothing_to_do_exits_2_and_leaves_out_alone(tmp_path):
     p = _cli("run", str(texts), "--out", str(out))
     assert p.returncode == 2, p.stdout + p.stderr
     assert "2 files in the folders skipped" in p.stderr and "--ext '*'" in p.stderr
-    p = _cli("ventilate", str(empty), "--bind", f"tcp://127.0.0.1:{free_port()}",
-             "--sink-results", f"tcp://127.0.0.1:{free_port()}", "--timeout", "5")
+    p = _cli("ventilate", str(empty), "--bind", ipc(tmp_path, "t"),
+             "--sink-results", ipc(tmp_path, "r"), "--timeout", "5")
     assert p.returncode == 2 and "no image to do" in p.stderr, p.stdout + p.stderr
     assert out.read_text() == '{"kept": true}\n'
 
@@ -84,9 +84,8 @@ def test_failures_are_named_non_images_counted_and_failures_never_cached(
 
 
 def test_ventilate_without_a_worker_says_how_to_start_one(tmp_path, procs, image_dir):
-    tiles, results, events = (f"tcp://127.0.0.1:{free_port()}" for _ in range(3))
-    procs.start("sink", "--out", str(tmp_path / "out.jsonl"), "--bind-results", results,
-                "--bind-events", events, name="sink")
+    tiles = ipc(tmp_path, "tiles")
+    _, results, events = procs.sink(tmp_path / "out.jsonl")
     p = _cli("ventilate", str(image_dir), "--bind", tiles, "--sink-results", results,
              "--sink-events", events, "--timeout", "8", "--no-progress", "--no-cache")
     assert p.returncode == 3, p.stdout + p.stderr
@@ -118,7 +117,7 @@ def test_ctrl_c_says_what_was_kept_and_the_resume_command_that_carries_it_over(
     photo = Image.open(ROOT / "examples" / "images" / "astronaut.jpg")
     for i in range(6):
         photo.resize((1800, 1800)).rotate(i * 4).save(d / f"p{i}.jpg")
-    events = f"tcp://127.0.0.1:{free_port()}"
+    events = ipc(tmp_path, "events")
     out = tmp_path / "r.jsonl"
     run = procs.start("run", str(d), "--events", events, "--out", str(out), "--no-progress",
                       name="run")
