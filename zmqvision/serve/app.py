@@ -122,9 +122,9 @@ class Routes:
             raise Failure(413, "too_large", f"the body has {length} bytes, more than the "
                           f"limit ({self.config.max_body})")
         try:
-            async with asyncio.timeout(self.config.read_timeout):
-                return await request.read()  # aiohttp answers 413 past client_max_size
-        except TimeoutError:
+            # aiohttp answers 413 past client_max_size (a chunked body has no length)
+            return await asyncio.wait_for(request.read(), self.config.read_timeout)
+        except asyncio.TimeoutError:
             raise Failure(408, "request_timeout", "the body did not arrive within "
                           f"{self.config.read_timeout:g} s") from None
 
@@ -134,29 +134,33 @@ class Routes:
         other fields (options, like the query's)."""
         files: list[tuple[str, bytes]] = []
         fields: dict[str, str] = {}
-        total = 0
         try:
-            async with asyncio.timeout(self.config.read_timeout):
-                reader = await request.multipart()
-                while (part := await reader.next()) is not None:
-                    chunks = []
-                    while chunk := await part.read_chunk(1 << 16):
-                        total += len(chunk)
-                        if total > self.config.max_body:
-                            raise Failure(413, "too_large", "the body is larger than the "
-                                          f"limit ({self.config.max_body} bytes)")
-                        chunks.append(chunk)
-                    data = b"".join(chunks)
-                    if part.filename is not None or part.name in ("image", "images"):
-                        files.append((part.filename or part.name or "upload", data))
-                    elif part.name:
-                        fields[part.name] = data.decode(errors="replace")
-        except TimeoutError:
+            await asyncio.wait_for(self._read_parts(request, files, fields),
+                                   self.config.read_timeout)
+        except asyncio.TimeoutError:
             raise Failure(408, "request_timeout", "the body did not arrive within "
                           f"{self.config.read_timeout:g} s") from None
         except (ValueError, AssertionError) as exc:  # a malformed multipart body
             raise Failure(400, "bad_request", f"malformed multipart body: {exc}") from None
         return files, fields
+
+    async def _read_parts(self, request: web.Request, files: list[tuple[str, bytes]],
+                          fields: dict[str, str]) -> None:
+        total = 0
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            chunks = []
+            while chunk := await part.read_chunk(1 << 16):
+                total += len(chunk)
+                if total > self.config.max_body:
+                    raise Failure(413, "too_large", "the body is larger than the limit "
+                                  f"({self.config.max_body} bytes)")
+                chunks.append(chunk)
+            data = b"".join(chunks)
+            if part.filename is not None or part.name in ("image", "images"):
+                files.append((part.filename or part.name or "upload", data))
+            elif part.name:
+                fields[part.name] = data.decode(errors="replace")
 
     async def _images(self, request: web.Request) -> tuple[list[tuple[str, bytes]],
                                                            dict[str, str]]:

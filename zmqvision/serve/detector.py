@@ -142,11 +142,12 @@ class Detector:
             return self.pool.submit(body, name=name, **settings)
 
         try:
-            async with asyncio.timeout(timeout):
-                record, shared = await self.coalescer.run(key, submit)
-        except TimeoutError as exc:
-            if isinstance(exc, RequestTimeout):
-                raise DeadlinePassed(str(exc)) from None
+            # On the deadline wait_for cancels run(), whose last waiter cancels the pool's
+            # future: the pool withdraws the request.
+            record, shared = await asyncio.wait_for(self.coalescer.run(key, submit), timeout)
+        except RequestTimeout as exc:
+            raise DeadlinePassed(str(exc)) from None
+        except asyncio.TimeoutError:
             raise DeadlinePassed(f"{name}: no record after {timeout:g} s") from None
         if shared:
             if self.on_shared is not None:
