@@ -709,8 +709,7 @@ def serve(host, port, model, input_size, connect_host, bind_tiles, sink_results,
         announce_ready = _announcer(announce)
 
         def ready(info: dict) -> None:
-            logging.getLogger("zmqvision.serve").warning("serving %s on %s", model,
-                                                         info["url"])
+            click.echo(f"zmqvision serve: {model} on {info['url']}", err=True)
             if announce_ready is not None:
                 announce_ready(info)
 

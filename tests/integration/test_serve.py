@@ -339,6 +339,9 @@ def test_readiness_follows_the_workers(procs, tmp_path, models_ready):
     # 3 periods, plus the dispatcher's housekeeping pass and this poll.
     assert time.monotonic() - killed < 3 * beat + 0.5
     assert httpx.get(f"{srv.url}/v2/models/{MODEL}/ready").status_code == 503
+    r = httpx.post(f"{srv.url}/v1/detect", content=(EXAMPLES / PHOTOS[0]).read_bytes(),
+                   timeout=10)  # no worker: a clear 503 at once, not a wait
+    assert r.status_code == 503 and r.headers["Retry-After"] == "1"
     w2 = worker()
     wait_until(srv.ready, 120, "readiness with a new worker", alive=lambda: w2.poll() is None)
     r = httpx.post(f"{srv.url}/v1/detect", content=(EXAMPLES / PHOTOS[1]).read_bytes(),

@@ -5,8 +5,8 @@ Status codes: 200 a record without error; 400 a body that is not an image (the r
 error type: ``corrupt_image``, ``unsupported_format``, ``empty_file``) or bad options; 408
 a body that did not arrive within ``read_timeout``; 413 a body over ``max_body``; 422 an
 image over the pixel limit (``too_large``); 429 no room (with ``Retry-After``); 502 the
-worker could not infer it; 503 no worker alive or the pool closed; 504 the deadline passed
-(the request is withdrawn from the pool)."""
+worker could not infer it; 503 no worker alive (with ``Retry-After``) or the pool closed;
+504 the deadline passed (the request is withdrawn from the pool)."""
 
 from __future__ import annotations
 
@@ -194,6 +194,9 @@ class Routes:
     # ------------------------------------------------------------------ detecting
 
     async def _detect(self, calls: Callable[[], Awaitable[Any]]) -> Any:
+        if not self.is_ready():  # nothing could answer: say so now, not at the deadline
+            raise Failure(503, "unavailable", "no worker is alive",
+                          {"Retry-After": str(self.config.retry_after_s)})
         try:
             return await calls()
         except Overloaded as exc:
