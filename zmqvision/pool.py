@@ -345,6 +345,22 @@ class Pool:
         return await asyncio.wrap_future(self.submit(image, name=name, timeout=timeout,
                                                      **settings))
 
+    # ------------------------------------------------------------------ state, for monitors
+
+    @property
+    def pending(self) -> int:
+        """Requests submitted and not yet answered (queued, decoding or in flight)."""
+        return len(self._pending)
+
+    def workers_alive(self) -> int:
+        """Workers this pool hears from: heard within the dispatcher's liveness limit
+        (``dead_periods`` of their heartbeat period). Read from any thread; the engine
+        thread drops a silent worker at its next housekeeping pass anyway."""
+        d = self.engine.dispatch
+        now = time.monotonic()
+        slots = tuple(d.workers.values())  # one C-level copy: the engine thread may add one
+        return sum(now - s.last_heard <= d.dead_periods * s.period for s in slots)
+
     # ------------------------------------------------------------------ file jobs
 
     def reader(self, config, plan: JobPlan | None = None) -> ReadAhead:

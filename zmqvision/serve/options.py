@@ -1,0 +1,145 @@
+"""Per-request options (query parameters, KServe ``parameters``) → the Pool's settings.
+
+The names are the CLI's (``tile_size``, ``overlap``, ``score_threshold``, ``merge``, …,
+dashes or underscores). Every distinct combination is a job of its own at the pool that
+lives as long as the pool, so one server accepts at most ``max_settings`` of them."""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+
+class BadOptions(ValueError):
+    """An option the server cannot use: the answer is 400 with this message."""
+
+
+def _size(text: str) -> tuple[int, int]:
+    t = str(text).lower().strip()
+    try:
+        parts = [int(p) for p in t.split("x")] if "x" in t else [int(t)] * 2
+    except ValueError:
+        raise BadOptions(f"{text!r} is not a size like 640 or 640x480") from None
+    if len(parts) != 2 or min(parts) < 1 or max(parts) > 1 << 15:
+        raise BadOptions(f"{text!r} is not a size like 640 or 640x480")
+    return parts[0], parts[1]
+
+
+def _float(lo: float, hi: float):
+    def parse(text: str) -> float:
+        try:
+            v = float(text)
+        except ValueError:
+            raise BadOptions(f"{text!r} is not a number") from None
+        if not (math.isfinite(v) and lo <= v <= hi):
+            raise BadOptions(f"{text!r} is not between {lo} and {hi}")
+        return v
+    return parse
+
+
+def _bool(text: str) -> bool:
+    t = str(text).lower()
+    if t in ("1", "true", "yes", "on"):
+        return True
+    if t in ("0", "false", "no", "off"):
+        return False
+    raise BadOptions(f"{text!r} is not true or false")
+
+
+def _merge(text: str) -> str:
+    if text not in ("nmm", "nms", "none"):
+        raise BadOptions(f"merge {text!r}: one of nmm, nms, none")
+    return text
+
+
+def _scales(text: str) -> tuple:
+    out: list = []
+    for part in str(text).split(","):
+        part = part.strip().lower()
+        if part in ("native", "full"):
+            out.append(part)
+        elif part:
+            out.append(_size(part))
+    if not out or len(out) > 8:
+        raise BadOptions(f"scales {text!r}: 1 to 8 sizes, native or full")
+    return tuple(out)
+
+
+def _int(lo: int, hi: int):
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise BadOptions(f"{text!r} is not an integer") from None
+        if not lo <= v <= hi:
+            raise BadOptions(f"{text!r} is not between {lo} and {hi}")
+        return v
+    return parse
+
+
+# The job settings a request may choose (the model and its input size are the server's).
+PARSERS = {
+    "tile_size": _size,
+    "overlap": _float(0, 0.95),
+    "full_pass": _bool,
+    "scales": _scales,
+    "min_size": _float(1e-3, 1 << 16),
+    "merge": _merge,
+    "score_threshold": _float(0, 1),
+    "max_pixels": _int(1, 1 << 40),
+}
+# Request options that are not job settings.
+OTHER = {"timeout", "name", "model"}
+
+
+def normalise(name: str) -> str:
+    return name.replace("-", "_")
+
+
+class SettingsGate:
+    """Parses options and remembers the distinct settings accepted so far (at most
+    ``limit``): each is a job the pool keeps, so a client varying them must not grow the
+    server without bound. ``max_pixels`` may only lower the server's own limit."""
+
+    def __init__(self, limit: int, max_pixels: int) -> None:
+        self.limit = limit
+        self.max_pixels = max_pixels
+        self._seen: set[tuple] = set()
+        self._lock = threading.Lock()
+
+    def settings(self, options: Mapping[str, Any]) -> dict[str, Any]:
+        """The job settings among ``options`` (other known names are skipped; an unknown
+        one is a BadOptions)."""
+        out: dict[str, Any] = {}
+        for raw, value in options.items():
+            name = normalise(raw)
+            if name in OTHER:
+                continue
+            parse = PARSERS.get(name)
+            if parse is None:
+                raise BadOptions(f"unknown option {raw!r} (known: "
+                                 f"{', '.join(sorted(PARSERS) + sorted(OTHER))})")
+            out[name] = parse(value) if isinstance(value, str) else parse(str(value))
+        if out.get("max_pixels", self.max_pixels) > self.max_pixels:
+            raise BadOptions(f"max_pixels above the server's limit ({self.max_pixels})")
+        out.setdefault("max_pixels", self.max_pixels)
+        key = tuple(sorted(out.items()))
+        with self._lock:
+            if key not in self._seen:
+                if len(self._seen) >= self.limit:
+                    raise BadOptions(f"this server accepts at most {self.limit} distinct "
+                                     "option sets; use one it has seen")
+                self._seen.add(key)
+        return out
+
+
+def timeout_of(options: Mapping[str, Any], header: str | None, default: float,
+               maximum: float) -> float:
+    """The request's deadline in seconds: ``timeout`` option, else the ``Request-Timeout``
+    header, else the server's default; at most ``maximum``."""
+    raw = options.get("timeout", header)
+    if raw is None:
+        return default
+    return _float(1e-3, maximum)(str(raw))
