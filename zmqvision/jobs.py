@@ -48,7 +48,10 @@ class Job:
         self.id = job_id
         self.plan = plan
         self.window = window
-        self.start = plan.job_start(job_id, self.records)
+        # Shared with the sink alone (in the JobStart over the PUSH socket): every control
+        # message of the job carries it, so nobody else can end or change the job.
+        self.secret = protocol.new_job_secret()
+        self.start = plan.job_start(job_id, self.records, self.secret)
         self.unsent: deque[str] = deque()  # window keys with tiles never sent, oldest first
         self.in_flight = 0  # images announced and not yet written
         self.images = 0  # images counted in the job (JobEnd's count)

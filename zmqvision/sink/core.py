@@ -11,6 +11,13 @@ a tile already merged is a duplicate and is dropped, so a re-sent tile is merged
 holds of them, writes no record, drops their late results without counting them bad, and
 no longer counts them in progress; an image id announced again afterwards is a new image.
 An image already written is not taken back (its record is in the journal).
+
+Every control message of a job (ImageInfo, JobEnd, Withdraw, a repeated JobStart) must
+carry the secret its JobStart brought (``protocol.new_job_secret``); one that does not is
+a counted bad message and changes nothing, so a process that can reach the results port
+and read the events cannot end, shorten, alter or stall another's job. A JobEnd must also
+count exactly the images announced and not withdrawn. Results carry no secret (workers
+never learn it): docs/reliability.md says what a forged result can do without CURVE.
 """
 
 from __future__ import annotations
@@ -128,9 +135,29 @@ class Sink:
     def _written(self, job: JobState, image: str) -> bool:
         return job.writes and self.journal.has(job.id, image)
 
+    def _job(self, msg: protocol.ImageInfo | protocol.JobEnd | protocol.Withdraw,
+             what: str) -> JobState | None:
+        """The job a control message is for, if it carries the job's secret; None (and a
+        bad message counted) otherwise."""
+        job = self.jobs.get(msg.job)
+        if job is None:
+            self.bad(protocol.ProtocolError(f"{what} for unknown job {msg.job}"))
+            return None
+        if not job.knows(msg.secret):
+            self.bad(protocol.ProtocolError(f"{what} for job {msg.job} without its secret: "
+                                            "refused"))
+            return None
+        return job
+
     def _on_job_start(self, msg: protocol.JobStart) -> None:
-        if msg.job in self.jobs or self.events.is_finished(msg.job):
+        job = self.jobs.get(msg.job)
+        if job is not None:
+            if not job.knows(msg.secret):
+                self.bad(protocol.ProtocolError(
+                    f"job {msg.job} announced again without its secret: refused"))
             return  # a repeated announcement changes nothing
+        if self.events.is_finished(msg.job):
+            return
         try:
             job = JobState(msg, self.journal.counts.get(msg.job))
         except protocol.ProtocolError as exc:  # records delivered in no way we know
@@ -146,17 +173,18 @@ class Sink:
             self._on_result(result)
 
     def _on_image(self, msg: protocol.ImageInfo) -> None:
-        job = self.jobs.get(msg.job)
+        job = self._job(msg, "image")
         if job is None:
-            self.bad(protocol.ProtocolError(f"image for unknown job {msg.job}"))
             return
         if msg.image in job.images:
             return
         if self._written(job, msg.image):
             self.acks.image(job.id, msg.image)  # announced again: say again it is written
             return
-        self.forgotten.pop(job.id, msg.image)  # published or withdrawn before: a new image
-        img = job.announce(msg)
+        # Published before (its record was lost on the way): wanted again, counted once.
+        # Withdrawn before: a new image.
+        again = self.forgotten.pop(job.id, msg.image) == PUBLISHED
+        img = job.announce(msg, again)
         if msg.cached is not None or msg.error is not None:
             self._complete(job, img)
             return
@@ -164,18 +192,22 @@ class Sink:
             self._add_part(job, img, result)
 
     def _on_job_end(self, msg: protocol.JobEnd) -> None:
-        job = self.jobs.get(msg.job)
+        job = self._job(msg, "end")
         if job is None:
-            self.bad(protocol.ProtocolError(f"end of unknown job {msg.job}"))
             return
-        job.end(msg)
+        try:
+            job.end(msg)
+        except protocol.ProtocolError as exc:
+            log.error("%s", exc)  # besides the count: a ventilator bug, or worse
+            self.bad(exc)
+            return
         self._maybe_finish(job)
 
     def _on_withdraw(self, msg: protocol.Withdraw) -> None:
-        job = self.jobs.get(msg.job)
+        if msg.job not in self.jobs and self.events.is_finished(msg.job):
+            return  # finished: too late, and harmless
+        job = self._job(msg, "withdraw")
         if job is None:
-            if not self.events.is_finished(msg.job):  # finished: too late, and harmless
-                self.bad(protocol.ProtocolError(f"withdraw for unknown job {msg.job}"))
             return
         for image in msg.images:
             if self._written(job, image):
