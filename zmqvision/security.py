@@ -37,6 +37,8 @@ from typing import TYPE_CHECKING
 import zmq
 import zmq.auth
 
+from zmqvision.sockets import is_loopback
+
 if TYPE_CHECKING:
     from zmq.auth.thread import ThreadAuthenticator
 
@@ -48,6 +50,32 @@ ZAP_DOMAIN = "zmqvision"
 
 class CurveKeyError(OSError):
     """Keys missing or unreadable: raised with a message that says what to run."""
+
+
+class ExposedError(OSError):
+    """A non-loopback bind in plain text that nobody asked for (``--insecure``)."""
+
+
+def exposure(endpoints: dict[str, str], curve: object, insecure: bool) -> None:
+    """Check a role's bind endpoints (option name → endpoint) before binding: loopback,
+    ipc and inproc are always fine, and so is anything under CURVE; a plain-text bind
+    that other hosts can reach needs ``insecure`` and is logged as a warning, since
+    anyone who reaches it can join as a worker, inject detections, read every event, and
+    (on the sink) start jobs of their own. ExposedError otherwise, saying what to do."""
+    if curve is not None:
+        return
+    exposed = {name: ep for name, ep in endpoints.items() if ep and not is_loopback(ep)}
+    if not exposed:
+        return
+    where = ", ".join(f"{name} {ep}" for name, ep in exposed.items())
+    if not insecure:
+        raise ExposedError(
+            f"{where}: reachable from other hosts in plain text. Use --curve DIR (see "
+            f"`zmqvision keys new`, docs/hosts.md), bind 127.0.0.1, or pass --insecure on "
+            f"a network you trust")
+    log.warning("%s: plain text, reachable from other hosts (--insecure): anyone who can "
+                "reach it can join, inject results and read every event; use --curve DIR "
+                "across hosts", where)
 
 
 def new_keys(directory: str | Path, name: str) -> tuple[Path, Path]:

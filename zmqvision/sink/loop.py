@@ -39,6 +39,9 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None,
     endpoints); the caller owns it.
     """
     stop = stop or sockets.StopFlag()
+    security.exposure({"--bind-results": config.results, "--bind-events": config.events,
+                       "--bind-events-fallback": config.events_fallback or ""},
+                      config.curve, config.insecure)
     own_ctx = ctx is None
     ctx = ctx if ctx is not None else zmq.Context()
     pull = sockets.make_socket(ctx, zmq.PULL, rcvhwm=10_000, maxmsgsize=16 << 20)
