@@ -790,9 +790,10 @@ def keys_new(directory, name) -> None:
     """Make key pairs in DIRECTORY and allow this host's own client key there.
 
     On the host that binds (sink, ventilator): `zmqvision keys new DIR` makes server and
-    client pairs. On each worker or watcher host: `zmqvision keys new DIR --name client`,
-    copy the server's `server.key` (public) into that DIR, and on the server host run
-    `zmqvision keys allow DIR client.key` with the worker's public key.
+    client pairs, its own client key allowed as every role. On each worker or watcher host:
+    `zmqvision keys new DIR --name client`, copy the server's `server.key` (public) into
+    that DIR, and on the server host run `zmqvision keys allow DIR client.key --role
+    worker` (or watcher) with that host's public key.
     """
     from pathlib import Path
 
@@ -805,19 +806,27 @@ def keys_new(directory, name) -> None:
         public, secret = security.new_keys(d, n)
         click.echo(f"{n}: {public} (public, give it out), {secret} (secret, keep it)")
     if "client" in names and (d / "server.key_secret").exists():
-        click.echo(f"allowed: {security.allow(d, d / 'client.key')}")
+        for role in security.ROLES:  # this host's own key: the operator's, every role
+            click.echo(f"allowed as {role}: {security.allow(d, d / 'client.key', role)}")
 
 
 @keys.command("allow")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("public_keys", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def keys_allow(directory, public_keys) -> None:
-    """Let the clients whose public key files are given in (copied to DIRECTORY/allowed/;
-    a running sink or ventilator picks them up within a second)."""
+@click.option("--role", type=click.Choice(["ventilator", "worker", "watcher"]), default=None,
+              help="What the key may do: a worker sends results and heartbeats and takes "
+                   "tiles; a ventilator starts and ends jobs; a watcher only listens to "
+                   "events [default: every role, as older key directories had it].")
+def keys_allow(directory, public_keys, role) -> None:
+    """Let the clients whose public key files are given in, as ROLE (copied to
+    DIRECTORY/allowed/ROLE/; a running sink or ventilator picks them up within a second)."""
     from zmqvision import security
 
+    if role is None:
+        click.echo("warning: no --role: these keys may act as every role, a worker's key "
+                   "could end a job; give --role worker (or ventilator, watcher)", err=True)
     for key in public_keys:
-        click.echo(f"allowed: {security.allow(directory, key)}")
+        click.echo(f"allowed: {security.allow(directory, key, role)}")
 
 
 # Set once `run` has finished its job. Interpreter teardown then only unloads modules, and

@@ -89,8 +89,9 @@ class Engine:
         try:
             self.workers = WorkerLink(self.ctx, wire=wire, lease_s=lease_s, bad=self.bad)
             self.sink = SinkLink(self.ctx, bad=self.bad)
-            self.secured = security.secure(self.ctx, curve, servers=(self.workers.router,),
-                                           clients=(self.sink.push, self.sink.events))
+            self.secured = security.secure(
+                self.ctx, curve, servers=((self.workers.router, (security.WORKER,)),),
+                clients=(self.sink.push, self.sink.events))
         except BaseException:
             self._close_sockets()
             raise

@@ -27,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from zmqvision import protocol, results, sockets
+from zmqvision import protocol, results, security, sockets
 from zmqvision.cache import ResultCache
 from zmqvision.sink.acks import AckBatcher
 from zmqvision.sink.config import SinkConfig
@@ -48,6 +48,18 @@ SINK_EXPECTS = (
     protocol.MsgType.RESULT, protocol.MsgType.IMAGE, protocol.MsgType.HEARTBEAT,
     protocol.MsgType.JOB_START, protocol.MsgType.JOB_END, protocol.MsgType.WITHDRAW,
 )
+
+# Under CURVE, the roles whose keys may send each message (security.py): a job's control
+# messages only from ventilators, so a worker's key cannot end, shorten or alter a job.
+MAY_SEND: dict[type, frozenset[str]] = {
+    protocol.JobStart: frozenset({security.VENTILATOR}),
+    protocol.ImageInfo: frozenset({security.VENTILATOR}),
+    protocol.JobEnd: frozenset({security.VENTILATOR}),
+    protocol.Withdraw: frozenset({security.VENTILATOR}),
+    # A ventilator answers a tile it can no longer cut itself, as that tile's error.
+    protocol.Result: frozenset({security.WORKER, security.VENTILATOR}),
+    protocol.Heartbeat: frozenset({security.WORKER}),
+}
 
 
 class Sink:
@@ -115,7 +127,14 @@ class Sink:
             return
         self.on_message(msg)
 
-    def on_message(self, msg: protocol.Message) -> None:
+    def on_message(self, msg: protocol.Message, roles: frozenset[str] | None = None) -> None:
+        """One decoded message; ``roles``: those of the CURVE key it came with (None
+        without CURVE: every sender may send everything, and the job secret guards)."""
+        if roles is not None and not roles & MAY_SEND.get(type(msg), frozenset()):
+            self.bad(protocol.ProtocolError(
+                f"{msg.TYPE.value} from a key allowed as {'/'.join(sorted(roles)) or 'nothing'}"
+                f": refused (only {'/'.join(sorted(MAY_SEND.get(type(msg), ())))} may)"))
+            return
         if isinstance(msg, protocol.Result):
             self._on_result(msg)
         elif isinstance(msg, protocol.ImageInfo):

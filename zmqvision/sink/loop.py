@@ -55,7 +55,10 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None,
     journal = secured = sink = wake = None
     try:
         journal = Journal(config.journal, keep=config.append)
-        secured = security.secure(ctx, config.curve, servers=(pull, pub))
+        # Results: ventilators and workers (each message then checked by its key's role);
+        # events: every role, watchers included (a SUB can only subscribe).
+        secured = security.secure(ctx, config.curve, servers=(
+            (pull, (security.VENTILATOR, security.WORKER)), (pub, security.ROLES)))
         sink = Sink(config, publish, sink_id, cache=open_cache(config.cache), journal=journal)
         wake = sockets.WakePipe(stop)  # SIGTERM ends the poll at once
         results_ep = sockets.bind(pull, config.results)
@@ -100,8 +103,9 @@ def _serve(sink: Sink, pull: zmq.Socket, wake: sockets.WakePipe, stop: sockets.S
             sink.tick()
             next_status = now + config.status_s
         if pull in dict(poller.poll(POLL_MS)):
-            for _, msg in sockets.receive(pull, sink.bad, SINK_EXPECTS):
-                sink.on_message(msg)
+            for peer, msg in sockets.receive(pull, sink.bad, SINK_EXPECTS):
+                # Under CURVE every message carries its key's roles (ZAP user id).
+                sink.on_message(msg, security.peer_roles(peer) if config.curve else None)
         sink.flush_acks()
         sink.publish_progress()
         if config.once and sink.jobs_done:
