@@ -322,6 +322,8 @@ class HandshakeLog:
         events = _HANDSHAKE_EVENTS | zmq.EVENT_MONITOR_STOPPED
         if side == "server":  # a refused key is the ZAP handler's to name
             events &= ~zmq.EVENT_HANDSHAKE_FAILED_AUTH
+        elif side == "plain client":  # no auth to fail; a cut connection is no news
+            events = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_MONITOR_STOPPED
         for sock, addr in zip(socks, self.addrs, strict=True):
             sock.monitor(addr, events)
         self.ctx = ctx
@@ -360,7 +362,10 @@ class HandshakeLog:
         if event.get("event") == zmq.EVENT_MONITOR_STOPPED:
             return
         now = time.monotonic() if now is None else now
-        key = (str(event.get("endpoint", "")), int(event.get("event", 0)))
+        # A server's failures all say the same (libzmq gives a protocol error or only an
+        # errno); a client's say different things by kind.
+        kind = 0 if self.side == "server" else int(event.get("event", 0))
+        key = (str(event.get("endpoint", "")), kind)
         logged_at, since = self.seen.get(key, (float("-inf"), 0))
         if now - logged_at < HANDSHAKE_LOG_EVERY_S:
             self.seen[key] = (logged_at, since + 1)
