@@ -18,6 +18,7 @@ tells it what happened (written, record, progress, done). Each job has its own w
 from __future__ import annotations
 
 import contextlib
+import hmac
 import itertools
 import logging
 import os
@@ -99,6 +100,7 @@ class FileJob(Job):
         self.skipped = 0  # already in the results file (--resume)
         self.done: Future[protocol.JobDone] = Future()
         self._on_progress = on_progress
+        self._forged_done = False
 
     def next_input(self) -> tuple[Loaded, None] | None:
         loaded = self.reader.ready()
@@ -125,8 +127,16 @@ class FileJob(Job):
             self._on_progress(msg)
 
     def on_done(self, msg: protocol.JobDone) -> None:
-        if not self.done.done():
-            self.done.set_result(msg)
+        if self.done.done():
+            return
+        expected = protocol.job_proof(self.secret, self.id, msg.images, msg.failed)
+        if not hmac.compare_digest(expected, msg.proof):
+            if not self._forged_done:
+                self._forged_done = True
+                log.error("job %s: a JobDone without the job's proof (another sink, or a "
+                          "job of the same id started by someone else): ignored", self.id)
+            return
+        self.done.set_result(msg)
 
     def close(self) -> None:
         self.reader.close()

@@ -206,6 +206,16 @@ def _secret(h: dict) -> str:
     return value
 
 
+def job_proof(secret: str, job: str, images: int, failed: int) -> str:
+    """``JobDone.proof``: a keyed hash of the job's totals under its secret. Published, it
+    reveals nothing of the secret; it shows the ventilator that the sink which finished the
+    job is the one it announced the job to (not a job of the same id that someone else
+    started on a restarted sink)."""
+    mac = blake2b(f"{job}\0{images}\0{failed}".encode(), key=secret.encode()[:64],
+                  digest_size=16)
+    return mac.hexdigest()
+
+
 def _names(h: dict, key: str) -> tuple[str, ...]:
     """A list of identifiers (image ids of an ack or a withdrawal)."""
     values = _req(h, key, list)
@@ -795,6 +805,9 @@ class JobDone:
     seconds: float
     out: str
     cached: int = 0  # images whose record came from the result cache
+    # job_proof(secret, job, images, failed): only a sink that knows the job's secret can
+    # make it, so a ventilator takes no other sink's word that its job is done.
+    proof: str = ""
 
     def header(self) -> dict:
         return asdict(self)
@@ -810,6 +823,7 @@ class JobDone:
             seconds=_float(h, "seconds", lo=0.0),
             out=_text(h, "out"),
             cached=_count(h, "cached", optional=True) or 0,
+            proof=_name(h, "proof", optional=True) or "",
         )
 
 

@@ -176,3 +176,44 @@ def test_the_job_secret_never_leaves_the_sink(tmp_path, procs):
     assert "counts 2 images, 1 were announced" in log, log
     assert secret not in log and secret.upper() not in log and secret[:-1] not in log
     assert secret not in c.out.read_text()
+
+
+def test_a_ventilator_takes_no_job_done_without_its_jobs_proof(small_job, tmp_path, procs):
+    """Playing the sink: a JobDone for the job's id that is not made with the job's secret
+    (a job of that id started by someone else on a restarted sink) does not end
+    ``ventilate``; the real one does."""
+    c = Cluster(procs, tmp_path)
+    ctx = zmq.Context()
+    pull, pub = ctx.socket(zmq.PULL), ctx.socket(zmq.PUB)
+    for s, ep in ((pull, c.results), (pub, c.events)):
+        s.linger = 0
+        s.bind(ep)
+    try:
+        vent = c.ventilate(small_job)
+        start = None
+        deadline = time.monotonic() + 60
+        while start is None and time.monotonic() < deadline:
+            if pull.poll(200):
+                msg = P.decode(pull.recv_multipart())
+                if isinstance(msg, P.JobStart):
+                    start = msg
+        assert start is not None and len(start.secret) == 32, procs.log(vent)
+        done = {"job": start.job, "images": IMAGES, "failed": 0, "tiles": 24,
+                "detections": 0, "seconds": 1.0, "out": "x"}
+        forged = P.JobDone(**done, proof=P.job_proof("not-" + start.secret, start.job,
+                                                     IMAGES, 0))
+        for _ in range(20):  # 2 s of forged word, as the sink re-publishes it
+            pub.send_multipart(_frames(forged))
+            time.sleep(0.1)
+        assert vent.poll() is None, procs.log(vent)
+        assert "without the job's proof" in procs.log(vent)
+        real = P.JobDone(**done, proof=P.job_proof(start.secret, start.job, IMAGES, 0))
+        deadline = time.monotonic() + 30
+        while vent.poll() is None and time.monotonic() < deadline:
+            pub.send_multipart(_frames(real))
+            time.sleep(0.1)
+        assert vent.poll() == 0, procs.log(vent)
+    finally:
+        pull.close()
+        pub.close()
+        ctx.term()

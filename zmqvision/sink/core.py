@@ -309,6 +309,8 @@ class Sink:
             job=job.id, images=job.images_done, failed=job.images_failed,
             tiles=job.tiles_done, detections=job.detections,
             seconds=job.finished_at - job.t0, out=out, cached=job.images_cached,
+            proof=protocol.job_proof(job.start.secret, job.id, job.images_done,
+                                     job.images_failed),
         )
         self.events.job_done(job, done)
         del self.jobs[job.id]
