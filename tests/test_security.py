@@ -126,7 +126,8 @@ def test_missing_keys_say_what_to_run(tmp_path):
 def test_keys_are_never_overwritten_and_secrets_are_private(tmp_path):
     assert _keys("new", str(tmp_path)).returncode == 0
     assert (tmp_path / "server.key_secret").stat().st_mode & 0o077 == 0
-    assert (tmp_path / "allowed" / "client.key").exists()
+    for role in ("ventilator", "worker", "watcher"):  # this host's own key: every role
+        assert (tmp_path / "allowed" / role / "client.key").exists()
     again = _keys("new", str(tmp_path), "--name", "server")
     assert again.returncode != 0 and "already exists" in again.stderr
     refused = _keys("allow", str(tmp_path), str(tmp_path / "server.key_secret"))

@@ -202,6 +202,24 @@ def _curve_option(f):
              "CURVE [default: plain text, for one host or a trusted network].")(f)
 
 
+def _insecure_option(f):
+    return click.option(
+        "--insecure", is_flag=True,
+        help="Allow binding an address other hosts can reach without --curve (plain "
+             "text: anyone who reaches it can join, inject results and read events).")(f)
+
+
+def _check_binds(endpoints: dict[str, str], curve: str | None, insecure: bool) -> None:
+    """Refuse, as a usage error, a plain-text bind other hosts can reach unless
+    ``--insecure`` (security.exposure)."""
+    from zmqvision import security
+
+    try:
+        security.exposure(endpoints, curve, insecure)
+    except security.ExposedError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def _model_options(f):
     f = click.option("--input-size", type=SIZE, default=None,
                      help="Model input size for models that take any size (CenterFace).")(f)
@@ -513,8 +531,9 @@ def cli() -> None:
 @click.option("--progress/--no-progress", default=True, show_default=True)
 @_cache_options
 @click.option("-v", "--verbose", count=True)
+@_insecure_option
 def run(inputs, workers, device, threads, events, resume, progress, cache_url, no_cache,
-        verbose, out, fmt, draw, **kw):
+        verbose, out, fmt, draw, insecure, **kw):
     """Run the whole job on this machine: sink, workers and ventilator."""
     from zmqvision.console import JobProgressBar
     from zmqvision.run import RunPlan, run_job
@@ -522,6 +541,7 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
     from zmqvision.worker import WorkerConfig
 
     level = _setup_logging(verbose)
+    _check_binds({"--events": events}, None, insecure)
     _check_model(kw)
     if resume and fmt != "jsonl":
         raise click.BadParameter("--resume needs the JSONL format", param_hint="--resume")
@@ -533,7 +553,7 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
         job=job,
         sink=SinkConfig(out=out, format=fmt, draw=draw, events=events,
                         events_fallback="tcp://127.0.0.1:0", once=False, append=resume,
-                        cache=cache),
+                        cache=cache, insecure=insecure),
         worker=WorkerConfig(model=kw["model"], input_size=kw["input_size"], device=device,
                             threads=threads, score_threshold=kw["score_threshold"]),
         workers=workers,
@@ -576,13 +596,15 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
 @_cache_options
 @click.option("-v", "--verbose", count=True)
 @_curve_option
+@_insecure_option
 def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_file, job_id,
-              progress, cache_url, no_cache, verbose, curve, **kw):
+              progress, cache_url, no_cache, verbose, curve, insecure, **kw):
     """Send a job's tiles to the workers; return when the sink reports it complete."""
     from zmqvision.console import JobProgressBar
     from zmqvision.ventilator import ventilate as do_ventilate
 
     _setup_logging(verbose)
+    _check_binds({"--bind": bind_tiles}, curve, insecure)
     _check_model(kw)
     cfg = _vent_config(
         inputs, kw, tiles=bind_tiles,
@@ -625,6 +647,7 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
 @_cache_options
 @click.option("-v", "--verbose", count=True)
 @_curve_option
+@_insecure_option
 @_child_options
 @click.pass_context
 def sink(ctx, verbose, announce, parent_pid, log_level, **_):
@@ -633,6 +656,8 @@ def sink(ctx, verbose, announce, parent_pid, log_level, **_):
 
     _setup_logging(max(verbose, 1), log_level)
     cfg = sink_config(ctx.params)
+    _check_binds({"--bind-results": cfg.results, "--bind-events": cfg.events},
+                 cfg.curve, cfg.insecure)
     sys.exit(run_sink(cfg, _stop_flag(parent_pid), on_ready=_announcer(announce)))
 
 
@@ -646,7 +671,7 @@ def sink_config(params: Mapping) -> SinkConfig:
                       format=params["fmt"], draw=params["draw"],
                       append=not params["overwrite"], once=params["once"],
                       cache=_cache_choice(params["cache_url"], params["no_cache"]),
-                      curve=params["curve"])
+                      curve=params["curve"], insecure=params["insecure"])
 
 
 @cli.command()
@@ -950,10 +975,11 @@ def keys_new(directory, name) -> None:
     """Make key pairs in DIRECTORY and allow this host's own client key there.
 
     On the host that binds (sink, ventilator): `zmqvision keys new DIR` makes server and
-    client pairs. On each worker or watcher host: `zmqvision keys new DIR --name client`,
-    copy the server's `server.key` (public) into that DIR, copy that host's public
-    `client.key` to the server host under a name of its own (e.g. `hostB.key`) and run
-    `zmqvision keys allow DIR hostB.key` there.
+    client pairs, its own client key allowed as every role. On each worker or watcher host:
+    `zmqvision keys new DIR --name client`, copy the server's `server.key` (public) into
+    that DIR, copy that host's public `client.key` to the server host under a name of its
+    own (e.g. `hostB.key`) and run `zmqvision keys allow DIR hostB.key --role worker` (or
+    watcher) there.
     """
     from pathlib import Path
 
@@ -966,19 +992,27 @@ def keys_new(directory, name) -> None:
         public, secret = security.new_keys(d, n)
         click.echo(f"{n}: {public} (public, give it out), {secret} (secret, keep it)")
     if "client" in names and (d / "server.key_secret").exists():
-        click.echo(f"allowed: {security.allow(d, d / 'client.key')}")
+        for role in security.ROLES:  # this host's own key: the operator's, every role
+            click.echo(f"allowed as {role}: {security.allow(d, d / 'client.key', role)}")
 
 
 @keys.command("allow")
 @click.argument("directory", type=click.Path(file_okay=False))
 @click.argument("public_keys", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def keys_allow(directory, public_keys) -> None:
-    """Let the clients whose public key files are given in (copied to DIRECTORY/allowed/;
-    a running sink or ventilator picks them up within a second)."""
+@click.option("--role", type=click.Choice(["ventilator", "worker", "watcher"]), default=None,
+              help="What the key may do: a worker sends results and heartbeats and takes "
+                   "tiles; a ventilator starts and ends jobs; a watcher only listens to "
+                   "events [default: every role, as older key directories had it].")
+def keys_allow(directory, public_keys, role) -> None:
+    """Let the clients whose public key files are given in, as ROLE (copied to
+    DIRECTORY/allowed/ROLE/; a running sink or ventilator picks them up within a second)."""
     from zmqvision import security
 
+    if role is None:
+        click.echo("warning: no --role: these keys may act as every role, a worker's key "
+                   "could end a job; give --role worker (or ventilator, watcher)", err=True)
     for key in public_keys:
-        click.echo(f"allowed: {security.allow(directory, key)}")
+        click.echo(f"allowed: {security.allow(directory, key, role)}")
 
 
 # Set once `run` has finished its job. Interpreter teardown then only unloads modules, and

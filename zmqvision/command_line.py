@@ -75,6 +75,7 @@ SINK_FLAGS: FlagTable = {
     "progress_s": NOT_PASSED,  # likewise
     "cache": Custom(_cache_args),
     "curve": Flag("--curve"),
+    "insecure": Flag("--insecure", switch=True),
 }
 
 WORKER_FLAGS: FlagTable = {

@@ -89,8 +89,9 @@ class Engine:
         try:
             self.workers = WorkerLink(self.ctx, wire=wire, lease_s=lease_s, bad=self.bad)
             self.sink = SinkLink(self.ctx, bad=self.bad)
-            self.secured = security.secure(self.ctx, curve, servers=(self.workers.router,),
-                                           clients=(self.sink.push, self.sink.events))
+            self.secured = security.secure(
+                self.ctx, curve, servers=((self.workers.router, (security.WORKER,)),),
+                clients=(self.sink.push, self.sink.events))
         except BaseException:
             self._close_sockets()
             raise
@@ -164,7 +165,8 @@ class Engine:
     def end_stream(self, job: StreamJob) -> None:
         """No more requests for this job: tell the sink its totals so it can finish it."""
         if job.end is None:
-            job.end = protocol.JobEnd(job=job.id, images=job.images, tiles=job.tiles)
+            job.end = protocol.JobEnd(job=job.id, images=job.images, tiles=job.tiles,
+                                      secret=job.secret)
             self._to_sink(job.end)
 
     def watch_deadline(self, request: Request) -> None:
@@ -183,7 +185,8 @@ class Engine:
         if key in self.window:
             self._drop(key)
             job.images -= 1
-            self._to_sink(protocol.Withdraw(job=job.id, images=(request.image,)))
+            self._to_sink(protocol.Withdraw(job=job.id, images=(request.image,),
+                                            secret=job.secret))
 
     def _drop(self, key: str) -> None:
         entry = self.window.pop(key, None)
@@ -238,7 +241,8 @@ class Engine:
                 break
             self._admit(job, *nxt)
         if job.end is None and isinstance(job, FileJob) and job.exhausted:
-            job.end = protocol.JobEnd(job=job.id, images=job.images, tiles=job.tiles)
+            job.end = protocol.JobEnd(job=job.id, images=job.images, tiles=job.tiles,
+                                      secret=job.secret)
             self._to_sink(job.end)
 
     def _admit(self, job: Job, loaded: Loaded, request: Request | None) -> None:
@@ -252,7 +256,8 @@ class Engine:
         if iid == RESUMED:
             return
         base = dict(job=job.id, image=iid, path=loaded.path, seq=seq, hash=loaded.hash,
-                    abspath=abspath(loaded.path) if request is None else None)
+                    abspath=abspath(loaded.path) if request is None else None,
+                    secret=job.secret)
         plan: list[Tile] = []
         if hit is not None:
             info = protocol.ImageInfo(**base, width=hit.width, height=hit.height,

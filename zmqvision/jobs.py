@@ -18,6 +18,8 @@ tells it what happened (written, record, progress, done). Each job has its own w
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
 import itertools
 import logging
 import os
@@ -27,6 +29,7 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, InvalidStateError
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from zmqvision import protocol
 from zmqvision.idset import IdSet
@@ -44,11 +47,15 @@ class Job:
 
     records = "write"
 
-    def __init__(self, job_id: str, plan: JobPlan, window: int) -> None:
+    def __init__(self, job_id: str, plan: JobPlan, window: int,
+                 secret: str | None = None) -> None:
         self.id = job_id
         self.plan = plan
         self.window = window
-        self.start = plan.job_start(job_id, self.records)
+        # Shared with the sink alone (in the JobStart over the PUSH socket): every control
+        # message of the job carries it, so nobody else can end or change the job.
+        self.secret = secret or protocol.new_job_secret()
+        self.start = plan.job_start(job_id, self.records, self.secret)
         self.unsent: deque[str] = deque()  # window keys with tiles never sent, oldest first
         self.in_flight = 0  # images announced and not yet written
         self.images = 0  # images counted in the job (JobEnd's count)
@@ -89,13 +96,14 @@ class FileJob(Job):
     def __init__(self, job_id: str, plan: JobPlan, *, window: int,
                  read_ahead: ReadAhead, already: IdSet | None = None,
                  on_progress: Callable[[protocol.Progress], None] | None = None) -> None:
-        super().__init__(job_id, plan, window)
+        super().__init__(job_id, plan, window, secret=stored_secret(job_id))
         self.reader = read_ahead
         self.already = already if already is not None else IdSet()
         self.seen = IdSet()  # ids of the images admitted: the same input twice is one image
         self.skipped = 0  # already in the results file (--resume)
         self.done: Future[protocol.JobDone] = Future()
         self._on_progress = on_progress
+        self._forged_done = False
 
     def next_input(self) -> tuple[Loaded, None] | None:
         loaded = self.reader.ready()
@@ -122,8 +130,17 @@ class FileJob(Job):
             self._on_progress(msg)
 
     def on_done(self, msg: protocol.JobDone) -> None:
-        if not self.done.done():
-            self.done.set_result(msg)
+        if self.done.done():
+            return
+        expected = protocol.job_proof(self.secret, self.id, msg.images, msg.failed)
+        if not hmac.compare_digest(expected, msg.proof):
+            if not self._forged_done:
+                self._forged_done = True
+                log.error("job %s: a JobDone without the job's proof (another sink, or a "
+                          "job of the same id started by someone else): ignored", self.id)
+            return
+        forget_secret(self.id)
+        self.done.set_result(msg)
 
     def close(self) -> None:
         self.reader.close()
@@ -221,6 +238,40 @@ class StreamJob(Job):
     def on_record(self, request: Request | None, record: dict) -> None:
         if request is not None:
             request.resolve(record)
+
+
+def _secret_file(job_id: str) -> Path:
+    from zmqvision.models.store import cache_dir
+
+    name = hashlib.blake2b(job_id.encode("utf-8", "surrogateescape"), digest_size=16)
+    return cache_dir() / "jobs" / f"{name.hexdigest()}.secret"
+
+
+def stored_secret(job_id: str) -> str:
+    """A file job's secret, kept on the ventilator's host until the job is done (mode 0600
+    under the zmqvision cache directory): a ventilator that continues the job
+    (``--resume``, ``--job ID``) after a crash speaks with the same secret, so the sink that
+    still holds the job accepts it. Made afresh when there is none (or it cannot be kept)."""
+    path = _secret_file(job_id)
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        secret = path.read_text("ascii").strip()
+        if 16 <= len(secret) <= protocol.MAX_SECRET_CHARS:
+            return secret
+    secret = protocol.new_job_secret()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(secret)
+    except OSError as exc:
+        log.warning("job %s: its secret cannot be kept (%s): a ventilator that continues "
+                    "it after a crash will need a new sink", job_id, exc)
+    return secret
+
+
+def forget_secret(job_id: str) -> None:
+    with contextlib.suppress(OSError):
+        _secret_file(job_id).unlink()
 
 
 def abspath(path: str) -> str:

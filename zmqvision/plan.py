@@ -69,9 +69,11 @@ class JobPlan:
     def model_ref(self) -> str:
         return self.spec.ref
 
-    def job_start(self, job_id: str, records: str = "write") -> protocol.JobStart:
+    def job_start(self, job_id: str, records: str = "write",
+                  secret: str = "") -> protocol.JobStart:
         """The job's ``zv.job``: everything that shapes its results (the cache key and
-        every record's ``settings`` come from it)."""
+        every record's ``settings`` come from it), and the job's ``secret``
+        (``protocol.new_job_secret``; "" for a start only read here, e.g. a cache key)."""
         s = self.settings
         options: dict = {"score_threshold": s.score_threshold}
         if records != "write":
@@ -88,6 +90,7 @@ class JobPlan:
                    "threshold": s.merge.threshold,
                    "class_agnostic": s.merge.class_agnostic},
             options=options,
+            secret=secret,
         )
 
     def reducer(self) -> Reduce | None:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 import math
 import os
+import secrets
 import socket
 import time
 import uuid
@@ -99,6 +100,14 @@ def new_job_id() -> str:
     return uuid.uuid4().hex[:16]
 
 
+def new_job_secret() -> str:
+    """A job's secret: 16 random bytes as hex. Only the ventilator and the sink know it
+    (it travels in the job's control messages, ventilator → sink, and is never published),
+    so nobody who can merely reach the sink and read its events can end, shorten, alter or
+    stall the job (docs/reliability.md, threat model)."""
+    return secrets.token_hex(16)
+
+
 def image_id(content_hash: str, path: str) -> str:
     """Stable across runs: the same bytes at the same path get the same id; the same bytes
     under two names are two images (two records) that a cache can still share by hash."""
@@ -131,6 +140,7 @@ MAX_CREDIT = 1_000_000
 MAX_NAME_CHARS = 1024
 MAX_TEXT_CHARS = 1 << 18  # one path (Linux allows 128 KiB per argument) and some prose
 MAX_PLAIN_DEPTH = 4
+MAX_SECRET_CHARS = 128
 
 
 def _req(h: dict, key: str, types: type | tuple[type, ...], optional: bool = False) -> Any:
@@ -185,6 +195,25 @@ def _name(h: dict, key: str, optional: bool = False) -> Any:
     if value is not None and len(value) > MAX_NAME_CHARS:
         raise ProtocolError(f"{key!r} is over {MAX_NAME_CHARS} characters")
     return value
+
+
+def _secret(h: dict) -> str:
+    """A job's secret (``new_job_secret``): required in every control message of a job,
+    "" where a sender has none (then the job is only as safe as its job id)."""
+    value = _req(h, "secret", str)
+    if len(value) > MAX_SECRET_CHARS:
+        raise ProtocolError(f"'secret' is over {MAX_SECRET_CHARS} characters")
+    return value
+
+
+def job_proof(secret: str, job: str, images: int, failed: int) -> str:
+    """``JobDone.proof``: a keyed hash of the job's totals under its secret. Published, it
+    reveals nothing of the secret; it shows the ventilator that the sink which finished the
+    job is the one it announced the job to (not a job of the same id that someone else
+    started on a restarted sink)."""
+    mac = blake2b(f"{job}\0{images}\0{failed}".encode(), key=secret.encode()[:64],
+                  digest_size=16)
+    return mac.hexdigest()
 
 
 def _names(h: dict, key: str) -> tuple[str, ...]:
@@ -376,6 +405,9 @@ class JobStart:
     created: float = field(default_factory=time.time)
     host: str = field(default_factory=socket.gethostname)
     options: dict = field(default_factory=dict)  # free-form extras (score threshold, …)
+    # Shared by the ventilator and the sink only: every later control message of the job
+    # must carry it (new_job_secret). Never published, never in a record or cache key.
+    secret: str = field(default="", repr=False)
 
     def header(self) -> dict:
         return asdict(self)
@@ -390,6 +422,7 @@ class JobStart:
             created=_float(h, "created"),
             host=_name(h, "host"),
             options=_options(h),
+            secret=_secret(h),
         )
 
 
@@ -423,11 +456,13 @@ class ImageInfo:
     abspath: str | None = None
     error: dict | None = None
     cached: Cached | None = None
+    secret: str = field(default="", repr=False)  # the job's (JobStart.secret)
 
     def header(self) -> dict:
         h = {"job": self.job, "image": self.image, "path": self.path, "seq": self.seq,
              "width": self.width, "height": self.height, "tiles": self.tiles,
-             "hash": self.hash, "abspath": self.abspath, "error": self.error}
+             "hash": self.hash, "abspath": self.abspath, "error": self.error,
+             "secret": self.secret}
         if self.cached is not None:
             h["cached"] = {"tiles": self.cached.tiles, "n": len(self.cached.detections),
                            "created": self.cached.created}
@@ -457,6 +492,7 @@ class ImageInfo:
             abspath=_text(h, "abspath", optional=True),
             error=_error(h),
             cached=cached,
+            secret=_secret(h),
         )
         if cached is not None:
             if msg.tiles != 0:
@@ -644,15 +680,17 @@ class JobEnd:
 
     TYPE: ClassVar[MsgType] = MsgType.JOB_END
     job: str
-    images: int
+    images: int  # images announced and not withdrawn (the sink checks it against its own)
     tiles: int
+    secret: str = field(default="", repr=False)  # the job's (JobStart.secret)
 
     def header(self) -> dict:
         return asdict(self)
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> JobEnd:
-        return cls(job=_name(h, "job"), images=_count(h, "images"), tiles=_count(h, "tiles"))
+        return cls(job=_name(h, "job"), images=_count(h, "images"), tiles=_count(h, "tiles"),
+                   secret=_secret(h))
 
 
 @dataclass(frozen=True)
@@ -767,6 +805,9 @@ class JobDone:
     seconds: float
     out: str
     cached: int = 0  # images whose record came from the result cache
+    # job_proof(secret, job, images, failed): only a sink that knows the job's secret can
+    # make it, so a ventilator takes no other sink's word that its job is done.
+    proof: str = ""
 
     def header(self) -> dict:
         return asdict(self)
@@ -782,6 +823,7 @@ class JobDone:
             seconds=_float(h, "seconds", lo=0.0),
             out=_text(h, "out"),
             cached=_count(h, "cached", optional=True) or 0,
+            proof=_name(h, "proof", optional=True) or "",
         )
 
 
@@ -982,13 +1024,14 @@ class Withdraw:
     TYPE: ClassVar[MsgType] = MsgType.WITHDRAW
     job: str
     images: tuple = ()
+    secret: str = field(default="", repr=False)  # the job's (JobStart.secret)
 
     def header(self) -> dict:
-        return {"job": self.job, "images": list(self.images)}
+        return {"job": self.job, "images": list(self.images), "secret": self.secret}
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> Withdraw:
-        return cls(job=_name(h, "job"), images=_names(h, "images"))
+        return cls(job=_name(h, "job"), images=_names(h, "images"), secret=_secret(h))
 
 
 Message = (

@@ -8,6 +8,7 @@ are set on purpose; sockets close with ``linger`` set, in ``finally``.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import logging
 import os
 import signal
@@ -29,8 +30,27 @@ EVENTS_PORT = 5559
 DEFAULT_HOST = "127.0.0.1"
 
 
-def bind_endpoint(port: int) -> str:
-    return f"tcp://*:{port}"
+def bind_endpoint(port: int, host: str = DEFAULT_HOST) -> str:
+    """Where a stable role binds by default: loopback only, as trusted servers do (Redis'
+    protected mode, Jupyter): reaching it from other hosts is a choice made with a
+    non-loopback address and ``--curve`` (or ``--insecure``; see ``security.exposure``)."""
+    return f"tcp://{host}:{port}"
+
+
+def is_loopback(endpoint: str) -> bool:
+    """Whether binding ``endpoint`` keeps it on this host: ipc and inproc, and tcp on a
+    loopback address (127.0.0.0/8, ::1, localhost). ``*``, 0.0.0.0, an interface name or
+    any other address can be reached from elsewhere."""
+    if not endpoint.startswith(("tcp://", "ws://", "wss://")):
+        return endpoint.startswith(("ipc://", "inproc://"))
+    host = endpoint.split("://", 1)[1].rsplit(":", 1)[0]
+    host = host.split(";")[-1].strip("[]")  # "src;dst" for connect; "[::1]"
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # "*", an interface name, a host name
+        return False
 
 
 def connect_endpoint(port: int, host: str = DEFAULT_HOST) -> str:

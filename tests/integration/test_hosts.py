@@ -24,6 +24,7 @@ import pytest
 from tests.conftest import ROOT
 from tests.hosts import Network, unavailable
 from tests.slow_worker import hold
+from zmqvision.sockets import EVENTS_PORT, RESULTS_PORT, TILES_PORT
 
 _WHY = unavailable()
 pytestmark = [
@@ -93,13 +94,19 @@ class Cluster:
         self.out = out
         self.home = net.hosts[0]
 
-    def sink(self):
-        return self.net.start(self.home, "sink", "--out", str(self.out),
-                              name="sink")
+    def sink(self, *extra: str):
+        """Bound on every address of its host (the default is loopback only): in plain
+        text that needs --insecure, unless ``extra`` says --curve."""
+        secure = () if "--curve" in extra else ("--insecure",)
+        return self.net.start(self.home, "sink", "--out", str(self.out), "--bind-results",
+                              f"tcp://*:{RESULTS_PORT}", "--bind-events",
+                              f"tcp://*:{EVENTS_PORT}", *extra, *secure, name="sink")
 
     def ventilate(self, folder: Path, *extra: str):
+        secure = () if "--curve" in extra else ("--insecure",)
         return self.net.start(self.home, "ventilate", str(folder), "--model", MODEL,
-                              "--no-progress", "-v", *extra, name="ventilate")
+                              "--bind", f"tcp://*:{TILES_PORT}", "--no-progress", "-v",
+                              *extra, *secure, name="ventilate")
 
     def worker(self, host, *extra: str, hold_ms: float = 0):
         """A worker; with ``hold_ms``, a slow one (each tile's request held that long)."""
@@ -313,7 +320,7 @@ def test_curve_only_allowed_keys_get_tiles_or_events(job_dir, job_reference, net
         shutil.copy(home / "server.key", d / "server.key")
     keys("allow", str(home), str(allowed / "client.key"))
     c = Cluster(net, tmp_path / "out.jsonl")
-    sink = net.start(c.home, "sink", "--out", str(c.out), "--curve", str(home), name="sink")
+    sink = c.sink("--curve", str(home))
     watch = net.start(hosts[4], "watch", "--connect", c.home.addr, "--json", "--curve",
                       str(allowed), name="watch")
     c.worker(hosts[1], "--curve", str(allowed))

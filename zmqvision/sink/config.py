@@ -25,6 +25,7 @@ class SinkConfig:
     progress_s: float = 0.2
     cache: str | None = "auto"  # result cache URL; "auto": $ZMQVISION_RESULTS_CACHE or SQLite
     curve: str | None = None  # key directory: CURVE on both bound sockets (security.py)
+    insecure: bool = False  # allow a plain-text bind that other hosts can reach
 
     @property
     def journal(self) -> str:

@@ -11,6 +11,13 @@ a tile already merged is a duplicate and is dropped, so a re-sent tile is merged
 holds of them, writes no record, drops their late results without counting them bad, and
 no longer counts them in progress; an image id announced again afterwards is a new image.
 An image already written is not taken back (its record is in the journal).
+
+Every control message of a job (ImageInfo, JobEnd, Withdraw, a repeated JobStart) must
+carry the secret its JobStart brought (``protocol.new_job_secret``); one that does not is
+a counted bad message and changes nothing, so a process that can reach the results port
+and read the events cannot end, shorten, alter or stall another's job. A JobEnd must also
+count exactly the images announced and not withdrawn. Results carry no secret (workers
+never learn it): docs/reliability.md says what a forged result can do without CURVE.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
-from zmqvision import protocol, results, sockets
+from zmqvision import protocol, results, security, sockets
 from zmqvision.cache import ResultCache
 from zmqvision.sink.acks import AckBatcher
 from zmqvision.sink.config import SinkConfig
@@ -41,6 +48,18 @@ SINK_EXPECTS = (
     protocol.MsgType.RESULT, protocol.MsgType.IMAGE, protocol.MsgType.HEARTBEAT,
     protocol.MsgType.JOB_START, protocol.MsgType.JOB_END, protocol.MsgType.WITHDRAW,
 )
+
+# Under CURVE, the roles whose keys may send each message (security.py): a job's control
+# messages only from ventilators, so a worker's key cannot end, shorten or alter a job.
+MAY_SEND: dict[type, frozenset[str]] = {
+    protocol.JobStart: frozenset({security.VENTILATOR}),
+    protocol.ImageInfo: frozenset({security.VENTILATOR}),
+    protocol.JobEnd: frozenset({security.VENTILATOR}),
+    protocol.Withdraw: frozenset({security.VENTILATOR}),
+    # A ventilator answers a tile it can no longer cut itself, as that tile's error.
+    protocol.Result: frozenset({security.WORKER, security.VENTILATOR}),
+    protocol.Heartbeat: frozenset({security.WORKER}),
+}
 
 
 class Sink:
@@ -108,7 +127,14 @@ class Sink:
             return
         self.on_message(msg)
 
-    def on_message(self, msg: protocol.Message) -> None:
+    def on_message(self, msg: protocol.Message, roles: frozenset[str] | None = None) -> None:
+        """One decoded message; ``roles``: those of the CURVE key it came with (None
+        without CURVE: every sender may send everything, and the job secret guards)."""
+        if roles is not None and not roles & MAY_SEND.get(type(msg), frozenset()):
+            self.bad(protocol.ProtocolError(
+                f"{msg.TYPE.value} from a key allowed as {'/'.join(sorted(roles)) or 'nothing'}"
+                f": refused (only {'/'.join(sorted(MAY_SEND.get(type(msg), ())))} may)"))
+            return
         if isinstance(msg, protocol.Result):
             self._on_result(msg)
         elif isinstance(msg, protocol.ImageInfo):
@@ -128,9 +154,29 @@ class Sink:
     def _written(self, job: JobState, image: str) -> bool:
         return job.writes and self.journal.has(job.id, image)
 
+    def _job(self, msg: protocol.ImageInfo | protocol.JobEnd | protocol.Withdraw,
+             what: str) -> JobState | None:
+        """The job a control message is for, if it carries the job's secret; None (and a
+        bad message counted) otherwise."""
+        job = self.jobs.get(msg.job)
+        if job is None:
+            self.bad(protocol.ProtocolError(f"{what} for unknown job {msg.job}"))
+            return None
+        if not job.knows(msg.secret):
+            self.bad(protocol.ProtocolError(f"{what} for job {msg.job} without its secret: "
+                                            "refused"))
+            return None
+        return job
+
     def _on_job_start(self, msg: protocol.JobStart) -> None:
-        if msg.job in self.jobs or self.events.is_finished(msg.job):
+        job = self.jobs.get(msg.job)
+        if job is not None:
+            if not job.knows(msg.secret):
+                self.bad(protocol.ProtocolError(
+                    f"job {msg.job} announced again without its secret: refused"))
             return  # a repeated announcement changes nothing
+        if self.events.is_finished(msg.job):
+            return
         try:
             job = JobState(msg, self.journal.counts.get(msg.job))
         except protocol.ProtocolError as exc:  # records delivered in no way we know
@@ -146,17 +192,18 @@ class Sink:
             self._on_result(result)
 
     def _on_image(self, msg: protocol.ImageInfo) -> None:
-        job = self.jobs.get(msg.job)
+        job = self._job(msg, "image")
         if job is None:
-            self.bad(protocol.ProtocolError(f"image for unknown job {msg.job}"))
             return
         if msg.image in job.images:
             return
         if self._written(job, msg.image):
             self.acks.image(job.id, msg.image)  # announced again: say again it is written
             return
-        self.forgotten.pop(job.id, msg.image)  # published or withdrawn before: a new image
-        img = job.announce(msg)
+        # Published before (its record was lost on the way): wanted again, counted once.
+        # Withdrawn before: a new image.
+        again = self.forgotten.pop(job.id, msg.image) == PUBLISHED
+        img = job.announce(msg, again)
         if msg.cached is not None or msg.error is not None:
             self._complete(job, img)
             return
@@ -164,18 +211,22 @@ class Sink:
             self._add_part(job, img, result)
 
     def _on_job_end(self, msg: protocol.JobEnd) -> None:
-        job = self.jobs.get(msg.job)
+        job = self._job(msg, "end")
         if job is None:
-            self.bad(protocol.ProtocolError(f"end of unknown job {msg.job}"))
             return
-        job.end(msg)
+        try:
+            job.end(msg)
+        except protocol.ProtocolError as exc:
+            log.error("%s", exc)  # besides the count: a ventilator bug, or worse
+            self.bad(exc)
+            return
         self._maybe_finish(job)
 
     def _on_withdraw(self, msg: protocol.Withdraw) -> None:
-        job = self.jobs.get(msg.job)
+        if msg.job not in self.jobs and self.events.is_finished(msg.job):
+            return  # finished: too late, and harmless
+        job = self._job(msg, "withdraw")
         if job is None:
-            if not self.events.is_finished(msg.job):  # finished: too late, and harmless
-                self.bad(protocol.ProtocolError(f"withdraw for unknown job {msg.job}"))
             return
         for image in msg.images:
             if self._written(job, image):
@@ -258,6 +309,8 @@ class Sink:
             job=job.id, images=job.images_done, failed=job.images_failed,
             tiles=job.tiles_done, detections=job.detections,
             seconds=job.finished_at - job.t0, out=out, cached=job.images_cached,
+            proof=protocol.job_proof(job.start.secret, job.id, job.images_done,
+                                     job.images_failed),
         )
         self.events.job_done(job, done)
         del self.jobs[job.id]

@@ -9,6 +9,7 @@ never ends (a library pool's stream) holds only the images in flight.
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -47,6 +48,9 @@ class ImageState:
     info: protocol.ImageInfo
     parts: dict[int, Detections] = field(default_factory=dict)
     error: dict | None = None
+    # Announced again after its record was published (the record was lost on the way to
+    # its caller): it is written or published again but counted once in the job.
+    again: bool = False
 
 
 class JobState:
@@ -58,6 +62,7 @@ class JobState:
         merge settings."""
         self.start = start
         self.id = start.job
+        self._secret = start.secret.encode()
         self.delivery = delivery_of(start)
         self.merge = MergeConfig(**start.merge)  # TypeError/ValueError: refused by the caller
         self.labels = list(start.model["labels"])
@@ -96,11 +101,22 @@ class JobState:
         """Its records go out on the PUB socket as ``zv.record``."""
         return self.delivery != "write"
 
+    def knows(self, secret: str) -> bool:
+        """Whether a control message carries this job's secret (JobStart.secret), in
+        constant time: only the ventilator that started the job may change it."""
+        return hmac.compare_digest(self._secret, secret.encode())
+
     # ------------------------------------------------------------------ images
 
-    def announce(self, info: protocol.ImageInfo) -> ImageState:
-        img = ImageState(info=info, error=info.error)
+    def announce(self, info: protocol.ImageInfo, again: bool = False) -> ImageState:
+        """An image of the job; ``again``: one whose record was published before and is
+        wanted again (counted once)."""
+        img = ImageState(info=info, error=info.error, again=again)
         self.images[info.image] = img
+        if again:
+            self.tiles_seen += info.tiles
+            self.dirty = True
+            return img
         self.images_seen += 1
         self.tiles_seen += info.tiles
         if info.cached is not None:
@@ -153,21 +169,26 @@ class JobState:
         return len(img.parts) == img.info.tiles
 
     def finish_image(self, img: ImageState) -> Detections | None:
-        """The image's merged detections (None when it failed), counted; its state goes."""
+        """The image's merged detections (None when it failed), counted (once: an image
+        announced ``again`` was counted the first time); its state goes."""
         info = img.info
         del self.images[info.image]
-        self.images_done += 1
         self.dirty = True
+        counted = not img.again
+        self.images_done += counted
         if img.error is not None:
-            self.images_failed += 1
-            self.failures.append({"image": info.image, "path": info.path,
-                                  "type": img.error["type"], "message": img.error["message"]})
+            if counted:
+                self.images_failed += 1
+                self.failures.append({"image": info.image, "path": info.path,
+                                      "type": img.error["type"],
+                                      "message": img.error["message"]})
             return None
         if info.cached is not None:
             dets = info.cached.detections  # merged when it was computed
         else:
             dets = merge(Detections.concat(list(img.parts.values())), self.merge)
-        self.detections += len(dets)
+        if counted:
+            self.detections += len(dets)
         return dets
 
     def withdraw(self, image: str) -> bool:
@@ -177,6 +198,8 @@ class JobState:
         img = self.images.pop(image, None)
         if img is None:
             return bool(early)
+        if img.again:  # counted, and done, the first time: no longer part of the job
+            self.images_done -= 1
         self.images_seen -= 1
         self.tiles_seen -= img.info.tiles
         self.tiles_done -= len(img.parts)
@@ -188,6 +211,13 @@ class JobState:
     # ------------------------------------------------------------------ the job
 
     def end(self, msg: protocol.JobEnd) -> None:
+        """The job's totals, once they agree with what was announced: ProtocolError (and
+        nothing changes) when the count differs, since a total below the images announced
+        would end the job before they are written, and one above would never end it."""
+        if msg.images != self.images_seen:
+            raise protocol.ProtocolError(
+                f"job {self.id}: end refused: it counts {msg.images} images, "
+                f"{self.images_seen} were announced and not withdrawn")
         self.images_total = msg.images
         self.tiles_total = msg.tiles
         self.dirty = True

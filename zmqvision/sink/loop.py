@@ -39,6 +39,9 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None,
     endpoints); the caller owns it.
     """
     stop = stop or sockets.StopFlag()
+    security.exposure({"--bind-results": config.results, "--bind-events": config.events,
+                       "--bind-events-fallback": config.events_fallback or ""},
+                      config.curve, config.insecure)
     own_ctx = ctx is None
     ctx = ctx if ctx is not None else zmq.Context()
     pull = sockets.make_socket(ctx, zmq.PULL, rcvhwm=10_000, maxmsgsize=16 << 20)
@@ -52,7 +55,10 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None,
     journal = secured = sink = wake = None
     try:
         journal = Journal(config.journal, keep=config.append)
-        secured = security.secure(ctx, config.curve, servers=(pull, pub))
+        # Results: ventilators and workers (each message then checked by its key's role);
+        # events: every role, watchers included (a SUB can only subscribe).
+        secured = security.secure(ctx, config.curve, servers=(
+            (pull, (security.VENTILATOR, security.WORKER)), (pub, security.ROLES)))
         sink = Sink(config, publish, sink_id, cache=open_cache(config.cache), journal=journal)
         wake = sockets.WakePipe(stop)  # SIGTERM ends the poll at once
         results_ep = sockets.bind(pull, config.results)
@@ -97,8 +103,9 @@ def _serve(sink: Sink, pull: zmq.Socket, wake: sockets.WakePipe, stop: sockets.S
             sink.tick()
             next_status = now + config.status_s
         if pull in dict(poller.poll(POLL_MS)):
-            for _, msg in sockets.receive(pull, sink.bad, SINK_EXPECTS):
-                sink.on_message(msg)
+            for peer, msg in sockets.receive(pull, sink.bad, SINK_EXPECTS):
+                # Under CURVE every message carries its key's roles (ZAP user id).
+                sink.on_message(msg, security.peer_roles(peer) if config.curve else None)
         sink.flush_acks()
         sink.publish_progress()
         if config.once and sink.jobs_done:
