@@ -611,7 +611,7 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
         sink=sink_results or sockets.connect_endpoint(sockets.RESULTS_PORT, sink_host),
         events=sink_events or sockets.connect_endpoint(sockets.EVENTS_PORT, sink_host),
         resume=resume_file, job_id=job_id, cache=_cache_choice(cache_url, no_cache),
-        curve=curve,
+        curve=curve, insecure=insecure,
     )
     _show_tiling(cfg)
     _check_inputs(cfg)
@@ -797,10 +797,11 @@ def _byte_size(ctx, param, value):
 @_cache_options
 @click.option("-v", "--verbose", count=True)
 @_curve_option
+@_insecure_option
 @_child_options
 def serve(host, port, model, input_size, connect_host, bind_tiles, sink_results,
           sink_events, workers, device, threads, timeout, max_queue, max_body, max_pixels,
-          cache_url, no_cache, verbose, curve, announce, parent_pid, log_level):
+          cache_url, no_cache, verbose, curve, insecure, announce, parent_pid, log_level):
     """Serve the pool over HTTP: /v1/detect, KServe v2 (/v2/...), /metrics."""
     from zmqvision import Pool
     from zmqvision.serve import ServeConfig, serve_forever
@@ -822,9 +823,10 @@ def serve(host, port, model, input_size, connect_host, bind_tiles, sink_results,
         pool = Pool(model=model, workers=workers, device=device, threads=threads,
                     cache=cache, log_level=level, **settings)
     else:
+        _check_binds({"--bind": bind_tiles or ""}, curve, insecure)
         pool = Pool.connect(connect_host, tiles=bind_tiles, sink=sink_results,
                             events=sink_events, curve=curve, model=model, cache=cache,
-                            **settings)
+                            insecure=insecure, **settings)
     with pool:
         announce_ready = _announcer(announce)
 

@@ -100,15 +100,22 @@ class Pool:
                 curve: str | None = None, model: str = "centerface",
                 cache: str | None = "auto", window: int = 256, decode_threads: int = 2,
                 lease_s: float = 120.0, wire: str = "auto", ctx: zmq.Context | None = None,
-                **settings: Any) -> Pool:
+                insecure: bool = False, **settings: Any) -> Pool:
         """A pool over a running cluster: the sink at ``host`` (``tcp://hostA`` or
         ``hostA``; ``sink``/``events`` override its endpoints), tiles bound at ``tiles``
-        (default ``tcp://*:5557``, where ``zmqvision worker --connect`` looks)."""
+        (default ``tcp://127.0.0.1:5557``: workers on this host; give ``tcp://*:5557``
+        with ``curve`` for workers elsewhere, or ``insecure=True`` on a network you
+        trust: a plain-text bind other hosts can reach is refused otherwise)."""
+        from zmqvision import security
+
         host = host.removeprefix("tcp://")
+        tiles = tiles or sockets.bind_endpoint(sockets.TILES_PORT)
+        if not insecure:
+            security.exposure({"tiles": tiles}, curve, False)
         self = cls.__new__(cls)
         self._setup(JobSettings(model=model, **settings), cache=cache, window=window,
                     decode_threads=decode_threads, lease_s=lease_s, wire=wire, curve=curve,
-                    ctx=ctx, tiles=tiles or sockets.bind_endpoint(sockets.TILES_PORT),
+                    ctx=ctx, tiles=tiles,
                     sink=sink or sockets.connect_endpoint(sockets.RESULTS_PORT, host),
                     events=events or sockets.connect_endpoint(sockets.EVENTS_PORT, host))
         return self

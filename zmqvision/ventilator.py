@@ -47,6 +47,7 @@ class VentilateConfig(JobSettings):
     resume: str | None = None  # a results file: skip the images it already has
     cache: str | None = "auto"  # result cache URL; "auto": $ZMQVISION_RESULTS_CACHE or SQLite
     curve: str | None = None  # key directory: CURVE on every socket (security.py)
+    insecure: bool = False  # a plain-text tiles bind other hosts can reach was asked for
 
     def input_paths(self) -> Iterator[str]:
         """The job's image files, walked lazily, in the order they are sent."""
@@ -65,6 +66,7 @@ class Ventilator:
         self._pool = Pool.connect(tiles=config.tiles, sink=config.sink, events=config.events,
                                   curve=config.curve, model=config.model, cache=config.cache,
                                   lease_s=config.lease_s, wire=config.wire, ctx=ctx,
+                                  insecure=config.insecure,
                                   decode_threads=config.decode_threads)
         self.plan = self._pool.plan(self._pool.settings_of(config))
         self.spec, self.scales, self.tile_size = (self.plan.spec, self.plan.scales,
