@@ -42,6 +42,7 @@ class VentilateConfig:
     merge: MergeConfig = field(default_factory=MergeConfig)
     score_threshold: float | None = None
     max_pixels: int = io.DEFAULT_MAX_PIXELS
+    max_file_bytes: int = io.DEFAULT_MAX_FILE_BYTES  # a bigger file gets a too_large record
     extensions: frozenset[str] | None = None
     recursive: bool = True
     decode_threads: int = 2
