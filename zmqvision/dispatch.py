@@ -49,6 +49,7 @@ HOARD_MIN_S = 3.0  # ... and never less than this (a slow worker is not a hoarde
 HOLD_FACTOR = 4  # tiles held at most: this many times the credit cap ...
 MAX_WORKER_HELD = 128  # ... and never more than this
 QUARANTINE_S = 30.0  # first quarantine; each repeat doubles it
+MAX_PERIOD_S = 30.0  # a heartbeat period longer than this counts as this
 
 
 @dataclass
@@ -133,7 +134,7 @@ class Dispatcher:
                                                   held_at_seed=max(0, held))
         slot.last_heard = now
         if period:
-            slot.period = period
+            slot.period = min(period, MAX_PERIOD_S)  # a claimed day-long beat keeps no slot
         if requests:
             slot.requests = requests
             slot.cap_credit()
