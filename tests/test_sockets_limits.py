@@ -108,3 +108,35 @@ def test_the_events_socket_takes_only_our_topics():
         for s in (pub, good, other):
             s.close()
         ctx.term()
+
+
+def test_curve_subscribers_pass_the_events_socket_limit():
+    """The CURVE handshake's commands pass through MAXMSGSIZE too (a 256-byte limit
+    refused every CURVE subscriber)."""
+    ctx = zmq.Context()
+    server_public, server_secret = zmq.curve_keypair()
+    client_public, client_secret = zmq.curve_keypair()
+    pub = sockets.make_socket(ctx, zmq.XPUB, maxmsgsize=MAX_SUBSCRIPTION_BYTES)
+    pub.setsockopt(zmq.XPUB_MANUAL, 1)
+    pub.curve_server = True
+    pub.curve_secretkey, pub.curve_publickey = server_secret, server_public
+    port = pub.bind_to_random_port("tcp://127.0.0.1")
+    sub = sockets.make_socket(ctx, zmq.SUB)
+    sub.curve_serverkey = server_public
+    sub.curve_publickey, sub.curve_secretkey = client_public, client_secret
+    try:
+        sub.setsockopt(zmq.SUBSCRIBE, P.MsgType.PROGRESS.tag)
+        sub.connect(f"tcp://127.0.0.1:{port}")
+        bad = sockets.BadMessages("test")
+        deadline = time.monotonic() + 10
+        got = False
+        while not got and time.monotonic() < deadline:
+            if pub.poll(50):
+                take_subscriptions(pub, bad)
+            pub.send_multipart([P.MsgType.PROGRESS.tag, b"x"])
+            got = bool(sub.poll(50))
+        assert got and bad.count == 0
+    finally:
+        pub.close()
+        sub.close()
+        ctx.term()

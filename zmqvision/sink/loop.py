@@ -4,7 +4,7 @@ The events socket is an XPUB in manual mode: a subscription is an incoming messa
 any other, and ZeroMQ's PUB stores each one in a trie of about 100 bytes per byte of
 topic (a 10 MB subscription cost a PUB 1.1 GB, never released). So subscriptions are
 at most ``MAX_SUBSCRIPTION_BYTES`` (MAXMSGSIZE: a bigger one drops its connection) and
-only prefixes of our message types are taken (``protocol.MsgType`` tags, the empty
+only prefixes of our message types are taken into the trie (``protocol.MsgType`` tags, the empty
 prefix included); any other topic is counted as a bad message and ignored.
 """
 
@@ -39,7 +39,10 @@ POLL_MS = 50
 # on their own side): 1,000 messages of at most 2 MiB per connection.
 PULL_MAX_FRAME = protocol.MAX_HEADER_BYTES
 PULL_RCVHWM = 1000
-MAX_SUBSCRIPTION_BYTES = 256  # one subscription message: 1 byte (on/off) and the topic
+# Every frame the events socket receives: subscriptions (1 byte on/off and the topic) and
+# the CURVE handshake's commands, which pass through the same limit (INITIATE is about
+# 300 bytes with its metadata: 256 refused every CURVE subscriber).
+MAX_SUBSCRIPTION_BYTES = 4096
 _TOPICS = tuple(t.tag for t in protocol.MsgType)
 
 
