@@ -157,3 +157,157 @@ def test_after_a_ventilator_restart_an_idle_worker_is_credited_by_its_heartbeat_
         d.assign(("x", i), b"w")
     d.ready(b"w", 1)  # a tile of this ventilator done: one more, not a repeat of the 3
     assert d.workers[b"w"].credit == 1
+
+
+# ---------------------------------------------------------------------------- greedy workers
+
+
+def test_credit_is_capped_by_what_the_worker_can_hold():
+    """Before: Ready(1000000) was a million credits (the greedy worker took the job)."""
+    from zmqvision.dispatch import CREDIT_MARGIN, MAX_WORKER_CREDIT
+
+    d, _ = make()
+    d.ready(b"g", 1_000_000)
+    assert d.workers[b"g"].credit == MAX_WORKER_CREDIT  # no heartbeat yet: the absolute cap
+    d.heard(b"g", period=1.0, free=0, requests=4)
+    assert d.workers[b"g"].credit == 4 + CREDIT_MARGIN
+    d.ready(b"g", 1_000_000)
+    assert d.workers[b"g"].credit == 4 + CREDIT_MARGIN
+    d.heard(b"h", period=1.0, free=1_000_000, requests=1_000_000)  # lies in its heartbeat
+    assert d.workers[b"h"].credit == MAX_WORKER_CREDIT
+
+
+def test_an_honest_worker_keeps_every_credit():
+    d, clock = make()
+    d.ready(b"a", 4)
+    d.heard(b"a", period=1.0, free=4, requests=4)
+    for i in range(100):
+        key = ("img", i)
+        d.assign(key, d.pick_worker())
+        clock.t += 0.05
+        d.ready(b"a", 1)  # finished: its Ready comes before the sink's ack
+        d.done(key)
+    assert d.workers[b"a"].credit == 4 and d.quarantined == 0
+
+
+def _hoarding():
+    d, clock = make()
+    for wid in (b"g", b"a"):
+        d.heard(wid, period=1.0, requests=2)
+        d.ready(wid, 4)
+    greedy = [("img", i) for i in range(4)]
+    for key in greedy:
+        d.assign(key, b"g")
+    for i in range(4, 8):
+        d.assign(("img", i), b"a")
+    return d, clock, greedy
+
+
+def test_a_worker_that_takes_tiles_and_returns_none_is_quarantined():
+    """Before: its tiles waited for the 120 s lease, then it was given the re-sent tiles."""
+    from zmqvision.dispatch import HOARD_MIN_S
+
+    d, clock, greedy = _hoarding()
+    for i in range(4, 8):  # the other worker finishes its tiles, 0.05 s each
+        clock.t += 0.05
+        d.done(("img", i))
+        d.heard(b"g")
+        d.ready(b"a", 1)
+    assert d.expire() == [] and d.quarantined == 0  # not long enough yet
+    clock.t += HOARD_MIN_S
+    d.heard(b"g")  # it still heartbeats: not dead
+    d.heard(b"a")
+    assert d.expire() == []
+    assert d.quarantined == 1
+    assert list(d.resend) and set(d.resend) == set(greedy)  # its tiles go to others
+    assert all(not d.is_leased(k) for k in greedy)
+    d.ready(b"g", 1_000_000)
+    assert d.pick_worker() == b"a"  # the quarantined worker gets nothing
+    d.workers[b"a"].credit = 0
+    assert d.pick_worker() is None
+
+
+def test_quarantine_ends_and_a_repeat_doubles_it():
+    from zmqvision.dispatch import QUARANTINE_S
+
+    d, clock, _ = _hoarding()
+    for i in range(4, 8):
+        d.done(("img", i))
+    clock.t += 5.0
+    for wid in (b"g", b"a"):
+        d.heard(wid)
+    d.expire()
+    slot = d.workers[b"g"]
+    assert slot.quarantined_until == clock.t + QUARANTINE_S
+    clock.t = slot.quarantined_until + 0.1
+    for wid in (b"g", b"a"):
+        d.heard(wid)
+    d.workers[b"a"].credit = 0
+    d.ready(b"g", 1)
+    assert d.pick_worker() == b"g"  # forgiven: it may work again
+    d.assign(("img", 9), b"g")
+    d.ready(b"a", 1)
+    d.assign(("img", 11), b"a")
+    d.done(("img", 11))
+    clock.t += 5.0
+    for wid in (b"g", b"a"):
+        d.heard(wid)
+    d.expire()
+    assert slot.quarantines == 2
+    assert slot.quarantined_until == clock.t + 2 * QUARANTINE_S
+
+
+def test_a_slow_worker_that_finishes_tiles_is_not_a_hoarder():
+    d, clock = make()
+    for wid in (b"slow", b"fast"):
+        d.heard(wid, period=1.0, requests=2)
+        d.ready(wid, 2)
+    n = 0
+    for step in range(200):  # fast: a tile every 0.05 s; slow: one every 2 s
+        clock.t += 0.05
+        for wid in (b"slow", b"fast"):
+            d.heard(wid)
+            while d.workers[wid].credit:
+                d.assign(("img", n), wid)
+                n += 1
+        fast_key = next(iter(d.workers[b"fast"].leases))
+        d.done(fast_key)
+        d.ready(b"fast", 1)
+        if step % 40 == 39:
+            d.done(next(iter(d.workers[b"slow"].leases)))
+            d.ready(b"slow", 1)
+        d.expire()
+    assert d.quarantined == 0
+
+
+def test_nobody_else_finishing_is_no_proof_of_hoarding():
+    """A lone worker (or all workers stuck on a slow model) is left to its lease."""
+    d, clock = make()
+    d.heard(b"a", period=1.0, requests=2)
+    d.ready(b"a", 2)
+    d.assign(("img", 0), b"a")
+    clock.t += 30
+    d.heard(b"a")
+    d.expire()
+    assert d.quarantined == 0 and d.is_leased(("img", 0))
+
+
+def test_readies_without_results_buy_no_more_tiles():
+    """Before: each Ready(1000000) was another helping, however many tiles it held."""
+    from zmqvision.dispatch import HOLD_FACTOR, MAX_WORKER_HELD
+
+    d, _ = make()
+    n = 0
+    for _ in range(50):
+        d.ready(b"g", 1_000_000)
+        while d.pick_worker() == b"g":
+            d.assign(("img", n), b"g")
+            n += 1
+    assert n == MAX_WORKER_HELD
+    d.heard(b"h", period=1.0, requests=2)
+    for _ in range(50):
+        d.ready(b"h", 1_000_000)
+        while d.pick_worker() == b"h":
+            d.assign(("img", n), b"h")
+            n += 1
+    assert len(d.workers[b"h"].leases) == HOLD_FACTOR * (2 + 2)

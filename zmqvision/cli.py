@@ -46,6 +46,26 @@ class SizeType(click.ParamType):
 SIZE = SizeType()
 
 
+class ByteSizeType(click.ParamType):
+    """``256M``, ``1G``, ``512k`` or a plain number of bytes → bytes (powers of 1024)."""
+
+    name = "BYTES"
+    UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower().removesuffix("ib").removesuffix("b")
+        unit = text[-1:] if text[-1:] in self.UNITS else ""
+        try:
+            number = float(text[:len(text) - len(unit)])
+        except ValueError:
+            self.fail(f"{value!r} is not a size like 256M or 1G", param, ctx)
+        if not 1 <= number * self.UNITS[unit] < 1 << 62:
+            self.fail(f"{value!r} is not a size like 256M or 1G", param, ctx)
+        return int(number * self.UNITS[unit])
+
+
 class ScalesType(click.ParamType):
     """``640,256`` or ``native,full,320x240`` → tuple of (w, h) | "native" | "full"."""
 
@@ -266,6 +286,11 @@ def _job_options(f):
                      help="Minimum detection score [default: per model]."),
         click.option("--max-pixels", type=click.IntRange(1), default=None,
                      help="Refuse images with more pixels (decompression bombs)."),
+        click.option("--max-file-size", type=ByteSizeType(), default="256M",
+                     show_default=True,
+                     help="Refuse image files bigger than this (e.g. 256M, 1G) without "
+                          "reading them: their record is a too_large error and the job "
+                          "goes on."),
         click.option("--ext", default=None,
                      help="Only these extensions in directories, e.g. jpg,png."),
         click.option("--timeout", type=click.FloatRange(0), default=None,
@@ -365,6 +390,7 @@ def _vent_config(inputs, kw, **extra):
         scales=kw["scales"], min_size=kw["min_size"],
         merge=merge, score_threshold=kw["score_threshold"],
         max_pixels=kw["max_pixels"] or DEFAULT_MAX_PIXELS, extensions=exts,
+        max_file_bytes=kw["max_file_size"],
         timeout=kw["timeout"], window=kw["window"], wire=kw["wire"],
         jpeg_draft=not kw["full_decode"], **extra,
     )

@@ -13,6 +13,20 @@ The ventilator is a load-balancing dispatcher (ZeroMQ guide, chapter 3) with lea
 - *Backup tasks*: when there is nothing new to send and a worker has credit, the oldest
   tile still out (longer than twice the typical tile time) is sent to it as well. The sink
   merges whichever answer comes first and ignores the other.
+- *Capped credit*: a worker's credit is never more than its heartbeat says it can hold
+  (``requests``) plus ``CREDIT_MARGIN``, nor more than ``MAX_WORKER_CREDIT`` (before its
+  first heartbeat too). An honest worker's credit is its idle requests, so the cap never
+  binds it; a ``Ready(1000000)`` gets a handful of tiles, not the job. Nor may a worker
+  hold (leased, not acknowledged by the sink) more than ``HOLD_FACTOR`` times that cap
+  (``MAX_WORKER_HELD`` at most), so Readies repeated without results buy no more tiles.
+  The factor leaves room for the tiles an honest worker has finished whose acks are on
+  their way (the sink acks every 0.1 s): it waits for them rather than losing credit.
+- *Quarantine*: a worker that holds tiles and has had none of them done for
+  ``HOARD_FACTOR`` typical tile times (at least ``HOARD_MIN_S``), while other workers did
+  finish tiles meanwhile, is hoarding (a greedy or wedged worker that still heartbeats):
+  its tiles are taken back and sent to others, its credit is dropped, and it gets nothing
+  for ``QUARANTINE_S`` (doubled at each repeat), long before the lease (``lease_s``) would
+  have run out.
 """
 
 from __future__ import annotations
@@ -28,6 +42,15 @@ log = logging.getLogger("zmqvision.dispatch")
 
 TileKey = tuple[str, int]  # (image id, tile index)
 
+CREDIT_MARGIN = 2  # credit above a worker's announced requests (tiles queued at it)
+MAX_WORKER_CREDIT = 64  # credit one worker may have at most, whatever it announces
+HOARD_FACTOR = 10.0  # typical tile times a worker may hold tiles with none done
+HOARD_MIN_S = 3.0  # ... and never less than this (a slow worker is not a hoarder)
+HOLD_FACTOR = 4  # tiles held at most: this many times the credit cap ...
+MAX_WORKER_HELD = 128  # ... and never more than this
+QUARANTINE_S = 30.0  # first quarantine; each repeat doubles it
+MAX_PERIOD_S = 30.0  # a heartbeat period longer than this counts as this
+
 
 @dataclass
 class WorkerSlot:
@@ -42,6 +65,27 @@ class WorkerSlot:
     # then (finishing those brings Readies that are new credit): see Dispatcher.ready.
     seeded: int = 0
     held_at_seed: int = 0
+    requests: int = 0  # infer requests its heartbeat announces (0: no heartbeat yet)
+    name: str = ""  # the worker id its messages carry, for the log
+    address: str = ""  # where it connects from, for the log
+    progress_at: float = 0.0  # when it last had a tile done, or began holding tiles
+    quarantined_until: float = 0.0
+    quarantines: int = 0
+
+    @property
+    def credit_cap(self) -> int:
+        if self.requests <= 0:
+            return MAX_WORKER_CREDIT
+        return min(MAX_WORKER_CREDIT, self.requests + CREDIT_MARGIN)
+
+    def cap_credit(self) -> None:
+        self.credit = min(self.credit, self.credit_cap)
+
+    @property
+    def available(self) -> int:
+        """Tiles it may be sent now: its credit, within what it may hold."""
+        held_cap = min(MAX_WORKER_HELD, HOLD_FACTOR * self.credit_cap)
+        return min(self.credit, held_cap - len(self.leases))
 
 
 @dataclass
@@ -70,24 +114,30 @@ class Dispatcher:
         self.durations: deque[float] = deque(maxlen=200)
         self.requeued = 0  # tiles sent again because their worker died or the lease ran out
         self.backups_sent = 0
+        self.last_done_at = float("-inf")  # when any tile was last done
+        self.quarantined = 0  # workers put in quarantine, repeats included
 
     # ------------------------------------------------------------------ workers
 
     def heard(self, wid: bytes, *, period: float | None = None,
-              free: int | None = None, held: int = 0) -> WorkerSlot:
+              free: int | None = None, held: int = 0, requests: int | None = None) -> WorkerSlot:
         """Any message from a worker. ``free`` (from a heartbeat: its idle infer requests)
         seeds the credit of a worker not seen before, e.g. one whose credit went to a
         ventilator that restarted: it only heartbeats to this one until it is given tiles.
-        ``held``: the tiles it held at that heartbeat (in flight or queued)."""
+        ``held``: the tiles it held at that heartbeat (in flight or queued). ``requests``
+        (a heartbeat's): what it can hold at most, which caps its credit."""
         now = self.clock()
         slot = self.workers.get(wid)
         if slot is None:
-            seed = max(0, free or 0)
+            seed = min(max(0, free or 0), MAX_WORKER_CREDIT)
             slot = self.workers[wid] = WorkerSlot(wid, now, credit=seed, seeded=seed,
                                                   held_at_seed=max(0, held))
         slot.last_heard = now
         if period:
-            slot.period = period
+            slot.period = min(period, MAX_PERIOD_S)  # a claimed day-long beat keeps no slot
+        if requests:
+            slot.requests = requests
+            slot.cap_credit()
         return slot
 
     def ready(self, wid: bytes, credit: int) -> None:
@@ -105,6 +155,7 @@ class Dispatcher:
             credit -= min(slot.seeded, max(0, credit - slot.held_at_seed - slot.assigned))
             slot.seeded = 0
         slot.credit += credit
+        slot.cap_credit()
 
     def bye(self, wid: bytes) -> None:
         slot = self.workers.pop(wid, None)
@@ -116,15 +167,21 @@ class Dispatcher:
         self.bye(wid)
 
     def pick_worker(self) -> bytes | None:
-        best = None
+        best, best_rank = None, None
+        now = self.clock()
         for slot in self.workers.values():
-            if slot.credit > 0 and (best is None or (slot.credit, -slot.assigned)
-                                    > (best.credit, -best.assigned)):
-                best = slot
+            if slot.quarantined_until > now:
+                continue
+            rank = (slot.available, -slot.assigned)
+            if rank[0] > 0 and (best_rank is None or rank > best_rank):
+                best, best_rank = slot, rank
         return None if best is None else best.wid
 
     def total_credit(self) -> int:
-        return sum(s.credit for s in self.workers.values())
+        """Tiles that may be sent now, all workers together."""
+        now = self.clock()
+        return sum(max(0, s.available) for s in self.workers.values()
+                   if s.quarantined_until <= now)
 
     # ------------------------------------------------------------------ tiles
 
@@ -133,6 +190,8 @@ class Dispatcher:
         slot = self.workers[wid]
         slot.credit -= 1
         slot.assigned += 1
+        if not slot.leases:
+            slot.progress_at = now  # it begins holding tiles: the hoarding clock starts
         slot.leases.add(key)
         lease = self.leases.get(key)
         if lease is None:
@@ -168,7 +227,15 @@ class Dispatcher:
         """The sink has the tile's result: release every copy of it."""
         lease = self._release(key)
         if lease is not None:
-            self.durations.append(self.clock() - lease.first_sent)
+            now = self.clock()
+            self.durations.append(now - lease.first_sent)
+            self.last_done_at = now
+            # Its holder did it; of several copies we cannot tell whose answer came, and a
+            # hoarder must not pass for busy by the backups others finished for it.
+            if len(lease.holders) == 1:
+                slot = self.workers.get(next(iter(lease.holders)))
+                if slot is not None:
+                    slot.progress_at = now
 
     def forget_image(self, image: str) -> None:
         """The image's record is written: nothing of it needs sending any more."""
@@ -203,7 +270,34 @@ class Dispatcher:
         for key, lease in list(self.leases.items()):
             if now - max(lease.holders.values()) > self.lease_s:
                 self._requeue(key)
+        self._quarantine_hoarders(now)
         return [s.wid for s in dead]
+
+    def hoard_s(self) -> float:
+        """How long a worker may hold tiles with none of them done (see the module doc)."""
+        return max(HOARD_MIN_S, HOARD_FACTOR * self.typical_tile_s())
+
+    def _quarantine_hoarders(self, now: float) -> None:
+        limit = self.hoard_s()
+        for slot in self.workers.values():
+            if (slot.leases and now - slot.progress_at > limit
+                    and self.last_done_at >= slot.progress_at):
+                self.quarantine(slot, now)
+
+    def quarantine(self, slot: WorkerSlot, now: float) -> None:
+        """Take a hoarding worker's tiles back and send it nothing for a while."""
+        seconds = QUARANTINE_S * 2 ** min(slot.quarantines, 6)
+        held = len(slot.leases)
+        slot.quarantines += 1
+        slot.quarantined_until = now + seconds
+        slot.credit = 0  # what it claimed is not believed; its next Readies count again
+        self._requeue_from(slot)
+        self.quarantined += 1
+        log.warning("worker %s (%s) held %d tiles for %.1f s with none done while others "
+                    "finished theirs: its tiles go to other workers, and it gets none for "
+                    "%.0f s (quarantine #%d)", slot.name or slot.wid.hex(),
+                    slot.address or "local", held, now - slot.progress_at, seconds,
+                    slot.quarantines)
 
     def typical_tile_s(self) -> float:
         return statistics.median(self.durations) if self.durations else 1.0

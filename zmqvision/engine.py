@@ -365,7 +365,8 @@ class Engine:
             return self._reread_cache[1]
         self.rereads += 1
         plan = entry.job.plan
-        loaded = load_path(entry.info.path, plan.settings.max_pixels, reduce=plan.reducer())
+        loaded = load_path(entry.info.path, plan.settings.max_pixels, reduce=plan.reducer(),
+                           max_bytes=plan.settings.max_file_bytes)
         if loaded.image is None or loaded.image.content_hash != entry.info.hash:
             what = "vanished" if loaded.image is None else "changed"
             log.error("%s %s during the job: its tiles cannot be sent again; the image "

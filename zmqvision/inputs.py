@@ -62,10 +62,12 @@ def load_bytes(data: bytes, path: str, max_pixels: int, lookup: Lookup | None = 
 
 
 def load_path(path: str, max_pixels: int, lookup: Lookup | None = None,
-              reduce: Reduce | None = None) -> Loaded:
-    """Read the file once, then ``load_bytes`` on the same bytes."""
+              reduce: Reduce | None = None, *,
+              max_bytes: int = io.DEFAULT_MAX_FILE_BYTES) -> Loaded:
+    """Read the file once, then ``load_bytes`` on the same bytes. A file over
+    ``max_bytes`` is not read: it gets a ``too_large`` error."""
     try:
-        data = io.read_file(path)
+        data = io.read_file(path, max_bytes=max_bytes)
     except io.ImageError as exc:
         return _failed(path, exc)
     except Exception as exc:  # noqa: BLE001 - an image must never take the job down
@@ -117,13 +119,14 @@ class ReadAhead:
 
     def __init__(self, paths: Iterable[str], pool: ThreadPoolExecutor, depth: int,
                  max_pixels: int, lookup: Lookup | None = None, reduce: Reduce | None = None,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None, *,
+                 max_bytes: int = io.DEFAULT_MAX_FILE_BYTES) -> None:
         self.paths = paths  # what it walks (an io.ImageWalk counts what it skipped)
         self._paths = iter(paths)
         self._pool = pool
         self._pending: deque[Future] = deque()
         self._depth, self._max_pixels, self._lookup = depth, max_pixels, lookup
-        self._reduce, self._on_ready = reduce, on_ready
+        self._reduce, self._on_ready, self._max_bytes = reduce, on_ready, max_bytes
         self.exhausted = False  # no path left to read and nothing pending
         self._fill()
 
@@ -134,7 +137,7 @@ class ReadAhead:
                 self.exhausted = not self._pending
                 return
             future = self._pool.submit(load_path, path, self._max_pixels, self._lookup,
-                                       self._reduce)
+                                       self._reduce, max_bytes=self._max_bytes)
             if self._on_ready is not None:
                 future.add_done_callback(lambda _f: self._on_ready())
             self._pending.append(future)

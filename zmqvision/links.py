@@ -73,11 +73,14 @@ class WorkerLink:
             elif isinstance(msg, protocol.Heartbeat):
                 free = max(0, msg.requests - msg.in_flight - msg.queue)
                 self.dispatch.heard(wid, period=msg.period, free=free,
-                                    held=msg.in_flight + msg.queue)
+                                    held=msg.in_flight + msg.queue, requests=msg.requests)
             else:
                 self.dispatch.bye(wid)
             slot = self.dispatch.workers.get(wid)
+            if slot is not None:
+                slot.name = msg.worker
             if slot is not None and slot.encoding is None:  # its first message
+                slot.address = peer_address(peer)
                 slot.encoding = (self.wire if self.wire != "auto" else
                                  "raw" if is_local_peer(peer, self.endpoint) else "jpeg")
                 log.info("worker %s (%s): tiles as %s", wid.decode(errors="replace"),

@@ -38,6 +38,8 @@ class JobSettings:
     merge: MergeConfig = field(default_factory=MergeConfig)
     score_threshold: float | None = None
     max_pixels: int = io.DEFAULT_MAX_PIXELS
+    # A file over this many bytes is not read: its record is a ``too_large`` error.
+    max_file_bytes: int = io.DEFAULT_MAX_FILE_BYTES
     # Decode a JPEG at 1/2, 1/4 or 1/8 when every tile of it shrinks at least that much.
     jpeg_draft: bool = True
 

@@ -296,7 +296,8 @@ class Pool:
             return load_bytes(bytes(image), request.name, max_pixels, job.lookup,
                               job.plan.reducer())
         if isinstance(image, str | os.PathLike):
-            loaded = load_path(os.fspath(image), max_pixels, job.lookup, job.plan.reducer())
+            loaded = load_path(os.fspath(image), max_pixels, job.lookup, job.plan.reducer(),
+                               max_bytes=job.plan.settings.max_file_bytes)
             loaded.path = request.name  # the record names it as the caller did
             return loaded
         return Loaded(request.name, None, {"type": "unsupported_format", "message":
@@ -377,7 +378,8 @@ class Pool:
         start = plan.job_start(config.job_id or "")
         return ReadAhead(config.input_paths(), self.decoder, config.read_ahead,
                          plan.settings.max_pixels, self.lookup(start, plan), plan.reducer(),
-                         on_ready=self.engine.wake.wake)
+                         on_ready=self.engine.wake.wake,
+                         max_bytes=plan.settings.max_file_bytes)
 
     def first_input_cached(self, config) -> bool:
         """Whether a file job's first input is in the result cache (``inputs``)."""

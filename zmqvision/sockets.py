@@ -8,6 +8,8 @@ are set on purpose; sockets close with ``linger`` set, in ``finally``.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import ipaddress
 import logging
 import os
@@ -205,6 +207,50 @@ def try_send(sock: zmq.Socket, frames: Sequence, *, copy: bool = True) -> bool:
         return False
 
 
+# The most frames any message has: type tag, header and up to three buffers (a Result's
+# boxes, scores and labels), with room for one more; a ROUTER adds the sender's frame.
+MAX_FRAMES = 6
+# What one message may hold beyond its socket's MAXMSGSIZE (which ZeroMQ checks per frame
+# only: 100 frames of 1 MiB each passed a 1 MiB limit): the header and the type tag.
+MESSAGE_OVERHEAD_BYTES = protocol.MAX_HEADER_BYTES + 4096
+# A dropped message this big hands its memory back to the OS at once (glibc keeps freed
+# blocks in its arenas otherwise: 100 frames of 1 MiB stayed as +100 MB of RSS).
+TRIM_AFTER_BYTES = 4 << 20
+
+
+def _libc_trim() -> Callable[[], None]:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        return lambda: None
+    trim.argtypes = [ctypes.c_size_t]
+    return lambda: trim(0)
+
+
+release_memory = _libc_trim()
+
+
+def message_limit(sock: zmq.Socket) -> int | None:
+    """The most bytes one whole message may have on ``sock``: its MAXMSGSIZE (per frame)
+    plus a header; None when the socket has no limit."""
+    limit = sock.getsockopt(zmq.MAXMSGSIZE)
+    return None if limit < 0 else limit + MESSAGE_OVERHEAD_BYTES
+
+
+def oversized(frames: Sequence[zmq.Frame], max_frames: int,
+              max_bytes: int | None) -> str | None:
+    """Why a received message is refused before decoding (too many frames, too many bytes
+    in all), or None."""
+    if len(frames) > max_frames:
+        return f"a message of {len(frames)} frames (at most {max_frames})"
+    if max_bytes is not None:
+        total = sum(len(f) for f in frames)
+        if total > max_bytes:
+            return f"a message of {total} bytes in all (at most {max_bytes})"
+    return None
+
+
 class BadMessages:
     """Counts and logs (rate-limited) messages that failed to parse: never fatal."""
 
@@ -232,12 +278,26 @@ def receive(
     ``routed``: a ROUTER socket, whose first frame names the sender (``peer``); otherwise
     ``peer`` is the message's first frame (its type tag), which still knows the connection
     it came from (``Peer-Address``). At most ``limit`` messages a call, so one busy socket
-    cannot starve the rest of a loop."""
+    cannot starve the rest of a loop.
+
+    A message of more than ``MAX_FRAMES`` frames, or of more bytes in all than the
+    socket's MAXMSGSIZE allows one frame (plus a header), is dropped before decoding,
+    and a big one's memory is handed back to the OS at once."""
+    max_frames = MAX_FRAMES + routed
+    max_bytes = message_limit(sock)
     for _ in range(limit):
         try:
             frames = sock.recv_multipart(flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return
+        why = oversized(frames, max_frames, max_bytes)
+        if why is not None:
+            big = sum(len(f) for f in frames) >= TRIM_AFTER_BYTES
+            del frames
+            bad(protocol.ProtocolError(f"dropped {why}"))
+            if big:
+                release_memory()
+            continue
         body = frames[1:] if routed else frames
         if routed and not body:
             bad(protocol.ProtocolError("a routed message without a body"))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import zmq
 
-from tests.conftest import EXAMPLES, free_port, wait_event
+from tests.conftest import EXAMPLES, ipc, wait_event
 from tests.slow_worker import hold
 from zmqvision import protocol as P
 from zmqvision.boxes import Detections
@@ -41,13 +41,13 @@ def small_job(tmp_path_factory):
 class Cluster:
     def __init__(self, procs, tmp_path):
         self.procs = procs
-        self.tiles, self.results, self.events = (f"tcp://127.0.0.1:{free_port()}"
-                                                 for _ in range(3))
+        self.tiles = ipc(tmp_path, "tiles")
+        self.results = self.events = None  # what the sink announces it bound
         self.out = tmp_path / "out.jsonl"
 
     def sink(self):
-        return self.procs.start("sink", "--out", str(self.out), "--bind-results", self.results,
-                                "--bind-events", self.events, name="sink")
+        sink, self.results, self.events = self.procs.sink(self.out)
+        return sink
 
     def worker(self, hold_ms: float):
         return self.procs.start("worker", "--model", MODEL, "--tiles", self.tiles,

@@ -18,6 +18,13 @@ a counted bad message and changes nothing, so a process that can reach the resul
 and read the events cannot end, shorten, alter or stall another's job. A JobEnd must also
 count exactly the images announced and not withdrawn. Results carry no secret (workers
 never learn it): docs/reliability.md says what a forged result can do without CURVE.
+
+What a stranger can make the sink hold is bounded in bytes (``sink.held``): results for
+jobs or images not announced (orphans and early results) share ``MAX_HELD_RESULT_BYTES``,
+oldest dropped first (never acked, so a real tile comes again); jobs announced that have
+had no image, JobEnd or Withdraw yet share ``MAX_UNSTARTED_JOB_BYTES`` (oldest forgotten
+first) and are forgotten after ``UNSTARTED_JOB_S`` (300 s) in any case; benchmarks/attacks.py
+measures the bounds.
 """
 
 from __future__ import annotations
@@ -33,6 +40,7 @@ from zmqvision.sink.acks import AckBatcher
 from zmqvision.sink.config import SinkConfig
 from zmqvision.sink.events import Events
 from zmqvision.sink.forgotten import PUBLISHED, WITHDRAWN, Forgotten
+from zmqvision.sink.held import Budget, job_bytes, result_bytes
 from zmqvision.sink.jobs import ImageState, JobState
 from zmqvision.sink.journal import Journal
 from zmqvision.sink.output import RecordOutput
@@ -42,6 +50,9 @@ from zmqvision.sink.saves import ResultSaver
 log = logging.getLogger("zmqvision.sink")
 
 MAX_ORPHAN_RESULTS = 10_000  # results for jobs not (yet) announced, all jobs together
+MAX_HELD_RESULT_BYTES = 16 << 20  # orphan and early results, all jobs together
+MAX_UNSTARTED_JOB_BYTES = 16 << 20  # jobs with no image, JobEnd or Withdraw yet
+UNSTARTED_JOB_S = 300.0  # such a job is forgotten after this long
 
 # What the sink's PULL socket takes; anything else is a bad message.
 SINK_EXPECTS = (
@@ -82,6 +93,11 @@ class Sink:
         self.bad = sockets.BadMessages("sink")
         self.jobs: dict[str, JobState] = {}
         self.orphans: OrderedDict[str, list[protocol.Result]] = OrderedDict()
+        self.orphan_count = 0
+        self.held = Budget(MAX_HELD_RESULT_BYTES)  # orphan and early results' bytes
+        # Jobs announced, not started: id → (when, bytes), oldest first.
+        self.unstarted: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self.unstarted_bytes = Budget(MAX_UNSTARTED_JOB_BYTES)
         self.forgotten = Forgotten()
         self.roster = Roster()
         self.events = Events(publish, sink_id, config.progress_s)
@@ -100,6 +116,7 @@ class Sink:
     def tick(self) -> None:
         """Every status period: the sink's status, the roster, every job's progress, the
         finished jobs again, and cache saves held while the store was down."""
+        self.expire_unstarted()
         self.events.status(jobs_active=len(self.jobs), bad_messages=self.bad.count)
         self.publish(protocol.encode(self.roster.snapshot(self.sink_id)))
         self.publish_progress(force=True)
@@ -178,7 +195,7 @@ class Sink:
         if self.events.is_finished(msg.job):
             return
         try:
-            job = JobState(msg, self.journal.counts.get(msg.job))
+            job = JobState(msg, self.journal.counts.get(msg.job), held=self.held)
         except protocol.ProtocolError as exc:  # records delivered in no way we know
             self.bad(exc)
             return
@@ -186,15 +203,44 @@ class Sink:
             self.bad(protocol.ProtocolError(f"job {msg.job}: bad merge settings: {exc}"))
             return
         self.jobs[msg.job] = job
+        if not job.images_seen:  # a restarted sink's job with records has started
+            size = job_bytes(msg)
+            self.unstarted[msg.job] = (time.monotonic(), size)
+            self.unstarted_bytes.add(size)
+            while self.unstarted_bytes.over and len(self.unstarted) > 1:
+                self._forget_unstarted(next(iter(self.unstarted)), "over the byte budget")
         log.info("job %s: model %s from %s, records %s", msg.job, job.model, msg.host,
                  job.delivery)
-        for result in self.orphans.pop(msg.job, []):
+        for result in self._take_orphans(msg.job):
             self._on_result(result)
+
+    def _started(self, job: str) -> None:
+        entry = self.unstarted.pop(job, None)
+        if entry is not None:
+            self.unstarted_bytes.remove(entry[1])
+
+    def _forget_unstarted(self, job_id: str, why: str) -> None:
+        self._started(job_id)
+        job = self.jobs.pop(job_id, None)
+        if job is not None:
+            job.drop_all_early()
+            self.bad(protocol.ProtocolError(f"job {job_id} forgotten: no image, end or "
+                                            f"withdrawal came for it ({why})"))
+
+    def expire_unstarted(self) -> None:
+        """Forget jobs that have had no image, JobEnd or Withdraw for UNSTARTED_JOB_S."""
+        now = time.monotonic()
+        while self.unstarted:
+            job_id, (since, _) = next(iter(self.unstarted.items()))
+            if now - since <= UNSTARTED_JOB_S:
+                return
+            self._forget_unstarted(job_id, f"for {UNSTARTED_JOB_S:.0f} s")
 
     def _on_image(self, msg: protocol.ImageInfo) -> None:
         job = self._job(msg, "image")
         if job is None:
             return
+        self._started(job.id)
         if msg.image in job.images:
             return
         if self._written(job, msg.image):
@@ -214,6 +260,7 @@ class Sink:
         job = self._job(msg, "end")
         if job is None:
             return
+        self._started(job.id)
         try:
             job.end(msg)
         except protocol.ProtocolError as exc:
@@ -228,6 +275,7 @@ class Sink:
         job = self._job(msg, "withdraw")
         if job is None:
             return
+        self._started(job.id)
         for image in msg.images:
             if self._written(job, image):
                 continue  # its record is in the journal: nothing to take back
@@ -257,15 +305,41 @@ class Sink:
         if dropped is not None:  # never acked: those tiles come again
             self.bad(protocol.ProtocolError(
                 f"{dropped[1]} results for image {dropped[0]}, never announced"))
+        self._shed_held()
 
     def _hold_orphan(self, msg: protocol.Result) -> None:
         """A result for a job not announced yet (or never): kept, bounded, until it is."""
         if self.events.is_finished(msg.job):
             return  # a late duplicate of a finished job
         self.orphans.setdefault(msg.job, []).append(msg)
-        if sum(len(v) for v in self.orphans.values()) > MAX_ORPHAN_RESULTS:
-            job_id, dropped = self.orphans.popitem(last=False)
+        self.orphan_count += 1
+        self.held.add(result_bytes(msg))
+        while self.orphans and (self.orphan_count > MAX_ORPHAN_RESULTS or self.held.over):
+            job_id = next(iter(self.orphans))
+            dropped = self._take_orphans(job_id)
             self.bad(protocol.ProtocolError(f"{len(dropped)} results for unknown job {job_id}"))
+        self._shed_held()
+
+    def _take_orphans(self, job_id: str) -> list[protocol.Result]:
+        results = self.orphans.pop(job_id, [])
+        self.orphan_count -= len(results)
+        self.held.remove(sum(result_bytes(r) for r in results))
+        return results
+
+    def _shed_held(self) -> None:
+        """Over the held-results budget: orphans go first (oldest job first), then the
+        oldest early results of the job that holds the most (only under a flood)."""
+        while self.held.over and self.orphans:
+            job_id = next(iter(self.orphans))
+            dropped = self._take_orphans(job_id)
+            self.bad(protocol.ProtocolError(f"{len(dropped)} results for unknown job {job_id}"))
+        while self.held.over:
+            job = max(self.jobs.values(), key=lambda j: j.early_bytes, default=None)
+            dropped = job.drop_oldest_early() if job is not None else None
+            if dropped is None:
+                return
+            self.bad(protocol.ProtocolError(
+                f"{dropped[1]} results for image {dropped[0]}, never announced"))
 
     def _add_part(self, job: JobState, img: ImageState, msg: protocol.Result) -> None:
         try:
@@ -313,6 +387,8 @@ class Sink:
                                      job.images_failed),
         )
         self.events.job_done(job, done)
+        job.drop_all_early()
+        self._started(job.id)
         del self.jobs[job.id]
         self.jobs_done += 1
         log.info(

@@ -1,7 +1,7 @@
 """What the sink tells subscribers besides acks and records: progress snapshots of every
 job (full, not deltas, so late subscribers catch up), its own status, and each JobDone,
 re-published for a minute so a subscriber that joined late (or missed it) still learns
-that its job finished."""
+that its job finished (``MAX_FINISHED`` jobs at most: forged jobs can finish too)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from zmqvision import protocol
 from zmqvision.sink.jobs import JobState
 
 DONE_JOB_REPUBLISH_S = 60.0
+MAX_FINISHED = 1024
 
 
 class Events:
@@ -38,6 +39,8 @@ class Events:
         self.publish(protocol.encode(job.progress()))
         self.publish(protocol.encode(done))
         self.finished[done.job] = (time.monotonic(), done)
+        while len(self.finished) > MAX_FINISHED:
+            self.finished.popitem(last=False)
 
     def is_finished(self, job: str) -> bool:
         return job in self.finished

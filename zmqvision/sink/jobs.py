@@ -18,6 +18,7 @@ from zmqvision import protocol
 from zmqvision.boxes import Detections
 from zmqvision.cache import job_fingerprint
 from zmqvision.merge import MergeConfig, merge
+from zmqvision.sink.held import Budget, result_bytes
 
 MAX_EARLY_RESULTS = 10_000  # per job: results waiting for their image's announcement
 RECENT_FAILURES = 10  # failed images a progress snapshot names
@@ -56,8 +57,10 @@ class ImageState:
 class JobState:
     """One job's merge state and counters; the source of its Progress snapshots."""
 
-    def __init__(self, start: protocol.JobStart, journal: JournalCounts | None = None) -> None:
+    def __init__(self, start: protocol.JobStart, journal: JournalCounts | None = None,
+                 held: Budget | None = None) -> None:
         """``journal``: what the results file already holds of this job (a restart).
+        ``held``: the sink's budget for held results, which early results count in.
         ProtocolError for an unknown record delivery; TypeError or ValueError for bad
         merge settings."""
         self.start = start
@@ -74,6 +77,8 @@ class JobState:
         self.images: dict[str, ImageState] = {}
         self.early: dict[str, list[protocol.Result]] = {}
         self.early_count = 0
+        self.early_bytes = 0
+        self.held = held if held is not None else Budget(limit=1 << 62)
         if journal is None or not self.writes:  # nothing of a publish-only job is journaled
             journal = JournalCounts()
         self.images_seen = journal.done  # restarted: the records already written count
@@ -130,17 +135,32 @@ class JobState:
         and how many were dropped."""
         self.early.setdefault(result.image, []).append(result)
         self.early_count += 1
-        if self.early_count <= MAX_EARLY_RESULTS:
+        size = result_bytes(result)
+        self.early_bytes += size
+        self.held.add(size)
+        if self.early_count <= MAX_EARLY_RESULTS and not self.held.over:
             return None
-        image, dropped = next(iter(self.early.items()))
-        del self.early[image]
-        self.early_count -= len(dropped)
-        return image, len(dropped)
+        return self.drop_oldest_early()
+
+    def drop_oldest_early(self) -> tuple[str, int] | None:
+        """The oldest early image's results go (never acked: their tiles come again);
+        returns that image and how many results were dropped."""
+        if not self.early:
+            return None
+        image = next(iter(self.early))
+        return image, len(self.take_early(image))
 
     def take_early(self, image: str) -> list[protocol.Result]:
         early = self.early.pop(image, [])
         self.early_count -= len(early)
+        size = sum(result_bytes(r) for r in early)
+        self.early_bytes -= size
+        self.held.remove(size)
         return early
+
+    def drop_all_early(self) -> int:
+        """The job is gone: what it held goes with it. Returns how many results."""
+        return sum(len(self.take_early(image)) for image in list(self.early))
 
     def add_part(self, img: ImageState, msg: protocol.Result) -> bool:
         """Merge one tile's result into its image; False for a tile already merged (a

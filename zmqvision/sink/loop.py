@@ -1,4 +1,12 @@
-"""``run_sink``: the sink's sockets and its loop; everything else is in ``Sink``."""
+"""``run_sink``: the sink's sockets and its loop; everything else is in ``Sink``.
+
+The events socket is an XPUB in manual mode: a subscription is an incoming message like
+any other, and ZeroMQ's PUB stores each one in a trie of about 100 bytes per byte of
+topic (a 10 MB subscription cost a PUB 1.1 GB, never released). So subscriptions are
+at most ``MAX_SUBSCRIPTION_BYTES`` (MAXMSGSIZE: a bigger one drops its connection) and
+only prefixes of our message types are taken into the trie (``protocol.MsgType`` tags, the empty
+prefix included); any other topic is counted as a bad message and ignored.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,7 @@ from collections.abc import Callable
 
 import zmq
 
-from zmqvision import security, sockets
+from zmqvision import protocol, security, sockets
 from zmqvision.cache import open_cache
 from zmqvision.sink.config import SinkConfig
 from zmqvision.sink.core import SINK_EXPECTS, Sink
@@ -25,6 +33,17 @@ log = logging.getLogger("zmqvision.sink")
 # dropped under normal load; only a subscriber that stops reading for that long loses any.
 PUB_SNDHWM = 100_000
 POLL_MS = 50
+# What the results port takes: every frame of every message for it is at most a header
+# (1 MiB) or detection arrays (10,000 boxes: 320 KiB), and ZeroMQ queues messages by
+# count, not bytes, so the queue is kept short (the sink drains it at once; senders wait
+# on their own side): 1,000 messages of at most 2 MiB per connection.
+PULL_MAX_FRAME = protocol.MAX_HEADER_BYTES
+PULL_RCVHWM = 1000
+# Every frame the events socket receives: subscriptions (1 byte on/off and the topic) and
+# the CURVE handshake's commands, which pass through the same limit (INITIATE is about
+# 300 bytes with its metadata: 256 refused every CURVE subscriber).
+MAX_SUBSCRIPTION_BYTES = 4096
+_TOPICS = tuple(t.tag for t in protocol.MsgType)
 
 
 def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None,
@@ -44,8 +63,10 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None,
                       config.curve, config.insecure)
     own_ctx = ctx is None
     ctx = ctx if ctx is not None else zmq.Context()
-    pull = sockets.make_socket(ctx, zmq.PULL, rcvhwm=10_000, maxmsgsize=16 << 20)
-    pub = sockets.make_socket(ctx, zmq.PUB, sndhwm=PUB_SNDHWM)
+    pull = sockets.make_socket(ctx, zmq.PULL, rcvhwm=PULL_RCVHWM, maxmsgsize=PULL_MAX_FRAME)
+    pub = sockets.make_socket(ctx, zmq.XPUB, sndhwm=PUB_SNDHWM,
+                              maxmsgsize=MAX_SUBSCRIPTION_BYTES)
+    pub.setsockopt(zmq.XPUB_MANUAL, 1)
     sink_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
 
     def publish(frames) -> None:
@@ -74,7 +95,7 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None,
                  events_ep, config.out)
         if on_ready is not None:
             on_ready({"results": results_ep, "events": events_ep})
-        _serve(sink, pull, wake, stop, config)
+        _serve(sink, pull, pub, wake, stop, config)
         return 0
     finally:
         if sink is not None:
@@ -91,18 +112,53 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None,
             wake.close()
 
 
-def _serve(sink: Sink, pull: zmq.Socket, wake: sockets.WakePipe, stop: sockets.StopFlag,
-           config: SinkConfig) -> None:
+def is_topic(topic: bytes) -> bool:
+    """Whether a subscription is one the sink serves: a prefix of a message type's tag."""
+    return any(tag.startswith(topic) for tag in _TOPICS)
+
+
+def take_subscriptions(pub: zmq.Socket, bad: sockets.BadMessages, limit: int = 1000) -> None:
+    """Apply the (un)subscriptions waiting on the manual XPUB: each applies to the
+    subscriber it came from, so it is set right after it is received."""
+    for _ in range(limit):
+        try:
+            msg = pub.recv(flags=zmq.NOBLOCK, copy=True)
+        except zmq.Again:
+            return
+        if not msg or msg[0] not in (0, 1):
+            bad(protocol.ProtocolError(f"not a subscription on the events socket "
+                                       f"({len(msg)} bytes)"))
+            continue
+        topic = msg[1:]
+        if not is_topic(topic):
+            bad(protocol.ProtocolError(f"a subscription to {topic[:32]!r}, not a message "
+                                       "type: ignored"))
+            continue
+        pub.setsockopt(zmq.SUBSCRIBE if msg[0] else zmq.UNSUBSCRIBE, topic)
+
+
+def _serve(sink: Sink, pull: zmq.Socket, pub: zmq.Socket, wake: sockets.WakePipe,
+           stop: sockets.StopFlag, config: SinkConfig) -> None:
     poller = zmq.Poller()
     poller.register(pull, zmq.POLLIN)
+    poller.register(pub, zmq.POLLIN)
     poller.register(wake.r, zmq.POLLIN)
     next_status = 0.0
+    bad_seen = 0
     while not stop.is_set():
         now = time.monotonic()
         if now >= next_status:
             sink.tick()
             next_status = now + config.status_s
-        if pull in dict(poller.poll(POLL_MS)):
+            if sink.bad.count != bad_seen:
+                # A flood of bad messages came through ZeroMQ's queues and was dropped:
+                # hand the freed memory back (glibc keeps it in its arenas otherwise).
+                bad_seen = sink.bad.count
+                sockets.release_memory()
+        events = dict(poller.poll(POLL_MS))
+        if pub in events:
+            take_subscriptions(pub, sink.bad)
+        if pull in events:
             for peer, msg in sockets.receive(pull, sink.bad, SINK_EXPECTS):
                 # Under CURVE every message carries its key's roles (ZAP user id).
                 sink.on_message(msg, security.peer_roles(peer) if config.curve else None)
