@@ -94,8 +94,9 @@ def one_job(net: Network, folder: Path, model: str, wire: str, workers: list, si
     busy0, total0 = _machine_busy()
     wcpu0 = sum(cpu_seconds(w.pid) or 0.0 for w in workers)
     scpu0 = cpu_seconds(sink.pid) or 0.0
+    exposed = ("--bind", "tcp://*:5557", *(() if "--curve" in extra else ("--insecure",)))
     p = net.start(home, "ventilate", str(folder), "--model", model, "--wire", wire,
-                  "--no-progress", *extra, name=f"ventilate-{wire}")
+                  "--no-progress", *exposed, *extra, name=f"ventilate-{wire}")
     vcpu = 0.0
     while p.poll() is None:  # sample: /proc/PID/stat is gone once it has exited
         vcpu = cpu_seconds(p.pid) or vcpu
@@ -158,8 +159,11 @@ def measure(net: Network, folder: Path, tmp: Path, model: str, counts: list[int]
         return ("--curve", str(curve[i])) if curve else ()
 
     label = "curve" if curve else "plain"
+    # Bound where the other (simulated) hosts reach them: CURVE, or plain text asked for.
+    exposed = ("--bind-results", "tcp://*:5558", "--bind-events", "tcp://*:5559",
+               *(() if curve else ("--insecure",)))
     sink = net.start(home, "sink", "--out", str(tmp / f"out-{label}.jsonl"), "--overwrite",
-                     *secured(0), name="sink")
+                     *exposed, *secured(0), name="sink")
     workers: list = []
     rows = []
     try:
