@@ -185,9 +185,10 @@ def test_a_ventilator_takes_no_job_done_without_its_jobs_proof(small_job, tmp_pa
     c = Cluster(procs, tmp_path)
     ctx = zmq.Context()
     pull, pub = ctx.socket(zmq.PULL), ctx.socket(zmq.PUB)
-    for s, ep in ((pull, c.results), (pub, c.events)):
+    for s in (pull, pub):
         s.linger = 0
-        s.bind(ep)
+        s.bind("tcp://127.0.0.1:0")
+    c.results, c.events = (s.getsockopt_string(zmq.LAST_ENDPOINT) for s in (pull, pub))
     try:
         vent = c.ventilate(small_job)
         start = None
