@@ -38,6 +38,7 @@ import contextlib
 import hashlib
 import logging
 import shutil
+import struct
 import threading
 import time
 from dataclasses import dataclass
@@ -327,33 +328,35 @@ class HandshakeLog:
         for sock, addr in zip(socks, self.addrs, strict=True):
             sock.monitor(addr, events)
         self.ctx = ctx
+        # The monitors' PAIR peers are connected here, before anyone can close: libzmq
+        # sends MONITOR_STOPPED to the PAIR when a monitor is turned off, and blocks (with
+        # the GIL held) while that PAIR has no peer, so a thread still starting would never
+        # get to connect (seen: `run` hung at exit). The thread only reads them.
+        self._pairs = []
+        for addr in self.addrs:
+            pair = ctx.socket(zmq.PAIR)
+            pair.linger = 0
+            pair.connect(addr)
+            self._pairs.append(pair)
         self.seen: dict[tuple[str, int], tuple[float, int]] = {}  # → (logged at, since)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="zv-handshake", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        from zmq.utils.monitor import recv_monitor_message
-
-        pairs = []
         try:
-            for addr in self.addrs:
-                pair = self.ctx.socket(zmq.PAIR)
-                pair.linger = 0
-                pair.connect(addr)
-                pairs.append(pair)
             poller = zmq.Poller()
-            for pair in pairs:
+            for pair in self._pairs:
                 poller.register(pair, zmq.POLLIN)
             while not self._stop.is_set():
                 for pair, _ in poller.poll(200):
                     try:
-                        event = recv_monitor_message(pair, flags=zmq.NOBLOCK)
+                        event = monitor_event(pair.recv_multipart(flags=zmq.NOBLOCK))
                     except (zmq.Again, ValueError):
                         continue
                     self.note(event)
         finally:
-            for pair in pairs:
+            for pair in self._pairs:
                 pair.close(linger=0)
 
     def note(self, event: dict, now: float | None = None) -> None:
@@ -385,6 +388,16 @@ class HandshakeLog:
             with contextlib.suppress(zmq.ZMQError):
                 sock.disable_monitor()
         self._thread.join(5)
+
+
+def monitor_event(frames: list[bytes]) -> dict:
+    """A libzmq monitor message (frame 0: event id u16 and value u32, little-endian; frame
+    1: the endpoint), read here rather than with ``zmq.utils.monitor``, which imports
+    ``zmq.asyncio`` and with it asyncio (20 ms of every role's start-up)."""
+    if len(frames) != 2 or len(frames[0]) != 6:
+        raise ValueError("not a monitor message")
+    event, value = struct.unpack("<HI", frames[0])
+    return {"event": event, "value": value, "endpoint": frames[1]}
 
 
 def handshake_message(event: dict, side: str = "curve client") -> str:
