@@ -223,7 +223,11 @@ def _job_options(f):
         click.option("--min-size", type=click.FloatRange(0, min_open=True), default=None,
                      help="Smallest objects you care about, in image pixels: the cut is "
                           "chosen so they reach the size the model finds reliably "
-                          "(instead of --tile). The plan and its cost are printed."),
+                          "(instead of --tile). Promise: objects of this size up to twice "
+                          "it found with recall >= 0.9, as measured in real photos "
+                          "(docs/tiling.md), from 24 px with centerface and 16 px with "
+                          "blazeface-short; below, the plan says so. The plan and its cost "
+                          "are printed."),
         click.option("--scales", type=ScalesType(), default=None,
                      help="Several cut sizes in one job, merged together, e.g. "
                           "native,full or 640,256 ('native': the model input size, "
