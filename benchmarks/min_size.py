@@ -35,6 +35,7 @@ is on a hold-out (``--seed 4000``, the default) that played no part in choosing.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import io
 import os
@@ -61,6 +62,7 @@ BORDER_SHARE = 1 / 3  # faces snapped across a cut border
 IOU = 0.3
 
 
+@functools.cache
 def _example(name: str):
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
@@ -299,7 +301,7 @@ class Tally:
         if promise is None:
             return None
         return all(self.recall(i) >= bar for i, (lo, _) in enumerate(BUCKETS)
-                   if promise <= lo < 2 * promise)
+                   if promise <= lo < 2 * promise and self.faces[i])
 
 
 def bucket_of(width: float) -> int | None:
