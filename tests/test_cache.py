@@ -304,7 +304,7 @@ def test_cache_commands(tmp_path):
     r = CliRunner()
     out = r.invoke(cli, ["cache", "--cache", url, "stats", "--json"])
     assert out.exit_code == 0 and '"entries": 2' in out.output
-    out = r.invoke(cli, ["cache", "--cache", url, "prune", "--older-than", "30d"])
+    out = r.invoke(cli, ["cache", "--cache", url, "prune", "--older-than", "30d", "--yes"])
     assert out.exit_code == 0 and "1 entries" in out.output
     out = r.invoke(cli, ["cache", "--cache", url, "clear"])
     assert out.exit_code == 0 and "1 entries deleted" in out.output

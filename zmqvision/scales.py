@@ -1,11 +1,19 @@
 """Which cuts a job makes: tile sizes from ``--tile``, ``--scales`` and ``--min-size``.
 
-A detector finds an object reliably only from a certain size in its own input (measured
-per model by ``benchmarks/reliable_size.py`` and kept as ``ModelSpec.reliable_size``).
-Cutting alone cannot get a 16 px face there when the cut is fed at native scale; a smaller
-cut enlarged to the model's input can. So the user names the smallest object they care
-about and this module works out the cut: ``cut = input × min_size / reliable_size``,
-rounded down so the object lands at or above the reliable size, never below.
+A detector finds an object reliably only from a certain size in its own input (kept per
+model as ``ModelSpec.reliable_size``). Cutting alone cannot get a 16 px face there when
+the cut is fed at native scale; a smaller cut enlarged to the model's input can. So the
+user names the smallest object they care about and this module works out the cut:
+``cut = input × min_size / reliable_size``, rounded down so the object lands at or above
+the reliable size, never below.
+
+The promise: objects from ``min_size`` to twice it are found with recall ≥ 0.9. The
+reliable sizes are measured where it has to hold (``benchmarks/min_size.py``): real faces
+in real photos, across cut borders, JPEG-encoded and enlarged by the pipeline itself.
+They are far above what a clean canvas the size of the model input suggests (CenterFace:
+56 px against 24), because an enlarged small face is a blurred one. Below
+``PROMISED_FROM`` no enlargement measured reaches 0.9 (the reliable size then gives the
+best recall measured, not the promise); the plan says so.
 
 A job's tiling is a tuple of *scales*, each a cut size ``(w, h)`` in source pixels or
 ``None`` for the whole image shrunk to the input (the foundation's full-image pass is
@@ -30,6 +38,9 @@ COSTLY = 10.0
 # Smallest cut the planner proposes: below it, the enlargement outgrows what bilinear
 # resizing can give a detector (and tile counts explode).
 MIN_CUT = 32
+# The smallest --min-size (image px) whose promise was measured to hold, per model: below
+# it, no enlargement measured found ≥ 90 % (docs/tiling.md, benchmarks/min_size.py).
+PROMISED_FROM = {"centerface": 24, "blazeface-short": 16}
 
 
 class PlanError(ValueError):
@@ -195,6 +206,11 @@ def describe(
         f = min(in_w / cut[0], in_h / cut[1])
         text += (f" (objects of {min_size:g} px become {min_size * f:.0f} px; {spec.name} "
                  f"finds them reliably from {spec.reliable_size} px)")
+        floor = PROMISED_FROM.get(spec.name)
+        if floor is not None and min_size < floor:
+            text += (f"\n  note: objects under {floor} px are found less reliably: with "
+                     f"{spec.name} no enlargement measured reached 90 % recall there "
+                     f"(docs/tiling.md)")
     if summary is not None:
         what = f"{name} ({summary.width}x{summary.height})" if name else (
             f"a {summary.width}x{summary.height} image")

@@ -4,7 +4,7 @@ are each found once.
 
 The images are built from real photos (the astronaut's face over face-free photos, see
 examples/make_mosaic.py) with faces of 14-36 px: smaller than the example mosaic's, and
-below CenterFace's reliable size at native scale (24 px, benchmarks/reliable_size.py).
+below what CenterFace finds reliably at native scale (docs/tiling.md).
 """
 
 from __future__ import annotations
@@ -44,12 +44,12 @@ def test_min_size_finds_tiny_faces_that_native_tiles_miss(tiny_faces, tmp_path, 
                         "tcp://127.0.0.1:0"], capture_output=True, text=True, timeout=240)
     assert p.returncode == 0, p.stdout + p.stderr
     # The plan is printed before the job: cut, enlargement, tiles and cost.
-    assert "426x426 px cuts enlarged x1.50 to 640x640" in p.stderr, p.stderr
-    assert "30 tiles, 2.5x the inference of the default tiling (12 tiles)" in p.stderr
+    assert "182x182 px cuts enlarged x3.52 to 640x640" in p.stderr, p.stderr
+    assert "154 tiles, 12.8x the inference of the default tiling (12 tiles)" in p.stderr
     (rec,) = [json.loads(line) for line in out.read_text().splitlines()]
-    assert rec["tiles"] == 30
+    assert rec["tiles"] == 154
     tiling = rec["settings"]["tiling"]
-    assert tiling["scales"] == [[426, 426]] and tiling["min_size"] == 16
+    assert tiling["scales"] == [[182, 182]] and tiling["min_size"] == 16
     assert tiling["input_size"] == [640, 640]
     planned = SCORE([d["box"] for d in rec["detections"]], faces)
     assert planned["recall"] >= 0.9, planned
@@ -73,7 +73,7 @@ def test_multi_scale_finds_large_and_tiny_faces_once_each(tmp_path, models_ready
 
     rec = detect([str(path)], model="centerface", min_size=16, scales=("full",))[0]
     assert rec["error"] is None
-    assert rec["settings"]["tiling"]["scales"] == ["full", [426, 426]]
+    assert rec["settings"]["tiling"]["scales"] == ["full", [182, 182]]
     boxes = [d["box"] for d in rec["detections"]]
     for group in (large, tiny):
         s = SCORE(boxes, group)
@@ -99,7 +99,7 @@ def test_plans_that_cannot_work_are_usage_errors(args, message, photos):
 
 
 def test_a_costly_plan_is_announced_with_a_warning(tiny_faces, tmp_path):
-    """--min-size 3: 80 px cuts enlarged 8x, dozens of times the default's inference. No
+    """--min-size 3: 34 px cuts enlarged 18.8x, hundreds of times the default's inference. No
     sink runs, so the job gives up after --timeout, once the warning is out."""
     path, _ = tiny_faces
     spec = resolve("centerface")
@@ -110,5 +110,5 @@ def test_a_costly_plan_is_announced_with_a_warning(tiny_faces, tmp_path):
              "--sink-results", ipc(tmp_path, "nobody-results"),
              "--sink-events", ipc(tmp_path, "nobody-events"), "--no-progress")
     assert p.returncode == 3, p.stdout + p.stderr
-    assert "80x80 px cuts enlarged x8.00" in p.stderr
+    assert "34x34 px cuts enlarged x18.82" in p.stderr
     assert f"warning: this tiling costs {cost:.0f}x the default's inference" in p.stderr

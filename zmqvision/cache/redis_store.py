@@ -31,6 +31,26 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+class _Tally:
+    """Count, bytes and the date range of the entries seen so far."""
+
+    def __init__(self) -> None:
+        self.entries = self.bytes = 0
+        self.oldest: float | None = None
+        self.newest: float | None = None
+
+    def add(self, size: int, created: float | None) -> None:
+        self.entries += 1
+        self.bytes += size
+        if created is not None:
+            self.oldest = created if self.oldest is None else min(self.oldest, created)
+            self.newest = created if self.newest is None else max(self.newest, created)
+
+    def as_dict(self) -> dict:
+        return {"entries": self.entries, "bytes": self.bytes, "oldest": self.oldest,
+                "newest": self.newest}
+
+
 class RedisStore:
     """Bytes in, bytes out, under one key prefix; ``cluster`` picks RedisCluster."""
 
@@ -90,21 +110,23 @@ class RedisStore:
             getattr(pipe, command)(k)
         return pipe.execute()
 
-    def stats(self) -> dict:
-        n = size = 0
-        oldest = newest = None
+    def stats(self, before: float | None = None) -> dict:
+        """Entries, their bytes and dates, in one scan; with ``before``, also
+        ``prunable``: the same figures for the entries ``prune(before)`` would delete
+        (those that do not parse among them, without a date)."""
+        total, old = _Tally(), _Tally()
         for batch in self._batches():
             for value in self._each("get", batch):
                 if value is None:
                     continue
-                n += 1
-                size += len(value)
                 t = created_of(value)
-                if t is not None:
-                    oldest = t if oldest is None else min(oldest, t)
-                    newest = t if newest is None else max(newest, t)
-        return {"store": self.url, "entries": n, "bytes": size, "oldest": oldest,
-                "newest": newest}
+                total.add(len(value), t)
+                if before is not None and (t or 0.0) < before:
+                    old.add(len(value), t)
+        out = {"store": self.url, **total.as_dict()}
+        if before is not None:
+            out["prunable"] = old.as_dict()
+        return out
 
     def clear(self) -> int:
         n = 0

