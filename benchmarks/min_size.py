@@ -154,25 +154,6 @@ def background_photos() -> list[Image.Image]:
     return [Image.open(folder / name).convert("RGB") for name in BACKGROUNDS]
 
 
-def _background(width: int, height: int, rng: np.random.Generator,
-                photos: list[Image.Image]) -> Image.Image:
-    canvas = Image.new("RGB", (width, height))
-    y = 0
-    while y < height:
-        row_h = int(rng.integers(300, 900))
-        x = 0
-        while x < width:
-            photo = photos[int(rng.integers(len(photos)))]
-            w = round(photo.width * row_h / photo.height)
-            tile = photo.resize((w, row_h), Image.Resampling.BICUBIC)
-            if rng.random() < 0.5:
-                tile = tile.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-            canvas.paste(tile, (x, y))
-            x += w
-        y += row_h
-    return canvas.filter(ImageFilter.GaussianBlur(0.8))
-
-
 def _mask(size: tuple[int, int], feather: float) -> Image.Image:
     w, h = size
     mask = Image.new("L", (w, h), 0)
@@ -204,7 +185,8 @@ def plant(width: int, height: int, n_faces: int, seed: int,
     the same background, faces and sizes whatever the borders.
     """
     rng = np.random.default_rng(seed)
-    canvas = _background(width, height, rng, photos)
+    canvas = _example("make_mosaic").tile_canvas(width, height, rng, photos,
+                                                 row_height=(300, 900), blur=0.8)
     cols = max(1, round(np.sqrt(n_faces * width / height)))
     rows = int(np.ceil(n_faces / cols))
     cell_w, cell_h = width // cols, height // rows

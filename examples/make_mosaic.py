@@ -49,13 +49,16 @@ def _face_patch() -> tuple[Image.Image, tuple[float, float, float, float]]:
     return patch, (x1 - left, y1 - top, x2 - left, y2 - top)
 
 
-def _background(width: int, height: int, rng: np.random.Generator) -> Image.Image:
-    """Tile the canvas with randomly chosen, scaled and flipped face-free photos."""
-    photos = [Image.fromarray(getattr(skdata, name)()) for name in BACKGROUNDS]
+def tile_canvas(width: int, height: int, rng: np.random.Generator,
+                photos: Sequence[Image.Image], row_height: tuple[int, int],
+                blur: float) -> Image.Image:
+    """Tile a canvas with rows of randomly chosen, scaled and flipped photos (each row
+    ``row_height`` px tall, drawn from that range), the seams softened by ``blur`` so tile
+    edges are not the sharpest lines in the picture. benchmarks/min_size.py uses it too."""
     canvas = Image.new("RGB", (width, height))
     y = 0
     while y < height:
-        row_h = int(rng.integers(600, 1000))
+        row_h = int(rng.integers(*row_height))
         x = 0
         while x < width:
             photo = photos[int(rng.integers(len(photos)))]
@@ -66,8 +69,13 @@ def _background(width: int, height: int, rng: np.random.Generator) -> Image.Imag
             canvas.paste(tile, (x, y))
             x += w
         y += row_h
-    # Soften the seams a little so tile edges are not the sharpest lines in the picture.
-    return canvas.filter(ImageFilter.GaussianBlur(1.5))
+    return canvas.filter(ImageFilter.GaussianBlur(blur))
+
+
+def _background(width: int, height: int, rng: np.random.Generator) -> Image.Image:
+    """Tile the canvas with randomly chosen, scaled and flipped face-free photos."""
+    photos = [Image.fromarray(getattr(skdata, name)()) for name in BACKGROUNDS]
+    return tile_canvas(width, height, rng, photos, row_height=(600, 1000), blur=1.5)
 
 
 def _feather_mask(size: tuple[int, int]) -> Image.Image:
