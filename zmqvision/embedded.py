@@ -174,23 +174,25 @@ class RoleThread(threading.Thread):
 
 
 def sink_args(cfg: SinkConfig) -> list[str]:
-    from zmqvision.run import sink_args as args
+    """The `zmqvision sink …` arguments that rebuild ``cfg`` (command_line.SINK_FLAGS)."""
+    from zmqvision.command_line import SINK_FLAGS, command_args
 
-    return args(cfg)
+    return command_args("sink", cfg, SINK_FLAGS)
 
 
 def worker_args(cfg: WorkerConfig) -> list[str]:
-    from zmqvision.run import worker_args as args
+    """The `zmqvision worker …` arguments that rebuild ``cfg`` (command_line.WORKER_FLAGS)."""
+    from zmqvision.command_line import WORKER_FLAGS, command_args
 
-    return args(cfg)
+    return command_args("worker", cfg, WORKER_FLAGS)
 
 
 class LocalCluster:
     """Starts and stops an embedded pool's sink and workers; tells the Pool where they are.
 
-    Usage: ``endpoints()`` (where the Pool binds tiles and finds the sink), then
-    ``start(tiles_endpoint)`` once the Pool has bound, ``events_endpoint(stop)`` (waits for
-    the sink), ``wait_workers(stop)``, ``check()`` from a watchdog, ``close()``.
+    Usage: ``start(engine, stop)`` (binds the Pool's engine where the workers look,
+    connects it to the sink; the endpoints), ``wait_workers(stop)``, ``check()`` from a
+    watchdog, ``stop_workers()`` then ``close()`` once the engine has closed.
     ``lazy_workers``: workers start at ``start_workers()`` (the first image that needs
     tiles), and the sink runs as a thread (a run whose images are all in the result cache
     starts no process)."""

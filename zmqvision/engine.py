@@ -30,7 +30,7 @@ from zmqvision import protocol, security, sockets
 from zmqvision.boxes import Detections
 from zmqvision.dispatch import TileKey
 from zmqvision.inputs import Loaded, load_path
-from zmqvision.jobs import RESUMED, SKIP, FileJob, Job, Request, StreamJob, abspath
+from zmqvision.jobs import RESUMED, SKIP, FileJob, Job, Request, abspath
 from zmqvision.links import SinkLink, WorkerLink
 from zmqvision.tiling import Tile
 
@@ -119,10 +119,6 @@ class Engine:
     def bind(self, tiles: str) -> str:
         return self.workers.bind(tiles)
 
-    @property
-    def tiles_endpoint(self) -> str | None:
-        return self.workers.endpoint
-
     def connect(self, sink: str, events: str) -> None:
         self.sink.connect(sink, events)
 
@@ -162,8 +158,9 @@ class Engine:
         self.jobs.pop(job.id, None)
         job.close()
 
-    def end_stream(self, job: StreamJob) -> None:
-        """No more requests for this job: tell the sink its totals so it can finish it."""
+    def end_job(self, job: Job) -> None:
+        """No more images for this job (a file job's inputs ran out, a stream was closed):
+        tell the sink its totals so it can finish it."""
         if job.end is None:
             job.end = protocol.JobEnd(job=job.id, images=job.images, tiles=job.tiles,
                                       secret=job.secret)
@@ -240,10 +237,8 @@ class Engine:
             if nxt is None:
                 break
             self._admit(job, *nxt)
-        if job.end is None and isinstance(job, FileJob) and job.exhausted:
-            job.end = protocol.JobEnd(job=job.id, images=job.images, tiles=job.tiles,
-                                      secret=job.secret)
-            self._to_sink(job.end)
+        if isinstance(job, FileJob) and job.exhausted:
+            self.end_job(job)
 
     def _admit(self, job: Job, loaded: Loaded, request: Request | None) -> None:
         img, hit = loaded.image, loaded.hit

@@ -193,7 +193,6 @@ class StreamJob(Job):
                  lookup: Lookup | None = None) -> None:
         super().__init__(job_id, plan, window)
         self.lookup = lookup
-        self.announced = False  # add_job asked for (by the first caller)
         self.waiting: deque[Request] = deque()  # not decoded yet
         self.loading: deque[Request] = deque()  # being decoded, in order
         self._load, self._decoder, self._wake = load, decoder, wake

@@ -95,6 +95,17 @@ class JobPlan:
             secret=secret,
         )
 
+    def lookup_in(self, cache) -> Callable[[str], object] | None:
+        """The result cache's lookup (content hash → entry or None) under these settings;
+        None without a cache. The key's settings part is the same for every job of these
+        settings (``cache.job_fingerprint`` reads no job id)."""
+        if cache is None:
+            return None
+        from zmqvision.cache import job_fingerprint
+
+        fingerprint, ref = job_fingerprint(self.job_start("")), self.spec.ref
+        return lambda content_hash: cache.lookup(fingerprint, content_hash, ref)
+
     def reducer(self) -> Reduce | None:
         """How far a JPEG of a given size may be reduced as it is decoded: by the factor
         every one of its tiles shrinks anyway (``tiling.draft_factor``)."""

@@ -38,20 +38,14 @@ import numpy as np
 import zmq
 
 from zmqvision import protocol, sockets
-from zmqvision.cache import job_fingerprint, open_cache
+from zmqvision.cache import open_cache
 from zmqvision.embedded import LocalCluster
 from zmqvision.engine import Engine, JobFailed, RequestTimeout
-from zmqvision.inputs import (
-    Loaded,
-    Lookup,
-    ReadAhead,
-    first_input_cached,
-    load_array,
-    load_bytes,
-    load_path,
-)
+from zmqvision.idset import IdSet
+from zmqvision.inputs import Loaded, ReadAhead, load_array, load_bytes, load_path, read_resume
 from zmqvision.jobs import FileJob, Request, StreamJob
 from zmqvision.plan import JobPlan, JobSettings
+from zmqvision.results import make_record
 
 log = logging.getLogger("zmqvision.pool")
 
@@ -212,10 +206,6 @@ class Pool:
                 overrides = {**overrides, key: (overrides[key], overrides[key])}
         return replace(self.defaults, **overrides)
 
-    def settings_of(self, config) -> JobSettings:
-        """The settings of a ``VentilateConfig`` (or any config with those fields)."""
-        return JobSettings.of(config)
-
     def plan(self, settings: JobSettings) -> JobPlan:
         """The resolved plan for these settings (resolved once per distinct settings)."""
         with self._lock:
@@ -226,34 +216,25 @@ class Pool:
                 plan = self._plans.setdefault(settings, plan)
         return plan
 
-    def lookup(self, start: protocol.JobStart, plan: JobPlan) -> Lookup | None:
-        """The result cache's lookup under a job's settings; None without a cache."""
-        if self.cache is None:
-            return None
-        cache, fingerprint, ref = self.cache, job_fingerprint(start), plan.spec.ref
-        return lambda content_hash: cache.lookup(fingerprint, content_hash, ref)
-
     def _stream(self, settings: JobSettings) -> StreamJob:
-        """The job that ``submit`` calls with these settings share."""
+        """The job that ``submit`` calls with these settings share; the caller that made
+        it announces it (a request queued meanwhile waits: jobs are admitted from only
+        once the engine has them)."""
         with self._lock:
             job = self._streams.get(settings)
         if job is None:
-            job = self._new_stream(settings)
+            made = self._new_stream(settings)
             with self._lock:
-                job = self._streams.setdefault(settings, job)
-        if not job.announced:
-            with self._lock:
-                first, job.announced = not job.announced, True
-            if first:
+                job = self._streams.setdefault(settings, made)
+            if job is made:
                 self._call(lambda: self.engine.add_job(job))
         return job
 
     def _new_stream(self, settings: JobSettings) -> StreamJob:
         plan = self.plan(settings)
-        job = StreamJob(protocol.new_job_id(), plan, window=self.window, load=self._load,
-                        decoder=self.decoder, wake=self.engine.wake.wake)
-        job.lookup = self.lookup(job.start, plan)
-        return job
+        return StreamJob(protocol.new_job_id(), plan, window=self.window, load=self._load,
+                         decoder=self.decoder, wake=self.engine.wake.wake,
+                         lookup=plan.lookup_in(self.cache))
 
     # ------------------------------------------------------------------ requests
 
@@ -322,7 +303,6 @@ class Pool:
         the loop early withdraws what is pending."""
         limit = max(1, ahead or self.window)
         job = self._new_stream(self._settings(settings))
-        job.announced = True
         self._call(lambda: self.engine.add_job(job))
         pending: set[Future] = set()
         names: dict[Future, str] = {}
@@ -341,7 +321,7 @@ class Pool:
             for future in pending:
                 future.cancel()
             if not self._closed and self._failure is None:
-                self.engine.call_soon(lambda: (self.engine.end_stream(job),
+                self.engine.call_soon(lambda: (self.engine.end_job(job),
                                                self.engine.remove_job(job)))
 
     async def detect(self, image: Image, *, name: str | None = None,
@@ -375,37 +355,32 @@ class Pool:
         """Start reading and decoding a file job's first inputs now (``zmqvision run``
         does it while its workers load the model, which is otherwise idle time)."""
         plan = plan or self.plan(JobSettings.of(config))
-        start = plan.job_start(config.job_id or "")
         return ReadAhead(config.input_paths(), self.decoder, config.read_ahead,
-                         plan.settings.max_pixels, self.lookup(start, plan), plan.reducer(),
+                         plan.settings.max_pixels, plan.lookup_in(self.cache), plan.reducer(),
                          on_ready=self.engine.wake.wake,
                          max_bytes=plan.settings.max_file_bytes)
-
-    def first_input_cached(self, config) -> bool:
-        """Whether a file job's first input is in the result cache (``inputs``)."""
-        plan = self.plan(JobSettings.of(config))
-        return first_input_cached(config.input_paths(), self.lookup(plan.job_start(""), plan))
 
     def run_files(self, config, stop: sockets.StopFlag | None = None,
                   on_progress: Callable[[protocol.Progress], None] | None = None,
                   on_wait: Callable[[str], None] | None = None,
                   watchdog: Callable[[], None] | None = None,
-                  reader: ReadAhead | None = None) -> protocol.JobDone:
+                  reader: ReadAhead | None = None,
+                  resumed: tuple[str | None, IdSet] | None = None) -> protocol.JobDone:
         """A job over files, written by the sink to its results file, as ``zmqvision run``
         and ``ventilate`` do (``config``: a ``VentilateConfig``); its ``JobDone``.
 
         The files are read and decoded from now on, while the workers start; the job is
-        announced once they are ready, so its clock leaves out start-up."""
-        from zmqvision.inputs import read_resume
-
+        announced once they are ready, so its clock leaves out start-up. ``resumed``:
+        ``read_resume(config.resume)`` when the caller has read it already."""
         stop = stop or sockets.StopFlag()
         plan = self.plan(JobSettings.of(config))
-        resumed, already = read_resume(config.resume) if config.resume else (None, None)
-        job_id = config.job_id or resumed or protocol.new_job_id()
+        if resumed is None:
+            resumed = read_resume(config.resume) if config.resume else (None, None)
+        resumed_id, already = resumed
+        job_id = config.job_id or resumed_id or protocol.new_job_id()
         reader = reader or self.reader(config, plan)
         job = FileJob(job_id, plan, window=config.window, read_ahead=reader,
                       already=already, on_progress=on_progress)
-        self.last_job = job
         try:
             if self.cluster is not None and not self.cluster.lazy_workers:
                 self.cluster.wait_workers(stop)
@@ -544,6 +519,5 @@ def _record_of(future: Future, name: str) -> dict:
         error = {"type": "timeout", "message": str(exc)}
     except PoolClosed as exc:
         error = {"type": "pool_closed", "message": str(exc)}
-    return {"image": name, "width": 0, "height": 0, "model": None, "detections": [],
-            "error": error, "id": None, "hash": None, "tiles": 0, "job": None,
-            "settings": None, "cached": False}
+    return make_record(path=name, image_id=None, job=None, width=0, height=0, model=None,
+                       labels=[], detections=None, error=error)

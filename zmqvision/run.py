@@ -24,7 +24,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from zmqvision import protocol, sockets
-from zmqvision.embedded import LocalCluster, default_threads, usable_cores
+from zmqvision.embedded import (
+    LocalCluster,
+    default_threads,
+    sink_args,
+    usable_cores,
+    worker_args,
+)
 from zmqvision.sink import SinkConfig
 from zmqvision.ventilator import JobFailed, VentilateConfig
 from zmqvision.worker import WorkerConfig
@@ -45,20 +51,6 @@ class RunPlan:
     workers: int = 1
     log_level: int = logging.WARNING
     in_process: bool | None = None  # threads instead of child processes; None: one image
-
-
-def sink_args(cfg: SinkConfig) -> list[str]:
-    """The `zmqvision sink …` arguments that rebuild ``cfg`` (command_line.SINK_FLAGS)."""
-    from zmqvision.command_line import SINK_FLAGS, command_args
-
-    return command_args("sink", cfg, SINK_FLAGS)
-
-
-def worker_args(cfg: WorkerConfig) -> list[str]:
-    """The `zmqvision worker …` arguments that rebuild ``cfg`` (command_line.WORKER_FLAGS)."""
-    from zmqvision.command_line import WORKER_FLAGS, command_args
-
-    return command_args("worker", cfg, WORKER_FLAGS)
 
 
 def single_image(job: VentilateConfig) -> str | None:
@@ -94,7 +86,7 @@ def _thread_worker(plan: RunPlan, image: str | None) -> WorkerConfig:
 
 def _first_input_cached(job: VentilateConfig) -> bool:
     """Looked up before anything starts, with the cache's own lookup (no pool yet)."""
-    from zmqvision.cache import job_fingerprint, open_cache
+    from zmqvision.cache import open_cache
     from zmqvision.inputs import first_input_cached
     from zmqvision.plan import JobPlan, JobSettings
 
@@ -102,9 +94,8 @@ def _first_input_cached(job: VentilateConfig) -> bool:
     if cache is None:
         return False
     try:
-        plan = JobPlan(JobSettings.of(job))
-        key, ref = job_fingerprint(plan.job_start("")), plan.spec.ref
-        return first_input_cached(job.input_paths(), lambda h: cache.lookup(key, h, ref))
+        return first_input_cached(job.input_paths(),
+                                  JobPlan(JobSettings.of(job)).lookup_in(cache))
     finally:
         cache.close()
 

@@ -11,7 +11,7 @@ benchmarks and a few tests drive it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import zmq
 
@@ -68,12 +68,11 @@ class Ventilator:
                                   lease_s=config.lease_s, wire=config.wire, ctx=ctx,
                                   insecure=config.insecure,
                                   decode_threads=config.decode_threads)
-        self.plan = self._pool.plan(self._pool.settings_of(config))
-        self.spec, self.scales, self.tile_size = (self.plan.spec, self.plan.scales,
-                                                  self.plan.tile_size)
-        resumed = read_resume(config.resume)[0] if config.resume else None
-        self.job_id = config.job_id or resumed or protocol.new_job_id()
-        self.config = config = _with_job_id(config, self.job_id)
+        self.plan = self._pool.plan(JobSettings.of(config))
+        # The results file is read once: its job id now, its records' ids for the run.
+        self._resumed = read_resume(config.resume) if config.resume else (None, None)
+        self.job_id = config.job_id or self._resumed[0] or protocol.new_job_id()
+        self.config = replace(config, job_id=self.job_id)
         self._reader: ReadAhead | None = None
 
     @property
@@ -100,9 +99,6 @@ class Ventilator:
         if self._reader is None:
             self._reader = self._pool.reader(self.config, self.plan)
 
-    def first_input_cached(self) -> bool:
-        return self._pool.first_input_cached(self.config)
-
     def run(self, stop: sockets.StopFlag | None = None,
             on_progress: Callable[[protocol.Progress], None] | None = None,
             on_wait: Callable[[str], None] | None = None,
@@ -110,19 +106,13 @@ class Ventilator:
         """Send the whole job and wait for the sink's JobDone; raises JobFailed."""
         reader, self._reader = self._reader, None
         return self._pool.run_files(self.config, stop, on_progress, on_wait, watchdog,
-                                    reader=reader)
+                                    reader=reader, resumed=self._resumed)
 
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
         self._pool.close()
-
-
-def _with_job_id(config: VentilateConfig, job_id: str) -> VentilateConfig:
-    from dataclasses import replace
-
-    return replace(config, job_id=job_id)
 
 
 def ventilate(
