@@ -44,32 +44,15 @@ from _common import free_port, markdown_table
 
 import zmqvision
 
+# The shared harness (tests/attacks.py), after whatever tree PYTHONPATH names: appended,
+# so the zmqvision measured is still the one PYTHONPATH picks.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from tests.attacks import MIB, settled, zmtp_subscribe  # noqa: E402
+
 # The children run the zmqvision this process imports (PYTHONPATH picks the tree to
 # measure: `python -m` puts its working directory first on the path).
 ROOT = Path(zmqvision.__file__).resolve().parent.parent
 IMAGE = Path(__file__).resolve().parent.parent / "examples" / "images" / "chelsea.jpg"
-MIB = 1 << 20
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmRSS for {pid}")
-
-
-def settled(pids: list[int], limit_s: float) -> list[int]:
-    """RSS of each once none changed by more than 1 MiB for 2 s (or ``limit_s`` passed)."""
-    deadline = time.monotonic() + limit_s
-    last, since = [rss(p) for p in pids], time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        now = [rss(p) for p in pids]
-        if any(abs(a - b) > MIB for a, b in zip(now, last, strict=True)):
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= 2.0:
-            return now
-    return [rss(p) for p in pids]
 
 
 class Roles:
@@ -154,29 +137,6 @@ def push(ctx: zmq.Context, endpoint: str, messages, kind: int = zmq.PUSH) -> Non
     for frames in messages:
         sock.send_multipart(frames, copy=False)
     sock.close()
-
-
-def zmtp_subscribe(endpoint: str, topic: bytes) -> None:
-    """Subscribe to ``topic`` speaking ZMTP 3.0 over a plain TCP socket, as a stranger
-    would: a ZeroMQ SUB keeps its own trie of what it subscribed to, and a 10 MB topic
-    crashes the attacker's process (stack overflow freeing it) before the sink's."""
-    import socket as pysocket
-    import struct
-
-    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
-    greeting = (b"\xff" + b"\0" * 8 + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\0")
-                + b"\0" + b"\0" * 31)
-    ready = b"\x05READY" + b"\x0bSocket-Type" + struct.pack(">I", 3) + b"SUB"
-    body = b"\x01" + topic
-    with pysocket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(greeting)
-        s.recv(64)
-        s.sendall(b"\x04" + bytes([len(ready)]) + ready)
-        try:
-            s.sendall(b"\x02" + struct.pack(">Q", len(body)) + body)
-        except OSError:  # refused as too large: the sink dropped the connection
-            return
-        time.sleep(5.0)  # open until the sink has read it (it reads as it publishes)
 
 
 def attack_subscription(roles: Roles, ctx: zmq.Context) -> None:  # noqa: ARG001

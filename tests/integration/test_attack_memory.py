@@ -7,60 +7,23 @@ benchmarks/attacks.py measures these and two more."""
 
 from __future__ import annotations
 
-import socket
-import struct
 import time
-from pathlib import Path
 
 import pytest
 import zmq
 
+from tests.attacks import MIB, settled, zmtp_subscribe
 from tests.conftest import EXAMPLES, ipc, wait_event
 from zmqvision import protocol as P
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-MIB = 1 << 20
 BOUND = 50 * MIB
-
-
-def rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"no VmRSS for {pid}")
 
 
 def settled_rss(pid: int, limit_s: float = 30.0) -> int:
     """RSS once it changed by less than 1 MiB over 2 s (or after ``limit_s``)."""
-    deadline = time.monotonic() + limit_s
-    last, since = rss(pid), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.25)
-        now = rss(pid)
-        if abs(now - last) > MIB:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= 2.0:
-            break
-    return rss(pid)
-
-
-def zmtp_subscribe(endpoint: str, topic: bytes, hold_s: float = 5.0) -> None:
-    """A subscription sent over plain TCP in ZMTP 3.0, as a stranger would (a ZeroMQ SUB
-    keeps its own trie of a 10 MB topic, and crashes freeing it)."""
-    host, port = endpoint.removeprefix("tcp://").rsplit(":", 1)
-    greeting = b"\xff" + b"\0" * 8 + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\0") + b"\0" * 32
-    ready = b"\x05READY\x0bSocket-Type" + struct.pack(">I", 3) + b"SUB"
-    body = b"\x01" + topic
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(greeting)
-        s.recv(64)
-        s.sendall(b"\x04" + bytes([len(ready)]) + ready)
-        try:
-            s.sendall(b"\x02" + struct.pack(">Q", len(body)) + body)
-        except OSError:
-            return  # refused as too large: the connection is dropped
-        time.sleep(hold_s)  # open while the sink reads it (it reads as it publishes)
+    return settled([pid], limit_s, every=0.25)[0]
 
 
 @pytest.fixture
