@@ -33,14 +33,12 @@ class SizeType(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
-        text = str(value).lower().strip()
+        from zmqvision.scales import parse_size
+
         try:
-            parts = [int(p) for p in text.split("x")] if "x" in text else [int(text)] * 2
-        except ValueError:
-            self.fail(f"{value!r} is not a size like 640 or 640x480", param, ctx)
-        if len(parts) != 2 or min(parts) < 1:
-            self.fail(f"{value!r} is not a size like 640 or 640x480", param, ctx)
-        return (parts[0], parts[1])
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
 
 
 SIZE = SizeType()
@@ -74,16 +72,15 @@ class ScalesType(click.ParamType):
     def convert(self, value, param, ctx):
         if isinstance(value, tuple):
             return value
-        out = []
-        for part in str(value).split(","):
-            part = part.strip().lower()
-            if part in ("native", "full"):
-                out.append(part)
-            elif part:
-                out.append(SIZE.convert(part, param, ctx))
+        from zmqvision.scales import parse_scales
+
+        try:
+            out = parse_scales(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
         if not out:
             self.fail(f"{value!r} names no scale", param, ctx)
-        return tuple(out)
+        return out
 
 
 TRANSPORTS = ("tcp", "ipc", "inproc", "pgm", "epgm", "norm", "udp", "ws", "wss", "tipc",

@@ -43,6 +43,33 @@ MIN_CUT = 32
 PROMISED_FROM = {"centerface": 24, "blazeface-short": 16}
 
 
+def parse_size(text: str, max_side: int | None = None) -> tuple[int, int]:
+    """``640`` or ``640x480`` (width x height) as users write them → (width, height);
+    ValueError otherwise (the CLI's ``--tile``, serve's ``tile_size=``)."""
+    t = str(text).lower().strip()
+    try:
+        parts = [int(p) for p in t.split("x")] if "x" in t else [int(t)] * 2
+    except ValueError:
+        parts = []
+    if (len(parts) != 2 or min(parts) < 1
+            or (max_side is not None and max(parts) > max_side)):
+        raise ValueError(f"{text!r} is not a size like 640 or 640x480")
+    return parts[0], parts[1]
+
+
+def parse_scales(text: str, max_side: int | None = None) -> tuple[Scale, ...]:
+    """``640,256`` or ``native,full,320x240`` → (w, h) | "native" | "full" each, empty
+    parts skipped (the caller says how many it takes); ValueError for a bad size."""
+    out: list[Scale] = []
+    for part in str(text).split(","):
+        part = part.strip().lower()
+        if part in ("native", "full"):
+            out.append(part)
+        elif part:
+            out.append(parse_size(part, max_side))
+    return tuple(out)
+
+
 class PlanError(ValueError):
     """A tiling that cannot be planned (no reliable size known, sizes out of range)."""
 

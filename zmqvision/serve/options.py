@@ -6,37 +6,47 @@ lives as long as the pool, so one server accepts at most ``max_settings`` of the
 
 from __future__ import annotations
 
-import math
 import threading
 from collections.abc import Mapping
 from typing import Any
+
+from zmqvision.scales import parse_scales, parse_size
 
 
 class BadOptions(ValueError):
     """An option the server cannot use: the answer is 400 with this message."""
 
 
+MAX_SIDE = 1 << 15  # a cut side; larger is no tiling anyone means
+
+
 def _size(text: str) -> tuple[int, int]:
-    t = str(text).lower().strip()
     try:
-        parts = [int(p) for p in t.split("x")] if "x" in t else [int(t)] * 2
-    except ValueError:
-        raise BadOptions(f"{text!r} is not a size like 640 or 640x480") from None
-    if len(parts) != 2 or min(parts) < 1 or max(parts) > 1 << 15:
-        raise BadOptions(f"{text!r} is not a size like 640 or 640x480")
-    return parts[0], parts[1]
+        return parse_size(text, MAX_SIDE)
+    except ValueError as exc:
+        raise BadOptions(str(exc)) from None
 
 
-def _float(lo: float, hi: float):
-    def parse(text: str) -> float:
+def _ranged(convert, what: str, lo: float, hi: float):
+    """A parser of numbers in [lo, hi] (finite bounds: NaN and infinities fail the
+    comparison); ``convert`` is int or float."""
+    def parse(text: str):
         try:
-            v = float(text)
+            v = convert(text)
         except ValueError:
-            raise BadOptions(f"{text!r} is not a number") from None
-        if not (math.isfinite(v) and lo <= v <= hi):
+            raise BadOptions(f"{text!r} is not {what}") from None
+        if not lo <= v <= hi:
             raise BadOptions(f"{text!r} is not between {lo} and {hi}")
         return v
     return parse
+
+
+def _float(lo: float, hi: float):
+    return _ranged(float, "a number", lo, hi)
+
+
+def _int(lo: int, hi: int):
+    return _ranged(int, "an integer", lo, hi)
 
 
 def _bool(text: str) -> bool:
@@ -55,28 +65,13 @@ def _merge(text: str) -> str:
 
 
 def _scales(text: str) -> tuple:
-    out: list = []
-    for part in str(text).split(","):
-        part = part.strip().lower()
-        if part in ("native", "full"):
-            out.append(part)
-        elif part:
-            out.append(_size(part))
+    try:
+        out = parse_scales(text, MAX_SIDE)
+    except ValueError as exc:
+        raise BadOptions(str(exc)) from None
     if not out or len(out) > 8:
         raise BadOptions(f"scales {text!r}: 1 to 8 sizes, native or full")
-    return tuple(out)
-
-
-def _int(lo: int, hi: int):
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise BadOptions(f"{text!r} is not an integer") from None
-        if not lo <= v <= hi:
-            raise BadOptions(f"{text!r} is not between {lo} and {hi}")
-        return v
-    return parse
+    return out
 
 
 # The job settings a request may choose (the model and its input size are the server's).
