@@ -30,6 +30,16 @@ class ProcessGroup:
                 return log.read_text(errors="replace")
         return ""
 
+    def json_lines(self, p: subprocess.Popen) -> list[dict]:
+        """The JSON objects a child printed so far, a line each (``--announce``'s ready
+        line, ``watch --json`` events); a line still being written is left out."""
+        out = []
+        for line in self.log(p).splitlines():
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    out.append(json.loads(line))
+        return out
+
     def wait(self, p: subprocess.Popen, timeout: float) -> int:
         try:
             return p.wait(timeout)
@@ -43,10 +53,9 @@ class ProcessGroup:
         its log, and fails at once if the child exits first."""
         deadline = time.monotonic() + timeout
         while True:
-            for line in self.log(p).splitlines():
-                if line.startswith('{"ready":'):
-                    with contextlib.suppress(ValueError):  # a line still being written
-                        return json.loads(line)["ready"]
+            for rec in self.json_lines(p):
+                if next(iter(rec), None) == "ready":
+                    return rec["ready"]
             if p.poll() is not None:
                 raise AssertionError(f"exited with {p.returncode} before it announced "
                                      f"itself; log:\n{self.log(p)}")

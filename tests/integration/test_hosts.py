@@ -9,7 +9,6 @@ happens to the links. Skipped, with the reason, where namespaces cannot be made.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -120,16 +119,6 @@ class Cluster:
                               name="watch")
 
 
-def events(net: Network, watch) -> list[dict]:
-    """What a ``watch --json`` printed so far, one dict per event."""
-    out = []
-    for line in net.log(watch).splitlines():
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):  # a line still being written
-                out.append(json.loads(line))
-    return out
-
-
 def beats(evs: list[dict], worker: str) -> list[dict]:
     return [e for e in evs if e["type"] == "zv.heartbeat" and e["worker"] == worker]
 
@@ -147,14 +136,14 @@ def wait_for(predicate, timeout: float, what: str, alive=None):
 
 
 def tiles_done(net: Network, watch, worker: str) -> int:
-    b = beats(events(net, watch), worker)
+    b = beats(net.json_lines(watch), worker)
     return b[-1]["tiles_done"] if b else 0
 
 
 def beat_after(net: Network, watch, workers, after: float) -> None:
     """Wait until the watcher has printed a heartbeat of each of ``workers`` sent after
     ``after`` (a ``time.time()``): their counters then include all they did before."""
-    wait_for(lambda: all(any(b["t"] > after for b in beats(events(net, watch), w))
+    wait_for(lambda: all(any(b["t"] > after for b in beats(net.json_lines(watch), w))
                          for w in workers), 20, f"a heartbeat of each of {workers}")
 
 
@@ -210,7 +199,7 @@ def test_three_worker_hosts_equal_zmqvision_run(job_dir, job_reference, net, tmp
         assert f"worker {h}-w (10.77.0." in net.log(vent)
         assert f"{h}-w (10.77.0.{int(h[-1]) + 1}): tiles as jpeg" in net.log(vent)
     beat_after(net, watch, [f"{h}-w" for h in workers], ended)  # the counters are final
-    evs = events(net, watch)
+    evs = net.json_lines(watch)
     assert any(e["type"] == "zv.job_done" for e in evs), "the watcher on host 4 saw no end"
     done = {h: tiles_done(net, watch, f"{h}-w") for h in workers}
     assert sum(done.values()) >= 420 and all(v > 0 for v in done.values()), done
@@ -293,9 +282,9 @@ def test_a_host_added_mid_job_gets_tiles_within_seconds(job_dir, job_reference, 
              alive=lambda: vent.poll() is None)
     late = net.add_host()  # a machine plugged into the switch while the job runs
     c.worker(late)
-    first = wait_for(lambda: beats(events(net, watch), "host3-w"), 60,
+    first = wait_for(lambda: beats(net.json_lines(watch), "host3-w"), 60,
                      "the new worker's first heartbeat")[0]
-    working = wait_for(lambda: [b for b in beats(events(net, watch), "host3-w")
+    working = wait_for(lambda: [b for b in beats(net.json_lines(watch), "host3-w")
                                 if b["tiles_done"] > 0], 30, "the new worker's first tile")[0]
     assert working["t"] - first["t"] < 3.0, (first, working)
     assert net.wait(vent, 120) == 0, net.log(vent)
@@ -335,7 +324,7 @@ def test_curve_only_allowed_keys_get_tiles_or_events(job_dir, job_reference, net
     # The others got handshakes only, never a tile: ZeroMQ keeps knocking every 100 ms.
     assert rx["host2"] < rx["host1"] / 20 and rx["host3"] < rx["host1"] / 20, rx
     beat_after(net, watch, ["host1-w"], time.time())  # the others had their chance too
-    evs = events(net, watch)
+    evs = net.json_lines(watch)
     assert {e["worker"] for e in evs if e["type"] == "zv.heartbeat"} == {"host1-w"}
     stranger_key = (stranger / "client.key").read_text().split('public-key = "')[1][:40]
     assert f"refused a peer whose CURVE key {stranger_key}" in net.log(sink)

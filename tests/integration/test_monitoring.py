@@ -3,7 +3,6 @@ workers, many (and stopped) watchers, a restarted sink, and the live view in a t
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -112,20 +111,10 @@ def states(snap):
     return {w["pid"]: w["state"] for w in snap["workers"]}
 
 
-def json_events(procs, watcher) -> list[dict]:
-    """What a ``watch --json`` printed so far, one dict per event."""
-    out = []
-    for line in procs.log(watcher).splitlines():
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):  # a line still being written
-                out.append(json.loads(line))
-    return out
-
-
 def wait_subscribed(procs, watcher) -> None:
     """A watcher has printed an event (the sink's status comes every second or so): its
     subscription is in place, so it misses nothing from now on."""
-    wait_until(lambda: json_events(procs, watcher), 30, "the watcher's first event",
+    wait_until(lambda: procs.json_lines(watcher), 30, "the watcher's first event",
                alive=lambda: watcher.poll() is None)
 
 
@@ -156,10 +145,10 @@ def test_json_events_and_a_late_once_snapshot(big_dir, tmp_path, procs, models_r
     assert job["tiles_done"] > 0 and not job["done"]
     assert procs.wait(vent, 240) == 0, procs.log(vent)
     # Everything up to the job's end has reached the watcher's output.
-    wait_until(lambda: any(e["type"] == "zv.job_done" for e in json_events(procs, watcher)),
+    wait_until(lambda: any(e["type"] == "zv.job_done" for e in procs.json_lines(watcher)),
                30, "the watcher to print the job's end")
     procs.stop(watcher)
-    events = json_events(procs, watcher)
+    events = procs.json_lines(watcher)
     beats = {e["pid"] for e in events if e["type"] == "zv.heartbeat"}
     assert {w1.pid, w2.pid} <= beats
     done = [e for e in events if e["type"] == "zv.job_done"]
@@ -237,7 +226,7 @@ def test_many_watchers_and_a_stopped_one_do_not_hold_the_pipeline(big_dir, tmp_p
         stopped.send_signal(signal.SIGCONT)
 
     def jobs_done(p):
-        return {e["job"] for e in json_events(procs, p) if e["type"] == "zv.job_done"}
+        return {e["job"] for e in procs.json_lines(p) if e["type"] == "zv.job_done"}
 
     for p in watchers:  # each saw both jobs end
         wait_until(lambda p=p: len(jobs_done(p)) == 2, 30, "both jobs' ends in a watcher")
