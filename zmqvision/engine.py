@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from zmqvision import protocol, security, sockets
 from zmqvision.boxes import Detections
 from zmqvision.dispatch import TileKey
 from zmqvision.inputs import Loaded, load_path
-from zmqvision.jobs import RESUMED, SKIP, FileJob, Job, Request, abspath
+from zmqvision.jobs import RESUMED, SKIP, FileJob, Job, Request
 from zmqvision.links import SinkLink, WorkerLink
 from zmqvision.tiling import Tile
 
@@ -251,7 +252,7 @@ class Engine:
         if iid == RESUMED:
             return
         base = dict(job=job.id, image=iid, path=loaded.path, seq=seq, hash=loaded.hash,
-                    abspath=abspath(loaded.path) if request is None else None,
+                    abspath=os.path.abspath(loaded.path) if request is None else None,
                     secret=job.secret)
         plan: list[Tile] = []
         if hit is not None:

@@ -224,10 +224,6 @@ class StreamJob(Job):
             return loaded, request
         return None
 
-    @property
-    def pending(self) -> int:
-        return len(self.waiting) + len(self.loading)
-
     def image_id(self, loaded: Loaded, ok: bool, request: Request | None) -> str:
         # Every request is its own image, even the same bytes twice at once: the id mixes
         # in a sequence number, so the sink never merges two callers' tiles.
@@ -271,7 +267,3 @@ def stored_secret(job_id: str) -> str:
 def forget_secret(job_id: str) -> None:
     with contextlib.suppress(OSError):
         _secret_file(job_id).unlink()
-
-
-def abspath(path: str) -> str:
-    return os.path.abspath(path)
