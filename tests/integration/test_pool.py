@@ -160,6 +160,19 @@ def _settled(pool, timeout: float = 30.0) -> bool:
     return False
 
 
+def _decoders_idle(pool) -> None:
+    """Wait until every decode thread has finished what it was given: a withdrawn request
+    may still be being decoded (a 23 MB photo), which RSS would count. One barrier task per
+    thread, queued behind the rest, meets only when each thread has run out of work."""
+    import threading
+
+    n = pool.decoder._max_workers
+    barrier = threading.Barrier(n + 1)
+    for _ in range(n):
+        pool.decoder.submit(barrier.wait, 30)
+    barrier.wait(30)
+
+
 def _rss_mb() -> float:
     """This process's resident memory (the pool's engine runs here), after giving freed
     memory back to the OS: glibc keeps freed image buffers in its arenas otherwise."""
@@ -199,6 +212,7 @@ def test_cancelled_and_timed_out_requests_leave_nothing(pool, tmp_path):
                 f.result(timeout=30)
         assert _settled(pool), "timed-out requests left images, leases or re-sends behind"
         del futures, timed, f
+        _decoders_idle(pool)
         rss.append(_rss_mb())
     # The pool still answers, and memory did not grow with the withdrawn requests.
     assert pool.submit(EXAMPLES / PHOTOS[1]).result(timeout=60)["error"] is None
