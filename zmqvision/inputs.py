@@ -225,9 +225,10 @@ class ReadAhead:
         self.paths = paths  # what it walks (an io.ImageWalk counts what it skipped)
         self._paths = iter(paths)
         self._pool = pool
-        # Loads in input order, each with the frames it is one of (None: a path's load,
-        # whose Loaded.rest holds the file's further frames, if any).
-        self._pending: deque[tuple[Future, Iterator[Loaded] | None]] = deque()
+        self._pending: deque[Future] = deque()  # loads, in input order
+        # A load of a file's next frame → the frames it is one of (a path's load has
+        # none: its Loaded.rest holds the file's further frames, if any).
+        self._rest: dict[Future, Iterator[Loaded]] = {}
         self._depth, self._max_pixels, self._lookup = depth, max_pixels, lookup
         self._reduce, self._on_ready, self._max_bytes = reduce, on_ready, max_bytes
         self._frames = frames
@@ -246,19 +247,22 @@ class ReadAhead:
             if path is None:
                 self.exhausted = not self._pending
                 return
-            self._pending.append((self._submit(
+            self._pending.append(self._submit(
                 load_path, path, self._max_pixels, self._lookup, self._reduce,
-                max_bytes=self._max_bytes, frames=self._frames), None))
+                max_bytes=self._max_bytes, frames=self._frames))
 
     def ready(self) -> Loaded | None:
         """The next input if it is loaded; None while it is not (or none is left)."""
-        while self._pending and self._pending[0][0].done():
-            future, rest = self._pending.popleft()  # rest: the frames it is one of
+        while self._pending and self._pending[0].done():
+            future = self._pending.popleft()
+            rest = self._rest.pop(future, None)
             loaded = future.result()
             if loaded is not None and loaded.rest is not None:
                 rest, loaded.rest = loaded.rest, None
             if loaded is not None and rest is not None:  # the frame after it comes next
-                self._pending.appendleft((self._submit(next, rest, None), rest))
+                following = self._submit(next, rest, None)
+                self._rest[following] = rest
+                self._pending.appendleft(following)
             self._fill()
             if loaded is not None:  # None: a multi-frame file's frames ran out
                 return loaded
@@ -267,16 +271,17 @@ class ReadAhead:
     def next(self) -> Loaded | None:
         """The next input, waiting for it; None when there are no more."""
         while self._pending:
-            self._pending[0][0].result()
+            self._pending[0].result()
             loaded = self.ready()
             if loaded is not None:
                 return loaded
         return None
 
     def close(self) -> None:
-        for f, _rest in self._pending:
+        for f in self._pending:
             f.cancel()
         self._pending.clear()
+        self._rest.clear()
         self.exhausted = True
 
 
