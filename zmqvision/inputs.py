@@ -62,11 +62,13 @@ def load_bytes(data: bytes, path: str, max_pixels: int, lookup: Lookup | None = 
     digest = None
     try:
         digest = io.content_hash(data) if data else None
-        count = io.frame_count(data, max_frames=max_frames) if digest is not None else 1
-        if frames == "all" and count > 1:
+        count = (io.frame_count(data, max_frames=max_frames)
+                 if frames == "all" and digest is not None else 1)
+        if count > 1:
             if count > max_frames:
-                raise io.ImageError("too_large", f"{path}: more than {max_frames:,} frames "
-                                                 "(--frames all reads at most max_frames)")
+                raise io.ImageError("too_large", f"{path}: more than {max_frames:,} frames; "
+                                                 f"--frames all reads files of at most "
+                                                 f"{max_frames:,}")
             every = _all_frames(data, path, digest, count, max_pixels, lookup, reduce,
                                 max_frames)
             first = next(every)
@@ -74,9 +76,9 @@ def load_bytes(data: bytes, path: str, max_pixels: int, lookup: Lookup | None = 
             return first
         if lookup is not None and digest is not None:
             hit = lookup(digest)
-            if hit is not None:
+            if hit is not None:  # frame 0's result; how many frames, from the headers
                 return Loaded(path, None, attach_path(hit.error, path), digest, hit,
-                              frames=count)
+                              frames=io.frame_count(data, max_frames=max_frames))
         image = io.decode_image(data, max_pixels=max_pixels, name=path, digest=digest,
                                 reduce=reduce)
         return Loaded(path, image, None, digest, frames=image.frames)

@@ -125,6 +125,9 @@ def test_each_frame_is_cached_under_its_own_key(folder, tmp_path, models_ready):
     # A job of first frames hits the entries frame 0 left (the file's own key).
     p = run(str(folder), "--cache", cache, "--out", str(first))
     assert "3 images, 0 failed, 3 cached, 0 tiles" in p.stdout, p.stdout
+    hits = by_frame(records(first))  # a hit still says which frame, of how many
+    assert sorted(hits) == [("anim.gif", 0), ("pages.tif", 0), ("still.jpg", None)]
+    assert [r.get("frames") for _, r in sorted(hits.items())] == [3, 3, None]
 
 
 def test_a_killed_worker_loses_no_frame(tmp_path, procs, models_ready):
