@@ -294,6 +294,11 @@ def _job_options(f):
                           "goes on."),
         click.option("--ext", default=None,
                      help="Only these extensions in directories, e.g. jpg,png."),
+        click.option("--frames", type=click.Choice(["first", "all"]), default="first",
+                     show_default=True,
+                     help="Animated GIF/PNG/WebP and multi-page TIFF: recognise the first "
+                          "frame, or every frame (one record per frame, each with its "
+                          "\"frame\" index and the file's \"frames\" count)."),
         click.option("--timeout", type=click.FloatRange(0), default=None,
                      help="Give up if the job is not complete after this many seconds."),
         click.option("--window", type=click.IntRange(1), default=256, show_default=True,
@@ -388,7 +393,7 @@ def _vent_config(inputs, kw, **extra):
         max_pixels=kw["max_pixels"] or DEFAULT_MAX_PIXELS, extensions=exts,
         max_file_bytes=kw["max_file_size"],
         timeout=kw["timeout"], window=kw["window"], wire=kw["wire"],
-        jpeg_draft=not kw["full_decode"], **extra,
+        jpeg_draft=not kw["full_decode"], frames=kw["frames"], **extra,
     )
 
 
@@ -426,9 +431,13 @@ def _check_inputs(cfg) -> None:
 
 
 def _input_counter(cfg):
-    """The job's inputs counted on a thread, for the bar's total (io.InputCounter)."""
+    """The job's inputs counted on a thread, for the bar's total (io.InputCounter); None
+    with ``--frames all``, where a file may be many images: the total is then the
+    ventilator's, once every file is read."""
     from zmqvision.io import InputCounter
 
+    if cfg.frames == "all":
+        return None
     return InputCounter(list(cfg.inputs), recursive=cfg.recursive, extensions=cfg.extensions)
 
 
@@ -594,7 +603,8 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
             raise _interrupted_run(out, fmt) from exc
         raise
     finally:
-        counter.stop()
+        if counter is not None:
+            counter.stop()
     global _skip_teardown
     _skip_teardown = True  # the job is over: records closed, children reaped, threads joined
     _finish(done, bar)
@@ -650,7 +660,8 @@ def ventilate(inputs, bind_tiles, sink_host, sink_results, sink_events, resume_f
             raise _interrupted_ventilate(bar) from exc
         raise
     finally:
-        counter.stop()
+        if counter is not None:
+            counter.stop()
     _finish(done, bar)
 
 

@@ -30,7 +30,7 @@ import zmq
 from zmqvision import protocol, security, sockets
 from zmqvision.boxes import Detections
 from zmqvision.dispatch import TileKey
-from zmqvision.inputs import Loaded, load_path
+from zmqvision.inputs import Loaded, load_frame
 from zmqvision.jobs import RESUMED, SKIP, FileJob, Job, Request
 from zmqvision.links import SinkLink, WorkerLink
 from zmqvision.tiling import Tile
@@ -254,6 +254,8 @@ class Engine:
         base = dict(job=job.id, image=iid, path=loaded.path, seq=seq, hash=loaded.hash,
                     abspath=os.path.abspath(loaded.path) if request is None else None,
                     secret=job.secret)
+        if loaded.frames > 1:  # a frame of an animated or multi-page file: its record says so
+            base.update(frame=loaded.frame, frames=loaded.frames)
         plan: list[Tile] = []
         if hit is not None:
             info = protocol.ImageInfo(**base, width=hit.width, height=hit.height,
@@ -361,8 +363,8 @@ class Engine:
             return self._reread_cache[1]
         self.rereads += 1
         plan = entry.job.plan
-        loaded = load_path(entry.info.path, plan.settings.max_pixels, reduce=plan.reducer(),
-                           max_bytes=plan.settings.max_file_bytes)
+        loaded = load_frame(entry.info.path, entry.info.frame or 0, plan.settings.max_pixels,
+                            reduce=plan.reducer(), max_bytes=plan.settings.max_file_bytes)
         if loaded.image is None or loaded.image.content_hash != entry.info.hash:
             what = "vanished" if loaded.image is None else "changed"
             log.error("%s %s during the job: its tiles cannot be sent again; the image "

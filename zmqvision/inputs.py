@@ -12,13 +12,13 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
-from zmqvision import io, results
+from zmqvision import io, protocol, results
 from zmqvision.cache import Entry
 from zmqvision.cache.entry import attach_path
 from zmqvision.idset import IdSet
@@ -36,34 +36,108 @@ class Loaded:
     error: dict | None
     hash: str | None = None  # content hash, whenever the bytes could be read
     hit: Entry | None = None  # the result cache had this image's result: not decoded
+    # Which frame of the file this is, among ``frames`` (1: a still image, whose record
+    # says nothing of frames). ``rest``: the file's next frames, decoded one per ``next``
+    # (``frames="all"``); the reader hands them out after this one.
+    frame: int = 0
+    frames: int = 1
+    rest: Iterator[Loaded] | None = None
 
 
 def _failed(path: str, exc: io.ImageError, digest: str | None = None) -> Loaded:
     return Loaded(path, None, {"type": exc.type, "message": exc.message}, digest)
 
 
+def _unreadable(path: str, exc: Exception, digest: str | None = None) -> Loaded:
+    return Loaded(path, None, {"type": "unreadable", "message": f"{path}: {exc}"}, digest)
+
+
 def load_bytes(data: bytes, path: str, max_pixels: int, lookup: Lookup | None = None,
-               reduce: Reduce | None = None) -> Loaded:
-    """Hash the bytes; look the result up (a hit is not decoded); decode otherwise."""
+               reduce: Reduce | None = None, *, frames: io.FrameMode = "first",
+               max_frames: int = io.DEFAULT_MAX_FRAMES) -> Loaded:
+    """Hash the bytes; look the result up (a hit is not decoded); decode otherwise.
+
+    The first frame of a multi-frame file; with ``frames="all"`` its ``rest`` yields the
+    others (each looked up in the cache under ``protocol.frame_hash``)."""
     digest = None
     try:
         digest = io.content_hash(data) if data else None
+        count = (io.frame_count(data, max_frames=max_frames)
+                 if frames == "all" and digest is not None else 1)
+        if count > 1:
+            if count > max_frames:
+                raise io.ImageError("too_large", f"{path}: more than {max_frames:,} frames; "
+                                                 f"--frames all reads files of at most "
+                                                 f"{max_frames:,}")
+            every = _all_frames(data, path, digest, count, max_pixels, lookup, reduce,
+                                max_frames)
+            first = next(every)
+            first.rest = every if first.error is None or first.hit is not None else None
+            return first
         if lookup is not None and digest is not None:
             hit = lookup(digest)
-            if hit is not None:
-                return Loaded(path, None, attach_path(hit.error, path), digest, hit)
+            if hit is not None:  # frame 0's result; how many frames, from the headers
+                return Loaded(path, None, attach_path(hit.error, path), digest, hit,
+                              frames=io.frame_count(data, max_frames=max_frames))
         image = io.decode_image(data, max_pixels=max_pixels, name=path, digest=digest,
                                 reduce=reduce)
-        return Loaded(path, image, None, digest)
+        return Loaded(path, image, None, digest, frames=image.frames)
     except io.ImageError as exc:
         return _failed(path, exc, digest)
     except Exception as exc:  # an image must never take the job down
-        return Loaded(path, None, {"type": "unreadable", "message": f"{path}: {exc}"}, digest)
+        return _unreadable(path, exc, digest)
+
+
+def _all_frames(data: bytes, path: str, digest: str, count: int, max_pixels: int,
+                lookup: Lookup | None, reduce: Reduce | None,
+                max_frames: int) -> Iterator[Loaded]:
+    """Every frame of a multi-frame file, one ``Loaded`` per ``next`` (never two frames'
+    pixels at once). A frame whose result is cached is a hit; the file is decoded only if
+    some frame is not (a GIF frame is drawn over the ones before it: frame k is decoded by
+    decoding those). A damaged frame is the last: its error, after the frames before it."""
+    hits = [None if lookup is None else lookup(protocol.frame_hash(digest, k))
+            for k in range(count)]
+
+    def hit(k: int) -> Loaded:
+        return Loaded(path, None, attach_path(hits[k].error, path), digest, hits[k],
+                      frame=k, frames=count)
+
+    if all(h is not None for h in hits):
+        for k in range(count):
+            yield hit(k)
+        return
+    decoded = io.decode_frames(data, frames="all", max_pixels=max_pixels, name=path,
+                               digest=digest, reduce=reduce, max_frames=max_frames)
+    k = 0
+    try:
+        for k in range(count):
+            image = next(decoded, None)
+            if image is None:  # fewer frames than the headers promised
+                raise io.ImageError("corrupt_image", f"{path}: frame {k} of {count} is "
+                                                     "missing (the file ends before it)")
+            yield hit(k) if hits[k] is not None else Loaded(path, image, None, digest,
+                                                             frame=k, frames=count)
+    except io.ImageError as exc:
+        yield Loaded(path, None, {"type": exc.type, "message": _rest_unread(exc.message, k,
+                                                                              count)},
+                     digest, frame=k, frames=count)
+    except Exception as exc:  # noqa: BLE001 - an image must never take the job down
+        yield Loaded(path, None, {"type": "unreadable", "message": _rest_unread(
+            f"{path}: {exc}", k, count)}, digest, frame=k, frames=count)
+    finally:
+        decoded.close()
+
+
+def _rest_unread(message: str, k: int, count: int) -> str:
+    if k + 1 < count:
+        return f"{message}; frames {k + 1}-{count - 1} after it were not read"
+    return message
 
 
 def load_path(path: str, max_pixels: int, lookup: Lookup | None = None,
               reduce: Reduce | None = None, *,
-              max_bytes: int = io.DEFAULT_MAX_FILE_BYTES) -> Loaded:
+              max_bytes: int = io.DEFAULT_MAX_FILE_BYTES, frames: io.FrameMode = "first",
+              max_frames: int = io.DEFAULT_MAX_FRAMES) -> Loaded:
     """Read the file once, then ``load_bytes`` on the same bytes. A file over
     ``max_bytes`` is not read: it gets a ``too_large`` error."""
     try:
@@ -71,8 +145,33 @@ def load_path(path: str, max_pixels: int, lookup: Lookup | None = None,
     except io.ImageError as exc:
         return _failed(path, exc)
     except Exception as exc:  # noqa: BLE001 - an image must never take the job down
-        return Loaded(path, None, {"type": "unreadable", "message": f"{path}: {exc}"})
-    return load_bytes(data, path, max_pixels, lookup, reduce)
+        return _unreadable(path, exc)
+    return load_bytes(data, path, max_pixels, lookup, reduce, frames=frames,
+                      max_frames=max_frames)
+
+
+def load_frame(path: str, frame: int, max_pixels: int, reduce: Reduce | None = None, *,
+               max_bytes: int = io.DEFAULT_MAX_FILE_BYTES) -> Loaded:
+    """Frame ``frame`` of a file, read anew (a tile of it must be sent again): the frames
+    before it are decoded too, as drawing it needs for a GIF. Never a cache hit."""
+    if not frame:
+        return load_path(path, max_pixels, reduce=reduce, max_bytes=max_bytes)
+    try:
+        data = io.read_file(path, max_bytes=max_bytes)
+        digest = io.content_hash(data)
+        decoded = io.decode_frames(data, frames="all", max_pixels=max_pixels, name=path,
+                                   digest=digest)
+        try:
+            for image in decoded:
+                if image.frame == frame:
+                    return Loaded(path, image, None, digest, frame=frame, frames=image.frames)
+        finally:
+            decoded.close()
+        raise io.ImageError("corrupt_image", f"{path}: has no frame {frame}")
+    except io.ImageError as exc:
+        return _failed(path, exc)
+    except Exception as exc:  # noqa: BLE001
+        return _unreadable(path, exc)
 
 
 def array_hash(pixels: np.ndarray) -> str:
@@ -115,20 +214,34 @@ def load_array(array: np.ndarray, name: str, max_pixels: int,
 
 class ReadAhead:
     """Read and decode up to ``depth`` paths ahead on a thread pool, handed out in input
-    order. It starts at once, so the first tiles are cut by the time a worker asks."""
+    order. It starts at once, so the first tiles are cut by the time a worker asks.
+
+    With ``frames="all"`` a multi-frame file is one input per frame: as its frame k is
+    handed out, frame k + 1 is decoded next, ahead of the following paths."""
 
     def __init__(self, paths: Iterable[str], pool: ThreadPoolExecutor, depth: int,
                  max_pixels: int, lookup: Lookup | None = None, reduce: Reduce | None = None,
                  on_ready: Callable[[], None] | None = None, *,
-                 max_bytes: int = io.DEFAULT_MAX_FILE_BYTES) -> None:
+                 max_bytes: int = io.DEFAULT_MAX_FILE_BYTES,
+                 frames: io.FrameMode = "first") -> None:
         self.paths = paths  # what it walks (an io.ImageWalk counts what it skipped)
         self._paths = iter(paths)
         self._pool = pool
-        self._pending: deque[Future] = deque()
+        self._pending: deque[Future] = deque()  # loads, in input order
+        # A load of a file's next frame → the frames it is one of (a path's load has
+        # none: its Loaded.rest holds the file's further frames, if any).
+        self._rest: dict[Future, Iterator[Loaded]] = {}
         self._depth, self._max_pixels, self._lookup = depth, max_pixels, lookup
         self._reduce, self._on_ready, self._max_bytes = reduce, on_ready, max_bytes
+        self._frames = frames
         self.exhausted = False  # no path left to read and nothing pending
         self._fill()
+
+    def _submit(self, fn: Callable, *args, **kwargs) -> Future:
+        future = self._pool.submit(fn, *args, **kwargs)
+        if self._on_ready is not None:
+            future.add_done_callback(lambda _f: self._on_ready())
+        return future
 
     def _fill(self) -> None:
         while len(self._pending) <= self._depth:
@@ -136,31 +249,41 @@ class ReadAhead:
             if path is None:
                 self.exhausted = not self._pending
                 return
-            future = self._pool.submit(load_path, path, self._max_pixels, self._lookup,
-                                       self._reduce, max_bytes=self._max_bytes)
-            if self._on_ready is not None:
-                future.add_done_callback(lambda _f: self._on_ready())
-            self._pending.append(future)
+            self._pending.append(self._submit(
+                load_path, path, self._max_pixels, self._lookup, self._reduce,
+                max_bytes=self._max_bytes, frames=self._frames))
 
     def ready(self) -> Loaded | None:
         """The next input if it is loaded; None while it is not (or none is left)."""
-        if not self._pending or not self._pending[0].done():
-            return None
-        loaded = self._pending.popleft().result()
-        self._fill()
-        return loaded
+        while self._pending and self._pending[0].done():
+            future = self._pending.popleft()
+            rest = self._rest.pop(future, None)
+            loaded = future.result()
+            if loaded is not None and loaded.rest is not None:
+                rest, loaded.rest = loaded.rest, None
+            if loaded is not None and rest is not None:  # the frame after it comes next
+                following = self._submit(next, rest, None)
+                self._rest[following] = rest
+                self._pending.appendleft(following)
+            self._fill()
+            if loaded is not None:  # None: a multi-frame file's frames ran out
+                return loaded
+        return None
 
     def next(self) -> Loaded | None:
         """The next input, waiting for it; None when there are no more."""
-        if not self._pending:
-            return None
-        self._pending[0].result()
-        return self.ready()
+        while self._pending:
+            self._pending[0].result()
+            loaded = self.ready()
+            if loaded is not None:
+                return loaded
+        return None
 
     def close(self) -> None:
         for f in self._pending:
             f.cancel()
         self._pending.clear()
+        self._rest.clear()
         self.exhausted = True
 
 

@@ -73,6 +73,7 @@ __all__ = [
     "count_image_paths",
     "decode_frames",
     "decode_image",
+    "frame_count",
     "iter_image_paths",
     "peek_size",
     "read_file",
@@ -640,6 +641,31 @@ def decode_frames(
             except MemoryError:
                 raise ImageError("too_large", f"{name}: out of memory while decoding"
                                  + (f" frame {k}" if count > 1 else "")) from None
+
+
+def frame_count(data: bytes, *, max_frames: int = DEFAULT_MAX_FRAMES) -> int:
+    """How many frames ``decode_frames`` finds in these bytes (1 for a still image, and for
+    bytes it cannot tell: decoding them says what is wrong), counted as it counts them,
+    from headers alone and never past ``max_frames + 1``. Cheap: no pixel is decoded, so a
+    file whose frames are all in the result cache is never decoded."""
+    claimed = sniff_format(data[:_HEAD_BYTES])
+    if claimed == "GIF":
+        try:
+            return max(1, len(_gif_canvases(data, max_frames)))
+        except _DECODE_ERRORS:
+            return 1
+    if claimed == "TIFF":
+        try:
+            return max(1, _tiff_pages(data, max_frames))
+        except _DECODE_ERRORS:
+            return 1
+    if claimed not in ("PNG", "WEBP"):
+        return 1
+    try:
+        with Image.open(io.BytesIO(data), formats=_PLUGINS) as im:
+            return _frame_count(im, data, im.format or "unknown", max_frames)
+    except Exception:  # noqa: BLE001 - hostile bytes: decoding them will say what is wrong
+        return 1
 
 
 def _open(data: bytes, name: str) -> Image.Image:

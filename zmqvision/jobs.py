@@ -114,8 +114,8 @@ class FileJob(Job):
         return self.reader.exhausted
 
     def image_id(self, loaded: Loaded, ok: bool, request: None) -> str | None:
-        iid = (protocol.image_id(loaded.hash, loaded.path) if ok
-               else protocol.failed_image_id(loaded.path))
+        iid = (protocol.image_id(loaded.hash, loaded.path, loaded.frame) if ok
+               else protocol.failed_image_id(loaded.path, loaded.frame))
         if iid in self.seen:
             log.info("skipping %s: already in this job", loaded.path)
             return SKIP

@@ -358,7 +358,8 @@ class Pool:
         return ReadAhead(config.input_paths(), self.decoder, config.read_ahead,
                          plan.settings.max_pixels, plan.lookup_in(self.cache), plan.reducer(),
                          on_ready=self.engine.wake.wake,
-                         max_bytes=plan.settings.max_file_bytes)
+                         max_bytes=plan.settings.max_file_bytes,
+                         frames=getattr(config, "frames", "first"))
 
     def run_files(self, config, stop: sockets.StopFlag | None = None,
                   on_progress: Callable[[protocol.Progress], None] | None = None,

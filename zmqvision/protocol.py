@@ -108,19 +108,30 @@ def new_job_secret() -> str:
     return secrets.token_hex(16)
 
 
-def image_id(content_hash: str, path: str) -> str:
+def image_id(content_hash: str, path: str, frame: int = 0) -> str:
     """Stable across runs: the same bytes at the same path get the same id; the same bytes
-    under two names are two images (two records) that a cache can still share by hash."""
+    under two names are two images (two records) that a cache can still share by hash.
+    Frame ``k`` > 0 of a multi-frame file (``--frames all``) is an image of its own; frame
+    0 keeps the file's id, so a job of first frames and one of every frame agree on it."""
     h = blake2b(digest_size=12)
     h.update(content_hash.encode())
     h.update(b"\0")
     h.update(os.path.abspath(path).encode("utf-8", "surrogateescape"))
+    if frame:
+        h.update(b"\0frame %d" % frame)  # a path has no NUL: no path can collide
     return h.hexdigest()
 
 
-def failed_image_id(path: str) -> str:
+def failed_image_id(path: str, frame: int = 0) -> str:
     """An image that could not be read has no content hash; its path alone names it."""
-    return image_id("unreadable", path)
+    return image_id("unreadable", path, frame)
+
+
+def frame_hash(content_hash: str, frame: int | None) -> str:
+    """The result cache's name for one frame's pixels: the file's content hash for frame
+    0 (a still image's key, and a multi-frame file's first frame, stay what they were),
+    ``<hash>#<k>`` for frame ``k``. Ventilator lookups and sink saves both use it."""
+    return f"{content_hash}#{frame}" if frame else content_hash
 
 
 # ---------------------------------------------------------------------------- validation
@@ -457,12 +468,18 @@ class ImageInfo:
     error: dict | None = None
     cached: Cached | None = None
     secret: str = field(default="", repr=False)  # the job's (JobStart.secret)
+    # A frame of a multi-frame file (animated GIF, multi-page TIFF): its 0-based index
+    # and the file's frame count; both None for a still image (and left out of the header).
+    frame: int | None = None
+    frames: int | None = None
 
     def header(self) -> dict:
         h = {"job": self.job, "image": self.image, "path": self.path, "seq": self.seq,
              "width": self.width, "height": self.height, "tiles": self.tiles,
              "hash": self.hash, "abspath": self.abspath, "error": self.error,
              "secret": self.secret}
+        if self.frames is not None:
+            h["frame"], h["frames"] = self.frame, self.frames
         if self.cached is not None:
             h["cached"] = {"tiles": self.cached.tiles, "n": len(self.cached.detections),
                            "created": self.cached.created}
@@ -493,7 +510,12 @@ class ImageInfo:
             error=_error(h),
             cached=cached,
             secret=_secret(h),
+            frame=_count(h, "frame", optional=True),
+            frames=_count(h, "frames", optional=True),
         )
+        if (msg.frame is None) != (msg.frames is None) or (
+                msg.frames is not None and msg.frame >= msg.frames):
+            raise ProtocolError(f"frame {msg.frame} of {msg.frames}: not a frame of the file")
         if cached is not None:
             if msg.tiles != 0:
                 raise ProtocolError("a cached image has no tiles to send")

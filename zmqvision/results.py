@@ -36,8 +36,12 @@ def make_record(
     tiles: int = 0,
     settings: dict | None = None,
     cached: bool = False,
+    frame: int | None = None,
+    frames: int | None = None,
 ) -> dict:
-    """The JSONL record; field names are a public contract (README, docs/protocol.md)."""
+    """The JSONL record; field names are a public contract (README, docs/protocol.md).
+    ``frame``/``frames``: which frame of a multi-frame file it is; a still image's record
+    has neither field."""
     dets = []
     if error is None and detections is not None:
         for box, score, label in zip(
@@ -48,7 +52,7 @@ def make_record(
         ):
             name = labels[label] if 0 <= label < len(labels) else f"class_{label}"
             dets.append({"label": name, "class_id": label, "score": score, "box": box})
-    return {
+    record = {
         "image": path,
         "width": width,
         "height": height,
@@ -62,6 +66,9 @@ def make_record(
         "settings": settings,
         "cached": cached,
     }
+    if frames is not None:
+        record["frame"], record["frames"] = frame, frames
+    return record
 
 
 def read_jsonl(path: str | Path, *, skip_bad: bool = False) -> Iterator[dict]:
@@ -244,6 +251,8 @@ def write_coco(records: Iterable[dict], labels: list[str], out: str | Path) -> N
             {"id": img_id, "file_name": rec["image"], "width": rec["width"],
              "height": rec["height"]}
         )
+        if rec.get("frames") is not None:  # one COCO image per frame of the file
+            images[-1].update(frame=rec.get("frame"), frames=rec["frames"])
         if rec["error"] is not None:
             errors.append({"image_id": img_id, "file_name": rec["image"], **rec["error"]})
         for d in rec["detections"]:
@@ -291,8 +300,10 @@ def draw_record(record: dict, source: str, out_dir: str | Path) -> Path | None:
         return None
     try:
         with Image.open(source) as im:
+            if record.get("frame"):
+                im.seek(record["frame"])
             im = ImageOps.exif_transpose(im).convert("RGB")
-    except OSError:
+    except (OSError, EOFError):
         return None
     draw = ImageDraw.Draw(im)
     width = max(2, round(max(im.size) / 500))
@@ -310,6 +321,7 @@ def draw_record(record: dict, source: str, out_dir: str | Path) -> Path | None:
         draw.text((x1 + width, top), caption, fill=(255, 80, 80), font=font)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    dest = out_dir / f"{Path(record['image']).stem}-{record['id'][:8]}.jpg"
+    frame = f"-frame{record['frame']}" if record.get("frames") is not None else ""
+    dest = out_dir / f"{Path(record['image']).stem}{frame}-{record['id'][:8]}.jpg"
     im.save(dest, quality=90)
     return dest

@@ -48,6 +48,9 @@ class VentilateConfig(JobSettings):
     cache: str | None = "auto"  # result cache URL; "auto": $ZMQVISION_RESULTS_CACHE or SQLite
     curve: str | None = None  # key directory: CURVE on every socket (security.py)
     insecure: bool = False  # a plain-text tiles bind other hosts can reach was asked for
+    # Multi-frame files (animated GIF, multi-page TIFF): "first" frame only, or "all" (an
+    # image, a record, per frame).
+    frames: io.FrameMode = "first"
 
     def input_paths(self) -> Iterator[str]:
         """The job's image files, walked lazily, in the order they are sent."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from zmqvision import protocol
 from zmqvision.boxes import Detections
 from zmqvision.cache import ResultCache
 from zmqvision.sink.jobs import ImageState, JobState
@@ -18,6 +19,7 @@ class ResultSaver:
         if (self.cache is None or info.hash is None or info.cached is not None
                 or img.error is not None):
             return
-        self.cache.save(job.fingerprint, info.hash, model=job.model,
+        self.cache.save(job.fingerprint, protocol.frame_hash(info.hash, info.frame),
+                        model=job.model,
                         width=info.width, height=info.height, tiles=info.tiles,
                         detections=dets)
