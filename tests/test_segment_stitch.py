@@ -1,0 +1,173 @@
+"""The strip stitcher on synthetic score maps: geometry, blending, order, memory.
+
+No model runs here: tiles get score maps computed from known fields, so the stitched
+result can be checked exactly (test_segment_models.py does the real photos).
+"""
+
+from __future__ import annotations
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from zmqvision.segment import Stitcher, feather, valid_size
+from zmqvision.segment.reference import plan_segmentation
+from zmqvision.tiling import Tile, letterbox, plan_scales, tile_starts
+
+
+def sample_field(tile: Tile, input_size, fn, channels: int) -> np.ndarray:
+    """A tile's score map: ``fn(x, y)`` at the image position of each model pixel centre
+    of its valid part (the rest of the input is letterbox padding: garbage, 1e6)."""
+    in_w, in_h = input_size
+    nw, nh = valid_size(tile.box, input_size)
+    x0, y0, x1, y1 = tile.box
+    xs = x0 + (np.arange(nw) + 0.5) * (x1 - x0) / nw - 0.5
+    ys = y0 + (np.arange(nh) + 0.5) * (y1 - y0) / nh - 0.5
+    out = np.full((in_h, in_w, channels), 1e6, np.float32)
+    out[:nh, :nw] = fn(xs[None, :, None], ys[:, None, None], np.arange(channels))
+    return out
+
+
+def run(stitcher: Stitcher, order, scores) -> tuple[np.ndarray, np.ndarray]:
+    h, w = stitcher.height, stitcher.width
+    labels = np.full((h, w), 255, np.uint8)
+    blended = np.full((h, w, stitcher.channels), np.nan, np.float32)
+    next_row = 0
+    for i in order:
+        for strip in stitcher.add(i, scores[i]):
+            assert strip.y0 == next_row  # strips come out top to bottom, each once
+            next_row += len(strip.labels)
+            labels[strip.y0:next_row] = strip.labels
+            if strip.scores is not None:
+                blended[strip.y0:next_row] = strip.scores
+    assert stitcher.done and next_row == h
+    return labels, blended
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("box", [(0, 0, 257, 257), (0, 0, 512, 300), (10, 5, 110, 405),
+                                 (0, 0, 7, 3000), (3, 3, 80, 80)])
+def test_valid_size_is_what_letterbox_fills(box):
+    crop = np.full((box[3] - box[1], box[2] - box[0], 3), 255, np.uint8)
+    out, _ = letterbox(crop, (257, 257))
+    filled = out[..., 0] > 0
+    assert valid_size(box, (257, 257)) == (filled.any(0).sum(), filled.any(1).sum())
+
+
+@pytest.mark.timeout(30)
+def test_feathers_of_a_grid_sum_to_one_in_regular_overlaps():
+    """Neighbours' ramps cross: over an overlap of exactly the ramp width the weights add
+    up to 1 (a plain cross-fade); everywhere they stay positive."""
+    length, tile, overlap = 1000, 200, 0.25
+    total = np.zeros(length, np.float32)
+    starts = tile_starts(length, tile, overlap)
+    for s in starts:
+        total[s:s + tile] += feather(s, s + tile, length, round(tile * overlap))
+    assert total.min() > 0
+    regular = np.arange(starts[-1])  # the last tile overlaps its neighbour by more than a ramp
+    assert np.allclose(total[regular], 1.0, atol=1e-6)
+    assert feather(0, 50, 50, 10).tolist() == [1.0] * 50  # image borders get no ramp
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("cut", [(64, 64), (100, 40), (20, 30), None])
+def test_a_linear_field_comes_back_where_it_was(cut):
+    """Bilinear resizing reproduces a linear field, so the stitched scores equal it up to
+    the half model pixel clamped at each tile edge: cuts enlarged, shrunk, non-square
+    and the whole image squeezed into one tile all land where they belong."""
+    w, h, size = 300, 170, (64, 64)
+    tiles = plan_scales(w, h, [cut], 0.25)
+    fn = lambda x, y, c: 0.01 * x - 0.02 * y + c  # noqa: E731
+    scores = {t.index: sample_field(t, size, fn, 3) for t in tiles}
+    st = Stitcher(w, h, tiles, size, 3, overlap=0.25, keep_scores=True, strip_rows=16)
+    _, blended = run(st, [t.index for t in tiles], scores)
+    ys, xs = np.mgrid[:h, :w]
+    want = fn(xs[..., None], ys[..., None], np.arange(3))
+    err = np.abs(blended - want)
+    step = max(max(t.width / valid_size(t.box, size)[0], t.height / valid_size(t.box, size)[1])
+               for t in tiles)
+    assert err.max() <= 0.02 * step + 1e-4
+    assert np.median(err) < 1e-4
+
+
+@pytest.mark.timeout(60)
+def test_arrival_order_and_resent_tiles_change_nothing():
+    """Any order (reversed, shuffled, with duplicates) gives bit-identical labels and
+    scores: each strip sums its tiles in plan order, whenever they came."""
+    rng = np.random.default_rng(1)
+    w, h, size = 700, 450, (96, 96)
+    tiles = plan_scales(w, h, [(96, 96), None], 0.25)  # grid plus the whole-image pass
+    scores = {t.index: rng.standard_normal((96, 96, 5)).astype(np.float32) for t in tiles}
+    runs = []
+    orders = [list(range(len(tiles))), list(range(len(tiles)))[::-1],
+              list(rng.permutation(len(tiles))) * 2]
+    for order in orders:
+        st = Stitcher(w, h, tiles, size, 5, overlap=0.25, keep_scores=True, strip_rows=32)
+        runs.append(run(st, order, scores))
+        assert st.held_bytes == 0  # every tile let go at the end
+    for labels, blended in runs[1:]:
+        assert np.array_equal(labels, runs[0][0])
+        assert np.array_equal(blended, runs[0][1])
+    assert np.array_equal(runs[0][0], runs[0][1].argmax(2))
+
+
+@pytest.mark.timeout(30)
+def test_one_channel_is_a_thresholded_probability():
+    w, h, size = 200, 120, (64, 64)
+    tiles = plan_scales(w, h, [size], 0.25)
+    fn = lambda x, y, c: np.clip(x / w + 0 * y + 0 * c, 0, 1)  # noqa: E731  (0 → 1 left to right)
+    scores = {t.index: sample_field(t, size, fn, 1) for t in tiles}
+    st = Stitcher(w, h, tiles, size, 1, overlap=0.25, keep_scores=True)
+    labels, blended = run(st, [t.index for t in tiles], scores)
+    assert set(np.unique(labels)) == {0, 1} and st.classes == 2
+    assert np.array_equal(labels, (blended[..., 0] > 0.5).astype(np.uint8))
+    assert abs(st.coverage[1] - 0.5) < 0.02 and st.counts.sum() == w * h
+
+
+@pytest.mark.timeout(30)
+def test_strips_leave_as_soon_as_their_tiles_are_in():
+    w, h, size = 400, 400, (100, 100)
+    tiles = plan_scales(w, h, [size], 0.25)  # rows of tiles at y = 0, 75, 150, ...
+    st = Stitcher(w, h, tiles, size, 2, overlap=0.25, strip_rows=25)
+    zeros = np.zeros((100, 100, 2), np.float32)
+    first_row = [t for t in tiles if t.box[1] == 0]
+    out = [s for t in first_row for s in st.add(t.index, zeros)]
+    assert [s.y0 for s in out] == [0, 25, 50]  # rows 75.. also need the second tile row
+    assert st.add(first_row[0].index, zeros) == []  # a re-sent tile
+    with pytest.raises(KeyError):
+        st.add(999, zeros)
+    with pytest.raises(ValueError, match="neither"):
+        st.add(tiles[-1].index, np.zeros((50, 100, 2), np.float32))
+
+
+@pytest.mark.timeout(120)
+def test_memory_stays_bounded_for_a_20000_pixel_wide_image():
+    """20000 × 2000 px, tiles of a 257-px model with 25 % overlap, arriving shuffled
+    within a window of 64 (credits). What the stitcher holds (its own count, and what
+    tracemalloc sees) stays within three rows of tiles (two, plus the last row, flush with
+    the border, which may sit a few pixels below the one before), the window, and one
+    strip buffer: a bound that does not involve the image height."""
+    w, h, size, c = 20000, 2000, (257, 257), 2
+    tiles = plan_segmentation(w, h, size)
+    rng = np.random.default_rng(2)
+    order = [i for k in range(0, len(tiles), 64)
+             for i in rng.permutation(range(k, min(k + 64, len(tiles))))]
+    base = rng.standard_normal((257, 257, c)).astype(np.float32)
+    tile_bytes = base.nbytes
+    per_row = len(tile_starts(w, 257, 0.25))
+    st = Stitcher(w, h, tiles, size, c, overlap=0.25)
+    tracemalloc.start()
+    try:
+        strips = 0
+        for i in order:
+            strips += len(st.add(i, base.copy()))  # a fresh buffer per tile, as received
+        _, traced = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert strips == st.strips and st.done and st.held_bytes == 0
+    strip_buffer = st.strip_rows * w * (c + 1) * 4
+    bound = (3 * per_row + 64) * tile_bytes + strip_buffer
+    assert st.peak_bytes <= bound
+    assert traced <= 1.25 * bound  # temporaries of one tile's blend on top
+    # For 20000 × 20000 the same bound is 1/15 of one float array of the image (3.2 GB).
