@@ -363,6 +363,7 @@ class Sink:
             detections=dets, error=img.error, content_hash=info.hash,
             tiles=info.tiles if info.cached is None else info.cached.tiles,
             settings=job.settings, cached=info.cached is not None,
+            task=job.task.name, extra=job.record_fields(img, dets),
         )
         self.output.deliver(job, record, info.abspath or info.path)
         self.saver.save(job, img, dets)
