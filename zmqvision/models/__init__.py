@@ -10,7 +10,9 @@ a tenth of a second to import, and the ventilator, the sink and the CLI never ru
 
 from zmqvision.models.catalog import (
     CATALOG,
+    CLASSIFIERS,
     DEFAULT_MODEL,
+    MODELS,
     ModelNotFound,
     ModelSpec,
     resolve,
@@ -27,6 +29,8 @@ from zmqvision.models.store import (
 
 __all__ = [
     "CATALOG",
+    "CLASSIFIERS",
+    "MODELS",
     "DEFAULT_MODEL",
     "Classifier",
     "Detector",

@@ -229,7 +229,9 @@ CATALOG: dict[str, ModelSpec] = {
 
 # ---------------------------------------------------------------------------- classifiers
 # Image classification models (task "classification", zmqvision.tasks.classification):
-# one [1, C] score vector per tile. Kept in a block of their own beside the detectors.
+# one [1, C] score vector per tile. Kept in a dict of their own: ``CATALOG`` is, as it
+# always was, the detectors (callers build a Detector for each of its entries);
+# ``MODELS`` is every catalog model of every task, which names resolve against.
 
 EFFICIENTNET_LITE0 = ModelSpec(
     name="efficientnet-lite0",
@@ -260,7 +262,10 @@ EFFICIENTNET_LITE0 = ModelSpec(
     # uint8 RGB NHWC straight in: the int8 network takes u8 and normalises inside.
     preprocess=Preprocess(layout="NHWC", color="RGB", mean=0.0, scale=1.0),
 )
-CATALOG[EFFICIENTNET_LITE0.name] = EFFICIENTNET_LITE0
+CLASSIFIERS: dict[str, ModelSpec] = {EFFICIENTNET_LITE0.name: EFFICIENTNET_LITE0}
+
+# Every catalog model, whatever its task: what `models list/pull/info` and ``resolve`` see.
+MODELS: dict[str, ModelSpec] = {**CATALOG, **CLASSIFIERS}
 
 DEFAULT_MODEL = "centerface"
 
@@ -295,13 +300,13 @@ def resolve(model: str, input_size: tuple[int, int] | None = None,
 
 
 def _find(model: str, task: str | None = None) -> ModelSpec:
-    spec = CATALOG.get(model)
+    spec = MODELS.get(model)
     if spec is not None:
         return spec
     path = Path(model).expanduser()
     if path.suffix.lower() in USER_MODEL_SUFFIXES and path.is_file():
         return user_model(path, task or "detection")
-    known = ", ".join(sorted(CATALOG))
+    known = ", ".join(sorted(MODELS))
     if path.suffix.lower() in USER_MODEL_SUFFIXES:
         raise ModelNotFound(f"model file {str(path)!r} does not exist (catalog models: {known})")
     raise ModelNotFound(
