@@ -217,3 +217,41 @@ def test_task_settings_from_the_wire_are_checked():
                 {"name": "classification", "embed": "yes"}, "classification"):
         with pytest.raises(ValueError):
             tasks.of_options({"task": bad})
+
+
+# ---------------------------------------------------------------- models
+
+
+@pytest.mark.timeout(60)
+def test_labels_are_the_member_packed_in_the_model_file(classifier):
+    """The class names typed into the catalog are exactly the zip member inside the
+    .tflite that ``models pull`` verifies (``Fetch.labels_sha256``)."""
+    import hashlib
+
+    from zmqvision.models import model_file, resolve
+    from zmqvision.models.store import zip_member
+
+    spec = resolve(MODEL)
+    raw = zip_member(model_file(spec).read_bytes(), spec.fetch.labels_member)
+    assert hashlib.sha256(raw).hexdigest() == spec.fetch.labels_sha256
+    assert tuple(raw.decode().splitlines()) == spec.labels and len(spec.labels) == 1000
+    assert spec.fetch.kind == "sdist" and spec.task == "classification"
+
+
+@pytest.mark.timeout(60)
+def test_user_classifier_file_with_task_classify(classifier, tmp_path):
+    import shutil
+
+    from zmqvision.models import model_file, resolve
+
+    mine = tmp_path / "mine.tflite"
+    shutil.copy(model_file(resolve(MODEL)), mine)
+    spec = resolve(str(mine), task="classify")
+    assert (spec.task, spec.family, spec.input_size) == ("classification", "softmax",
+                                                         (224, 224))
+    assert spec.labels == resolve(MODEL).labels  # read from the zip member inside it
+    assert spec.preprocess.color == "RGB"
+    with pytest.raises(ValueError, match="DetectionOutput"):
+        resolve(str(mine))  # read as a detector: refused, saying why
+    with pytest.raises(ValueError, match="classification model"):
+        resolve(MODEL, task="detect")

@@ -382,8 +382,10 @@ def user_model(path: Path, task: str = "detection") -> ModelSpec:
         score_threshold=0.0 if classes else 0.5,
         nms_threshold=0.0 if classes else 0.5,
         path=str(path),
-        # Open Model Zoo convention: BGR, 0-255, no normalisation in the caller.
-        preprocess=Preprocess(layout=layout, color="BGR", mean=0.0, scale=1.0),
+        # Open Model Zoo convention: BGR, 0-255, no normalisation in the caller; but a
+        # TF-Lite classifier is TensorFlow's, trained on RGB (as efficientnet-lite0).
+        preprocess=Preprocess(layout=layout, mean=0.0, scale=1.0, color="RGB" if (
+            classes and path.suffix.lower() == ".tflite") else "BGR"),
     )
 
 
