@@ -337,8 +337,12 @@ def _job_options(f):
 
 
 def _output_options(f):
+    f = click.option("--masks", type=click.Path(file_okay=False), default=None,
+                     help="Segmentation: write each image's label mask into this "
+                          "directory (palette PNG, the input's size; the record names it).")(f)
     f = click.option("--draw", type=click.Path(file_okay=False), default=None,
-                     help="Write annotated copies of the images into this directory.")(f)
+                     help="Write annotated copies of the images into this directory (a "
+                          "segmentation's mask blended over the image).")(f)
     f = click.option("--format", "fmt", type=click.Choice(["jsonl", "coco"]), default="jsonl",
                      show_default=True)(f)
     f = click.option("--out", "-o", type=click.Path(dir_okay=False), default="results.jsonl",
@@ -587,7 +591,7 @@ def cli() -> None:
 @click.option("-v", "--verbose", count=True)
 @_insecure_option
 def run(inputs, workers, device, threads, events, resume, progress, cache_url, no_cache,
-        verbose, out, fmt, draw, insecure, **kw):
+        verbose, out, fmt, draw, masks, insecure, **kw):
     """Run the whole job on this machine: sink, workers and ventilator."""
     from zmqvision.console import JobProgressBar
     from zmqvision.run import RunPlan, run_job
@@ -605,7 +609,7 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
     _check_inputs(job)
     plan = RunPlan(
         job=job,
-        sink=SinkConfig(out=out, format=fmt, draw=draw, events=events,
+        sink=SinkConfig(out=out, format=fmt, draw=draw, masks=masks, events=events,
                         events_fallback="tcp://127.0.0.1:0", once=False, append=resume,
                         cache=cache, insecure=insecure),
         worker=WorkerConfig(model=kw["model"], task=kw["task"], input_size=kw["input_size"],
@@ -726,7 +730,7 @@ def sink_config(params: Mapping) -> SinkConfig:
 
     return SinkConfig(results=params["bind_results"], events=params["bind_events"],
                       events_fallback=params["bind_events_fallback"], out=params["out"],
-                      format=params["fmt"], draw=params["draw"],
+                      format=params["fmt"], draw=params["draw"], masks=params["masks"],
                       append=not params["overwrite"], once=params["once"],
                       cache=_cache_choice(params["cache_url"], params["no_cache"]),
                       curve=params["curve"], insecure=params["insecure"])

@@ -69,6 +69,7 @@ SINK_FLAGS: FlagTable = {
     "out": Flag("--out"),
     "format": Flag("--format"),
     "draw": Flag("--draw"),
+    "masks": Flag("--masks"),
     "append": Flag("--overwrite", switch=False),
     "once": Flag("--once", switch=True),
     "status_s": NOT_PASSED,  # event pacing for embedders and tests; the command's default

@@ -17,7 +17,7 @@ import numpy as np
 from zmqvision import io, protocol, tasks
 from zmqvision.merge import MergeConfig
 from zmqvision.scales import scales_json
-from zmqvision.tiling import Tile, plan_scales
+from zmqvision.tiling import Tile
 
 Reduce = Callable[[int, int], int]
 
@@ -113,9 +113,10 @@ class JobPlan:
         """The result cache's lookup (content hash → entry or None) under these settings;
         None without a cache. The key's settings part is the same for every job of these
         settings (``cache.job_fingerprint`` reads no job id)."""
-        if cache is None or self.task_settings.embed:
-            # An entry holds an image's rows, not its embeddings (1,280 floats per tile):
-            # an --embed job computes every image and saves nothing (docs/cache.md).
+        if cache is None or not self.task.cacheable(self.task_settings):
+            # An entry holds an image's rows, not its embeddings (1,280 floats per tile)
+            # nor its mask: an --embed or segmentation job computes every image and saves
+            # nothing (docs/cache.md, zmqvision.tasks.segmentation).
             return None
         from zmqvision.cache import job_fingerprint
 
@@ -130,7 +131,9 @@ class JobPlan:
         return self.task.reducer(self.scales, self.settings.overlap, self.spec.input_size)
 
     def tiles(self, width: int, height: int) -> list[Tile]:
-        return plan_scales(width, height, self.scales, self.settings.overlap)
+        """The image's tiles, as the task plans them (segmentation: whole or a grid)."""
+        return self.task.plan(width, height, self.scales, self.settings.overlap,
+                              self.spec.input_size)
 
     def cut(self, pixels: np.ndarray, tile: Tile, reduced: int) -> tuple[np.ndarray, float]:
         """A tile's pixels at the model's input size, as the task cuts them (detection

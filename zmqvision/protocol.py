@@ -63,6 +63,13 @@ EMBEDDING_DTYPE = np.dtype("<f4")
 MAX_EMBEDDING = 1 << 16
 # What a tile may ask of its worker (Tile.task): classes per tile at most.
 MAX_TOP_K = 1000
+# A segmentation tile's score map (Result.scores): little-endian float32 [h, w, C], the
+# valid part of the model's output for the tile. Bounded here in bytes, side and
+# channels (u8 labels: C <= 256); the sink then checks h, w against the tile's box and C
+# against the job's model. deeplabv3's is 257 x 257 x 21 x 4 = 5.5 MB.
+SCORES_DTYPE = np.dtype("<f4")
+MAX_SCORES_BYTES = 16 << 20
+MAX_SCORES_CHANNELS = 256
 
 
 class ProtocolError(ValueError):
@@ -677,7 +684,12 @@ class Result:
     A classifier's tile answers with its top-k classes as rows (box: the tile's region,
     score: the probability, label: the class id) and, when the tile asked, its embedding:
     ``embedding`` in the header is its length and the vector is a fourth frame
-    (little-endian float32). A detection result has no such key and three frames."""
+    (little-endian float32). A detection result has no such key and three frames.
+
+    A segmentation tile answers with no rows and its score map: ``scores`` in the header
+    is its shape ``[h, w, C]`` and the map is a fourth frame (little-endian float32,
+    row-major, exactly ``h * w * C * 4`` bytes, every number finite). A result has an
+    embedding or scores, never both."""
 
     TYPE: ClassVar[MsgType] = MsgType.RESULT
     job: str
@@ -690,6 +702,7 @@ class Result:
     attempt: int = 0
     infer_ms: float = 0.0
     embedding: np.ndarray | None = None  # float32 [d]: a classifier's, when asked for
+    scores: np.ndarray | None = None  # float32 [h, w, C]: a segmenter's valid score map
 
     def header(self) -> dict:
         h = {
@@ -705,22 +718,33 @@ class Result:
         }
         if self.embedding is not None:
             h["embedding"] = int(self.embedding.size)
+        if self.scores is not None:
+            h["scores"] = [int(v) for v in self.scores.shape]
         return h
 
     def buffers(self) -> list:
         arrays = detection_arrays(self.detections)
         if self.embedding is not None:
             arrays.append(np.ascontiguousarray(self.embedding, EMBEDDING_DTYPE).reshape(-1))
+        if self.scores is not None:  # sent as it is when already little-endian f32 and C-order
+            arrays.append(np.ascontiguousarray(self.scores, SCORES_DTYPE))
         return arrays
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> Result:
         dim = _count(h, "embedding", optional=True, hi=MAX_EMBEDDING)
-        embedding = None
-        if dim is not None:
+        shape = _req(h, "scores", list, optional=True)
+        embedding = scores = None
+        if dim is not None and shape is not None:
+            raise ProtocolError("a result has an embedding or scores, not both")
+        if dim is not None or shape is not None:
             if len(bufs) != 4:
-                raise ProtocolError(f"a result with an embedding needs 4 frames, got {len(bufs)}")
-            embedding = embedding_from_buffer(dim, bufs[3])
+                what = "an embedding" if dim is not None else "scores"
+                raise ProtocolError(f"a result with {what} needs 4 frames, got {len(bufs)}")
+            if dim is not None:
+                embedding = embedding_from_buffer(dim, bufs[3])
+            else:
+                scores = scores_from_buffer(shape, bufs[3])
             bufs = bufs[:3]
         dets = detections_from_buffers(_req(h, "n", int), bufs)
         return cls(
@@ -734,7 +758,35 @@ class Result:
             attempt=_count(h, "attempt"),
             infer_ms=_float(h, "infer_ms", lo=0.0),
             embedding=embedding,
+            scores=scores,
         )
+
+
+def scores_from_buffer(shape: Any, buf: Any) -> np.ndarray:
+    """A segmentation score map ``[h, w, C]`` (float32, read-only, a view of the frame:
+    no copy) from its header shape and frame; ProtocolError unless the shape is three
+    positive integers within ``MAX_TILE_SIDE`` / ``MAX_SCORES_CHANNELS``, the frame has
+    exactly that many bytes (at most ``MAX_SCORES_BYTES``) and every number is finite."""
+    if (not isinstance(shape, list) or len(shape) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) for v in shape)):
+        raise ProtocolError(f"scores shape must be [h, w, C] integers, got {shape!r}")
+    h, w, c = shape
+    if not (1 <= h <= MAX_TILE_SIDE and 1 <= w <= MAX_TILE_SIDE
+            and 1 <= c <= MAX_SCORES_CHANNELS):
+        raise ProtocolError(f"scores shape {shape} out of bounds (sides 1..{MAX_TILE_SIDE}, "
+                            f"channels 1..{MAX_SCORES_CHANNELS})")
+    size = h * w * c * SCORES_DTYPE.itemsize
+    if size > MAX_SCORES_BYTES:
+        raise ProtocolError(f"scores {shape} are {size} bytes, over {MAX_SCORES_BYTES}")
+    view = _buffer(buf)
+    if view.nbytes != size:
+        raise ProtocolError(f"scores frame has {view.nbytes} bytes, shape {shape} needs {size}")
+    scores = np.frombuffer(view, SCORES_DTYPE).reshape(h, w, c)
+    if not np.isfinite(scores).all():
+        raise ProtocolError("non-finite numbers in the scores")
+    if not SCORES_DTYPE.isnative:  # a big-endian host: native order for numpy
+        scores = scores.astype(np.float32)
+    return scores
 
 
 def embedding_from_buffer(dim: int, buf: Any) -> np.ndarray:

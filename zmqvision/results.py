@@ -239,7 +239,13 @@ def write_coco(records: Iterable[dict], labels: list[str], out: str | Path) -> N
     A classification record's ``labels`` (image-level classes) become annotations too:
     ``bbox`` the whole image ``[0, 0, width, height]``, its ``score``, and
     ``"image_label": true`` to tell them from boxes (COCO has no image-level results
-    format; this is the one tools that read ``bbox``/``score`` understand)."""
+    format; this is the one tools that read ``bbox``/``score`` understand).
+
+    A segmentation record's classes (those the sink encoded as RLE, ``--format coco``)
+    become one annotation per class present: ``"segmentation": {"size": [h, w],
+    "counts": ...}`` (pycocotools' compressed RLE), ``area`` its pixels and ``score``
+    1.0 (a semantic mask has no score; COCO's evaluation wants one). No ``bbox``:
+    pycocotools' ``loadRes`` computes it from the RLE."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(labels)]
@@ -284,6 +290,15 @@ def write_coco(records: Iterable[dict], labels: list[str], out: str | Path) -> N
                  "bbox": [0, 0, w, h], "area": w * h, "score": d["score"], "iscrowd": 0,
                  "image_label": True}
             )
+        seg = rec.get("segmentation") or {}
+        for c in seg.get("classes") or ():
+            if "rle" not in c:
+                continue
+            ann_id += 1
+            annotations.append(
+                {"id": ann_id, "image_id": img_id, "category_id": category(c),
+                 "segmentation": c["rle"], "area": c["pixels"], "score": 1.0, "iscrowd": 0}
+            )
     fd, tmp = tempfile.mkstemp(prefix=out.name, dir=out.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
@@ -326,6 +341,7 @@ def draw_record(record: dict, source: str, out_dir: str | Path) -> Path | None:
             im = ImageOps.exif_transpose(im).convert("RGB")
     except (OSError, EOFError):
         return None
+    im = _blend_mask(im, (record.get("segmentation") or {}).get("mask"))
     draw = ImageDraw.Draw(im)
     width = max(2, round(max(im.size) / 500))
     font = label_font(im.size)
@@ -346,3 +362,26 @@ def draw_record(record: dict, source: str, out_dir: str | Path) -> Path | None:
     dest = out_dir / f"{Path(record['image']).stem}{frame}-{record['id'][:8]}.jpg"
     im.save(dest, quality=90)
     return dest
+
+
+def _blend_mask(im, mask_path: str | None, alpha: float = 0.5):
+    """``im`` with a segmentation's palette mask blended over it (class colours at
+    ``alpha``, background left as it was); ``im`` itself without a readable mask."""
+    import numpy as np
+    from PIL import Image
+
+    if not mask_path:
+        return im
+    try:
+        with Image.open(mask_path) as m:
+            if m.size != im.size or m.mode != "P":
+                return im
+            m.load()
+            colours = m.convert("RGB")
+            # Background (label 0) keeps the photo as it is.
+            keep = Image.fromarray(np.where(np.asarray(m) == 0, 255, 0).astype(np.uint8), "L")
+    except (OSError, EOFError):
+        return im
+    blended = Image.blend(im, colours, alpha)
+    blended.paste(im, mask=keep)
+    return blended

@@ -85,6 +85,26 @@ class Segmenter:
             out = out.transpose(1, 2, 0)
         return np.array(out, np.float32, order="C", copy=True)
 
+    def optimal_requests(self) -> int:
+        """Requests the device runs best with (a worker's queue depth, as ``Network``'s)."""
+        try:
+            return max(1, int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        except Exception:  # some virtual devices do not report it
+            return 1
+
+    def valid_scores(self, request: ov.InferRequest, box: tuple[int, int, int, int]
+                     ) -> np.ndarray:
+        """A float32 C-order copy of the part of the score map that the letterboxed tile
+        of ``box`` filled (``valid_size``), ``[nh, nw, C]``: what a worker sends (the
+        rest is letterbox padding, which the stitcher never reads). One copy, straight
+        from the request's output (which is then free for the next tile)."""
+        from zmqvision.segment.stitch import valid_size
+
+        nw, nh = valid_size(box, self.input_size)
+        out = request.get_output_tensor(0).data[0]
+        part = out[:, :nh, :nw].transpose(1, 2, 0) if self._nchw else out[:nh, :nw]
+        return np.array(part, np.float32, order="C", copy=True)
+
     def infer(self, pixels: np.ndarray) -> np.ndarray:
         request = self.compiled.create_infer_request()
         request.infer({0: self.input_tensor(pixels)})

@@ -19,6 +19,7 @@ class SinkConfig:
     out: str = "results.jsonl"
     format: str = "jsonl"  # "jsonl" or "coco"
     draw: str | None = None
+    masks: str | None = None  # segmentation: directory of the palette-PNG label masks
     append: bool = False  # keep --out (the journal) and continue its jobs; else start afresh
     once: bool = False  # exit after the first job completes
     status_s: float = 1.0

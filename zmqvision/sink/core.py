@@ -46,11 +46,15 @@ from zmqvision.sink.journal import Journal
 from zmqvision.sink.output import RecordOutput
 from zmqvision.sink.roster import Roster
 from zmqvision.sink.saves import ResultSaver
+from zmqvision.tasks import MaskSettings
 
 log = logging.getLogger("zmqvision.sink")
 
 MAX_ORPHAN_RESULTS = 10_000  # results for jobs not (yet) announced, all jobs together
-MAX_HELD_RESULT_BYTES = 16 << 20  # orphan and early results, all jobs together
+# Orphan and early results, all jobs together: room for a few segmentation score maps
+# (each up to protocol.MAX_SCORES_BYTES) besides 16 MiB of rows, so a tile that beats its
+# image's announcement is held, not dropped and sent again.
+MAX_HELD_RESULT_BYTES = (16 << 20) + 4 * protocol.MAX_SCORES_BYTES
 MAX_UNSTARTED_JOB_BYTES = 16 << 20  # jobs with no image, JobEnd or Withdraw yet
 UNSTARTED_JOB_S = 300.0  # such a job is forgotten after this long
 
@@ -107,6 +111,10 @@ class Sink:
         self.jobs_done = 0
 
     def close(self) -> None:
+        for job in self.jobs.values():  # masks half-written when the sink stops go
+            for img in job.images.values():
+                if img.merging is not None:
+                    img.merging.abort()
         self.journal.close()
         if self.cache is not None:
             self.cache.close()
@@ -195,7 +203,9 @@ class Sink:
         if self.events.is_finished(msg.job):
             return
         try:
-            job = JobState(msg, self.journal.counts.get(msg.job), held=self.held)
+            job = JobState(msg, self.journal.counts.get(msg.job), held=self.held,
+                           outputs=MaskSettings(masks=self.config.masks,
+                                                rle=self.config.format == "coco"))
         except protocol.ProtocolError as exc:  # records delivered in no way we know
             self.bad(exc)
             return

@@ -23,6 +23,8 @@ def result_bytes(msg: protocol.Result) -> int:
     size = d.boxes.nbytes + d.scores.nbytes + d.labels.nbytes
     if msg.embedding is not None:  # a classifier's: counted like the rest
         size += msg.embedding.nbytes
+    if msg.scores is not None:  # a segmenter's score map (up to protocol.MAX_SCORES_BYTES)
+        size += msg.scores.nbytes
     size += len(msg.job) + len(msg.image) + len(msg.worker) + len(msg.model)
     if msg.error:
         size += sum(len(str(k)) + len(str(v)) for k, v in msg.error.items())

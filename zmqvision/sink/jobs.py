@@ -12,7 +12,7 @@ from __future__ import annotations
 import hmac
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -51,6 +51,10 @@ class ImageState:
     info: protocol.ImageInfo
     parts: dict[int, Detections] = field(default_factory=dict)
     embeddings: dict[int, np.ndarray] = field(default_factory=dict)  # a classifier's
+    # A merge fed as tiles arrive (segmentation's stitcher, tasks.ImageMerge), made with
+    # the first tile; ``fields``: what it gave the record when the image finished.
+    merging: tasks.ImageMerge | None = None
+    fields: dict | None = None
     error: dict | None = None
     # Announced again after its record was published (the record was lost on the way to
     # its caller): it is written or published again but counted once in the job.
@@ -61,9 +65,11 @@ class JobState:
     """One job's merge state and counters; the source of its Progress snapshots."""
 
     def __init__(self, start: protocol.JobStart, journal: JournalCounts | None = None,
-                 held: Budget | None = None) -> None:
+                 held: Budget | None = None,
+                 outputs: tasks.MaskSettings | None = None) -> None:
         """``journal``: what the results file already holds of this job (a restart).
         ``held``: the sink's budget for held results, which early results count in.
+        ``outputs``: where a segmentation job's masks go (the sink's ``--masks``).
         ProtocolError for an unknown record delivery; TypeError or ValueError for bad
         merge settings."""
         self.start = start
@@ -84,6 +90,8 @@ class JobState:
         if "task" in start.options:  # not detection: its settings go in every record
             self.settings["task"] = start.options["task"]
         self.fingerprint = job_fingerprint(start)  # the settings part of its cache keys
+        # Files beside the records (masks) only for a job whose records are written.
+        self.outputs = replace(outputs or tasks.MaskSettings(), write=self.writes)
         self.images: dict[str, ImageState] = {}
         self.early: dict[str, list[protocol.Result]] = {}
         self.early_count = 0
@@ -188,6 +196,8 @@ class JobState:
         elif error is None:
             why = self.task.check_part(self.task_settings, len(self.labels), detections,
                                        msg.embedding)
+            if why is None and img.error is None:
+                why = self._merge_now(img, msg)
             if why is not None:  # a buggy or forged worker: the tile's error, not data
                 detections, error = Detections.empty(), {"type": "bad_result", "message": why}
         img.parts[msg.index] = detections
@@ -201,6 +211,20 @@ class JobState:
                                     f"{error['message']}"}
         return True
 
+    def _merge_now(self, img: ImageState, msg: protocol.Result) -> str | None:
+        """Feed a tile to its image's running merge (segmentation), made with the image's
+        first tile; why the tile cannot be merged, or None. A score map for a task that
+        merges at the end is refused (no task but segmentation sends one)."""
+        if img.merging is None:
+            try:
+                img.merging = self.task.image_merge(self.task_settings, self.start, img.info,
+                                                    self.outputs)
+            except ValueError as exc:
+                return str(exc)
+        if img.merging is None:
+            return "a score map for a task without masks" if msg.scores is not None else None
+        return img.merging.add(msg.index, msg)
+
     @staticmethod
     def is_whole(img: ImageState) -> bool:
         return len(img.parts) == img.info.tiles
@@ -213,6 +237,15 @@ class JobState:
         self.dirty = True
         counted = not img.again
         self.images_done += counted
+        if img.merging is not None:
+            if img.error is None:
+                try:
+                    img.fields = img.merging.finish()
+                except (ValueError, OSError) as exc:  # e.g. the mask's disk is full
+                    img.error = {"type": "output_failed", "message": str(exc)}
+            if img.error is not None:  # a failed tile or mask: no partial file is left
+                img.merging.abort()
+            img.merging = None
         if img.error is not None:
             if counted:
                 self.images_failed += 1
@@ -229,9 +262,13 @@ class JobState:
         return dets
 
     def record_fields(self, img: ImageState, dets: Detections | None) -> dict:
-        """The task's own fields of an image's record (none for detection)."""
-        return self.task.record_fields(self.task_settings, dets, img.embeddings, self.labels,
-                                       self.settings["score_threshold"])
+        """The task's own fields of an image's record (none for detection); those of its
+        running merge (segmentation's) when it had one."""
+        out = self.task.record_fields(self.task_settings, dets, img.embeddings, self.labels,
+                                      self.settings["score_threshold"])
+        if img.fields is not None and img.error is None:
+            out.update(img.fields)
+        return out
 
     def withdraw(self, image: str) -> bool:
         """Forget an image not yet complete, and what arrived for it: it no longer counts
@@ -240,6 +277,9 @@ class JobState:
         img = self.images.pop(image, None)
         if img is None:
             return bool(early)
+        if img.merging is not None:  # its partial mask goes
+            img.merging.abort()
+            img.merging = None
         if img.again:  # counted, and done, the first time: no longer part of the job
             self.images_done -= 1
         self.images_seen -= 1

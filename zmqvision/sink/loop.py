@@ -34,10 +34,11 @@ log = logging.getLogger("zmqvision.sink")
 PUB_SNDHWM = 100_000
 POLL_MS = 50
 # What the results port takes: every frame of every message for it is at most a header
-# (1 MiB) or detection arrays (10,000 boxes: 320 KiB), and ZeroMQ queues messages by
+# (1 MiB), detection arrays (10,000 boxes: 320 KiB) or a segmentation tile's score map
+# (protocol.MAX_SCORES_BYTES, 16 MiB; deeplabv3's are 5.5 MB). ZeroMQ queues messages by
 # count, not bytes, so the queue is kept short (the sink drains it at once; senders wait
-# on their own side): 1,000 messages of at most 2 MiB per connection.
-PULL_MAX_FRAME = protocol.MAX_HEADER_BYTES
+# on their own side): 1,000 messages per connection.
+PULL_MAX_FRAME = max(protocol.MAX_HEADER_BYTES, protocol.MAX_SCORES_BYTES)
 PULL_RCVHWM = 1000
 # Every frame the events socket receives: subscriptions (1 byte on/off and the topic) and
 # the CURVE handshake's commands, which pass through the same limit (INITIATE is about

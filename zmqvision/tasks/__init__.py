@@ -22,17 +22,21 @@ each a ``Task`` with the same five answers:
 
 A job's task settings travel in ``JobStart.options["task"]`` (absent for detection, so a
 detection job's messages are unchanged) and are part of its result-cache key.
-Segmentation and two-stage recognition are further ``Task``s: a mask payload as its own
-frame, a second model fed the crops of the first's rows.
+Segmentation (``tasks.segmentation``) sends each tile's score map as its own frame
+(``Result.scores``) and merges on the sink as tiles arrive (``Task.image_merge``: a
+stitcher per image writing its mask in strips). Two-stage recognition is a further
+``Task``: a second model fed the crops of the first's rows.
 """
 
 from __future__ import annotations
 
-from zmqvision.tasks.base import Task, TaskSettings
+from zmqvision.tasks.base import Decoded, ImageMerge, MaskSettings, Task, TaskSettings
 from zmqvision.tasks.classification import Classification
 from zmqvision.tasks.detection import Detection
+from zmqvision.tasks.segmentation import Segmentation
 
-TASKS: dict[str, Task] = {"detection": Detection(), "classification": Classification()}
+TASKS: dict[str, Task] = {"detection": Detection(), "classification": Classification(),
+                          "segmentation": Segmentation()}
 
 
 def get(name: str | None) -> Task:
@@ -53,4 +57,5 @@ def of_options(options: dict) -> tuple[Task, TaskSettings]:
     return get(settings.name), settings
 
 
-__all__ = ["TASKS", "Task", "TaskSettings", "get", "of_options"]
+__all__ = ["TASKS", "Decoded", "ImageMerge", "MaskSettings", "Task", "TaskSettings", "get",
+           "of_options"]

@@ -4,16 +4,55 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from zmqvision.boxes import Detections
-from zmqvision.tiling import Tile
+from zmqvision.tiling import Tile, plan_scales
 
 # Classes one tile may return at most (also the bound the sink checks a result against).
 MAX_TOP_K = 1000
 Scale = tuple[int, int] | None
 Reduce = Callable[[int, int], int]
+
+
+class Decoded(NamedTuple):
+    """What a worker's decoder makes of one tile: its rows (in image pixels) and, for
+    the tasks that have one, the extra frame of its result: a classifier's embedding or
+    a segmenter's score map (``protocol.Result.embedding`` / ``.scores``)."""
+
+    detections: Detections
+    embedding: np.ndarray | None = None
+    scores: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class MaskSettings:
+    """Where the sink puts what a task makes beside the record (segmentation's masks):
+    ``masks`` the directory of the PNGs (None: none written), ``rle`` whether records
+    carry COCO RLE (``--format coco``), ``write`` whether the job's records are written
+    at all (a publish-only job leaves no files)."""
+
+    masks: str | None = None
+    rle: bool = False
+    write: bool = True
+
+
+class ImageMerge:
+    """An image's merge that runs as its tiles arrive (segmentation stitches strips as
+    soon as their tiles are in, instead of holding every tile to the end)."""
+
+    def add(self, index: int, result) -> str | None:
+        """Take one tile's result (``protocol.Result``); why it cannot be used, or None."""
+        raise NotImplementedError
+
+    def finish(self) -> dict:
+        """The record's fields for the image once every tile is in (ValueError: not so)."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """The image failed or was withdrawn: drop what is held, remove partial files."""
 
 
 @dataclass(frozen=True)
@@ -69,15 +108,25 @@ class Task:
                 input_size: tuple[int, int]) -> Reduce:
         raise NotImplementedError
 
+    def plan(self, width: int, height: int, scales: Sequence[Scale], overlap: float,
+             input_size: tuple[int, int]) -> list[Tile]:
+        """The tiles of a ``width`` × ``height`` image (the ventilator's, and the sink's
+        when it must know them, as segmentation's stitcher does)."""
+        return plan_scales(width, height, scales, overlap)
+
+    def cacheable(self, settings: TaskSettings) -> bool:
+        """Whether a result-cache entry (an image's rows) holds all a record of these
+        settings needs; False: the job neither looks up nor saves."""
+        return not settings.embed
+
     def tile_request(self, settings: TaskSettings) -> dict | None:
         """``protocol.Tile.task``: what the worker returns for a tile; None: nothing
         beyond the model's default (and the tile's header is what it always was)."""
         return None
 
     # ---------------------------------------------------------------- worker
-    def decode(self, network, request, tile, score_threshold: float | None
-               ) -> tuple[Detections, np.ndarray | None]:
-        """A finished infer request → the tile's rows in image pixels and its embedding."""
+    def decode(self, network, request, tile, score_threshold: float | None) -> Decoded:
+        """A finished infer request → the tile's rows in image pixels and its extra frame."""
         raise NotImplementedError
 
     # ---------------------------------------------------------------- sink
@@ -89,6 +138,13 @@ class Task:
 
     def merge(self, parts: dict[int, Detections], merge_config) -> Detections:
         raise NotImplementedError
+
+    def image_merge(self, settings: TaskSettings, start, info, outputs: MaskSettings
+                    ) -> ImageMerge | None:
+        """A merge fed tile by tile for one image (``ImageMerge``), made when its first
+        tile arrives; None (detection, classification): tiles are kept as rows and
+        merged at the end (``merge``)."""
+        return None
 
     def record_fields(self, settings: TaskSettings, detections: Detections | None,
                       embeddings: dict[int, np.ndarray], labels: Sequence[str],

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from zmqvision.boxes import Detections
-from zmqvision.tasks.base import Task, TaskSettings
+from zmqvision.tasks.base import Decoded, Task, TaskSettings
 from zmqvision.tiling import cut_stretched, plan_scales, stretch_draft_factor
 
 
@@ -51,7 +51,7 @@ class Classification(Task):
         out = network.outputs_of(request, embed)
         ids, probs = network.top_k(out[0], int(want.get("top_k", 5)))
         boxes = np.tile(np.asarray(tile.box, np.float64), (len(ids), 1))
-        return Detections(boxes, probs, ids), (out[1] if embed else None)
+        return Decoded(Detections(boxes, probs, ids), out[1] if embed else None)
 
     def check_part(self, settings, n_labels, detections, embedding):
         rows = min(settings.top_k, n_labels)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from zmqvision.boxes import Detections
 from zmqvision.merge import merge
 from zmqvision.scales import resolve_scales
-from zmqvision.tasks.base import Task, TaskSettings
+from zmqvision.tasks.base import Decoded, Task, TaskSettings
 from zmqvision.tiling import cut_tile, draft_reducer, to_image_coords
 
 
@@ -36,8 +36,8 @@ class Detection(Task):
 
     def decode(self, network, request, tile, score_threshold):
         dets = network.decode(network.outputs_of(request), score_threshold)
-        return Detections(to_image_coords(dets.boxes, tile.box, tile.scale), dets.scores,
-                          dets.labels), None
+        return Decoded(Detections(to_image_coords(dets.boxes, tile.box, tile.scale),
+                                  dets.scores, dets.labels))
 
     def merge(self, parts, merge_config):
         return merge(Detections.concat(list(parts.values())), merge_config)

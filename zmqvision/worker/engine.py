@@ -35,6 +35,7 @@ class Completion(NamedTuple):
     detections: Detections | None
     error: Exception | None
     embedding: np.ndarray | None = None
+    scores: np.ndarray | None = None  # a segmenter's valid score map [h, w, C]
 
 
 class InferenceEngine:
@@ -48,9 +49,16 @@ class InferenceEngine:
         self.spec = resolve(config.model, config.input_size, config.task)
         self.task = tasks.get(self.spec.task)
         model_path = ensure(self.spec, log=lambda m: log.info("%s", m))
-        # A Detector or a Classifier (models.runtime), as the model's task needs.
-        self.detector = load_network(self.spec, device=config.device, threads=config.threads,
-                                     hint=config.hint, model_path=model_path)
+        # A Detector or a Classifier (models.runtime), or a Segmenter (segment.runtime), as
+        # the model's task needs.
+        kwargs = {"device": config.device, "threads": config.threads, "hint": config.hint,
+                  "model_path": model_path}
+        if self.spec.task == "segmentation":
+            from zmqvision.segment.runtime import Segmenter
+
+            self.detector = Segmenter(self.spec, **kwargs)
+        else:
+            self.detector = load_network(self.spec, **kwargs)
         # One request more than the device's optimum: while Python hands a finished tile
         # over and starts the next, the device still has a tile queued.
         self.requests = config.requests or self.detector.optimal_requests() + 1
@@ -104,8 +112,8 @@ class InferenceEngine:
         src, tile, t0 = userdata
         threshold = tile.min_score if tile.min_score is not None else self.score_threshold
         try:
-            dets, embedding = self.task.decode(self.detector, request, tile, threshold)
-            c = Completion(src, tile, t0, dets, None, embedding)
+            out = self.task.decode(self.detector, request, tile, threshold)
+            c = Completion(src, tile, t0, out.detections, None, out.embedding, out.scores)
         except Exception as exc:  # reported as this tile's error, never lost
             c = Completion(src, tile, t0, None, exc)
         self._deliver(c)

@@ -40,6 +40,7 @@ def tile_result(c: Completion, worker: str, model: str) -> protocol.Result:
         job=tile.job, image=tile.image, index=tile.index, worker=worker, model=model,
         detections=dets, attempt=tile.attempt,
         infer_ms=(time.perf_counter() - c.t0) * 1000.0, embedding=c.embedding,
+        scores=c.scores,
     )
 
 
