@@ -26,6 +26,13 @@ The headline is ``steady ÷ benchmark_app`` (median over repeats of the per-repe
 A classifier (``efficientnet-lite0``) sees each image whole, one tile per image
 (``zmqvision.tasks.classification``): its rows count images, and the feed and naive rows
 cut and infer the way its task does (stretched cuts, ``Classifier.infer``, top 5).
+
+A segmenter (``deeplabv3``, ``selfie-segmentation``) tiles as its task plans
+(``zmqvision.tasks.segmentation``: a grid of input-sized cuts for images over twice the
+input); the naive row is ``segment.segment_image`` (sync infer and the same stitching, no
+PNG), and the pipeline rows write every mask (``--masks``), as users run it:
+
+    python benchmarks/throughput.py --model deeplabv3 --images 4 --size 1024x768
 """
 
 from __future__ import annotations
@@ -143,6 +150,10 @@ def _tiles_of(paths: list[str], tile_size, overlap: float, model: str | None = N
 
     if model is not None and _classifier_plan(model, overlap) is not None:
         return len(paths)  # one whole-image tile each
+    if model is not None and _segmenter_plan(model, overlap) is not None:
+        plan = _segmenter_plan(model, overlap)
+        return sum(len(plan.tiles(img.width, img.height))
+                   for img in (read_image(p) for p in paths))
     n = 0
     for p in paths:
         img = read_image(p)
@@ -158,11 +169,20 @@ def _classifier_plan(model: str, overlap: float):
     return plan if plan.spec.task == "classification" else None
 
 
+def _segmenter_plan(model: str, overlap: float):
+    """The job plan of a segmentation model, None for any other."""
+    from zmqvision.plan import JobPlan, JobSettings
+
+    plan = JobPlan(JobSettings(model=model, overlap=overlap))
+    return plan if plan.spec.task == "segmentation" else None
+
+
 def classify_feed_loop(paths: list[str], model: str, overlap: float) -> dict:
-    """``feed_loop`` for a classifier: decode (reduced as the job would) and stretch."""
+    """``feed_loop`` for a classifier or a segmenter: decode (reduced as the job would) and
+    cut as the task does."""
     from zmqvision.inputs import load_path
 
-    plan = _classifier_plan(model, overlap)
+    plan = _classifier_plan(model, overlap) or _segmenter_plan(model, overlap)
     t0 = time.perf_counter()
     t_decode = 0.0
     n = 0
@@ -194,6 +214,30 @@ def classify_naive_loop(paths: list[str], model: str, overlap: float) -> dict:
         for tile in plan.tiles(img.width, img.height):
             net.infer(plan.cut(img.pixels, tile, img.reduced)[0], 5)
             n += 1
+    dt = time.perf_counter() - t0
+    return {"tiles": n, "seconds": dt, "compile_s": compile_s, "detections": 0}
+
+
+def segment_naive_loop(paths: list[str], model: str, overlap: float) -> dict:
+    """``naive_loop`` for a segmenter: decode, then ``segment_image`` (the pipeline's
+    tiles, synchronous infer, the sink's stitching; no PNG)."""
+    from zmqvision.inputs import load_path
+    from zmqvision.models import ensure
+    from zmqvision.segment import Segmenter, segment_image
+
+    plan = _segmenter_plan(model, overlap)
+    spec = plan.spec
+    c0 = time.perf_counter()
+    seg = Segmenter(spec, hint="LATENCY", model_path=ensure(spec))
+    compile_s = time.perf_counter() - c0
+    seg.infer(np.zeros((spec.input_size[1], spec.input_size[0], 3), np.uint8))  # warm
+    n = 0
+    t0 = time.perf_counter()
+    for p in paths:
+        img = load_path(p, plan.settings.max_pixels).image
+        tiles = plan.tiles(img.width, img.height)
+        segment_image(img.pixels, seg, tiles=tiles, overlap=overlap, keep_labels=False)
+        n += len(tiles)
     dt = time.perf_counter() - t0
     return {"tiles": n, "seconds": dt, "compile_s": compile_s, "detections": 0}
 
@@ -312,7 +356,8 @@ def pipeline_run(folder: Path, model: str, workers: int, overlap: float,
             job=VentilateConfig(inputs=(str(folder),), model=model, overlap=overlap,
                                 merge=MergeConfig()),
             sink=SinkConfig(out=os.path.join(tmp, "results.jsonl"), events=events,
-                            events_fallback="tcp://127.0.0.1:0"),
+                            events_fallback="tcp://127.0.0.1:0",
+                            masks=os.path.join(tmp, "masks")),  # (segmentation only)
             worker=WorkerConfig(model=model),
             workers=workers,
         )
@@ -438,9 +483,10 @@ def main(argv: list[str] | None = None) -> int:
         folder = Path(tmp)
         paths = [str(p) for p in make_inputs(folder, args.images, args.size)]
         n_tiles = _tiles_of(paths, spec.input_size, args.overlap, args.model)
-        classify = spec.task == "classification"
-        feed_fn = classify_feed_loop if classify else feed_loop
-        naive_fn = classify_naive_loop if classify else naive_loop
+        task = spec.task
+        feed_fn = feed_loop if task == "detection" else classify_feed_loop
+        naive_fn = {"classification": classify_naive_loop,
+                    "segmentation": segment_naive_loop}.get(task, naive_loop)
         head = [
             f"command: {command}",
             f"machine: {facts['cpu']}, os.cpu_count()={facts['cpu_count']} "
