@@ -213,7 +213,7 @@ def test_task_settings_from_the_wire_are_checked():
     assert tasks.of_options({})[0].name == "detection"
     task, settings = tasks.of_options({"task": {"name": "classification", "top_k": 3}})
     assert task.name == "classification" and settings.top_k == 3
-    for bad in ({"name": "segmentation"}, {"name": "classification", "top_k": 0},
+    for bad in ({"name": "recognition"}, {"name": "classification", "top_k": 0},
                 {"name": "classification", "embed": "yes"}, "classification"):
         with pytest.raises(ValueError):
             tasks.of_options({"task": bad})
