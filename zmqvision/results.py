@@ -38,6 +38,7 @@ def make_record(
     cached: bool = False,
     frame: int | None = None,
     frames: int | None = None,
+    time: float | None = None,
 ) -> dict:
     """The JSONL record; field names are a public contract (README, docs/protocol.md).
     ``frame``/``frames``: which frame of a multi-frame file it is; a still image's record
@@ -66,8 +67,12 @@ def make_record(
         "settings": settings,
         "cached": cached,
     }
-    if frames is not None:
-        record["frame"], record["frames"] = frame, frames
+    if frame is not None:  # a frame of a multi-frame file, or of a video
+        record["frame"] = frame
+        if frames is not None:  # a live stream has no frame count
+            record["frames"] = frames
+        if time is not None:  # a video frame's presentation time, in seconds
+            record["time"] = time
     return record
 
 
