@@ -321,6 +321,7 @@ class FolderWatch:
         self.skipped = 0
         self.skipped_examples: list[str] = []
         self.polls = 0
+        self.watching = threading.Event()  # set once watched and the first look is done
         self._exts = io._extension_filter(options.extensions)
         self.thread = threading.Thread(target=self._run, name="zv-follow", daemon=True)
 
@@ -372,7 +373,8 @@ class FolderWatch:
             if self._inotify is not None:
                 self._watch_tree(self.top)
             self._scan(time.monotonic(), settle_all=self._inotify is None)
-            interval = max(0.05, min(1.0, self.settling.settle / 2 or 0.5))
+            self.watching.set()
+            interval = max(0.05, min(1.0, self.settling.settle / 4 or 0.5))  # 4+ looks
             next_poll = time.monotonic() + interval
             while not self._over():
                 now = time.monotonic()
@@ -404,6 +406,7 @@ class FolderWatch:
         except Exception:  # noqa: BLE001 - a watch must end the job, not hang it
             log.exception("following %s failed", self.top)
         finally:
+            self.watching.set()
             if self._inotify is not None:
                 self._inotify.close()
             self.arrivals.produced()
@@ -517,6 +520,14 @@ class LiveInputs:
             w.start()
         for r in self.readers:
             r.start()
+
+    def wait_watching(self, timeout: float = 10.0) -> bool:
+        """Start, and wait until every folder is watched and was looked at once: a file
+        written from then on is taken only once complete."""
+        self.start()
+        deadline = time.monotonic() + timeout
+        return all(w.watching.wait(max(0.0, deadline - time.monotonic()))
+                   for w in self.watches)
 
     def take(self):
         """A path or a decoded input (``inputs.Loaded``) with its arrival time set,
