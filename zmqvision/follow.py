@@ -633,6 +633,7 @@ def _live_job_class():
     """``LiveJob``, made on first use (jobs.py imports the engine's inputs)."""
     global LiveJob
     if LiveJob is None:
+        import itertools
         import uuid
 
         from zmqvision import protocol
@@ -647,10 +648,13 @@ def _live_job_class():
                 super().__init__(*args, **kwargs)
                 self.arrived: dict[str, float] = {}  # admitted, not yet written
                 self._salt = uuid.uuid4().hex
+                self._seq = itertools.count()
 
             def image_id(self, loaded, ok: bool, request: None) -> str | None:
-                if ok and loaded.hash is None:  # a stream's frame: no hash, never resumed
-                    iid = protocol.image_id(f"live:{self._salt}", loaded.path, loaded.frame)
+                if ok and loaded.hash is None:  # a stream's frame: no hash, never resumed;
+                    # unique even for two readers of one source (same path, same frame)
+                    iid = protocol.image_id(f"live:{self._salt}:{next(self._seq)}",
+                                            loaded.path, loaded.frame)
                 else:
                     iid = super().image_id(loaded, ok, request)
                 if iid and iid is not SKIP and loaded.arrived is not None:

@@ -59,10 +59,11 @@ def test_clip_gives_a_record_per_sampled_frame_equal_to_its_png(tmp_path, models
 
 def test_a_camera_faster_than_the_pool_drops_the_oldest_within_bounds(tmp_path,
                                                                       models_ready):
-    """1920x1080 at 30 frames/s read as a camera (--live pacing) into a queue of 2: the
-    pool cannot keep up on these CPUs, so frames are dropped, counted, and every frame
-    read is either recognised or dropped; the queue never grows past 2 and the lag stays
-    bounded."""
+    """Two cameras of 1920x1080 at 30 frames/s (one clip read twice at its pace, --live)
+    into a queue of 2: the pool cannot keep up on these CPUs, so frames are dropped,
+    counted, and every frame read is either recognised or dropped; the queue never grows
+    past 2 and the lag stays bounded. (Two readers of one source give frames of equal path
+    and index: each is still an image of its own.)"""
     import zmqvision
     from zmqvision.follow import LiveInputs
     from zmqvision.ventilator import VentilateConfig
@@ -70,15 +71,14 @@ def test_a_camera_faster_than_the_pool_drops_the_oldest_within_bounds(tmp_path,
     clip = tmp_path / "cam.mp4"
     make_clip(clip, size=(1920, 1080), frames=45, rate=30)
     lags: list[float] = []
-    live = LiveInputs([], streams=[str(clip)], when_behind="drop-oldest", limit=2)
+    live = LiveInputs([], streams=[str(clip)] * 2, when_behind="drop-oldest", limit=2)
     live.configure(realtime=True)
     with zmqvision.Pool(model="centerface", workers=1, cache=None) as pool:
         done = pool.run_files(VentilateConfig(cache=None, timeout=200), paths=live,
                               on_progress=lambda p: lags.append(p.lag or 0.0))
-    reader = live.readers[0]
-    assert reader.frames_read == 45
+    assert [r.frames_read for r in live.readers] == [45, 45]
     assert live.dropped > 0  # the pool was behind
-    assert done.images + live.dropped == 45  # each frame recognised or counted as dropped
+    assert done.images + live.dropped == 90  # each frame recognised or counted as dropped
     assert done.failed == 0
     assert live.arrivals.most <= 2  # bounded: never more than the queue waiting
     assert lags and max(lags) < 20.0, lags
