@@ -73,6 +73,15 @@ CASES = [
     P.Ack(sink="s", job="j", tiles=(("i", 0), ("i", 5)), images=("i",)),
     P.Record(sink="s", job="j", image="i", json=b'{"image":"a.jpg","detections":[]}'),
     P.Withdraw(job="j", images=("i", "k")),
+    # Live jobs (docs/cameras.md): a stream's frame has a time and no count; its lag.
+    P.ImageInfo(job="j", image="i", path="rtsp://cam/1", seq=4, width=64, height=48,
+                tiles=1, frame=120, time=4.8),
+    P.ImageInfo(job="j", image="i", path="clip.mp4", seq=4, width=64, height=48,
+                tiles=1, hash="blake2b:00", frame=5, frames=30, time=0.5),
+    P.Progress(job="j", images_seen=3, images_done=2, images_failed=0, tiles_seen=3,
+               tiles_done=2, elapsed=9.5, done=False, live=True, lag=0.75, backlog=2,
+               dropped=5),
+    P.LiveStatus(job="j", lag=0.75, backlog=2, dropped=5),
 ]
 
 

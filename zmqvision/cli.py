@@ -336,6 +336,89 @@ def _job_options(f):
     return f
 
 
+class InputType(click.Path):
+    """An input: an existing file or folder, or a stream URL FFmpeg reads (rtsp://, …)."""
+
+    def convert(self, value, param, ctx):
+        from zmqvision.video import is_stream
+
+        if isinstance(value, str) and is_stream(value):
+            return value
+        return super().convert(value, param, ctx)
+
+
+INPUTS = InputType(exists=True)
+
+
+class UntilType(click.ParamType):
+    """``--until``: a duration (90m, 8h) or a time (18:00, 2030-01-31T18:00)."""
+
+    name = "DURATION|TIME"
+
+    def convert(self, value, param, ctx):
+        from zmqvision.follow import parse_until
+
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_until(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _live_options(f):
+    """Inputs that never stop: followed folders, video and cameras (docs/cameras.md)."""
+    opts = [
+        click.option("--follow", is_flag=True,
+                     help="Keep going: after the files there, each new file in the folders "
+                          "as soon as it is complete, until Ctrl-C or --until."),
+        click.option("--until", type=UntilType(), default=None,
+                     help="Stop following (and reading streams) at a duration from now "
+                          "(90m, 8h) or a time (18:00); what arrived before is finished."),
+        click.option("--settle", type=click.FloatRange(0), default=None,
+                     help="Seconds a new file must stay unchanged (size and mtime) before "
+                          "it is read, when polling [default: 1; with inotify 0: a closed "
+                          "file is complete]."),
+        click.option("--poll", is_flag=True,
+                     help="Poll the folders instead of inotify (network filesystems, where "
+                          "other hosts' writes make no inotify event)."),
+        click.option("--when-behind", type=click.Choice(["queue", "drop-oldest"]),
+                     default=None,
+                     help="When inputs arrive faster than the pool answers: queue them, or "
+                          "drop the oldest waiting (counted) [default: queue for files, "
+                          "drop-oldest for live streams]."),
+        click.option("--queue", "queue_size", type=click.IntRange(1), default=None,
+                     help="Inputs waiting at most [default: 100000 files; 8 frames of a "
+                          "live stream]."),
+        click.option("--fps", type=click.FloatRange(0, min_open=True), default=None,
+                     help="Video: frames sampled per second of video [default: every "
+                          "frame]. Needs PyAV: pip install 'zmqvision[video]'."),
+        click.option("--live", is_flag=True,
+                     help="Read video files as cameras: at their own frame rate, what the "
+                          "pool cannot keep up with dropped (--when-behind)."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _live_config(kw) -> dict:
+    """The VentilateConfig fields of the live options."""
+    return dict(follow=kw.get("follow", False), until=kw.get("until"),
+                settle=kw.get("settle"), poll=kw.get("poll", False),
+                when_behind=kw.get("when_behind"), queue=kw.get("queue_size"),
+                fps=kw.get("fps"), live=kw.get("live", False))
+
+
+def _check_video(cfg) -> None:
+    """A video input without PyAV is a usage error that says how to install it."""
+    from zmqvision.video import INSTALL_HINT, available, is_video
+
+    if not available() and any(is_video(i) for i in cfg.inputs):
+        raise CommandError(f"video inputs need PyAV, which is not installed: {INSTALL_HINT}",
+                           ExitCode.USAGE)
+
+
 def _output_options(f):
     f = click.option("--masks", type=click.Path(file_okay=False), default=None,
                      help="Segmentation: write each image's label mask into this "
@@ -415,7 +498,7 @@ def _vent_config(inputs, kw, **extra):
         max_file_bytes=kw["max_file_size"],
         timeout=kw["timeout"], window=kw["window"], wire=kw["wire"],
         jpeg_draft=not kw["full_decode"], frames=kw["frames"], task=kw["task"],
-        top_k=kw["top_k"], embed=kw["embed"], **extra,
+        top_k=kw["top_k"], embed=kw["embed"], **_live_config(kw), **extra,
     )
 
 
@@ -439,6 +522,9 @@ def _check_inputs(cfg) -> None:
     would otherwise empty --out for a job of no image)."""
     from zmqvision.console import skipped_notice
 
+    _check_video(cfg)
+    if cfg.is_live:
+        return  # an empty folder followed waits for its files
     walk = cfg.input_paths()
     try:
         first = next(walk, None)
@@ -458,8 +544,8 @@ def _input_counter(cfg):
     ventilator's, once every file is read."""
     from zmqvision.io import InputCounter
 
-    if cfg.frames == "all":
-        return None
+    if cfg.frames == "all" or cfg.is_live:
+        return None  # a live job has no total: the bar shows a rate and a lag
     return InputCounter(list(cfg.inputs), recursive=cfg.recursive, extensions=cfg.extensions)
 
 
@@ -569,10 +655,11 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True, type=INPUTS)
 @_model_options
 @_task_option
 @_job_options
+@_live_options
 @_output_options
 @click.option("--workers", "-w", type=click.IntRange(1), default=1, show_default=True,
               help="Worker processes (1 lets OpenVINO's THROUGHPUT hint use all cores).")
@@ -637,10 +724,11 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
 
 
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("inputs", nargs=-1, required=True, type=INPUTS)
 @_model_options
 @_task_option
 @_job_options
+@_live_options
 @click.option("--bind", "bind_tiles", type=ENDPOINT,
               default=sockets.bind_endpoint(sockets.TILES_PORT), show_default=True,
               help="Where workers connect for tiles.")

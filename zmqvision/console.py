@@ -180,6 +180,7 @@ class JobProgressBar:
         self._console = console
         self._bar = None
         self._task = None
+        self.rate: float | None = None  # a live job's images/s, smoothed
 
     def _make_bar(self) -> None:
         from rich.console import Console
@@ -210,7 +211,7 @@ class JobProgressBar:
             self._make_bar()
             self._bar.start()
             self._task = self._bar.add_task("zmqvision", total=None, tiles=0, failed=0,
-                                            cached=0)
+                                            cached=0, live=None)
             self._refresh()
         return self
 
@@ -233,9 +234,20 @@ class JobProgressBar:
         return total
 
     def update(self, p: protocol.Progress) -> None:
+        if p.live and self.last is not None and p.elapsed > self.last.elapsed:
+            inst = (p.images_done - self.last.images_done) / (p.elapsed - self.last.elapsed)
+            self.rate = inst if self.rate is None else 0.7 * self.rate + 0.3 * inst
         self.last = p
         self.failures.add(p.failures)
         self._refresh()
+
+    def live_text(self) -> str | None:
+        """A live job's ``3.2 images/s · lag 0.4 s · 5 dropped``; None for other jobs."""
+        p = self.last
+        if p is None or not p.live:
+            return None
+        text = f"{self.rate or 0.0:.1f} images/s · lag {p.lag or 0.0:.1f} s"
+        return text + (f" · {p.dropped} dropped" if p.dropped else "")
 
     def _refresh(self) -> None:
         if not self.enabled or self._task is None:
@@ -245,7 +257,8 @@ class JobProgressBar:
             self._bar.update(self._task, total=self.total())
             return
         self._bar.update(self._task, completed=p.images_done, total=self.total(),
-                         tiles=p.tiles_done, failed=p.images_failed, cached=p.images_cached)
+                         tiles=p.tiles_done, failed=p.images_failed, cached=p.images_cached,
+                         live=self.live_text())
 
     def note(self, message: str) -> None:
         if self._bar is not None and self._bar.live.is_started:
@@ -265,6 +278,8 @@ def _columns():
 
         def render(self, task) -> Text:
             done = int(task.completed)
+            if task.fields.get("live"):  # a live job: no total, a rate and a lag
+                return Text(f"{done} images · {task.fields['live']}")
             if task.total is None:
                 return Text(f"{done}/… images (counting)")
             total = int(task.total)
@@ -275,6 +290,8 @@ def _columns():
         so far)."""
 
         def render(self, task) -> Text:
+            if task.fields.get("live"):
+                return Text("live", style="progress.remaining")
             if task.total is None:
                 return Text("ETA: counting", style="progress.remaining")
             return Text("ETA ") + super().render(task)

@@ -62,6 +62,7 @@ class InFlight:
     next_tile: int = 0
     sends: bytearray = field(default_factory=bytearray)  # per tile: times sent (capped)
     broken: dict | None = None  # its file changed or vanished: remaining tiles fail
+    keep: bool = False  # a live stream's frame: it cannot be read again
 
     @property
     def all_sent(self) -> bool:
@@ -69,7 +70,7 @@ class InFlight:
 
     @property
     def keeps_pixels(self) -> bool:
-        return self.request is not None  # nothing to read again
+        return self.request is not None or self.keep  # nothing to read again
 
 
 def window_key(job: str, image: str) -> str:
@@ -225,6 +226,10 @@ class Engine:
                 self.withdraw(request, RequestTimeout(
                     f"{request.name}: no record after {waited:.1f} s (deadline passed)"))
 
+    def tell_sink(self, msg) -> bool:
+        """Send a job's control message to the sink (in the engine's thread)."""
+        return self._to_sink(msg)
+
     def _to_sink(self, msg) -> bool:
         return self.sink.send(msg, self.stop, while_waiting=self.workers.receive)
 
@@ -254,8 +259,9 @@ class Engine:
         base = dict(job=job.id, image=iid, path=loaded.path, seq=seq, hash=loaded.hash,
                     abspath=os.path.abspath(loaded.path) if request is None else None,
                     secret=job.secret)
-        if loaded.frames > 1:  # a frame of an animated or multi-page file: its record says so
-            base.update(frame=loaded.frame, frames=loaded.frames)
+        if loaded.frames != 1 or loaded.time is not None:  # a frame of an animated or
+            base.update(frame=loaded.frame, frames=loaded.frames,  # multi-page file, a video
+                        time=loaded.time)
         plan: list[Tile] = []
         if hit is not None:
             info = protocol.ImageInfo(**base, width=hit.width, height=hit.height,
@@ -276,7 +282,7 @@ class Engine:
         key = window_key(job.id, iid)
         entry = InFlight(job, info, plan, img.pixels if img is not None else None,
                          reduced=img.reduced if img is not None else 1, request=request,
-                         sends=bytearray(len(plan)))
+                         sends=bytearray(len(plan)), keep=not loaded.rereadable)
         if request is not None:
             request.image, request.loading = iid, None  # the entry holds the pixels now
         self.window[key] = entry

@@ -40,8 +40,11 @@ class Loaded:
     # says nothing of frames). ``rest``: the file's next frames, decoded one per ``next``
     # (``frames="all"``); the reader hands them out after this one.
     frame: int = 0
-    frames: int = 1
+    frames: int | None = 1  # None: a live stream's frame (no count)
     rest: Iterator[Loaded] | None = None
+    time: float | None = None  # a video frame's time in seconds (zmqvision.video)
+    arrived: float | None = None  # a live job's input: when it arrived (monotonic)
+    rereadable: bool = True  # False: a stream's frame; its pixels are kept until written
 
 
 def _failed(path: str, exc: io.ImageError, digest: str | None = None) -> Loaded:
@@ -137,9 +140,14 @@ def _rest_unread(message: str, k: int, count: int) -> str:
 def load_path(path: str, max_pixels: int, lookup: Lookup | None = None,
               reduce: Reduce | None = None, *,
               max_bytes: int = io.DEFAULT_MAX_FILE_BYTES, frames: io.FrameMode = "first",
-              max_frames: int = io.DEFAULT_MAX_FRAMES) -> Loaded:
+              max_frames: int = io.DEFAULT_MAX_FRAMES, fps: float | None = None) -> Loaded:
     """Read the file once, then ``load_bytes`` on the same bytes. A file over
-    ``max_bytes`` is not read: it gets a ``too_large`` error."""
+    ``max_bytes`` is not read: it gets a ``too_large`` error. A video file
+    (``zmqvision.video``) is its frames sampled at ``fps``, decoded one at a time."""
+    from zmqvision import video
+
+    if video.is_video(path):
+        return video.video_frames(path, max_pixels, lookup, fps)
     try:
         data = io.read_file(path, max_bytes=max_bytes)
     except io.ImageError as exc:
@@ -154,6 +162,15 @@ def load_frame(path: str, frame: int, max_pixels: int, reduce: Reduce | None = N
                max_bytes: int = io.DEFAULT_MAX_FILE_BYTES) -> Loaded:
     """Frame ``frame`` of a file, read anew (a tile of it must be sent again): the frames
     before it are decoded too, as drawing it needs for a GIF. Never a cache hit."""
+    from zmqvision import video
+
+    try:
+        if video.is_video(path):
+            return video.read_frame(path, frame, max_pixels)
+    except io.ImageError as exc:
+        return _failed(path, exc)
+    except Exception as exc:  # noqa: BLE001
+        return _unreadable(path, exc)
     if not frame:
         return load_path(path, max_pixels, reduce=reduce, max_bytes=max_bytes)
     try:
@@ -217,15 +234,24 @@ class ReadAhead:
     order. It starts at once, so the first tiles are cut by the time a worker asks.
 
     With ``frames="all"`` a multi-frame file is one input per frame: as its frame k is
-    handed out, frame k + 1 is decoded next, ahead of the following paths."""
+    handed out, frame k + 1 is decoded next, ahead of the following paths (a video file's
+    sampled frames too).
+
+    Live inputs (``follow.LiveInputs``: a followed folder, streams) are taken with their
+    ``take()``, which never blocks: a path, a frame already decoded, ``follow.WAIT`` (none
+    now: not exhausted) or None (the end); a new arrival wakes the loop (``on_ready``)."""
 
     def __init__(self, paths: Iterable[str], pool: ThreadPoolExecutor, depth: int,
                  max_pixels: int, lookup: Lookup | None = None, reduce: Reduce | None = None,
                  on_ready: Callable[[], None] | None = None, *,
                  max_bytes: int = io.DEFAULT_MAX_FILE_BYTES,
-                 frames: io.FrameMode = "first") -> None:
+                 frames: io.FrameMode = "first", fps: float | None = None) -> None:
         self.paths = paths  # what it walks (an io.ImageWalk counts what it skipped)
-        self._paths = iter(paths)
+        self._take = getattr(paths, "take", None)  # live inputs: never block the loop
+        if self._take is not None and on_ready is not None:
+            paths.set_wake(on_ready)
+        self._paths = iter(paths) if self._take is None else None
+        self._fps = fps
         self._pool = pool
         self._pending: deque[Future] = deque()  # loads, in input order
         # A load of a file's next frame → the frames it is one of (a path's load has
@@ -245,16 +271,25 @@ class ReadAhead:
 
     def _fill(self) -> None:
         while len(self._pending) <= self._depth:
-            path = next(self._paths, None)
+            path = next(self._paths, None) if self._take is None else self._take()
             if path is None:
                 self.exhausted = not self._pending
                 return
+            if isinstance(path, str) and not path:  # follow.WAIT: nothing now, more to come
+                return
+            if isinstance(path, Loaded):  # a stream's frame, decoded by its reader
+                done: Future = Future()
+                done.set_result(path)
+                self._pending.append(done)
+                continue
             self._pending.append(self._submit(
-                load_path, path, self._max_pixels, self._lookup, self._reduce,
-                max_bytes=self._max_bytes, frames=self._frames))
+                _load_arrived, path, self._max_pixels, self._lookup, self._reduce,
+                max_bytes=self._max_bytes, frames=self._frames, fps=self._fps))
 
     def ready(self) -> Loaded | None:
         """The next input if it is loaded; None while it is not (or none is left)."""
+        if self._take is not None and not self.exhausted:
+            self._fill()  # live inputs: what arrived since
         while self._pending and self._pending[0].done():
             future = self._pending.popleft()
             rest = self._rest.pop(future, None)
@@ -285,6 +320,26 @@ class ReadAhead:
         self._pending.clear()
         self._rest.clear()
         self.exhausted = True
+        if self._take is not None:
+            self.paths.close()  # its watch and stream threads end
+
+
+def _load_arrived(path: str, *args, **kwargs) -> Loaded:
+    """``load_path``, carrying a live input's arrival time (``follow`` paths have one) to
+    its frames."""
+    loaded = load_path(str(path), *args, **kwargs)
+    arrived = getattr(path, "arrived", None)
+    if arrived is not None:
+        loaded.arrived = arrived
+        if loaded.rest is not None:
+            loaded.rest = _arriving(loaded.rest, arrived)
+    return loaded
+
+
+def _arriving(frames: Iterator[Loaded], arrived: float) -> Iterator[Loaded]:
+    for loaded in frames:
+        loaded.arrived = arrived
+        yield loaded
 
 
 def first_input_cached(paths: Iterable[str], lookup: Lookup | None) -> bool:

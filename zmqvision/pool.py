@@ -306,8 +306,14 @@ class Pool:
         self._call(lambda: self.engine.add_job(job))
         pending: set[Future] = set()
         names: dict[Future, str] = {}
+        waiting = getattr(images, "waiting", None)  # live inputs: records come meanwhile
         try:
-            for image in images:
+            for image in (waiting(0.1) if waiting is not None else images):
+                if isinstance(image, str) and not image:  # none came: hand out what is done
+                    done = {f for f in pending if f.done()}
+                    pending -= done
+                    yield from (_record_of(f, names.pop(f)) for f in done)
+                    continue
                 future = self._submit(job, image, None, timeout)
                 pending.add(future)
                 names[future] = future_name(image)
@@ -351,37 +357,47 @@ class Pool:
 
     # ------------------------------------------------------------------ file jobs
 
-    def reader(self, config, plan: JobPlan | None = None) -> ReadAhead:
+    def reader(self, config, plan: JobPlan | None = None, paths=None) -> ReadAhead:
         """Start reading and decoding a file job's first inputs now (``zmqvision run``
-        does it while its workers load the model, which is otherwise idle time)."""
+        does it while its workers load the model, which is otherwise idle time).
+        ``paths``: other inputs than the config's (``zmqvision.follow(DIR)``)."""
         plan = plan or self.plan(JobSettings.of(config))
-        return ReadAhead(config.input_paths(), self.decoder, config.read_ahead,
+        if paths is None:
+            source = getattr(config, "inputs_source", None)
+            paths = source() if source is not None else config.input_paths()
+        return ReadAhead(paths, self.decoder, config.read_ahead,
                          plan.settings.max_pixels, plan.lookup_in(self.cache), plan.reducer(),
                          on_ready=self.engine.wake.wake,
                          max_bytes=plan.settings.max_file_bytes,
-                         frames=getattr(config, "frames", "first"))
+                         frames=getattr(config, "frames", "first"),
+                         fps=getattr(config, "fps", None))
 
     def run_files(self, config, stop: sockets.StopFlag | None = None,
                   on_progress: Callable[[protocol.Progress], None] | None = None,
                   on_wait: Callable[[str], None] | None = None,
                   watchdog: Callable[[], None] | None = None,
                   reader: ReadAhead | None = None,
-                  resumed: tuple[str | None, IdSet] | None = None) -> protocol.JobDone:
+                  resumed: tuple[str | None, IdSet] | None = None,
+                  paths=None) -> protocol.JobDone:
         """A job over files, written by the sink to its results file, as ``zmqvision run``
         and ``ventilate`` do (``config``: a ``VentilateConfig``); its ``JobDone``.
 
         The files are read and decoded from now on, while the workers start; the job is
         announced once they are ready, so its clock leaves out start-up. ``resumed``:
-        ``read_resume(config.resume)`` when the caller has read it already."""
+        ``read_resume(config.resume)`` when the caller has read it already. ``paths``:
+        other inputs than the config's, e.g. ``zmqvision.follow(DIR)``: a live job, which
+        ends when its inputs do (``until``) and tells the sink its lag as it goes."""
+        from zmqvision.follow import _live_job_class, is_live
         stop = stop or sockets.StopFlag()
         plan = self.plan(JobSettings.of(config))
         if resumed is None:
             resumed = read_resume(config.resume) if config.resume else (None, None)
         resumed_id, already = resumed
         job_id = config.job_id or resumed_id or protocol.new_job_id()
-        reader = reader or self.reader(config, plan)
-        job = FileJob(job_id, plan, window=config.window, read_ahead=reader,
-                      already=already, on_progress=on_progress)
+        reader = reader or self.reader(config, plan, paths)
+        job_class = _live_job_class() if is_live(reader.paths) else FileJob
+        job = job_class(job_id, plan, window=config.window, read_ahead=reader,
+                        already=already, on_progress=on_progress)
         try:
             if self.cluster is not None and not self.cluster.lazy_workers:
                 self.cluster.wait_workers(stop)
@@ -410,6 +426,9 @@ class Pool:
         walk = job.reader.paths  # the io.ImageWalk the reader consumed
         if getattr(walk, "skipped", 0):
             say(skipped_notice(walk.skipped, walk.skipped_examples))
+        if getattr(walk, "dropped", 0):
+            say(f"{plural(walk.dropped, 'input')} dropped for being behind (--when-behind "
+                f"drop-oldest: the pool was slower than they came)")
         if config.resume and job.skipped:
             say(f"resumed: {plural(job.skipped, 'image')} carried over from {config.resume} "
                 f"(their records were already there)")
@@ -432,6 +451,8 @@ class Pool:
                 say(f"{self.cluster.sink_config.events} is taken: this run publishes its "
                     f"events on {got}; watch it with `zmqvision watch --connect {got}`")
         dispatch = self.engine.dispatch
+        live_status = getattr(job, "status", None)  # a live job's lag, for the sink
+        next_status = 0.0
         no_worker_since: float | None = None
         worker_warned = ever_worker = False
 
@@ -453,6 +474,11 @@ class Pool:
             if self.cluster is not None:
                 self.cluster.check()
             now = time.monotonic()
+            if live_status is not None and now >= next_status:
+                from zmqvision.follow import STATUS_S
+
+                next_status = now + STATUS_S
+                self._call(lambda: self.engine.tell_sink(live_status(self.engine.window)))
             if self.cluster is None:
                 if dispatch.workers:
                     ever_worker, no_worker_since = True, None

@@ -95,6 +95,7 @@ class MsgType(enum.Enum):
     ACK = "zv.ack"
     RECORD = "zv.record"
     WITHDRAW = "zv.withdraw"
+    LIVE = "zv.live"
 
     @property
     def tag(self) -> bytes:
@@ -484,14 +485,21 @@ class ImageInfo:
     # and the file's frame count; both None for a still image (and left out of the header).
     frame: int | None = None
     frames: int | None = None
+    # A video frame: its presentation time in seconds (its ``frame`` is then the index in
+    # the video; a live stream's frames have no ``frames`` count).
+    time: float | None = None
 
     def header(self) -> dict:
         h = {"job": self.job, "image": self.image, "path": self.path, "seq": self.seq,
              "width": self.width, "height": self.height, "tiles": self.tiles,
              "hash": self.hash, "abspath": self.abspath, "error": self.error,
              "secret": self.secret}
+        if self.frame is not None:
+            h["frame"] = self.frame
         if self.frames is not None:
-            h["frame"], h["frames"] = self.frame, self.frames
+            h["frames"] = self.frames
+        if self.time is not None:
+            h["time"] = self.time
         if self.cached is not None:
             h["cached"] = {"tiles": self.cached.tiles, "n": len(self.cached.detections),
                            "created": self.cached.created}
@@ -524,9 +532,10 @@ class ImageInfo:
             secret=_secret(h),
             frame=_count(h, "frame", optional=True),
             frames=_count(h, "frames", optional=True),
+            time=_float(h, "time", optional=True, lo=0.0),
         )
-        if (msg.frame is None) != (msg.frames is None) or (
-                msg.frames is not None and msg.frame >= msg.frames):
+        if (msg.frames is not None and (msg.frame is None or msg.frame >= msg.frames)) or (
+                msg.time is not None and msg.frame is None):
             raise ProtocolError(f"frame {msg.frame} of {msg.frames}: not a frame of the file")
         if cached is not None:
             if msg.tiles != 0:
@@ -822,6 +831,29 @@ class JobEnd:
 
 
 @dataclass(frozen=True)
+class LiveStatus:
+    """Ventilator → sink, every half second of a live job (``--follow``, a camera): how far
+    behind it is, which only the ventilator knows (inputs waiting to be read are not
+    announced yet). The sink folds it into the job's Progress for ``watch``."""
+
+    TYPE: ClassVar[MsgType] = MsgType.LIVE
+    job: str
+    lag: float  # seconds since the oldest input not yet written arrived (0: none waits)
+    backlog: int  # inputs arrived and not yet written
+    dropped: int  # inputs dropped for being behind (--when-behind drop-oldest)
+    secret: str = field(default="", repr=False)  # the job's (JobStart.secret)
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> LiveStatus:
+        return cls(job=_name(h, "job"), lag=_float(h, "lag", lo=0.0),
+                   backlog=_count(h, "backlog"), dropped=_count(h, "dropped"),
+                   secret=_secret(h))
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """Worker → sink (→ PUB): sent from the work loop, so a stuck loop stops beating."""
 
@@ -885,10 +917,20 @@ class Progress:
     detections: int = 0
     failures: tuple = ()  # the last few failed images: {"image", "path", "type", "message"}
     images_cached: int = 0  # records written from the result cache (in images_done)
+    # A job that never ends by itself (a followed folder, a camera): the ventilator's last
+    # LiveStatus. ``lag``: age in seconds of its oldest input not yet written; ``backlog``:
+    # inputs waiting or in flight; ``dropped``: inputs dropped for being behind.
+    live: bool = False
+    lag: float | None = None
+    backlog: int | None = None
+    dropped: int = 0
 
     def header(self) -> dict:
         h = asdict(self)
         h["failures"] = list(self.failures)
+        if not self.live:  # the fields of a live job only
+            for key in ("live", "lag", "backlog", "dropped"):
+                del h[key]
         return h
 
     @classmethod
@@ -907,6 +949,10 @@ class Progress:
             detections=_count(h, "detections", optional=True) or 0,
             failures=tuple(_failure_list(h)),
             images_cached=_count(h, "images_cached", optional=True) or 0,
+            live=bool(_req(h, "live", bool, optional=True)),
+            lag=_float(h, "lag", optional=True, lo=0.0),
+            backlog=_count(h, "backlog", optional=True),
+            dropped=_count(h, "dropped", optional=True) or 0,
         )
 
 
@@ -1164,13 +1210,13 @@ class Withdraw:
 
 Message = (
     JobStart | ImageInfo | Tile | Result | JobEnd | Heartbeat | Progress | JobDone | SinkStatus
-    | Workers | Failure | Ready | Bye | Ack | Record | Withdraw
+    | Workers | Failure | Ready | Bye | Ack | Record | Withdraw | LiveStatus
 )
 
 _CLASSES: dict[MsgType, type] = {
     cls.TYPE: cls
     for cls in (JobStart, ImageInfo, Tile, Result, JobEnd, Heartbeat, Progress, JobDone,
-                SinkStatus, Workers, Failure, Ready, Bye, Ack, Record, Withdraw)
+                SinkStatus, Workers, Failure, Ready, Bye, Ack, Record, Withdraw, LiveStatus)
 }
 
 

@@ -40,6 +40,7 @@ def make_record(
     frames: int | None = None,
     task: str = "detection",
     extra: dict | None = None,
+    time: float | None = None,
 ) -> dict:
     """The JSONL record; field names are a public contract (README, docs/protocol.md).
 
@@ -74,8 +75,12 @@ def make_record(
     }
     if extra:
         record.update(extra)
-    if frames is not None:
-        record["frame"], record["frames"] = frame, frames
+    if frame is not None:  # a frame of a multi-frame file, or of a video
+        record["frame"] = frame
+        if frames is not None:  # a live stream has no frame count
+            record["frames"] = frames
+        if time is not None:  # a video frame's presentation time, in seconds
+            record["time"] = time
     return record
 
 

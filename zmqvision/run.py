@@ -114,13 +114,14 @@ def run_job(
     spec = resolve(plan.job.model, task=plan.job.task)
     ensure(spec, log=lambda m: on_wait(m) if on_wait else log.warning("%s", m))
     in_process, image = plan.in_process, None
-    if in_process is None and plan.workers == 1:
+    live = plan.job.is_live  # never one image: its inputs keep coming
+    if in_process is None and plan.workers == 1 and not live:
         image = single_image(plan.job)
         in_process = image is not None
     if in_process and plan.workers != 1:
         raise ValueError("in-process runs have one worker")
     worker = _thread_worker(plan, image) if in_process else plan.worker
-    cached = _first_input_cached(plan.job)
+    cached = not live and _first_input_cached(plan.job)
     if cached:
         log.info("the first image is in the result cache: the sink runs as a thread, "
                  "workers start at the first image that needs tiles")

@@ -10,6 +10,7 @@ benchmarks and a few tests drive it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 
@@ -51,11 +52,50 @@ class VentilateConfig(JobSettings):
     # Multi-frame files (animated GIF, multi-page TIFF): "first" frame only, or "all" (an
     # image, a record, per frame).
     frames: io.FrameMode = "first"
+    # Live jobs (zmqvision.follow, docs/cameras.md): follow the folders (new files as they
+    # are complete) until ``until`` (time.time() seconds) or Ctrl-C; ``settle``/``poll``:
+    # how a complete file is told; ``when_behind``: "queue" or "drop-oldest" (None: queue
+    # for files, drop-oldest for live streams) with at most ``queue`` inputs waiting.
+    follow: bool = False
+    until: float | None = None
+    settle: float | None = None
+    poll: bool = False
+    when_behind: str | None = None
+    queue: int | None = None
+    # Video (zmqvision.video): frames sampled per second of video (None: every frame);
+    # ``live``: read video files as cameras, at their own frame rate.
+    fps: float | None = None
+    live: bool = False
 
     def input_paths(self) -> Iterator[str]:
-        """The job's image files, walked lazily, in the order they are sent."""
+        """The job's image files, walked lazily, in the order they are sent (for a live job:
+        those there now; ``inputs_source`` follows them)."""
         return io.iter_image_paths(self.inputs, recursive=self.recursive,
                                    extensions=self.extensions)
+
+    @property
+    def is_live(self) -> bool:
+        """Inputs that never end by themselves: a followed folder, a stream, a camera."""
+        from zmqvision.video import is_stream
+
+        return self.follow or self.live or any(is_stream(i) for i in self.inputs)
+
+    def inputs_source(self):
+        """What the job reads: ``input_paths()``, or for a live job a ``follow.LiveInputs``
+        (its threads start at its first ``take``)."""
+        if not self.is_live:
+            return self.input_paths()
+        from zmqvision.follow import FollowOptions, LiveInputs
+
+        streams = [i for i in self.inputs if self.live and os.path.isfile(i)]
+        live = LiveInputs([i for i in self.inputs if i not in streams], follow=self.follow,
+                          options=FollowOptions(settle=self.settle, poll=self.poll,
+                                                extensions=self.extensions,
+                                                recursive=self.recursive),
+                          until=self.until, when_behind=self.when_behind, limit=self.queue,
+                          streams=streams)
+        live.configure(fps=self.fps, max_pixels=self.max_pixels, realtime=True)
+        return live
 
 
 class Ventilator:

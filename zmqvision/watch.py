@@ -55,7 +55,9 @@ class _Job:
     seen: float
     done: protocol.JobDone | None = None
     rate: float = 0.0  # tiles/s, smoothed
+    image_rate: float = 0.0  # images/s, smoothed (a live job's rate: it has no total)
     _last: tuple[float, int] | None = None  # (elapsed, tiles_done) of the last rate sample
+    _last_images: int = 0
     changed: float = 0.0  # local monotonic time its counters last moved
 
     @staticmethod
@@ -137,11 +139,14 @@ class WatchState:
         if job._last is not None and p.elapsed > job._last[0] + 0.2:
             inst = (p.tiles_done - job._last[1]) / (p.elapsed - job._last[0])
             job.rate = inst if job.rate == 0 else 0.6 * job.rate + 0.4 * inst
-            job._last = (p.elapsed, p.tiles_done)
+            inst = (p.images_done - job._last_images) / (p.elapsed - job._last[0])
+            job.image_rate = inst if job.image_rate == 0 else 0.6 * job.image_rate + 0.4 * inst
+            job._last, job._last_images = (p.elapsed, p.tiles_done), p.images_done
         elif job._last is None:
-            job._last = (p.elapsed, p.tiles_done)
+            job._last, job._last_images = (p.elapsed, p.tiles_done), p.images_done
             if p.elapsed > 0.5:  # joined mid-job: the average so far until samples come
                 job.rate = p.tiles_done / p.elapsed
+                job.image_rate = p.images_done / p.elapsed
         job.progress = p
         job.seen = now
         for f in p.failures:
@@ -171,6 +176,8 @@ class WatchState:
         """complete, running, stalled (no counter moved for STALLED_S) or abandoned."""
         if j.done is not None or j.progress.done:
             return "complete"
+        if j.progress.live and not j.progress.backlog:
+            return "waiting"  # a live job with nothing to do: its inputs have not come
         idle = (now if now is not None else self.clock()) - j.changed
         if idle > ABANDONED_S:
             return "abandoned"
@@ -213,6 +220,9 @@ class WatchState:
                 "done": j.done is not None or p.done, "state": state,
                 "idle": round(now - j.changed, 1),
             }
+            if p.live:  # no total: a rate and how far behind it is instead
+                entry.update(live=True, lag=p.lag, backlog=p.backlog, dropped=p.dropped,
+                             images_per_s=round(j.image_rate, 2))
             if j.done is not None:
                 entry["summary"] = j.done.header()
             jobs.append(entry)
@@ -303,6 +313,9 @@ def render(state: WatchState, endpoint: str, width: int = WIDE):
         bar = ProgressBar(total=None if total is None else max(total, 1),
                           completed=j["images_done"], width=30 if wide else 12)
         images = f"{j['images_done']}/{j['images_total'] if j['images_total'] is not None else '?'}"
+        if j.get("live") and not j["done"]:
+            images = f"{j['images_done']} live" + (f", {j['dropped']} dropped"
+                                                   if j["dropped"] else "")
         if j["images_cached"]:
             images += f" ({j['images_cached']} cached)"
         tiles = f"{j['tiles_done']}/{j['tiles_total'] if j['tiles_total'] is not None else '?'}"
@@ -317,8 +330,14 @@ def render(state: WatchState, endpoint: str, width: int = WIDE):
         else:
             state_txt = Text("running", style="cyan")
         eta = "-" if j["eta"] is None else _dur(j["eta"])
+        rate = f"{j['tiles_per_s']:.1f}/s"
+        if j.get("live") and not j["done"]:
+            eta = f"lag {j['lag'] or 0:.1f}s"  # the age of the oldest input not yet done
+            rate = f"{j['images_per_s']:.1f} img/s"
+            if j["state"] == "waiting":
+                state_txt = Text("waiting for inputs", style="cyan")
         jobs.add_row(j["job"][:8], bar, images, tiles, str(j["images_failed"]),
-                     f"{j['tiles_per_s']:.1f}/s", eta, state_txt)
+                     rate, eta, state_txt)
 
     parts = [head, workers, jobs]
     if snap["failures"]:

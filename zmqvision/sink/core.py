@@ -62,6 +62,7 @@ UNSTARTED_JOB_S = 300.0  # such a job is forgotten after this long
 SINK_EXPECTS = (
     protocol.MsgType.RESULT, protocol.MsgType.IMAGE, protocol.MsgType.HEARTBEAT,
     protocol.MsgType.JOB_START, protocol.MsgType.JOB_END, protocol.MsgType.WITHDRAW,
+    protocol.MsgType.LIVE,
 )
 
 # Under CURVE, the roles whose keys may send each message (security.py): a job's control
@@ -70,6 +71,7 @@ MAY_SEND: dict[type, frozenset[str]] = {
     protocol.JobStart: frozenset({security.VENTILATOR}),
     protocol.ImageInfo: frozenset({security.VENTILATOR}),
     protocol.JobEnd: frozenset({security.VENTILATOR}),
+    protocol.LiveStatus: frozenset({security.VENTILATOR}),
     protocol.Withdraw: frozenset({security.VENTILATOR}),
     # A ventilator answers a tile it can no longer cut itself, as that tile's error.
     protocol.Result: frozenset({security.WORKER, security.VENTILATOR}),
@@ -173,6 +175,11 @@ class Sink:
             self._on_job_end(msg)
         elif isinstance(msg, protocol.Withdraw):
             self._on_withdraw(msg)
+        elif isinstance(msg, protocol.LiveStatus):
+            job = self._job(msg, "live status")
+            if job is not None:
+                job.live = msg
+                job.dirty = True
         else:
             self.bad(protocol.ProtocolError(f"{msg.TYPE.value} is not for the sink"))
 
@@ -373,7 +380,7 @@ class Sink:
             detections=dets, error=img.error, content_hash=info.hash,
             tiles=info.tiles if info.cached is None else info.cached.tiles,
             settings=job.settings, cached=info.cached is not None,
-            frame=info.frame, frames=info.frames,
+            frame=info.frame, frames=info.frames, time=info.time,
             task=job.task.name, extra=job.record_fields(img, dets),
         )
         self.output.deliver(job, record, info.abspath or info.path)

@@ -113,6 +113,7 @@ class JobState:
         self.dirty = True  # a Progress snapshot is due
         self.last_progress = 0.0
         self.failures: deque[dict] = deque(maxlen=RECENT_FAILURES)
+        self.live: protocol.LiveStatus | None = None  # a live job's last word on its lag
 
     @property
     def writes(self) -> bool:
@@ -322,4 +323,8 @@ class JobState:
             detections=self.detections,
             failures=tuple(self.failures),
             images_cached=self.images_cached,
+            live=self.live is not None,
+            lag=None if self.live is None else self.live.lag,
+            backlog=None if self.live is None else self.live.backlog,
+            dropped=0 if self.live is None else self.live.dropped,
         )
