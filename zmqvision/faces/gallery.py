@@ -36,7 +36,7 @@ DB_NAME = "faces.sqlite3"
 FORMAT_VERSION = 1
 # Cosine similarity at or above which a face is said to be an enrolled person. Measured
 # with MobileFaceNet on real faces (docs/faces.md, benchmarks/face_threshold.py).
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.6
 MAX_NAME_LENGTH = 200
 # Query rows × gallery rows per matrix product: bounds the similarity block (float32).
 _BLOCK = 1 << 24
