@@ -21,6 +21,11 @@ The headline is ``steady ÷ benchmark_app`` (median over repeats of the per-repe
 
     python benchmarks/throughput.py                      # ssd-mobilenetv2-oid, 3 repeats
     python benchmarks/throughput.py --model centerface --images 4
+    python benchmarks/throughput.py --model efficientnet-lite0 --images 300 --size 640x480
+
+A classifier (``efficientnet-lite0``) sees each image whole, one tile per image
+(``zmqvision.tasks.classification``): its rows count images, and the feed and naive rows
+cut and infer the way its task does (stretched cuts, ``Classifier.infer``, top 5).
 """
 
 from __future__ import annotations
@@ -132,15 +137,65 @@ def parse_benchmark_app(returncode: int, text: str) -> dict:
 # ---------------------------------------------------------------------------- in-process rows
 
 
-def _tiles_of(paths: list[str], tile_size, overlap: float) -> int:
+def _tiles_of(paths: list[str], tile_size, overlap: float, model: str | None = None) -> int:
     from zmqvision.io import read_image
     from zmqvision.tiling import plan_tiles
 
+    if model is not None and _classifier_plan(model, overlap) is not None:
+        return len(paths)  # one whole-image tile each
     n = 0
     for p in paths:
         img = read_image(p)
         n += len(plan_tiles(img.width, img.height, tile_size, overlap))
     return n
+
+
+def _classifier_plan(model: str, overlap: float):
+    """The job plan of a classification model (whole images), None for a detector."""
+    from zmqvision.plan import JobPlan, JobSettings
+
+    plan = JobPlan(JobSettings(model=model, overlap=overlap))
+    return plan if plan.spec.task == "classification" else None
+
+
+def classify_feed_loop(paths: list[str], model: str, overlap: float) -> dict:
+    """``feed_loop`` for a classifier: decode (reduced as the job would) and stretch."""
+    from zmqvision.inputs import load_path
+
+    plan = _classifier_plan(model, overlap)
+    t0 = time.perf_counter()
+    t_decode = 0.0
+    n = 0
+    for p in paths:
+        d0 = time.perf_counter()
+        img = load_path(p, plan.settings.max_pixels, reduce=plan.reducer()).image
+        t_decode += time.perf_counter() - d0
+        for tile in plan.tiles(img.width, img.height):
+            plan.cut(img.pixels, tile, img.reduced)
+            n += 1
+    return {"tiles": n, "seconds": time.perf_counter() - t0, "decode_s": t_decode}
+
+
+def classify_naive_loop(paths: list[str], model: str, overlap: float) -> dict:
+    """``naive_loop`` for a classifier: decode, stretch, synchronous top-5."""
+    from zmqvision.inputs import load_path
+    from zmqvision.models import Classifier, ensure
+
+    plan = _classifier_plan(model, overlap)
+    spec = plan.spec
+    c0 = time.perf_counter()
+    net = Classifier(spec, hint="LATENCY", model_path=ensure(spec))
+    compile_s = time.perf_counter() - c0
+    net.infer(np.zeros((spec.input_size[1], spec.input_size[0], 3), np.uint8))  # warm
+    n = 0
+    t0 = time.perf_counter()
+    for p in paths:
+        img = load_path(p, plan.settings.max_pixels, reduce=plan.reducer()).image
+        for tile in plan.tiles(img.width, img.height):
+            net.infer(plan.cut(img.pixels, tile, img.reduced)[0], 5)
+            n += 1
+    dt = time.perf_counter() - t0
+    return {"tiles": n, "seconds": dt, "compile_s": compile_s, "detections": 0}
 
 
 def feed_loop(paths: list[str], model: str, overlap: float) -> dict:
@@ -382,7 +437,10 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zv-bench-in-") as tmp:
         folder = Path(tmp)
         paths = [str(p) for p in make_inputs(folder, args.images, args.size)]
-        n_tiles = _tiles_of(paths, spec.input_size, args.overlap)
+        n_tiles = _tiles_of(paths, spec.input_size, args.overlap, args.model)
+        classify = spec.task == "classification"
+        feed_fn = classify_feed_loop if classify else feed_loop
+        naive_fn = classify_naive_loop if classify else naive_loop
         head = [
             f"command: {command}",
             f"machine: {facts['cpu']}, os.cpu_count()={facts['cpu_count']} "
@@ -414,9 +472,9 @@ def main(argv: list[str] | None = None) -> int:
                 if step == "bench":
                     got[step] = run_benchmark_app(bench_cmd)
                 elif step == "feed":
-                    got[step] = in_fresh_process(feed_loop, paths, args.model, args.overlap)
+                    got[step] = in_fresh_process(feed_fn, paths, args.model, args.overlap)
                 elif step == "naive":
-                    got[step] = in_fresh_process(naive_loop, paths, args.model, args.overlap)
+                    got[step] = in_fresh_process(naive_fn, paths, args.model, args.overlap)
                 else:
                     got[step] = pipeline_run(folder, args.model, step, args.overlap,
                                              probe=not args.no_probe)

@@ -242,8 +242,16 @@ def _model_options(f):
                      help="Model input size for models that take any size (CenterFace).")(f)
     f = click.option("--model", "-m", default="centerface", show_default=True,
                      help="Catalog name (see `zmqvision models list`) or a path to a "
-                          ".xml/.onnx/.tflite detector with [1,1,N,7] output.")(f)
+                          ".xml/.onnx/.tflite detector with [1,1,N,7] output (or, with "
+                          "--task classify, a classifier with [1,C] output).")(f)
     return f
+
+
+def _task_option(f):
+    return click.option(
+        "--task", type=click.Choice(["detect", "classify"]), default=None,
+        help="What the model does [default: the catalog's; detect for a model file]. "
+             "classify: a user's model whose output is [1, C] class scores.")(f)
 
 
 def _job_options(f):
@@ -284,7 +292,16 @@ def _job_options(f):
                      help="Boxes whose --match-metric reaches this are merged into one."),
         click.option("--class-agnostic", is_flag=True, help="Merge boxes across classes."),
         click.option("--score-threshold", type=click.FloatRange(0, 1), default=None,
-                     help="Minimum detection score [default: per model]."),
+                     help="Minimum detection score [default: per model]; for a "
+                          "classifier, labels scoring less are left out of the record."),
+        click.option("--top-k", type=click.IntRange(1, 1000), default=5, show_default=True,
+                     help="Classification: the best K classes of each image (each --tile "
+                          "cut)."),
+        click.option("--embed", is_flag=True,
+                     help="Classification: also write each image's embedding (the "
+                          "network's last pooled features, 1,280 numbers for "
+                          "efficientnet-lite0) into its record. Such jobs bypass the "
+                          "result cache."),
         click.option("--max-pixels", type=click.IntRange(1), default=None,
                      help="Refuse images with more pixels (decompression bombs)."),
         click.option("--max-file-size", type=ByteSizeType(), default="256M",
@@ -393,7 +410,8 @@ def _vent_config(inputs, kw, **extra):
         max_pixels=kw["max_pixels"] or DEFAULT_MAX_PIXELS, extensions=exts,
         max_file_bytes=kw["max_file_size"],
         timeout=kw["timeout"], window=kw["window"], wire=kw["wire"],
-        jpeg_draft=not kw["full_decode"], frames=kw["frames"], **extra,
+        jpeg_draft=not kw["full_decode"], frames=kw["frames"], task=kw["task"],
+        top_k=kw["top_k"], embed=kw["embed"], **extra,
     )
 
 
@@ -402,7 +420,7 @@ def _check_model(kw) -> None:
     from zmqvision.models import resolve
 
     try:
-        spec = resolve(kw["model"])
+        spec = resolve(kw["model"], task=kw.get("task"))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from None
     if kw.get("input_size"):
@@ -483,16 +501,18 @@ def _interrupted_ventilate(bar) -> CommandError:
 def _show_tiling(cfg) -> None:
     """Check the tiling now (a usage error, not a failed job) and, when the user shaped it
     with --min-size or --scales, say what it will cost on the first input image."""
-    from zmqvision import io
+    from zmqvision import io, tasks
     from zmqvision.models import resolve
-    from zmqvision.scales import PlanError, describe, resolve_scales, summarize
+    from zmqvision.scales import describe, summarize
 
-    default = resolve(cfg.model)
+    default = resolve(cfg.model, task=cfg.task)
     spec = default.with_input_size(*cfg.input_size) if cfg.input_size else default
-    try:
-        scales = resolve_scales(spec, tile_size=cfg.tile_size, scales=cfg.scales,
-                                min_size=cfg.min_size, full_pass=cfg.full_pass)
-    except PlanError as exc:
+    task = tasks.get(spec.task)
+    try:  # the task plans the cuts (classification: the whole image, or a --tile grid)
+        task.settings(cfg.top_k, cfg.embed, cfg.tile_size is not None)
+        scales = task.scales(spec, tile_size=cfg.tile_size, scales=cfg.scales,
+                             min_size=cfg.min_size, full_pass=cfg.full_pass)
+    except ValueError as exc:  # scales.PlanError among them
         raise click.UsageError(str(exc)) from None
     if cfg.min_size is None and cfg.scales is None:
         return
@@ -547,6 +567,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @_model_options
+@_task_option
 @_job_options
 @_output_options
 @click.option("--workers", "-w", type=click.IntRange(1), default=1, show_default=True,
@@ -587,8 +608,9 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
         sink=SinkConfig(out=out, format=fmt, draw=draw, events=events,
                         events_fallback="tcp://127.0.0.1:0", once=False, append=resume,
                         cache=cache, insecure=insecure),
-        worker=WorkerConfig(model=kw["model"], input_size=kw["input_size"], device=device,
-                            threads=threads, score_threshold=kw["score_threshold"]),
+        worker=WorkerConfig(model=kw["model"], task=kw["task"], input_size=kw["input_size"],
+                            device=device, threads=threads,
+                            score_threshold=kw["score_threshold"]),
         workers=workers,
         log_level=level,
     )
@@ -613,6 +635,7 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(exists=True))
 @_model_options
+@_task_option
 @_job_options
 @click.option("--bind", "bind_tiles", type=ENDPOINT,
               default=sockets.bind_endpoint(sockets.TILES_PORT), show_default=True,
@@ -711,6 +734,7 @@ def sink_config(params: Mapping) -> SinkConfig:
 
 @cli.command()
 @_model_options
+@_task_option
 @click.option("--device", "-d", default="CPU", show_default=True,
               help="OpenVINO device: CPU, GPU, NPU, AUTO, MULTI:…, HETERO:….")
 @click.option("--threads", type=click.IntRange(1), default=None,
@@ -754,8 +778,9 @@ def worker_config(params: Mapping) -> WorkerConfig:
     return WorkerConfig(
         tiles=params["tiles"] or sockets.connect_endpoint(sockets.TILES_PORT, host),
         results=params["results"] or sockets.connect_endpoint(sockets.RESULTS_PORT, host),
-        model=params["model"], input_size=params["input_size"], device=params["device"],
-        threads=params["threads"], hint=params["hint"], requests=params["requests"],
+        model=params["model"], task=params["task"], input_size=params["input_size"],
+        device=params["device"], threads=params["threads"], hint=params["hint"],
+        requests=params["requests"],
         score_threshold=params["score_threshold"], heartbeat_s=params["heartbeat"],
         worker_id=params["worker_id"],
         curve=params["curve"],
@@ -978,11 +1003,11 @@ def models_list() -> None:
     """Catalog models and whether they are in the local cache."""
     from zmqvision.models import CATALOG, is_pulled
 
-    click.echo(f"{'MODEL':24} {'TASK':10} {'INPUT':<10} {'LOCAL':11} SOURCE")
+    click.echo(f"{'MODEL':24} {'TASK':14} {'INPUT':<10} {'LOCAL':11} SOURCE")
     for name, spec in CATALOG.items():
         w, h = spec.input_size
         state = "pulled" if is_pulled(spec) else "not pulled"
-        click.echo(f"{name:24} {spec.task:10} {f'{w}x{h}':<10} {state:11} {spec.source}")
+        click.echo(f"{name:24} {spec.task:14} {f'{w}x{h}':<10} {state:11} {spec.source}")
 
 
 @models.command("pull")

@@ -82,6 +82,7 @@ WORKER_FLAGS: FlagTable = {
     "tiles": Flag("--tiles"),
     "results": Flag("--results"),
     "model": Flag("--model"),
+    "task": Flag("--task"),
     "input_size": Flag("--input-size"),
     "device": Flag("--device"),
     "threads": Flag("--threads"),

@@ -352,7 +352,8 @@ class Engine:
         msg = protocol.Tile(job=info.job, image=info.image, index=key[1], box=tile.box,
                             scale=scale, model=entry.job.plan.model_ref, pixels=cut,
                             min_score=settings.score_threshold, attempt=attempt,
-                            encoding=self.workers.encoding(wid))
+                            encoding=self.workers.encoding(wid),
+                            task=entry.job.plan.tile_request)
         if self.workers.send(wid, key, msg, backup):
             entry.job.tiles_sent += 1
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass, field, fields
 
 import numpy as np
 
-from zmqvision import io, protocol
+from zmqvision import io, protocol, tasks
 from zmqvision.merge import MergeConfig
-from zmqvision.scales import resolve_scales, scales_json
-from zmqvision.tiling import Tile, cut_tile, draft_reducer, plan_scales
+from zmqvision.scales import scales_json
+from zmqvision.tiling import Tile, plan_scales
 
 Reduce = Callable[[int, int], int]
 
@@ -42,6 +42,11 @@ class JobSettings:
     max_file_bytes: int = io.DEFAULT_MAX_FILE_BYTES
     # Decode a JPEG at 1/2, 1/4 or 1/8 when every tile of it shrinks at least that much.
     jpeg_draft: bool = True
+    # The task (zmqvision.tasks): None is the model's own; "detect"/"classify" say how a
+    # user's model file is read. top_k and embed are classification's (--top-k, --embed).
+    task: str | None = None
+    top_k: int = 5
+    embed: bool = False
 
     @classmethod
     def names(cls) -> frozenset[str]:
@@ -62,10 +67,16 @@ class JobPlan:
         from zmqvision.models import resolve
 
         self.settings = settings
-        self.spec = spec = resolve(settings.model, settings.input_size)
-        self.scales = resolve_scales(spec, tile_size=settings.tile_size, scales=settings.scales,
-                                     min_size=settings.min_size, full_pass=settings.full_pass)
+        self.spec = spec = resolve(settings.model, settings.input_size, settings.task)
+        self.task = tasks.get(spec.task)
+        self.task_settings = self.task.settings(settings.top_k, settings.embed,
+                                                settings.tile_size is not None)
+        self.scales = self.task.scales(spec, tile_size=settings.tile_size,
+                                       scales=settings.scales, min_size=settings.min_size,
+                                       full_pass=settings.full_pass)
         self.tile_size = next((s for s in self.scales if s is not None), spec.input_size)
+        # What each tile asks the worker for (classification's top-k, embedding).
+        self.tile_request = self.task.tile_request(self.task_settings)
 
     @property
     def model_ref(self) -> str:
@@ -78,6 +89,9 @@ class JobPlan:
         (``protocol.new_job_secret``; "" for a start only read here, e.g. a cache key)."""
         s = self.settings
         options: dict = {"score_threshold": s.score_threshold}
+        task = self.task.job_option(self.task_settings)
+        if task is not None:  # detection: none, its JobStart unchanged
+            options["task"] = task
         if records != "write":
             options["records"] = records
         return protocol.JobStart(
@@ -99,7 +113,9 @@ class JobPlan:
         """The result cache's lookup (content hash → entry or None) under these settings;
         None without a cache. The key's settings part is the same for every job of these
         settings (``cache.job_fingerprint`` reads no job id)."""
-        if cache is None:
+        if cache is None or self.task_settings.embed:
+            # An entry holds an image's rows, not its embeddings (1,280 floats per tile):
+            # an --embed job computes every image and saves nothing (docs/cache.md).
             return None
         from zmqvision.cache import job_fingerprint
 
@@ -111,10 +127,12 @@ class JobPlan:
         every one of its tiles shrinks anyway (``tiling.draft_factor``)."""
         if not self.settings.jpeg_draft:
             return None
-        return draft_reducer(self.scales, self.settings.overlap, self.spec.input_size)
+        return self.task.reducer(self.scales, self.settings.overlap, self.spec.input_size)
 
     def tiles(self, width: int, height: int) -> list[Tile]:
         return plan_scales(width, height, self.scales, self.settings.overlap)
 
     def cut(self, pixels: np.ndarray, tile: Tile, reduced: int) -> tuple[np.ndarray, float]:
-        return cut_tile(pixels, tile, self.spec.input_size, reduced)
+        """A tile's pixels at the model's input size, as the task cuts them (detection
+        letterboxes, classification stretches)."""
+        return self.task.cut(pixels, tile, self.spec.input_size, reduced)

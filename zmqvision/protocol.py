@@ -58,6 +58,11 @@ MAX_RESULT_BOXES = 10_000
 BOX_DTYPE = np.dtype("<f8")
 SCORE_DTYPE = np.dtype("<f4")
 LABEL_DTYPE = np.dtype("<i4")
+# A classifier's embedding (Result.embedding): little-endian float32, at most this many.
+EMBEDDING_DTYPE = np.dtype("<f4")
+MAX_EMBEDDING = 1 << 16
+# What a tile may ask of its worker (Tile.task): classes per tile at most.
+MAX_TOP_K = 1000
 
 
 class ProtocolError(ValueError):
@@ -547,6 +552,9 @@ class Tile:
     min_score: float | None = None  # the job's score threshold; None: the worker's default
     encoding: str = "raw"  # how the pixels travel: one of TILE_ENCODINGS
     frame: Any = None  # the received frame, kept alive while pixels view it
+    # What the worker returns beyond its model's default (zmqvision.tasks): for a
+    # classifier {"top_k": k, "embed": bool}; None (detection) leaves it out of the header.
+    task: dict | None = None
 
     def header(self) -> dict:
         return {
@@ -561,6 +569,7 @@ class Tile:
             "shape": list(self.pixels.shape),
             "dtype": "uint8",
             "encoding": self.encoding,
+            **({} if self.task is None else {"task": self.task}),
         }
 
     def buffers(self) -> list:
@@ -611,7 +620,19 @@ class Tile:
             min_score=_float(h, "min_score", optional=True, lo=0.0, hi=1.0),
             encoding=encoding,
             frame=bufs[0],
+            task=_tile_task(h),
         )
+
+
+def _tile_task(h: dict) -> dict | None:
+    """``Tile.task``: absent, or ``{"top_k": 1..MAX_TOP_K, "embed": bool}``."""
+    t = _req(h, "task", dict, optional=True)
+    if t is None:
+        return None
+    top_k = _count(t, "top_k", hi=MAX_TOP_K)
+    if top_k < 1:
+        raise ProtocolError("tile task top_k must be at least 1")
+    return {"top_k": top_k, "embed": bool(_req(t, "embed", bool, optional=True))}
 
 
 def _encode_jpeg(pixels: np.ndarray) -> bytes:
@@ -651,7 +672,12 @@ def _decode_jpeg(buf: memoryview, shape: list[int]) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Result:
-    """Worker → sink: one tile's detections, already in image coordinates."""
+    """Worker → sink: one tile's detections, already in image coordinates.
+
+    A classifier's tile answers with its top-k classes as rows (box: the tile's region,
+    score: the probability, label: the class id) and, when the tile asked, its embedding:
+    ``embedding`` in the header is its length and the vector is a fourth frame
+    (little-endian float32). A detection result has no such key and three frames."""
 
     TYPE: ClassVar[MsgType] = MsgType.RESULT
     job: str
@@ -663,9 +689,10 @@ class Result:
     error: dict | None = None
     attempt: int = 0
     infer_ms: float = 0.0
+    embedding: np.ndarray | None = None  # float32 [d]: a classifier's, when asked for
 
     def header(self) -> dict:
-        return {
+        h = {
             "job": self.job,
             "image": self.image,
             "index": self.index,
@@ -676,12 +703,25 @@ class Result:
             "attempt": self.attempt,
             "infer_ms": self.infer_ms,
         }
+        if self.embedding is not None:
+            h["embedding"] = int(self.embedding.size)
+        return h
 
     def buffers(self) -> list:
-        return detection_arrays(self.detections)
+        arrays = detection_arrays(self.detections)
+        if self.embedding is not None:
+            arrays.append(np.ascontiguousarray(self.embedding, EMBEDDING_DTYPE).reshape(-1))
+        return arrays
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> Result:
+        dim = _count(h, "embedding", optional=True, hi=MAX_EMBEDDING)
+        embedding = None
+        if dim is not None:
+            if len(bufs) != 4:
+                raise ProtocolError(f"a result with an embedding needs 4 frames, got {len(bufs)}")
+            embedding = embedding_from_buffer(dim, bufs[3])
+            bufs = bufs[:3]
         dets = detections_from_buffers(_req(h, "n", int), bufs)
         return cls(
             job=_name(h, "job"),
@@ -693,7 +733,21 @@ class Result:
             error=_error(h),
             attempt=_count(h, "attempt"),
             infer_ms=_float(h, "infer_ms", lo=0.0),
+            embedding=embedding,
         )
+
+
+def embedding_from_buffer(dim: int, buf: Any) -> np.ndarray:
+    """``dim`` float32 numbers (1..MAX_EMBEDDING), all finite; ProtocolError otherwise."""
+    if not 1 <= dim <= MAX_EMBEDDING:
+        raise ProtocolError(f"embedding length {dim} not in 1..{MAX_EMBEDDING}")
+    view = _buffer(buf)
+    if view.nbytes != dim * EMBEDDING_DTYPE.itemsize:
+        raise ProtocolError(f"embedding frame has {view.nbytes} bytes, header says {dim}")
+    vec = np.frombuffer(view, EMBEDDING_DTYPE).astype(np.float32)
+    if not np.isfinite(vec).all():
+        raise ProtocolError("non-finite numbers in the embedding")
+    return vec
 
 
 @dataclass(frozen=True)

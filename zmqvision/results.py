@@ -38,12 +38,18 @@ def make_record(
     cached: bool = False,
     frame: int | None = None,
     frames: int | None = None,
+    task: str = "detection",
+    extra: dict | None = None,
 ) -> dict:
     """The JSONL record; field names are a public contract (README, docs/protocol.md).
+
     ``frame``/``frames``: which frame of a multi-frame file it is; a still image's record
-    has neither field."""
+    has neither field. ``task``: the job's (``zmqvision.tasks``); a classification record's
+    ``detections`` is empty and ``extra`` (the task's ``record_fields``: ``labels``,
+    ``grid``, ``embedding``) follows the common fields. A detection record is what it
+    always was."""
     dets = []
-    if error is None and detections is not None:
+    if error is None and detections is not None and task == "detection":
         for box, score, label in zip(
             detections.boxes.tolist(),
             detections.scores.tolist(),
@@ -66,6 +72,8 @@ def make_record(
         "settings": settings,
         "cached": cached,
     }
+    if extra:
+        record.update(extra)
     if frames is not None:
         record["frame"], record["frames"] = frame, frames
     return record
@@ -226,7 +234,12 @@ def write_coco(records: Iterable[dict], labels: list[str], out: str | Path) -> N
     start at 1 as COCO expects (``labels[i]`` is id ``i + 1``); failed images are listed
     under ``errors``. A record whose label is not ``labels[class_id]`` (another model's,
     from an earlier job of the same journal) gets the category of that name, appended
-    after ``labels`` when there is none."""
+    after ``labels`` when there is none.
+
+    A classification record's ``labels`` (image-level classes) become annotations too:
+    ``bbox`` the whole image ``[0, 0, width, height]``, its ``score``, and
+    ``"image_label": true`` to tell them from boxes (COCO has no image-level results
+    format; this is the one tools that read ``bbox``/``score`` understand)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(labels)]
@@ -262,6 +275,14 @@ def write_coco(records: Iterable[dict], labels: list[str], out: str | Path) -> N
                 {"id": ann_id, "image_id": img_id, "category_id": category(d),
                  "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1),
                  "score": d["score"], "iscrowd": 0}
+            )
+        for d in rec.get("labels") or ():  # a classification: image-level classes
+            ann_id += 1
+            w, h = rec["width"], rec["height"]
+            annotations.append(
+                {"id": ann_id, "image_id": img_id, "category_id": category(d),
+                 "bbox": [0, 0, w, h], "area": w * h, "score": d["score"], "iscrowd": 0,
+                 "image_label": True}
             )
     fd, tmp = tempfile.mkstemp(prefix=out.name, dir=out.parent)
     try:

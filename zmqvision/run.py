@@ -64,13 +64,13 @@ def single_image(job: VentilateConfig) -> str | None:
 
 
 def _single_tile(job: VentilateConfig, path: str) -> bool:
-    """Whether the image is one tile under the job's tiling (read from its header)."""
-    from zmqvision.models import resolve
-    from zmqvision.scales import one_tile
+    """Whether the image is one tile under the job's tiling (read from its header; the
+    job's task plans it: a classifier's whole image is one tile)."""
+    from zmqvision.io import peek_size
+    from zmqvision.plan import JobPlan, JobSettings
 
-    return one_tile(resolve(job.model, job.input_size), path, tile_size=job.tile_size,
-                    scales=job.scales, min_size=job.min_size, full_pass=job.full_pass,
-                    overlap=job.overlap)
+    size = peek_size(path)
+    return size is not None and len(JobPlan(JobSettings.of(job)).tiles(*size)) == 1
 
 
 def _thread_worker(plan: RunPlan, image: str | None) -> WorkerConfig:
@@ -111,7 +111,7 @@ def run_job(
     from zmqvision.pool import Pool
 
     stop = stop or sockets.StopFlag()
-    spec = resolve(plan.job.model)
+    spec = resolve(plan.job.model, task=plan.job.task)
     ensure(spec, log=lambda m: on_wait(m) if on_wait else log.warning("%s", m))
     in_process, image = plan.in_process, None
     if in_process is None and plan.workers == 1:

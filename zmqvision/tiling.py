@@ -231,3 +231,52 @@ def points_to_image_coords(
     out = np.asarray(points, np.float64) / scale
     out += (tile_box[0], tile_box[1])
     return out
+
+
+def stretch(
+    crop: np.ndarray, input_size: tuple[int, int], box: tuple[float, float, float, float] | None
+    = None,
+) -> np.ndarray:
+    """Resize ``crop`` (uint8 ``[h, w, 3]``) to exactly the model input ``(in_w, in_h)``,
+    aspect ratio not kept: how a classifier sees a whole image or a cut (the way such
+    models are trained and evaluated), where a letterbox would give it black bars to
+    classify. ``box``: the exact, fractional region of ``crop`` to resize (a tile cut from
+    a reduced JPEG, see ``cut_stretched``). C-contiguous, as it goes on the wire."""
+    in_w, in_h = input_size
+    h, w = crop.shape[:2]
+    if box is None and (w, h) == (in_w, in_h):
+        return np.ascontiguousarray(crop)
+    return np.asarray(Image.fromarray(np.ascontiguousarray(crop)).resize(
+        (in_w, in_h), Image.BILINEAR, box=box))
+
+
+def cut_stretched(
+    image: np.ndarray, tile: Tile, input_size: tuple[int, int], reduced: int = 1,
+) -> tuple[np.ndarray, float]:
+    """``tile`` cut from ``image`` and stretched to the model input (``stretch``); with
+    ``reduced`` as in ``cut_tile``. The scale returned is the horizontal one (input px per
+    image px): nothing maps coordinates back from a stretched tile, the wire wants one."""
+    x0, y0, x1, y1 = tile.box
+    scale = input_size[0] / max(1, x1 - x0)
+    if reduced == 1:
+        return stretch(image[y0:y1, x0:x1], input_size), scale
+    h, w = image.shape[:2]
+    f = float(reduced)
+    bx0, by0 = min(x0 / f, w - 1), min(y0 / f, h - 1)
+    bx1, by1 = min(x1 / f, w), min(y1 / f, h)
+    ix0, iy0 = int(bx0), int(by0)
+    ix1, iy1 = min(w, max(ix0 + 1, math.ceil(bx1))), min(h, max(iy0 + 1, math.ceil(by1)))
+    return stretch(image[iy0:iy1, ix0:ix1], input_size,
+                   (bx0 - ix0, by0 - iy0, bx1 - ix0, by1 - iy0)), scale
+
+
+def stretch_draft_factor(tiles: Sequence[Tile], input_size: tuple[int, int]) -> int:
+    """``draft_factor`` for stretched tiles: each axis is resized on its own, so the image
+    may be reduced only by what the *least* shrunk axis of every tile allows."""
+    in_w, in_h = input_size
+    shrink = min((min((t.box[2] - t.box[0]) / in_w, (t.box[3] - t.box[1]) / in_h)
+                  for t in tiles), default=1.0)
+    f = 1
+    while f < 8 and shrink >= 2 * f:
+        f *= 2
+    return f

@@ -43,8 +43,11 @@ def _canonical(value: Any) -> Any:
     return repr(value)
 
 
-def fingerprint(model: dict, tiling: dict, merge: dict, score_threshold: float | None) -> str:
-    """32 hex digits naming the settings; any change in them is another fingerprint."""
+def fingerprint(model: dict, tiling: dict, merge: dict, score_threshold: float | None,
+                task: dict | None = None) -> str:
+    """32 hex digits naming the settings; any change in them is another fingerprint.
+    ``task``: the job's task settings (``JobStart.options["task"]``: classification's
+    top-k, embedding, grid); None for detection, whose keys stay what they were."""
     doc = {
         "key_version": KEY_VERSION,
         "model": {k: model.get(k) for k in MODEL_FIELDS},
@@ -52,6 +55,8 @@ def fingerprint(model: dict, tiling: dict, merge: dict, score_threshold: float |
         "merge": merge,
         "score_threshold": score_threshold,
     }
+    if task is not None:
+        doc["task"] = task
     text = json.dumps(_canonical(doc), sort_keys=True, separators=(",", ":"))
     return blake2b(text.encode(), digest_size=16).hexdigest()
 
@@ -59,7 +64,7 @@ def fingerprint(model: dict, tiling: dict, merge: dict, score_threshold: float |
 def job_fingerprint(start: protocol.JobStart) -> str:
     """The fingerprint of a job, from its JobStart (the same on the ventilator and sink)."""
     return fingerprint(start.model, start.tiling, start.merge,
-                       start.options.get("score_threshold"))
+                       start.options.get("score_threshold"), start.options.get("task"))
 
 
 def entry_key(settings: str, content_hash: str) -> str | None:

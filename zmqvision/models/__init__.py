@@ -1,4 +1,5 @@
-"""Detection models: what exists (catalog), where it is kept (store), how it runs (runtime).
+"""Detection and classification models: what exists (catalog), where it is kept (store),
+how it runs (runtime).
 
 Each model family has one small decoder module (``ssd``, ``blazeface``, ``centerface``,
 ``detection_output``) of pure numpy functions from raw outputs to ``Detections``.
@@ -27,6 +28,7 @@ from zmqvision.models.store import (
 __all__ = [
     "CATALOG",
     "DEFAULT_MODEL",
+    "Classifier",
     "Detector",
     "DeviceError",
     "ModelNotFound",
@@ -35,6 +37,7 @@ __all__ = [
     "cache_dir",
     "ensure",
     "is_pulled",
+    "load_network",
     "model_file",
     "ov_cache_dir",
     "pull",
@@ -43,7 +46,7 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    if name in ("Detector", "DeviceError"):
+    if name in ("Detector", "Classifier", "DeviceError", "load_network"):
         from zmqvision.models import runtime
 
         return getattr(runtime, name)

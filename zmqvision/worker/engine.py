@@ -1,8 +1,9 @@
 """The inference engine: one compiled model behind OpenVINO's ``AsyncInferQueue``.
 
 OpenVINO completes requests on its own threads. Their callback decodes the outputs (numpy,
-small) and hands the result over through a queue, then wakes the socket thread through a
-pipe that its ZeroMQ poller watches, so completions are sent at once without busy polling.
+small; how is the model's task's, ``zmqvision.tasks``) and hands the result over through a
+queue, then wakes the socket thread through a pipe that its ZeroMQ poller watches, so
+completions are sent at once without busy polling.
 Only the socket thread calls ``start`` and ``completed``; ``in_flight`` is its count.
 """
 
@@ -15,7 +16,9 @@ import time
 from collections.abc import Iterator
 from typing import NamedTuple
 
-from zmqvision import protocol, sockets
+import numpy as np
+
+from zmqvision import protocol, sockets, tasks
 from zmqvision.boxes import Detections
 from zmqvision.worker.config import WorkerConfig
 
@@ -23,27 +26,31 @@ log = logging.getLogger("zmqvision.worker")
 
 
 class Completion(NamedTuple):
-    """A finished tile: its detections in tile coordinates, or the error that stopped it."""
+    """A finished tile: its detections (a classifier's: its top-k classes) in image
+    coordinates and its embedding if it asked for one, or the error that stopped it."""
 
     src: int  # the ventilator it came from (index of its DEALER)
     tile: protocol.Tile
     t0: float  # time.perf_counter() when it started
     detections: Detections | None
     error: Exception | None
+    embedding: np.ndarray | None = None
 
 
 class InferenceEngine:
     """Starts tiles on the device and hands back their completions to the socket thread."""
 
     def __init__(self, config: WorkerConfig, stop: sockets.StopFlag) -> None:
-        from zmqvision.models import Detector, ensure, resolve
+        from zmqvision.models import ensure, load_network, resolve
         from zmqvision.openvino_import import import_openvino
 
         ov = import_openvino()
-        self.spec = resolve(config.model, config.input_size)
+        self.spec = resolve(config.model, config.input_size, config.task)
+        self.task = tasks.get(self.spec.task)
         model_path = ensure(self.spec, log=lambda m: log.info("%s", m))
-        self.detector = Detector(self.spec, device=config.device, threads=config.threads,
-                                 hint=config.hint, model_path=model_path)
+        # A Detector or a Classifier (models.runtime), as the model's task needs.
+        self.detector = load_network(self.spec, device=config.device, threads=config.threads,
+                                     hint=config.hint, model_path=model_path)
         # One request more than the device's optimum: while Python hands a finished tile
         # over and starts the next, the device still has a tile queued.
         self.requests = config.requests or self.detector.optimal_requests() + 1
@@ -97,8 +104,8 @@ class InferenceEngine:
         src, tile, t0 = userdata
         threshold = tile.min_score if tile.min_score is not None else self.score_threshold
         try:
-            dets = self.detector.decode(self.detector.outputs_of(request), threshold)
-            c = Completion(src, tile, t0, dets, None)
+            dets, embedding = self.task.decode(self.detector, request, tile, threshold)
+            c = Completion(src, tile, t0, dets, None, embedding)
         except Exception as exc:  # reported as this tile's error, never lost
             c = Completion(src, tile, t0, None, exc)
         self._deliver(c)

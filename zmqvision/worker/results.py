@@ -15,7 +15,6 @@ import zmq
 
 from zmqvision import protocol, sockets
 from zmqvision.boxes import Detections
-from zmqvision.tiling import to_image_coords
 from zmqvision.worker.engine import Completion
 
 log = logging.getLogger("zmqvision.worker")
@@ -32,15 +31,15 @@ def tile_error(tile: protocol.Tile, worker: str, model: str, kind: str,
 
 
 def tile_result(c: Completion, worker: str, model: str) -> protocol.Result:
-    """A finished tile's result, its detections put into image coordinates."""
+    """A finished tile's result: its detections, which the task's decoder already put into
+    image coordinates (``zmqvision.tasks``), and a classifier's embedding if asked for."""
     tile, dets = c.tile, c.detections
     if c.error is not None or dets is None:
         return tile_error(tile, worker, model, "inference_failed", str(c.error))
     return protocol.Result(
         job=tile.job, image=tile.image, index=tile.index, worker=worker, model=model,
-        detections=Detections(to_image_coords(dets.boxes, tile.box, tile.scale), dets.scores,
-                              dets.labels),
-        attempt=tile.attempt, infer_ms=(time.perf_counter() - c.t0) * 1000.0,
+        detections=dets, attempt=tile.attempt,
+        infer_ms=(time.perf_counter() - c.t0) * 1000.0, embedding=c.embedding,
     )
 
 
