@@ -15,11 +15,18 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Detections:
-    """Boxes ``[N, 4]`` float64, scores ``[N]`` float32, class ids ``[N]`` int32."""
+    """Boxes ``[N, 4]`` float64, scores ``[N]`` float32, class ids ``[N]`` int32.
+
+    ``landmarks``: optional ``[N, K, 2]`` float64 points (x, y) per detection, in the same
+    pixels as the boxes (CenterFace's five face points: eyes, nose, mouth corners, as the
+    viewer sees them). None when the decoder was not asked for them; every operation here
+    (take, concat, the merge) carries them along with their box.
+    """
 
     boxes: np.ndarray
     scores: np.ndarray
     labels: np.ndarray
+    landmarks: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.scores)
@@ -28,6 +35,9 @@ class Detections:
                 f"inconsistent detections: boxes {self.boxes.shape}, "
                 f"scores {self.scores.shape}, labels {self.labels.shape}"
             )
+        lm = self.landmarks
+        if lm is not None and (lm.ndim != 3 or lm.shape[0] != n or lm.shape[2] != 2):
+            raise ValueError(f"inconsistent detections: landmarks {lm.shape} for {n} boxes")
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -39,26 +49,34 @@ class Detections:
         )
 
     @classmethod
-    def of(cls, boxes, scores, labels) -> Detections:
+    def of(cls, boxes, scores, labels, landmarks=None) -> Detections:
         """Build from anything array-like, coercing dtypes and shapes."""
         return cls(
             np.asarray(boxes, np.float64).reshape(-1, 4),
             np.asarray(scores, np.float32).reshape(-1),
             np.asarray(labels, np.int32).reshape(-1),
+            None if landmarks is None else np.asarray(landmarks, np.float64),
         )
 
     def take(self, index) -> Detections:
-        return Detections(self.boxes[index], self.scores[index], self.labels[index])
+        lm = None if self.landmarks is None else self.landmarks[index]
+        return Detections(self.boxes[index], self.scores[index], self.labels[index], lm)
 
     @staticmethod
     def concat(parts: list[Detections]) -> Detections:
+        """All parts in order. Landmarks are kept only when every non-empty part has them
+        (with the same number of points): a detection without its points cannot be
+        given made-up ones."""
         parts = [p for p in parts if len(p)]
         if not parts:
             return Detections.empty()
+        lms = [p.landmarks for p in parts]
+        keep = all(m is not None and m.shape[1:] == lms[0].shape[1:] for m in lms)
         return Detections(
             np.concatenate([p.boxes for p in parts]),
             np.concatenate([p.scores for p in parts]),
             np.concatenate([p.labels for p in parts]),
+            np.concatenate(lms) if keep else None,
         )
 
 

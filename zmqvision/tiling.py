@@ -216,6 +216,23 @@ def to_image_coords(
     return out
 
 
+def points_to_image_coords(
+    points: np.ndarray, tile_box: tuple[int, int, int, int], scale: float
+) -> np.ndarray:
+    """Map ``[N, K, 2]`` points (landmarks) from model-input pixels of a tile to image
+    pixels, as ``to_image_coords`` maps boxes.
+
+    Not clipped to the tile: a landmark is an estimate of where a face's eye or mouth
+    corner is, and a face cut by the tile border has its points beyond it; alignment
+    reads them from the original image, where those pixels exist.
+    """
+    if scale <= 0:
+        raise ValueError(f"scale must be > 0, got {scale}")
+    out = np.asarray(points, np.float64) / scale
+    out += (tile_box[0], tile_box[1])
+    return out
+
+
 def stretch(
     crop: np.ndarray, input_size: tuple[int, int], box: tuple[float, float, float, float] | None
     = None,

