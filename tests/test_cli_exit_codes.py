@@ -154,6 +154,16 @@ def test_an_unwritable_out_is_said_once_before_anything_starts(command, tmp_path
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("command", ["run", "ventilate"])
+def test_a_model_no_job_runs_alone_is_a_usage_error(command, photos, models_ready):
+    """Before: `run --model mobilefacenet` (a face embedder, a second stage) ended in a
+    traceback from the task lookup in a child."""
+    p = _cli(command, str(photos[0]), "--model", "mobilefacenet", "--no-progress")
+    assert p.returncode == ExitCode.USAGE, p.stderr
+    assert "mobilefacenet is an embedding model" in p.stderr
+    assert "Traceback" not in p.stderr
+
+
 def test_an_interrupted_job_exits_130(photos, tmp_path):
     """SIGINT while the ventilator waits for a sink: one line, exit 130 (was 3, as if the
     job had failed)."""

@@ -505,11 +505,17 @@ def _vent_config(inputs, kw, **extra):
 def _check_model(kw) -> None:
     """Resolve the model early so a typo is a usage error, not a traceback in a child."""
     from zmqvision.models import resolve
+    from zmqvision.tasks import TASKS
 
     try:
         spec = resolve(kw["model"], task=kw.get("task"))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from None
+    if spec.task not in TASKS:  # an embedder is a second stage (zmqvision faces), not a job
+        raise click.BadParameter(
+            f"{spec.name} is an {spec.task} model, which no job runs on its own; "
+            f"jobs run models of these tasks: {', '.join(TASKS)} (zmqvision models list)",
+            param_hint="--model")
     if kw.get("input_size"):
         try:
             spec.with_input_size(*kw["input_size"])
