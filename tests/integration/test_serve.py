@@ -12,8 +12,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -265,6 +267,110 @@ def test_metrics_name_what_the_issue_asks(server):
     assert _metric(server.url, "zmqvision_workers_alive") == 1
     assert _metric(server.url, "zmqvision_http_requests_total", route="/v1/detect",
                    status="200") >= 1
+
+
+# ---------------------------------------------------------------------- slow clients
+
+
+class Trickle:
+    """A raw socket that sends ``head`` and then one byte of ``drip`` every ``every`` s
+    (a slowloris client), on a thread, until the server closes the connection or
+    ``stop()``. ``answer()`` reads what the server said until it closed."""
+
+    def __init__(self, port: int, head: bytes, drip: bytes, every: float = 0.1) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(head)
+        self.opened = time.monotonic()
+        self.sent = 0
+        self._drip, self._every = drip, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self.sock.send(self._drip[self.sent % len(self._drip):][:1])
+            except OSError:
+                return  # the server closed it
+            self.sent += 1
+
+    def answer(self) -> tuple[bytes, float]:
+        """Everything the server sent, and the seconds from opening to its close."""
+        chunks = []
+        try:
+            while chunk := self.sock.recv(65536):  # 10 s socket timeout: never hangs
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        return b"".join(chunks), time.monotonic() - self.opened
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture
+def strict(pool):
+    """A second server on the same pool with short header and body timeouts."""
+    from zmqvision.serve import ServeConfig, Server
+
+    with Server(pool, ServeConfig(port=0, header_timeout=1.0, read_timeout=1.0)) as s:
+        yield s
+
+
+@pytest.mark.timeout(120)
+def test_slow_headers_are_cut_off_and_others_served(strict):
+    """A client sending its headers a byte at a time is disconnected header_timeout after
+    it connected, though it never stopped sending; others are answered meanwhile."""
+    slow = [Trickle(strict.port, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\n",
+                    b"X-Slow: " + b"a" * 4096) for _ in range(20)]
+    try:
+        body = (EXAMPLES / PHOTOS[0]).read_bytes()
+        r = httpx.post(f"{strict.url}/v1/detect", content=body, timeout=60)
+        assert r.status_code == 200 and r.json()["error"] is None
+        for t in slow:
+            said, took = t.answer()
+            assert said == b"", said[:200]  # no answer: the request never began
+            assert 0.9 <= took < 5, took
+            assert t.sent >= 5  # it was still sending when cut off
+    finally:
+        for t in slow:
+            t.stop()
+    # An idle keep-alive connection goes the same way (the same clock, from its answer).
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        said = b""
+        while chunk := sock.recv(65536):
+            said += chunk
+        assert said.startswith(b"HTTP/1.1 200 ") and said.endswith(b'{"live":true}')
+
+
+@pytest.mark.timeout(120)
+def test_slow_body_gets_408_and_holds_no_slot(strict, pool):
+    """Headers complete, then the body a byte at a time: 408 at read_timeout and the
+    connection closed; meanwhile it held no admission slot and the pool saw nothing."""
+    head = (b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 100000\r\n\r\n")
+    slow = [Trickle(strict.port, head, b"\xff") for _ in range(10)]
+    try:
+        wait_until(lambda: _metric(strict.url, "zmqvision_http_in_flight") >= 10, 30,
+                   "the slow requests to reach their handlers")
+        assert _metric(strict.url, "zmqvision_serve_queue_depth") == 0
+        assert pool.pending == 0
+        r = httpx.post(f"{strict.url}/v1/detect", content=(EXAMPLES / PHOTOS[1]).read_bytes(),
+                       timeout=60)
+        assert r.status_code == 200
+        for t in slow:
+            said, took = t.answer()
+            assert said.startswith(b"HTTP/1.1 408 "), said[:200]
+            assert b"request_timeout" in said
+            assert took < 5, took
+    finally:
+        for t in slow:
+            t.stop()
+    assert _metric(strict.url, "zmqvision_http_requests_total", status="408") >= 10
 
 
 # ---------------------------------------------------------------------- the command
