@@ -443,8 +443,13 @@ def test_readiness_follows_the_workers(procs, tmp_path, models_ready):
         return procs.start("worker", "--model", MODEL, "--tiles", tiles, "--results",
                            results_ep, "--heartbeat", str(beat), name="worker")
 
+    def model_ready() -> bool:
+        return httpx.get(f"{srv.url}/v2/models/{MODEL}/ready", timeout=5).status_code == 200
+
+    assert not model_ready()
     w = worker()
     wait_until(srv.ready, 120, "readiness with a worker", alive=lambda: w.poll() is None)
+    assert model_ready()
     r = httpx.post(f"{srv.url}/v1/detect", content=(EXAMPLES / PHOTOS[0]).read_bytes(),
                    timeout=60)
     assert r.status_code == 200 and r.json()["error"] is None
@@ -453,12 +458,13 @@ def test_readiness_follows_the_workers(procs, tmp_path, models_ready):
     wait_until(lambda: not srv.ready(), 10, "readiness to turn false", every=0.02)
     # 3 periods, plus the dispatcher's housekeeping pass and this poll.
     assert time.monotonic() - killed < 3 * beat + 0.5
-    assert httpx.get(f"{srv.url}/v2/models/{MODEL}/ready").status_code == 503
+    assert not model_ready()
     r = httpx.post(f"{srv.url}/v1/detect", content=(EXAMPLES / PHOTOS[0]).read_bytes(),
                    timeout=10)  # no worker: a clear 503 at once, not a wait
     assert r.status_code == 503 and r.headers["Retry-After"] == "1"
     w2 = worker()
     wait_until(srv.ready, 120, "readiness with a new worker", alive=lambda: w2.poll() is None)
+    assert model_ready()
     r = httpx.post(f"{srv.url}/v1/detect", content=(EXAMPLES / PHOTOS[1]).read_bytes(),
                    timeout=60)
     assert r.status_code == 200 and r.json()["error"] is None
