@@ -269,6 +269,51 @@ def test_metrics_name_what_the_issue_asks(server):
                    status="200") >= 1
 
 
+@pytest.mark.timeout(120)
+def test_idle_stream_jobs_expire(server, pool):
+    """Each distinct settings is a stream job at the pool (and at the sink); one unused
+    for stream_idle_s is ended and forgotten, and its settings start a new job when they
+    come back, with the same records."""
+    body = (EXAMPLES / PHOTOS[0]).read_bytes()
+
+    def post(threshold: str) -> dict:
+        r = httpx.post(f"{server.url}/v1/detect", content=body, timeout=60,
+                       params={"score_threshold": threshold})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    idle = pool.stream_idle_s
+    try:
+        first = post("0.71")
+        job = first["job"]
+        assert job in pool.engine.jobs
+        pool.stream_idle_s = 0.3
+        # Any request sweeps: the other settings' job is ended once unused for 0.3 s.
+        wait_until(lambda: post("0.72") and job not in pool.engine.jobs, 30,
+                   "the idle stream job to be ended")
+        assert job not in {j.id for j in pool._streams.values()}
+        wait_until(lambda: post("0.72") and pool.stream_jobs <= 1, 30,
+                   "only the settings in use to keep a job")
+        again = post("0.71")
+        assert again["job"] != job and again["detections"] == first["detections"]
+        assert _metric(server.url, "zmqvision_pool_stream_jobs") >= 1
+    finally:
+        pool.stream_idle_s = idle
+
+
+def test_settings_gate_forgets_settings_unused_for_the_idle_time():
+    from zmqvision.serve.options import BadOptions, SettingsGate
+
+    gate = SettingsGate(2, 1 << 30, idle_s=0.05)
+    gate.settings({"overlap": "0.1"})
+    gate.settings({"overlap": "0.2"})
+    with pytest.raises(BadOptions, match="at most 2"):
+        gate.settings({"overlap": "0.3"})
+    started = time.monotonic()
+    wait_until(lambda: time.monotonic() - started > 0.1, 5, "the idle time to pass")
+    assert gate.settings({"overlap": "0.3"})["overlap"] == 0.3
+
+
 # ---------------------------------------------------------------------- slow clients
 
 

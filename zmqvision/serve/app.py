@@ -64,7 +64,8 @@ class Routes:
         self.admission = Admission(config.max_queue)
         self.metrics.admitted.set_function(lambda: self.admission.admitted)
         self.detector = Detector(pool, self.admission, on_shared=self.metrics.coalesced.inc)
-        self.gate = SettingsGate(config.max_settings, pool.defaults.max_pixels)
+        self.gate = SettingsGate(config.max_settings, pool.defaults.max_pixels,
+                                 pool.stream_idle_s)
         self.model = pool.defaults.model
         self.version = pool.plan(pool.defaults).spec.version
 
