@@ -380,14 +380,16 @@ class Pool:
         """Requests submitted and not yet answered (queued, decoding or in flight)."""
         return len(self._pending)
 
-    def workers_alive(self) -> int:
+    def workers_alive(self, model: str | None = None) -> int:
         """Workers this pool hears from: heard within the dispatcher's liveness limit
-        (``dead_periods`` of their heartbeat period). Read from any thread; the engine
-        thread drops a silent worker at its next housekeeping pass anyway."""
+        (``dead_periods`` of their heartbeat period); with ``model`` (``name@version``, a
+        plan's ``model_ref``) only those whose heartbeats name it. Read from any thread; the
+        engine thread drops a silent worker at its next housekeeping pass anyway."""
         d = self.engine.dispatch
         now = time.monotonic()
         slots = tuple(d.workers.values())  # one C-level copy: the engine thread may add one
-        return sum(now - s.last_heard <= d.dead_periods * s.period for s in slots)
+        return sum(now - s.last_heard <= d.dead_periods * s.period
+                   and (model is None or s.model == model) for s in slots)
 
     # ------------------------------------------------------------------ file jobs
 

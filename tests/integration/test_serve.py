@@ -475,8 +475,9 @@ def test_tritonclient_unmodified_equals_run(procs, reference, models_ready):
 
 @pytest.mark.timeout(240)
 def test_readiness_follows_the_workers(procs, tmp_path, models_ready):
-    """A front end to a cluster: ready only while a worker is heard; a worker SIGKILLed
-    turns it false within 3 heartbeat periods, a new worker turns it true again."""
+    """A front end to a cluster: ready only while a worker with its model is heard; a
+    worker SIGKILLed turns it false within 3 heartbeat periods, a new worker turns it true
+    again."""
     _, results_ep, events_ep = procs.sink(tmp_path / "r.jsonl", "--no-cache")
     tiles = ipc(tmp_path, "tiles")
     srv = ServeProcess(procs, "--connect", "127.0.0.1", "--bind", tiles, "--sink-results",
@@ -484,14 +485,24 @@ def test_readiness_follows_the_workers(procs, tmp_path, models_ready):
     assert not srv.ready(), "ready with no worker at all"
     beat = 0.3
 
-    def worker():
-        return procs.start("worker", "--model", MODEL, "--tiles", tiles, "--results",
+    def worker(model: str = MODEL):
+        return procs.start("worker", "--model", model, "--tiles", tiles, "--results",
                            results_ep, "--heartbeat", str(beat), name="worker")
 
     def model_ready() -> bool:
         return httpx.get(f"{srv.url}/v2/models/{MODEL}/ready", timeout=5).status_code == 200
 
     assert not model_ready()
+    # A worker of another model is heard, yet nothing here can answer: not ready, and a
+    # request gets 503 rather than a model_mismatch record.
+    other = worker("ssd-mobilenetv2-oid")
+    wait_until(lambda: _metric(srv.url, "zmqvision_workers_alive") == 1, 120,
+               "the other model's worker", alive=lambda: other.poll() is None)
+    assert not srv.ready() and not model_ready()
+    r = httpx.post(f"{srv.url}/v1/detect", content=(EXAMPLES / PHOTOS[0]).read_bytes(),
+                   timeout=10)
+    assert r.status_code == 503
+    assert procs.stop(other) == 0
     w = worker()
     wait_until(srv.ready, 120, "readiness with a worker", alive=lambda: w.poll() is None)
     assert model_ready()

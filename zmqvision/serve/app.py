@@ -67,7 +67,8 @@ class Routes:
         self.gate = SettingsGate(config.max_settings, pool.defaults.max_pixels,
                                  pool.stream_idle_s)
         self.model = pool.defaults.model
-        self.version = pool.plan(pool.defaults).spec.version
+        spec = pool.plan(pool.defaults).spec
+        self.version, self.model_ref = spec.version, spec.ref
 
     # ------------------------------------------------------------------ the application
 
@@ -261,7 +262,9 @@ class Routes:
     # ------------------------------------------------------------------ KServe v2
 
     def is_ready(self) -> bool:
-        return self.pool.workers_alive() > 0
+        """A worker with this server's model is alive (a worker of another model that
+        joined the cluster could only answer ``model_mismatch``)."""
+        return self.pool.workers_alive(self.model_ref) > 0
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return _json(kserve.server_metadata(__version__))
