@@ -13,11 +13,25 @@ images/s. RSS of the server and its children before and after.
     python benchmarks/serve.py --model blazeface-short --seconds 10 --connections 1,64
 
 Needs `wrk` (Debian: apt-get install wrk).
+
+``--soak N``: instead of the table, N requests from ``--clients`` concurrent clients (httpx)
+to a server with a result cache, over the distinct images: most repeat an image the cache
+holds (hits), a share ``--misses`` sends bytes never seen (a miss: inferred, then cached),
+printing the RSS of every process (serve, its sink, its workers) before, every N/10
+requests and after — whether a long-running server grows.
+
+    python benchmarks/serve.py --soak 100000 --model blazeface-short --images 64
+
+``--soak N --tracemalloc``: the server (a Pool and a Server) runs in this process under
+tracemalloc; the snapshots at N/5 and N requests are compared and the lines whose
+allocations grew most are printed (the sink and workers are separate processes either
+way).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import shutil
@@ -27,6 +41,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import httpx
 import numpy as np
 from _common import markdown_table, run_zmqvision
@@ -86,6 +101,163 @@ def rss_mb(pid: int) -> float:
     return total * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def process_tree(pid: int) -> dict[int, str]:
+    """The process and its descendants: pid → a short name (from its command line)."""
+    out, todo = {}, [pid]
+    while todo:
+        p = todo.pop()
+        try:
+            argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+            for task in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (task / "children").read_text().split()]
+        except OSError:
+            continue
+        words = [a.decode(errors="replace") for a in argv]
+        role = next((w for w in words if w in ("serve", "sink", "worker")), words[0])
+        out[p] = role
+    return out
+
+
+def rss_each(pid: int) -> dict[str, float]:
+    """MiB resident of each process of the tree, by role (role#pid for a repeated role)."""
+    tree = process_tree(pid)
+    roles = list(tree.values())
+    out = {}
+    for p, role in sorted(tree.items()):
+        try:
+            pages = int(Path(f"/proc/{p}/statm").read_text().split()[1])
+        except OSError:
+            continue
+        name = role if roles.count(role) == 1 else f"{role}#{p}"
+        out[name] = pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+    return out
+
+
+class Soak:
+    """``total`` requests from ``clients`` concurrent clients: a share ``misses`` of them
+    bytes never sent before (one of the images with a unique suffix after its JPEG end),
+    the rest one of the images as they are (cache hits once seen); RSS of every process of
+    the server at every tenth of the way."""
+
+    def __init__(self, url: str, pid: int, bodies: list[bytes], total: int, clients: int,
+                 misses: float, on_tenth=None) -> None:
+        self.url, self.pid, self.bodies = url, pid, bodies
+        self.total, self.clients, self.misses = total, clients, misses
+        self.on_tenth = on_tenth  # called with the requests done at every tenth
+        self.sent = 0
+        self.statuses: dict[int, int] = {}
+        self.rows: list[tuple[int, float, dict[str, float]]] = []
+
+    def _next(self) -> bytes | None:
+        if self.sent >= self.total:
+            return None
+        n = self.sent
+        self.sent += 1
+        body = self.bodies[n % len(self.bodies)]
+        # Every 1/misses-th request a miss, spread evenly.
+        if self.misses > 0 and int(n * self.misses) != int((n + 1) * self.misses):
+            return body + n.to_bytes(8, "big")
+        return body
+
+    async def _client(self, client: aiohttp.ClientSession) -> None:
+        while (body := self._next()) is not None:
+            try:
+                async with client.post(f"{self.url}/v1/detect", data=body) as r:
+                    await r.read()
+                    status = r.status
+            except aiohttp.ClientError:
+                status = 0
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+            done = sum(self.statuses.values())
+            if done % max(1, self.total // 10) == 0:
+                self.rows.append((done, time.monotonic(), rss_each(self.pid)))
+                if self.on_tenth is not None:
+                    self.on_tenth(done)
+
+    async def run(self) -> None:
+        self.rows.append((0, time.monotonic(), rss_each(self.pid)))
+        # aiohttp's client: httpx's costs the shared CPUs some 4 times as much a request
+        # (221 req/s of cache hits against ~1,000 with wrk)
+        async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=120),
+                connector=aiohttp.TCPConnector(limit=self.clients),
+                headers={"Content-Type": "image/jpeg"}) as client:
+            await asyncio.gather(*(self._client(client) for _ in range(self.clients)))
+
+
+def traced_soak(args, tmp: Path, paths: list[Path]) -> None:
+    """The soak with the server in this process under tracemalloc: which lines' allocations
+    grew between the first tenth of the requests and the end."""
+    import gc
+    import tracemalloc
+
+    from zmqvision import Pool
+    from zmqvision.serve import ServeConfig, Server
+
+    tracemalloc.start(8)
+    snaps = {}
+
+    def on_tenth(done: int) -> None:
+        if done in (args.soak // 5, args.soak):
+            # Collected first: a finished request is a reference cycle (its future's done
+            # callback names it) that lingers until the cyclic collector runs.
+            gc.collect()
+            snaps[done] = tracemalloc.take_snapshot()
+
+    bodies = [p.read_bytes() for p in paths]
+    with Pool(model=args.model, workers=args.workers, cache=f"sqlite:///{tmp / 'soak.db'}") as pool:
+        deadline = time.monotonic() + 180
+        while not pool.workers_alive():
+            if time.monotonic() > deadline:
+                raise RuntimeError("no worker ready in 180 s")
+            time.sleep(0.2)
+        with Server(pool, ServeConfig(port=0, max_queue=1024, timeout=120)) as srv:
+            run = Soak(srv.url, os.getpid(), bodies, args.soak, args.clients, args.misses,
+                       on_tenth)
+            asyncio.run(run.run())
+    first, last = snaps[args.soak // 5], snaps[args.soak]
+    keep = [tracemalloc.Filter(False, tracemalloc.__file__),
+            tracemalloc.Filter(False, "<frozen importlib._bootstrap*>")]
+    diff = last.filter_traces(keep).compare_to(first.filter_traces(keep), "lineno")
+    print(f"tracemalloc: {args.soak // 5} → {args.soak} requests "
+          f"(statuses {dict(sorted(run.statuses.items()))}); traced "
+          f"{sum(s.size for s in first.statistics('filename')) / 2**20:.1f} → "
+          f"{sum(s.size for s in last.statistics('filename')) / 2**20:.1f} MiB; "
+          "lines that grew most:")
+    for stat in diff[:15]:
+        print(f"  {stat.size_diff / 1024:+9.1f} KiB {stat.count_diff:+7d} blocks  "
+              f"{stat.traceback[0].filename}:{stat.traceback[0].lineno}")
+
+
+def soak(args, tmp: Path, paths: list[Path]) -> None:
+    bodies = [p.read_bytes() for p in paths]
+    srv = Serve(args.model, args.workers, "--cache", f"sqlite:///{tmp / 'soak.db'}")
+    try:
+        run = Soak(srv.url, srv.proc.pid, bodies, args.soak, args.clients, args.misses)
+        started = time.monotonic()
+        asyncio.run(run.run())
+        took = time.monotonic() - started
+        # Idle a moment: what is still resident once nothing is in flight.
+        time.sleep(5)
+        run.rows.append((args.soak, time.monotonic(), rss_each(srv.proc.pid)))
+        metrics = httpx.get(f"{srv.url}/metrics").text
+    finally:
+        srv.stop()
+    names = sorted({k for _, _, r in run.rows for k in r})
+    print(f"soak: {args.soak} requests, {args.clients} clients, model {args.model}, "
+          f"{len(bodies)} distinct images of {args.size}, misses {args.misses:g}, "
+          f"{args.workers} worker(s): {took:.0f} s, {args.soak / took:.0f} req/s, "
+          f"statuses {dict(sorted(run.statuses.items()))}")
+    body = [[str(done) if i < len(run.rows) - 1 else f"{done} (+5 s idle)",
+             *(f"{r.get(n, float('nan')):.0f}" for n in names),
+             f"{sum(r.values()):.0f}"] for i, (done, _, r) in enumerate(run.rows)]
+    print(markdown_table(["requests", *(f"{n} MiB" for n in names), "total MiB"], body))
+    for line in metrics.splitlines():
+        if line.startswith(("zmqvision_serve_cache_hits_total", "zmqvision_pool_stream_jobs",
+                            "zmqvision_serve_coalesced_total")):
+            print(line)
+
+
 class Serve:
     def __init__(self, model: str, workers: int, *extra: str) -> None:
         self.proc = subprocess.Popen(
@@ -130,7 +302,24 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--connections", default="1,8,64,256")
+    ap.add_argument("--soak", type=int, default=0, metavar="N",
+                    help="Run N requests against a caching server instead, printing RSS")
+    ap.add_argument("--clients", type=int, default=8, help="--soak: concurrent clients")
+    ap.add_argument("--misses", type=float, default=0.05,
+                    help="--soak: share of requests with bytes never seen (cache misses)")
+    ap.add_argument("--tracemalloc", action="store_true",
+                    help="--soak: the server in this process, its allocations compared")
     args = ap.parse_args()
+    if args.soak:
+        size = tuple(int(v) for v in args.size.split("x"))
+        tmp = Path(tempfile.mkdtemp(prefix="zv-serve-soak-"))
+        try:
+            (tmp / "images").mkdir()
+            paths = make_images(tmp / "images", args.images, size)
+            (traced_soak if args.tracemalloc else soak)(args, tmp, paths)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return
     if shutil.which("wrk") is None:
         sys.exit("wrk not found (Debian: apt-get install wrk)")
     size = tuple(int(v) for v in args.size.split("x"))

@@ -948,6 +948,15 @@ def _byte_size(ctx, param, value):
                    "timeout=, header Request-Timeout); past it: 504, the request withdrawn.")
 @click.option("--max-queue", type=click.IntRange(1), default=256, show_default=True,
               help="Images admitted at once; past it: 429 with Retry-After.")
+@click.option("--header-timeout", type=click.FloatRange(0, min_open=True), default=75.0,
+              show_default=True,
+              help="Seconds for a request's headers to arrive, from the connection's "
+                   "opening or its last answer (also the keep-alive idle limit); past it "
+                   "the connection is closed (slowloris).")
+@click.option("--read-timeout", type=click.FloatRange(0, min_open=True), default=30.0,
+              show_default=True,
+              help="Seconds for a request's body to arrive once its headers have; past it: "
+                   "408 and the connection closed.")
 @click.option("--max-body", default="32M", show_default=True, callback=_byte_size,
               help="Largest request body (bytes, or 512K, 32M); past it: 413.")
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
@@ -958,7 +967,8 @@ def _byte_size(ctx, param, value):
 @_insecure_option
 @_child_options
 def serve(host, port, model, input_size, connect_host, bind_tiles, sink_results,
-          sink_events, workers, device, threads, timeout, max_queue, max_body, max_pixels,
+          sink_events, workers, device, threads, timeout, max_queue, header_timeout,
+          read_timeout, max_body, max_pixels,
           cache_url, no_cache, verbose, curve, insecure, announce, parent_pid, log_level):
     """Serve the pool over HTTP: /v1/detect, KServe v2 (/v2/...), /metrics."""
     from zmqvision import Pool
@@ -975,7 +985,8 @@ def serve(host, port, model, input_size, connect_host, bind_tiles, sink_results,
         settings["max_pixels"] = max_pixels
     config = ServeConfig(host=host, port=port, timeout=timeout,
                          max_timeout=max(timeout, ServeConfig.max_timeout),
-                         max_queue=max_queue, max_body=max_body)
+                         max_queue=max_queue, max_body=max_body,
+                         header_timeout=header_timeout, read_timeout=read_timeout)
     stop = _stop_flag(parent_pid)
     if connect_host is None:
         pool = Pool(model=model, workers=workers, device=device, threads=threads,

@@ -67,6 +67,7 @@ class WorkerSlot:
     held_at_seed: int = 0
     requests: int = 0  # infer requests its heartbeat announces (0: no heartbeat yet)
     name: str = ""  # the worker id its messages carry, for the log
+    model: str = ""  # the model its heartbeats name (``name@version``; "" before the first)
     address: str = ""  # where it connects from, for the log
     progress_at: float = 0.0  # when it last had a tile done, or began holding tiles
     quarantined_until: float = 0.0

@@ -73,7 +73,8 @@ class WorkerLink:
             elif isinstance(msg, protocol.Heartbeat):
                 free = max(0, msg.requests - msg.in_flight - msg.queue)
                 self.dispatch.heard(wid, period=msg.period, free=free,
-                                    held=msg.in_flight + msg.queue, requests=msg.requests)
+                                    held=msg.in_flight + msg.queue,
+                                    requests=msg.requests).model = msg.model
             else:
                 self.dispatch.bye(wid)
             slot = self.dispatch.workers.get(wid)

@@ -50,6 +50,10 @@ from zmqvision.results import make_record
 log = logging.getLogger("zmqvision.pool")
 
 NO_WORKER_NOTICE_S = 3.0  # a ventilator with no worker this long says how to start one
+# A stream job (one per distinct settings) unused this long, with nothing pending, is ended
+# (the sink forgets it); the next request with its settings starts a new one. A server
+# that sees many settings over days keeps only those in use.
+STREAM_IDLE_S = 600.0
 
 Image = str | os.PathLike | bytes | bytearray | memoryview | np.ndarray
 
@@ -137,6 +141,9 @@ class Pool:
         self.cluster = cluster
         self._lock = threading.Lock()
         self._streams: dict[JobSettings, StreamJob] = {}
+        self._used: dict[JobSettings, float] = {}  # when each stream was last asked for
+        self.stream_idle_s = STREAM_IDLE_S
+        self._swept_at = time.monotonic()
         self._plans: dict[JobSettings, JobPlan] = {}
         self._pending: set[Request] = set()
         self._closed = False
@@ -220,15 +227,46 @@ class Pool:
         """The job that ``submit`` calls with these settings share; the caller that made
         it announces it (a request queued meanwhile waits: jobs are admitted from only
         once the engine has them)."""
+        now = time.monotonic()
         with self._lock:
             job = self._streams.get(settings)
+            if job is not None:
+                self._used[settings] = now
+            sweep = now - self._swept_at >= self.stream_idle_s / 4
+            if sweep:
+                self._swept_at = now
+        if sweep:
+            self._call(self._expire_idle)
         if job is None:
             made = self._new_stream(settings)
             with self._lock:
                 job = self._streams.setdefault(settings, made)
+                self._used[settings] = now
             if job is made:
                 self._call(lambda: self.engine.add_job(job))
         return job
+
+    def _expire_idle(self) -> None:
+        """In the engine's thread: end the stream jobs unused for ``stream_idle_s`` with no
+        request pending (a request that looked one up just before is re-queued on a new
+        job by ``_queue``)."""
+        now = time.monotonic()
+        with self._lock:
+            busy = {id(r.job) for r in self._pending}
+            idle = [(s, j) for s, j in self._streams.items() if id(j) not in busy
+                    and now - self._used.get(s, now) > self.stream_idle_s]
+            for settings, _ in idle:
+                del self._streams[settings]
+                self._used.pop(settings, None)
+                self._plans.pop(settings, None)
+        for _, job in idle:
+            self.engine.end_job(job)
+            self.engine.remove_job(job)
+
+    @property
+    def stream_jobs(self) -> int:
+        """Stream jobs alive (one per distinct settings used within ``stream_idle_s``)."""
+        return len(self._streams)
 
     def _new_stream(self, settings: JobSettings) -> StreamJob:
         plan = self.plan(settings)
@@ -263,6 +301,8 @@ class Pool:
         """In the engine's thread: the request waits its turn to be decoded."""
         if request.finished:
             return
+        if request.job.end is not None:  # its stream job expired after it was looked up
+            request.job = self._stream(request.job.plan.settings)
         request.job.waiting.append(request)
         self.engine.watch_deadline(request)
 
@@ -346,14 +386,16 @@ class Pool:
         """Requests submitted and not yet answered (queued, decoding or in flight)."""
         return len(self._pending)
 
-    def workers_alive(self) -> int:
+    def workers_alive(self, model: str | None = None) -> int:
         """Workers this pool hears from: heard within the dispatcher's liveness limit
-        (``dead_periods`` of their heartbeat period). Read from any thread; the engine
-        thread drops a silent worker at its next housekeeping pass anyway."""
+        (``dead_periods`` of their heartbeat period); with ``model`` (``name@version``, a
+        plan's ``model_ref``) only those whose heartbeats name it. Read from any thread; the
+        engine thread drops a silent worker at its next housekeeping pass anyway."""
         d = self.engine.dispatch
         now = time.monotonic()
         slots = tuple(d.workers.values())  # one C-level copy: the engine thread may add one
-        return sum(now - s.last_heard <= d.dead_periods * s.period for s in slots)
+        return sum(now - s.last_heard <= d.dead_periods * s.period
+                   and (model is None or s.model == model) for s in slots)
 
     # ------------------------------------------------------------------ file jobs
 

@@ -12,8 +12,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -267,6 +269,155 @@ def test_metrics_name_what_the_issue_asks(server):
                    status="200") >= 1
 
 
+@pytest.mark.timeout(120)
+def test_idle_stream_jobs_expire(server, pool):
+    """Each distinct settings is a stream job at the pool (and at the sink); one unused
+    for stream_idle_s is ended and forgotten, and its settings start a new job when they
+    come back, with the same records."""
+    body = (EXAMPLES / PHOTOS[0]).read_bytes()
+
+    def post(threshold: str) -> dict:
+        r = httpx.post(f"{server.url}/v1/detect", content=body, timeout=60,
+                       params={"score_threshold": threshold})
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    idle = pool.stream_idle_s
+    try:
+        first = post("0.71")
+        job = first["job"]
+        assert job in pool.engine.jobs
+        pool.stream_idle_s = 0.3
+        # Any request sweeps: the other settings' job is ended once unused for 0.3 s.
+        wait_until(lambda: post("0.72") and job not in pool.engine.jobs, 30,
+                   "the idle stream job to be ended")
+        assert job not in {j.id for j in pool._streams.values()}
+        wait_until(lambda: post("0.72") and pool.stream_jobs <= 1, 30,
+                   "only the settings in use to keep a job")
+        again = post("0.71")
+        assert again["job"] != job and again["detections"] == first["detections"]
+        assert _metric(server.url, "zmqvision_pool_stream_jobs") >= 1
+    finally:
+        pool.stream_idle_s = idle
+
+
+def test_settings_gate_forgets_settings_unused_for_the_idle_time():
+    from zmqvision.serve.options import BadOptions, SettingsGate
+
+    gate = SettingsGate(2, 1 << 30, idle_s=0.05)
+    gate.settings({"overlap": "0.1"})
+    gate.settings({"overlap": "0.2"})
+    with pytest.raises(BadOptions, match="at most 2"):
+        gate.settings({"overlap": "0.3"})
+    started = time.monotonic()
+    wait_until(lambda: time.monotonic() - started > 0.1, 5, "the idle time to pass")
+    assert gate.settings({"overlap": "0.3"})["overlap"] == 0.3
+
+
+# ---------------------------------------------------------------------- slow clients
+
+
+class Trickle:
+    """A raw socket that sends ``head`` and then one byte of ``drip`` every ``every`` s
+    (a slowloris client), on a thread, until the server closes the connection or
+    ``stop()``. ``answer()`` reads what the server said until it closed."""
+
+    def __init__(self, port: int, head: bytes, drip: bytes, every: float = 0.1) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        self.sock.sendall(head)
+        self.opened = time.monotonic()
+        self.sent = 0
+        self._drip, self._every = drip, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._every):
+            try:
+                self.sock.send(self._drip[self.sent % len(self._drip):][:1])
+            except OSError:
+                return  # the server closed it
+            self.sent += 1
+
+    def answer(self) -> tuple[bytes, float]:
+        """Everything the server sent, and the seconds from opening to its close."""
+        chunks = []
+        try:
+            while chunk := self.sock.recv(65536):  # 10 s socket timeout: never hangs
+                chunks.append(chunk)
+        except ConnectionResetError:
+            pass
+        return b"".join(chunks), time.monotonic() - self.opened
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.sock.close()
+
+
+@pytest.fixture
+def strict(pool):
+    """A second server on the same pool with short header and body timeouts."""
+    from zmqvision.serve import ServeConfig, Server
+
+    with Server(pool, ServeConfig(port=0, header_timeout=1.0, read_timeout=1.0)) as s:
+        yield s
+
+
+@pytest.mark.timeout(120)
+def test_slow_headers_are_cut_off_and_others_served(strict):
+    """A client sending its headers a byte at a time is disconnected header_timeout after
+    it connected, though it never stopped sending; others are answered meanwhile."""
+    slow = [Trickle(strict.port, b"POST /v1/detect HTTP/1.1\r\nHost: x\r\n",
+                    b"X-Slow: " + b"a" * 4096) for _ in range(20)]
+    try:
+        body = (EXAMPLES / PHOTOS[0]).read_bytes()
+        r = httpx.post(f"{strict.url}/v1/detect", content=body, timeout=60)
+        assert r.status_code == 200 and r.json()["error"] is None
+        for t in slow:
+            said, took = t.answer()
+            assert said == b"", said[:200]  # no answer: the request never began
+            assert 0.9 <= took < 5, took
+            assert t.sent >= 5  # it was still sending when cut off
+    finally:
+        for t in slow:
+            t.stop()
+    # An idle keep-alive connection goes the same way (the same clock, from its answer).
+    with socket.create_connection(("127.0.0.1", strict.port), timeout=10) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        said = b""
+        while chunk := sock.recv(65536):
+            said += chunk
+        assert said.startswith(b"HTTP/1.1 200 ") and said.endswith(b'{"live":true}')
+
+
+@pytest.mark.timeout(120)
+def test_slow_body_gets_408_and_holds_no_slot(strict, pool):
+    """Headers complete, then the body a byte at a time: 408 at read_timeout and the
+    connection closed; meanwhile it held no admission slot and the pool saw nothing."""
+    head = (b"POST /v1/detect HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 100000\r\n\r\n")
+    slow = [Trickle(strict.port, head, b"\xff") for _ in range(10)]
+    try:
+        wait_until(lambda: _metric(strict.url, "zmqvision_http_in_flight") >= 10, 30,
+                   "the slow requests to reach their handlers")
+        assert _metric(strict.url, "zmqvision_serve_queue_depth") == 0
+        assert pool.pending == 0
+        r = httpx.post(f"{strict.url}/v1/detect", content=(EXAMPLES / PHOTOS[1]).read_bytes(),
+                       timeout=60)
+        assert r.status_code == 200
+        for t in slow:
+            said, took = t.answer()
+            assert said.startswith(b"HTTP/1.1 408 "), said[:200]
+            assert b"request_timeout" in said
+            assert took < 5, took
+    finally:
+        for t in slow:
+            t.stop()
+    assert _metric(strict.url, "zmqvision_http_requests_total", status="408") >= 10
+
+
 # ---------------------------------------------------------------------- the command
 
 
@@ -324,8 +475,9 @@ def test_tritonclient_unmodified_equals_run(procs, reference, models_ready):
 
 @pytest.mark.timeout(240)
 def test_readiness_follows_the_workers(procs, tmp_path, models_ready):
-    """A front end to a cluster: ready only while a worker is heard; a worker SIGKILLed
-    turns it false within 3 heartbeat periods, a new worker turns it true again."""
+    """A front end to a cluster: ready only while a worker with its model is heard; a
+    worker SIGKILLed turns it false within 3 heartbeat periods, a new worker turns it true
+    again."""
     _, results_ep, events_ep = procs.sink(tmp_path / "r.jsonl", "--no-cache")
     tiles = ipc(tmp_path, "tiles")
     srv = ServeProcess(procs, "--connect", "127.0.0.1", "--bind", tiles, "--sink-results",
@@ -333,12 +485,27 @@ def test_readiness_follows_the_workers(procs, tmp_path, models_ready):
     assert not srv.ready(), "ready with no worker at all"
     beat = 0.3
 
-    def worker():
-        return procs.start("worker", "--model", MODEL, "--tiles", tiles, "--results",
+    def worker(model: str = MODEL):
+        return procs.start("worker", "--model", model, "--tiles", tiles, "--results",
                            results_ep, "--heartbeat", str(beat), name="worker")
 
+    def model_ready() -> bool:
+        return httpx.get(f"{srv.url}/v2/models/{MODEL}/ready", timeout=5).status_code == 200
+
+    assert not model_ready()
+    # A worker of another model is heard, yet nothing here can answer: not ready, and a
+    # request gets 503 rather than a model_mismatch record.
+    other = worker("ssd-mobilenetv2-oid")
+    wait_until(lambda: _metric(srv.url, "zmqvision_workers_alive") == 1, 120,
+               "the other model's worker", alive=lambda: other.poll() is None)
+    assert not srv.ready() and not model_ready()
+    r = httpx.post(f"{srv.url}/v1/detect", content=(EXAMPLES / PHOTOS[0]).read_bytes(),
+                   timeout=10)
+    assert r.status_code == 503
+    assert procs.stop(other) == 0
     w = worker()
     wait_until(srv.ready, 120, "readiness with a worker", alive=lambda: w.poll() is None)
+    assert model_ready()
     r = httpx.post(f"{srv.url}/v1/detect", content=(EXAMPLES / PHOTOS[0]).read_bytes(),
                    timeout=60)
     assert r.status_code == 200 and r.json()["error"] is None
@@ -347,12 +514,13 @@ def test_readiness_follows_the_workers(procs, tmp_path, models_ready):
     wait_until(lambda: not srv.ready(), 10, "readiness to turn false", every=0.02)
     # 3 periods, plus the dispatcher's housekeeping pass and this poll.
     assert time.monotonic() - killed < 3 * beat + 0.5
-    assert httpx.get(f"{srv.url}/v2/models/{MODEL}/ready").status_code == 503
+    assert not model_ready()
     r = httpx.post(f"{srv.url}/v1/detect", content=(EXAMPLES / PHOTOS[0]).read_bytes(),
                    timeout=10)  # no worker: a clear 503 at once, not a wait
     assert r.status_code == 503 and r.headers["Retry-After"] == "1"
     w2 = worker()
     wait_until(srv.ready, 120, "readiness with a new worker", alive=lambda: w2.poll() is None)
+    assert model_ready()
     r = httpx.post(f"{srv.url}/v1/detect", content=(EXAMPLES / PHOTOS[1]).read_bytes(),
                    timeout=60)
     assert r.status_code == 200 and r.json()["error"] is None

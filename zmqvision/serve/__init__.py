@@ -16,7 +16,8 @@ The parts, in the order a request meets them:
 - ``metrics``: Prometheus counters and histograms of the requests, and the pool's own
   state (workers alive, requests pending, images in flight) read at scrape time.
 
-Readiness is the pool's: ready while at least one worker is heard (``Pool.workers_alive``).
+Readiness is the pool's: ready while at least one worker with the server's model is heard
+(``Pool.workers_alive(model)``, from the workers' heartbeats).
 """
 
 from zmqvision.serve.config import ServeConfig

@@ -3,10 +3,12 @@ KServe v2 REST routes, ``/metrics``. See the package doc for the parts behind th
 
 Status codes: 200 a record without error; 400 a body that is not an image (the record's
 error type: ``corrupt_image``, ``unsupported_format``, ``empty_file``) or bad options; 408
-a body that did not arrive within ``read_timeout``; 413 a body over ``max_body``; 422 an
-image over the pixel limit (``too_large``); 429 no room (with ``Retry-After``); 502 the
-worker could not infer it; 503 no worker alive (with ``Retry-After``) or the pool closed;
-504 the deadline passed (the request is withdrawn from the pool)."""
+a body that did not arrive within ``read_timeout`` (and the connection closed; headers that
+do not arrive within ``header_timeout`` get no answer, only the connection closed); 413 a
+body over ``max_body``; 422 an image over the pixel limit (``too_large``); 429 no room
+(with ``Retry-After``); 502 the worker could not infer it; 503 no worker alive (with
+``Retry-After``) or the pool closed; 504 the deadline passed (the request is withdrawn
+from the pool)."""
 
 from __future__ import annotations
 
@@ -62,9 +64,11 @@ class Routes:
         self.admission = Admission(config.max_queue)
         self.metrics.admitted.set_function(lambda: self.admission.admitted)
         self.detector = Detector(pool, self.admission, on_shared=self.metrics.coalesced.inc)
-        self.gate = SettingsGate(config.max_settings, pool.defaults.max_pixels)
+        self.gate = SettingsGate(config.max_settings, pool.defaults.max_pixels,
+                                 pool.stream_idle_s)
         self.model = pool.defaults.model
-        self.version = pool.plan(pool.defaults).spec.version
+        spec = pool.plan(pool.defaults).spec
+        self.version, self.model_ref = spec.version, spec.ref
 
     # ------------------------------------------------------------------ the application
 
@@ -101,6 +105,8 @@ class Routes:
                 doc = ({"error": f"{f.kind}: {f}"} if route.startswith("/v2") else
                        {"error": {"type": f.kind, "message": str(f)}})
                 response = _json(doc, f.status, f.headers)
+                if f.status == 408:
+                    await self._answer_and_close(request, response)
             except web.HTTPException as exc:
                 status = exc.status
                 raise
@@ -113,6 +119,17 @@ class Routes:
             self.metrics.in_flight.dec()
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+    @staticmethod
+    async def _answer_and_close(request: web.Request, response: web.Response) -> None:
+        """Send the answer now and close the connection: the rest of a slow body is not
+        waited for (aiohttp would otherwise read it for up to 10 s more, its lingering
+        time, before closing)."""
+        response.force_close()
+        await response.prepare(request)
+        await response.write_eof()
+        if request.protocol is not None:
+            request.protocol.force_close()  # the transport flushes the answer, then closes
 
     # ------------------------------------------------------------------ reading requests
 
@@ -245,7 +262,9 @@ class Routes:
     # ------------------------------------------------------------------ KServe v2
 
     def is_ready(self) -> bool:
-        return self.pool.workers_alive() > 0
+        """A worker with this server's model is alive (a worker of another model that
+        joined the cluster could only answer ``model_mismatch``)."""
+        return self.pool.workers_alive(self.model_ref) > 0
 
     async def server_metadata(self, request: web.Request) -> web.Response:
         return _json(kserve.server_metadata(__version__))

@@ -20,8 +20,15 @@ class ServeConfig:
     max_queue: int = 256
     max_body: int = 32 << 20  # bytes of one request body: past it, 413
     max_batch: int = 64  # images in one /v1/detect/batch request
-    # Seconds to receive a request's body: a slow client (slowloris) gets 408, and it
-    # never holds a worker (the pool sees an image only once its bytes are all here).
+    # Seconds to receive a request's body once its headers are in: past it 408 and the
+    # connection closed. A slow body never holds a worker or an admission slot (the pool
+    # sees an image only once its bytes are all here).
     read_timeout: float = 30.0
+    # Seconds for a request's headers to arrive complete, counted from the connection's
+    # opening or its previous answer; past it the connection is closed without an answer
+    # (a slowloris client sending a byte a second). The same clock closes an idle
+    # keep-alive connection, so behind a load balancer set it above the balancer's own
+    # idle timeout (AWS ALB: 60 s), or the balancer may reuse a connection being closed.
+    header_timeout: float = 75.0
     max_settings: int = 64  # distinct job settings one server accepts (each is a job)
     retry_after_s: int = 1

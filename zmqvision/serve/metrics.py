@@ -32,6 +32,9 @@ class PoolCollector:
         yield GaugeMetricFamily("zmqvision_pool_pending",
                                 "Requests submitted to the pool and not yet answered "
                                 "(its queue depth).", value=pool.pending)
+        yield GaugeMetricFamily("zmqvision_pool_stream_jobs",
+                                "Stream jobs alive (one per distinct settings in use).",
+                                value=pool.stream_jobs)
         yield GaugeMetricFamily("zmqvision_pool_images_in_flight",
                                 "Images announced to the sink whose record has not come.",
                                 value=len(engine.window))

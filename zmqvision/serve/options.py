@@ -2,11 +2,13 @@
 
 The names are the CLI's (``tile_size``, ``overlap``, ``score_threshold``, ``merge``, …,
 dashes or underscores). Every distinct combination is a job of its own at the pool that
-lives as long as the pool, so one server accepts at most ``max_settings`` of them."""
+the pool keeps while it is used (``Pool.stream_idle_s``), so one server accepts at most
+``max_settings`` of them in use at once."""
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,14 +96,16 @@ def normalise(name: str) -> str:
 
 
 class SettingsGate:
-    """Parses options and remembers the distinct settings accepted so far (at most
-    ``limit``): each is a job the pool keeps, so a client varying them must not grow the
-    server without bound. ``max_pixels`` may only lower the server's own limit."""
+    """Parses options and remembers the distinct settings in use (at most ``limit``, each
+    forgotten once unused for ``idle_s``, as the pool forgets its job): each is a job the
+    pool keeps, so a client varying them must not grow the server without bound.
+    ``max_pixels`` may only lower the server's own limit."""
 
-    def __init__(self, limit: int, max_pixels: int) -> None:
+    def __init__(self, limit: int, max_pixels: int, idle_s: float = float("inf")) -> None:
         self.limit = limit
         self.max_pixels = max_pixels
-        self._seen: set[tuple] = set()
+        self.idle_s = idle_s
+        self._seen: dict[tuple, float] = {}  # settings → when last used
         self._lock = threading.Lock()
 
     def settings(self, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -121,12 +125,15 @@ class SettingsGate:
             raise BadOptions(f"max_pixels above the server's limit ({self.max_pixels})")
         out.setdefault("max_pixels", self.max_pixels)
         key = tuple(sorted(out.items()))
+        now = time.monotonic()
         with self._lock:
-            if key not in self._seen:
+            if key not in self._seen and len(self._seen) >= self.limit:
+                for k in [k for k, t in self._seen.items() if now - t > self.idle_s]:
+                    del self._seen[k]
                 if len(self._seen) >= self.limit:
                     raise BadOptions(f"this server accepts at most {self.limit} distinct "
-                                     "option sets; use one it has seen")
-                self._seen.add(key)
+                                     "option sets in use at once; use one it has seen")
+            self._seen[key] = now
         return out
 
 

@@ -20,8 +20,13 @@ SHUTDOWN_S = 5.0  # requests still open at shutdown get this long to finish
 async def _start(pool: Pool, config: ServeConfig) -> tuple[web.AppRunner, int]:
     # handler_cancellation: a client that disconnects cancels its handler, which cancels
     # its pool request (withdrawn) rather than inferring an answer nobody reads.
+    # keepalive_timeout is the header timeout: aiohttp's keep-alive timer runs from the
+    # connection's opening (and from each answer) and closes the connection if no complete
+    # request has arrived by then; partial headers do not restart it (aiohttp's own
+    # default is an hour).
     runner = web.AppRunner(build_app(pool, config), handler_cancellation=True,
-                           access_log=None, shutdown_timeout=SHUTDOWN_S)
+                           access_log=None, shutdown_timeout=SHUTDOWN_S,
+                           keepalive_timeout=config.header_timeout)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024)
     await site.start()
