@@ -209,14 +209,15 @@ def read_text(
     **detect_options,
 ) -> list[TextLine]:
     """Every text line in ``image`` (uint8 ``[H, W, 3]`` RGB) with what it says, top to
-    bottom then left to right; lines read with confidence below ``min_confidence``
-    (rapidocr's text_score, 0.5) or as nothing are left out."""
+    bottom then left to right, without spaces at their ends; lines read with confidence
+    below ``min_confidence`` (rapidocr's text_score, 0.5) or as nothing are left out."""
     dets = detect_text(image, detector, **detect_options)
     if not len(dets):
         return []
     quads = line_quads(dets)
     reads = reader.read(line_crops(image, quads))
+    # The reader may give a space at either end of a line (the unclipped margin): dropped.
     lines = [TextLine(tuple(float(v) for v in dets.boxes[i]), float(dets.scores[i]), quads[i],
-                      r.text, r.confidence)
+                      r.text.strip(), r.confidence)
              for i, r in enumerate(reads) if r.text.strip() and r.confidence >= min_confidence]
     return sorted(lines, key=lambda t: (round(t.box[1] / 10), t.box[0]))
