@@ -160,7 +160,7 @@ def test_a_model_no_job_runs_alone_is_a_usage_error(command, photos, models_read
     traceback from the task lookup in a child."""
     p = _cli(command, str(photos[0]), "--model", "mobilefacenet", "--no-progress")
     assert p.returncode == ExitCode.USAGE, p.stderr
-    assert "mobilefacenet is an embedding model" in p.stderr
+    assert "mobilefacenet (embedding) is a second-stage model" in p.stderr
     assert "Traceback" not in p.stderr
 
 

@@ -511,9 +511,9 @@ def _check_model(kw) -> None:
         spec = resolve(kw["model"], task=kw.get("task"))
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--model") from None
-    if spec.task not in TASKS:  # an embedder is a second stage (zmqvision faces), not a job
+    if spec.task not in TASKS:  # an embedder or a reader: a second stage, not a job
         raise click.BadParameter(
-            f"{spec.name} is an {spec.task} model, which no job runs on its own; "
+            f"{spec.name} ({spec.task}) is a second-stage model, which no job runs on its own; "
             f"jobs run models of these tasks: {', '.join(TASKS)} (zmqvision models list)",
             param_hint="--model")
     if kw.get("input_size"):
@@ -1112,11 +1112,15 @@ def models_list() -> None:
     """Catalog models and whether they are in the local cache."""
     from zmqvision.models import CATALOG, is_pulled
 
-    click.echo(f"{'MODEL':24} {'TASK':14} {'INPUT':<10} {'LOCAL':11} SOURCE")
+    # Columns as wide as their longest entry: task names grow with the catalog.
+    name_w = max(len("MODEL"), *map(len, CATALOG)) + 1
+    task_w = max(len("TASK"), *(len(s.task) for s in CATALOG.values())) + 1
+    click.echo(f"{'MODEL':{name_w}} {'TASK':{task_w}} {'INPUT':<10} {'LOCAL':11} SOURCE")
     for name, spec in CATALOG.items():
         w, h = spec.input_size
         state = "pulled" if is_pulled(spec) else "not pulled"
-        click.echo(f"{name:24} {spec.task:14} {f'{w}x{h}':<10} {state:11} {spec.source}")
+        click.echo(f"{name:{name_w}} {spec.task:{task_w}} {f'{w}x{h}':<10} {state:11} "
+                   f"{spec.source}")
 
 
 @models.command("pull")
