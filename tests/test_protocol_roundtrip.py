@@ -82,6 +82,10 @@ CASES = [
                tiles_done=2, elapsed=9.5, done=False, live=True, lag=0.75, backlog=2,
                dropped=5),
     P.LiveStatus(job="j", lag=0.75, backlog=2, dropped=5),
+    # --wire image: a whole file, cut by the worker (docs/protocol.md).
+    P.ImageWork(job="j", image="i", model="m@1", width=1000, height=700,
+                boxes=((0, 0, 640, 640), (360, 60, 1000, 700)), full=(False, False),
+                data=b"\xff\xd8 jpeg bytes", attempt=1, min_score=0.5, draft=2),
 ]
 
 

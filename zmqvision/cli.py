@@ -325,11 +325,13 @@ def _job_options(f):
                           "are all shrunk to the model input by 2x or more (large cuts, "
                           "'full') is decoded at 1/2, 1/4 or 1/8 of its size, which is "
                           "several times faster; results differ slightly."),
-        click.option("--wire", type=click.Choice(["auto", "raw", "jpeg"]), default="auto",
-                     show_default=True,
-                     help="How tiles travel: raw pixels, or JPEG (10-20x fewer bytes, "
-                          "slightly lossy); auto: raw to workers on this host, JPEG to "
-                          "others."),
+        click.option("--wire", type=click.Choice(["auto", "raw", "jpeg", "image"]),
+                     default="auto", show_default=True,
+                     help="How work travels: raw pixels, JPEG tiles (10-20x fewer bytes, "
+                          "slightly lossy), or image: each file's bytes once, decoded and "
+                          "cut by its worker (the ventilator decodes nothing); auto: raw "
+                          "to workers on this host, whole images to others (JPEG tiles "
+                          "for what cannot go whole)."),
     ]
     for opt in reversed(opts):
         f = opt(f)

@@ -27,6 +27,13 @@ The ventilator is a load-balancing dispatcher (ZeroMQ guide, chapter 3) with lea
   its tiles are taken back and sent to others, its credit is dropped, and it gets nothing
   for ``QUARANTINE_S`` (doubled at each repeat), long before the lease (``lease_s``) would
   have run out.
+- *Whole images* (``--wire image``): an image sent whole is one lease ``(image, IMAGE)``
+  that weighs its tile count against the worker's credit and hold cap (credit is in
+  tiles, so a worker given a 48-tile image gets nothing more until its Readies repay
+  them, and images of different sizes balance fairly). It needs only one tile of credit
+  to go (an image is never split), so credit may go below zero. Each of its tiles the
+  sink acknowledges lightens it by one (and counts as progress against hoarding); the
+  image's record releases it; a dead worker's image is sent again whole.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from dataclasses import dataclass, field
 log = logging.getLogger("zmqvision.dispatch")
 
 TileKey = tuple[str, int]  # (image id, tile index)
+# The index of a whole image's lease (``--wire image``: one ImageWork, weighing its tiles).
+IMAGE = -1
 
 CREDIT_MARGIN = 2  # credit above a worker's announced requests (tiles queued at it)
 MAX_WORKER_CREDIT = 64  # credit one worker may have at most, whatever it announces
@@ -59,6 +68,7 @@ class WorkerSlot:
     period: float = 1.0
     credit: int = 0
     leases: set[TileKey] = field(default_factory=set)
+    heavy: int = 0  # tiles held beyond one per lease: whole images' weight (see IMAGE)
     assigned: int = 0  # tiles ever sent to it; ties go to the least used worker
     encoding: str | None = None  # how tiles travel to it (the ventilator decides once)
     # Credit its first heartbeat gave it, not yet matched by a Ready, and the tiles it held
@@ -86,13 +96,14 @@ class WorkerSlot:
     def available(self) -> int:
         """Tiles it may be sent now: its credit, within what it may hold."""
         held_cap = min(MAX_WORKER_HELD, HOLD_FACTOR * self.credit_cap)
-        return min(self.credit, held_cap - len(self.leases))
+        return min(self.credit, held_cap - len(self.leases) - self.heavy)
 
 
 @dataclass
 class Lease:
     holders: dict[bytes, float]  # worker → when the tile was sent to it
     first_sent: float
+    weight: int = 1  # tiles it stands for still unacknowledged (a whole image: several)
 
 
 class Dispatcher:
@@ -186,20 +197,22 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ tiles
 
-    def assign(self, key: TileKey, wid: bytes) -> None:
+    def assign(self, key: TileKey, wid: bytes, weight: int = 1) -> None:
+        """Lease ``key`` to ``wid``; ``weight``: the tiles it carries (a whole image's)."""
         now = self.clock()
         slot = self.workers[wid]
-        slot.credit -= 1
-        slot.assigned += 1
+        slot.credit -= weight
+        slot.assigned += weight
         if not slot.leases:
             slot.progress_at = now  # it begins holding tiles: the hoarding clock starts
         slot.leases.add(key)
         lease = self.leases.get(key)
         if lease is None:
-            self.leases[key] = Lease({wid: now}, now)
+            lease = self.leases[key] = Lease({wid: now}, now, weight)
             self.by_image.setdefault(key[0], set()).add(key[1])
         else:
             lease.holders[wid] = now
+        slot.heavy += lease.weight - 1
 
     def is_leased(self, key: TileKey) -> bool:
         return key in self.leases
@@ -212,6 +225,7 @@ class Dispatcher:
             slot = self.workers.get(wid)
             if slot is not None:
                 slot.leases.discard(key)
+                slot.heavy -= lease.weight - 1
         indices = self.by_image.get(key[0])
         if indices is not None:
             indices.discard(key[1])
@@ -225,17 +239,36 @@ class Dispatcher:
         self.requeued += 1
 
     def done(self, key: TileKey) -> None:
-        """The sink has the tile's result: release every copy of it."""
+        """The sink has the tile's result: release every copy of it (a tile of an image
+        sent whole lightens that image's lease)."""
+        if key not in self.leases and key[1] != IMAGE:
+            self._lighten((key[0], IMAGE))
+            return
         lease = self._release(key)
         if lease is not None:
             now = self.clock()
-            self.durations.append(now - lease.first_sent)
+            if key[1] != IMAGE:  # an image's time is not a tile's
+                self.durations.append(now - lease.first_sent)
             self.last_done_at = now
             # Its holder did it; of several copies we cannot tell whose answer came, and a
             # hoarder must not pass for busy by the backups others finished for it.
             if len(lease.holders) == 1:
                 slot = self.workers.get(next(iter(lease.holders)))
                 if slot is not None:
+                    slot.progress_at = now
+
+    def _lighten(self, key: TileKey) -> None:
+        lease = self.leases.get(key)
+        if lease is None or lease.weight <= 1:
+            return
+        lease.weight -= 1
+        now = self.clock()
+        self.last_done_at = now
+        for wid in lease.holders:
+            slot = self.workers.get(wid)
+            if slot is not None:
+                slot.heavy -= 1
+                if len(lease.holders) == 1:
                     slot.progress_at = now
 
     def forget_image(self, image: str) -> None:
@@ -254,6 +287,7 @@ class Dispatcher:
             if not lease.holders:  # no other copy is out: send it again
                 self._requeue(key)
         slot.leases.clear()
+        slot.heavy = 0
         # A dead worker's tiles come back seconds after its last word, not after lease_s.
         log.info("worker %s gone, last heard %.1f s ago: %d tiles sent again",
                  slot.wid.decode(errors="replace"), self.clock() - slot.last_heard,
@@ -310,7 +344,8 @@ class Dispatcher:
         threshold = max(1.0, 2.0 * self.typical_tile_s())
         best: tuple[float, TileKey] | None = None
         for key, lease in self.leases.items():
-            if wid in lease.holders or len(lease.holders) >= self.max_copies:
+            if (wid in lease.holders or len(lease.holders) >= self.max_copies
+                    or key[1] == IMAGE):  # whole images: the lease and liveness bring them
                 continue
             age = now - lease.first_sent
             if age > threshold and (best is None or age > best[0]):

@@ -22,6 +22,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,7 +30,7 @@ import zmq
 
 from zmqvision import protocol, security, sockets
 from zmqvision.boxes import Detections
-from zmqvision.dispatch import TileKey
+from zmqvision.dispatch import IMAGE, TileKey
 from zmqvision.inputs import Loaded, load_frame
 from zmqvision.jobs import RESUMED, SKIP, FileJob, Job, Request
 from zmqvision.links import SinkLink, WorkerLink
@@ -39,6 +40,22 @@ log = logging.getLogger("zmqvision.ventilator")
 
 HOUSEKEEPING_S = 0.1
 MAX_RECORD_RESENDS = 3  # leases, liveness and deadlines change on a scale of seconds
+# ``--wire auto`` sends a remote worker an image whole when its file is at most this many
+# bytes per tile (a JPEG photo: ~60-100 KiB), and JPEG tiles (~136 KiB each at 640²,
+# quality 95) otherwise: a PNG or TIFF would cost the link more than the tiles do.
+AUTO_IMAGE_BYTES_PER_TILE = 192 << 10
+
+
+def encode_threads() -> int:
+    """Threads that cut and JPEG-encode tiles for remote workers: the cores this process
+    may run on, or ``$ZMQVISION_ENCODE_THREADS`` (1: in the loop's thread, as before)."""
+    env = os.environ.get("ZMQVISION_ENCODE_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 class JobFailed(RuntimeError):
@@ -63,6 +80,8 @@ class InFlight:
     sends: bytearray = field(default_factory=bytearray)  # per tile: times sent (capped)
     broken: dict | None = None  # its file changed or vanished: remaining tiles fail
     keep: bool = False  # a live stream's frame: it cannot be read again
+    data: bytes | None = None  # the file's bytes while it may go whole (--wire image)
+    whole: bool = False  # it may be sent whole to a worker that takes images
 
     @property
     def all_sent(self) -> bool:
@@ -111,6 +130,10 @@ class Engine:
         self._deadlines: list[tuple[float, int, Request]] = []
         self._reread_cache: tuple[str, np.ndarray] | None = None
         self._next_housekeeping = 0.0
+        # JPEG tiles are cut and encoded on this many threads (Pillow releases the GIL),
+        # leased in the order picked and sent in that order once a batch is encoded.
+        self.encode_threads = encode_threads()
+        self._encoder: ThreadPoolExecutor | None = None
         self.rereads = 0  # images decoded again to cut tiles that had to be sent again
         # Called once, when the first image that needs tiles is admitted (run starts its
         # workers there when the job began with cached images).
@@ -130,6 +153,8 @@ class Engine:
                 link.close()
 
     def close(self) -> None:
+        if self._encoder is not None:
+            self._encoder.shutdown(wait=True)
         for job in self.jobs.values():
             job.close()
         if self.secured is not None:
@@ -283,6 +308,10 @@ class Engine:
         entry = InFlight(job, info, plan, img.pixels if img is not None else None,
                          reduced=img.reduced if img is not None else 1, request=request,
                          sends=bytearray(len(plan)), keep=not loaded.rereadable)
+        if plan and loaded.data is not None and self.workers.wire in ("auto", "image"):
+            entry.whole = (self.workers.wire == "image" or
+                           len(loaded.data) <= AUTO_IMAGE_BYTES_PER_TILE * len(plan))
+            entry.data = loaded.data if entry.whole else None
         if request is not None:
             request.image, request.loading = iid, None  # the entry holds the pixels now
         self.window[key] = entry
@@ -304,11 +333,19 @@ class Engine:
 
     # ------------------------------------------------------------------ dispatch
 
+    def _takes_whole(self, wid: bytes, entry: InFlight) -> bool:
+        return entry.whole and self.workers.encoding(wid) == "image"
+
     def _next_key(self, wid: bytes) -> tuple[TileKey, bool] | None:
+        """What goes to ``wid`` next: a tile ``(image, index)``, or a whole image
+        ``(image, IMAGE)`` to a worker that takes images; and whether it is a backup."""
         d = self.dispatch
         while d.resend:
             key = d.resend.popleft()
             if key[0] in self.window and not d.is_leased(key):
+                if key[1] == IMAGE and not self._takes_whole(wid, self.window[key[0]]):
+                    self._send_tiles_again(key[0], self.window[key[0]])
+                    continue
                 return key, False
         jobs = list(self.jobs.values())
         for i in range(len(jobs)):
@@ -317,6 +354,10 @@ class Engine:
                 self._turn = (self._turn + i + 1) % len(jobs)
                 key = job.unsent[0]
                 entry = self.window[key]
+                if entry.next_tile == 0 and self._takes_whole(wid, entry):
+                    entry.next_tile = len(entry.plan)
+                    job.unsent.popleft()
+                    return (key, IMAGE), False
                 index = entry.next_tile
                 entry.next_tile += 1
                 if entry.all_sent:
@@ -328,17 +369,40 @@ class Engine:
                 return key, True
         return None
 
+    def _send_tiles_again(self, key: str, entry: InFlight) -> None:
+        """A whole image whose worker died, with no worker that takes images left to
+        take it: its tiles go one by one (the sink ignores those it already has)."""
+        entry.next_tile = 0
+        if key not in entry.job.unsent:
+            entry.job.unsent.appendleft(key)
+
     def _dispatch(self) -> None:
+        batch: list[tuple[bytes, Future]] = []  # JPEG tiles leased, encoding on threads
         while True:
             wid = self.dispatch.pick_worker()
             if wid is None:
-                return
+                break
             nxt = self._next_key(wid)
             if nxt is None:
-                return
-            self._send_tile(wid, *nxt)
+                break
+            key, backup = nxt
+            if key[1] == IMAGE:
+                self._flush(batch)  # in the order picked
+                self._send_image(wid, key, backup)
+            else:
+                self._send_tile(wid, key, backup, batch)
+                if len(batch) >= 2 * self.encode_threads:
+                    self._flush(batch)
+        self._flush(batch)
 
-    def _send_tile(self, wid: bytes, key: TileKey, backup: bool) -> None:
+    def _flush(self, batch: list[tuple[bytes, Future]]) -> None:
+        """Send the encoded tiles of ``batch`` in the order they were leased."""
+        for wid, future in batch:
+            self.workers.transmit(wid, future.result())
+        batch.clear()
+
+    def _send_tile(self, wid: bytes, key: TileKey, backup: bool,
+                   batch: list[tuple[bytes, Future]] | None = None) -> None:
         entry = self.window.get(key[0])
         if entry is None:
             return  # written meanwhile
@@ -349,19 +413,73 @@ class Engine:
             self._fail_tile(entry, key[1])
             return
         tile = entry.plan[key[1]]
-        cut, scale = entry.job.plan.cut(pixels, tile, entry.reduced)
         if entry.all_sent and not entry.keeps_pixels:
-            entry.pixels = None  # every tile has been cut once: the pixels can go
+            entry.pixels = entry.data = None  # every tile has been cut once: they can go
         attempt = entry.sends[key[1]]
         entry.sends[key[1]] = min(255, attempt + 1)
-        info, settings = entry.info, entry.job.plan.settings
-        msg = protocol.Tile(job=info.job, image=info.image, index=key[1], box=tile.box,
-                            scale=scale, model=entry.job.plan.model_ref, pixels=cut,
-                            min_score=settings.score_threshold, attempt=attempt,
-                            encoding=self.workers.encoding(wid),
-                            task=entry.job.plan.tile_request)
-        if self.workers.send(wid, key, msg, backup):
-            entry.job.tiles_sent += 1
+        encoding = self.workers.encoding(wid)
+        if encoding == "image":
+            encoding = "jpeg"  # an image that cannot go whole goes as JPEG tiles
+        make = _TileMaker(entry.info, entry.job.plan, pixels, tile, entry.reduced, attempt,
+                          encoding)
+        entry.job.tiles_sent += 1
+        if batch is not None and encoding == "jpeg" and self.encode_threads > 1:
+            self.workers.lease(wid, key, backup)
+            batch.append((wid, self._encoder_pool().submit(make)))
+            return
+        if not self.workers.send(wid, key, make(), backup):
+            entry.job.tiles_sent -= 1
+
+    def _encoder_pool(self) -> ThreadPoolExecutor:
+        if self._encoder is None:
+            self._encoder = ThreadPoolExecutor(self.encode_threads, "zv-encode")
+        return self._encoder
+
+    def _send_image(self, wid: bytes, key: TileKey, backup: bool) -> None:
+        """An image whole (``ImageWork``): its file's bytes, as read, and its tile plan."""
+        entry = self.window.get(key[0])
+        if entry is None:
+            return
+        data = entry.data
+        if data is None and entry.broken is None:
+            data = self._reread_bytes(entry)
+        if data is None:
+            for index in range(len(entry.plan)):
+                self._fail_tile(entry, index)
+            return
+        if not entry.keeps_pixels:
+            entry.data = entry.pixels = None  # read again if it must go again
+        attempt = max(entry.sends)
+        entry.sends[:] = bytes([min(255, attempt + 1)]) * len(entry.sends)
+        plan, info = entry.job.plan, entry.info
+        reducer = plan.reducer()
+        draft = int(reducer(info.width, info.height)) if reducer is not None else 1
+        msg = protocol.ImageWork(
+            job=info.job, image=info.image, model=plan.model_ref, width=info.width,
+            height=info.height, boxes=tuple(tuple(int(v) for v in t.box) for t in entry.plan),
+            full=tuple(bool(t.full) for t in entry.plan), data=data, attempt=attempt,
+            min_score=plan.settings.score_threshold, max_pixels=plan.settings.max_pixels,
+            draft=draft if draft in (2, 4, 8) else 1, task=plan.tile_request)
+        if self.workers.send(wid, key, msg, backup, weight=len(entry.plan)):
+            entry.job.tiles_sent += len(entry.plan)
+
+    def _reread_bytes(self, entry: InFlight) -> bytes | None:
+        """A file's bytes read again for an image that must go whole again; None (the
+        image fails) when the file changed or vanished."""
+        from zmqvision import io
+
+        self.rereads += 1
+        try:
+            data = io.read_file(entry.info.path, max_bytes=entry.job.plan.settings.max_file_bytes)
+        except (io.ImageError, OSError):
+            data = None
+        if data is None or io.content_hash(data) != entry.info.hash:
+            what = "vanished" if data is None else "changed"
+            entry.broken = {"type": "changed_during_job", "message":
+                            f"{entry.info.path}: the file {what} while the job ran, before "
+                            "all of its tiles were inferred (it had to be sent again)"}
+            return None
+        return data
 
     def _reread(self, key: str, entry: InFlight) -> np.ndarray | None:
         """Pixels of an image whose tiles must be sent again, read anew from its file (one
@@ -453,7 +571,7 @@ class Engine:
         self.dispatch.forget_image(key)
         entry.next_tile = 0
         if not entry.keeps_pixels:
-            entry.pixels = None  # re-read on demand
+            entry.pixels = entry.data = None  # re-read on demand
         if entry.plan and key not in entry.job.unsent:
             entry.job.unsent.append(key)
 
@@ -471,3 +589,26 @@ class Engine:
                     self._resend_image(key, entry)
             if job.end is not None:
                 self._to_sink(job.end)
+
+
+class _TileMaker:
+    """Cuts one tile and makes its message (a JPEG's encoding included): run in the loop's
+    thread, or on the encoder threads for a batch of JPEG tiles (nothing it touches is
+    shared: the pixels are only read)."""
+
+    __slots__ = ("info", "plan", "pixels", "tile", "reduced", "attempt", "encoding")
+
+    def __init__(self, info: protocol.ImageInfo, plan, pixels: np.ndarray, tile: Tile,
+                 reduced: int, attempt: int, encoding: str) -> None:
+        self.info, self.plan, self.pixels, self.tile = info, plan, pixels, tile
+        self.reduced, self.attempt, self.encoding = reduced, attempt, encoding
+
+    def __call__(self) -> protocol.Tile:
+        cut, scale = self.plan.cut(self.pixels, self.tile, self.reduced)
+        info = self.info
+        return protocol.Tile(
+            job=info.job, image=info.image, index=self.tile.index, box=self.tile.box,
+            scale=scale, model=self.plan.model_ref, pixels=cut,
+            min_score=self.plan.settings.score_threshold, attempt=self.attempt,
+            encoding=self.encoding, task=self.plan.tile_request,
+            encoded=protocol.encode_jpeg(cut) if self.encoding == "jpeg" else None)

@@ -45,6 +45,9 @@ class Loaded:
     time: float | None = None  # a video frame's time in seconds (zmqvision.video)
     arrived: float | None = None  # a live job's input: when it arrived (monotonic)
     rereadable: bool = True  # False: a stream's frame; its pixels are kept until written
+    # The file's bytes as read (no copy), for a still image: what ``--wire image`` sends
+    # (``image.pixels`` is None when the reader only probed the header: ``decode=False``).
+    data: bytes | None = None
 
 
 def _failed(path: str, exc: io.ImageError, digest: str | None = None) -> Loaded:
@@ -55,13 +58,34 @@ def _unreadable(path: str, exc: Exception, digest: str | None = None) -> Loaded:
     return Loaded(path, None, {"type": "unreadable", "message": f"{path}: {exc}"}, digest)
 
 
+def probe_bytes(data: bytes, path: str, digest: str, max_pixels: int) -> io.LoadedImage | None:
+    """The image's displayed size from its header, checked against ``max_pixels``, with no
+    pixel decoded (``pixels`` None): what the ventilator needs to plan and announce an
+    image a worker decodes (``--wire image``). None for a multi-frame file (decoded as
+    before). Raises ``io.ImageError`` as decoding would for what the header shows; a file
+    damaged further on is found by the worker, whose decode gives the same error."""
+    if io.sniff_format(data[:io._HEAD_BYTES]) == "JPEG":
+        io._check_jpeg_markers(data, path)
+    with io._open(data, path) as im:
+        if io._frame_count(im, data, im.format, 2) > 1:
+            return None
+        width, height = im.size
+        if io._swaps_axes(im):
+            width, height = height, width
+        io._check_pixels(width, height, max_pixels, path, 0)
+        return io.LoadedImage(pixels=None, width=width, height=height,  # type: ignore[arg-type]
+                              content_hash=digest, format=im.format or "", mode=im.mode)
+
+
 def load_bytes(data: bytes, path: str, max_pixels: int, lookup: Lookup | None = None,
                reduce: Reduce | None = None, *, frames: io.FrameMode = "first",
-               max_frames: int = io.DEFAULT_MAX_FRAMES) -> Loaded:
-    """Hash the bytes; look the result up (a hit is not decoded); decode otherwise.
+               max_frames: int = io.DEFAULT_MAX_FRAMES, decode: bool = True) -> Loaded:
+    """Hash the bytes; look the result up (a hit is not decoded); decode otherwise
+    (``decode=False``: only probe a still image's header, ``probe_bytes``).
 
     The first frame of a multi-frame file; with ``frames="all"`` its ``rest`` yields the
-    others (each looked up in the cache under ``protocol.frame_hash``)."""
+    others (each looked up in the cache under ``protocol.frame_hash``). A still image's
+    ``Loaded`` keeps its bytes (``data``) for image-level dispatch."""
     digest = None
     try:
         digest = io.content_hash(data) if data else None
@@ -82,9 +106,14 @@ def load_bytes(data: bytes, path: str, max_pixels: int, lookup: Lookup | None = 
             if hit is not None:  # frame 0's result; how many frames, from the headers
                 return Loaded(path, None, attach_path(hit.error, path), digest, hit,
                               frames=io.frame_count(data, max_frames=max_frames))
+        if not decode and digest is not None:
+            probed = probe_bytes(data, path, digest, max_pixels)
+            if probed is not None:
+                return Loaded(path, probed, None, digest, data=data)
         image = io.decode_image(data, max_pixels=max_pixels, name=path, digest=digest,
                                 reduce=reduce)
-        return Loaded(path, image, None, digest, frames=image.frames)
+        return Loaded(path, image, None, digest, frames=image.frames,
+                      data=data if image.frames == 1 else None)
     except io.ImageError as exc:
         return _failed(path, exc, digest)
     except Exception as exc:  # an image must never take the job down
@@ -140,7 +169,8 @@ def _rest_unread(message: str, k: int, count: int) -> str:
 def load_path(path: str, max_pixels: int, lookup: Lookup | None = None,
               reduce: Reduce | None = None, *,
               max_bytes: int = io.DEFAULT_MAX_FILE_BYTES, frames: io.FrameMode = "first",
-              max_frames: int = io.DEFAULT_MAX_FRAMES, fps: float | None = None) -> Loaded:
+              max_frames: int = io.DEFAULT_MAX_FRAMES, fps: float | None = None,
+              decode: bool = True) -> Loaded:
     """Read the file once, then ``load_bytes`` on the same bytes. A file over
     ``max_bytes`` is not read: it gets a ``too_large`` error. A video file
     (``zmqvision.video``) is its frames sampled at ``fps``, decoded one at a time."""
@@ -155,7 +185,7 @@ def load_path(path: str, max_pixels: int, lookup: Lookup | None = None,
     except Exception as exc:  # noqa: BLE001 - an image must never take the job down
         return _unreadable(path, exc)
     return load_bytes(data, path, max_pixels, lookup, reduce, frames=frames,
-                      max_frames=max_frames)
+                      max_frames=max_frames, decode=decode)
 
 
 def load_frame(path: str, frame: int, max_pixels: int, reduce: Reduce | None = None, *,
@@ -245,7 +275,8 @@ class ReadAhead:
                  max_pixels: int, lookup: Lookup | None = None, reduce: Reduce | None = None,
                  on_ready: Callable[[], None] | None = None, *,
                  max_bytes: int = io.DEFAULT_MAX_FILE_BYTES,
-                 frames: io.FrameMode = "first", fps: float | None = None) -> None:
+                 frames: io.FrameMode = "first", fps: float | None = None,
+                 decode: bool = True) -> None:
         self.paths = paths  # what it walks (an io.ImageWalk counts what it skipped)
         self._take = getattr(paths, "take", None)  # live inputs: never block the loop
         if self._take is not None and on_ready is not None:
@@ -260,6 +291,8 @@ class ReadAhead:
         self._depth, self._max_pixels, self._lookup = depth, max_pixels, lookup
         self._reduce, self._on_ready, self._max_bytes = reduce, on_ready, max_bytes
         self._frames = frames
+        # False (``--wire image``): still images are only probed, their workers decode them
+        self._decode = decode
         self.exhausted = False  # no path left to read and nothing pending
         self._fill()
 
@@ -284,7 +317,8 @@ class ReadAhead:
                 continue
             self._pending.append(self._submit(
                 _load_arrived, path, self._max_pixels, self._lookup, self._reduce,
-                max_bytes=self._max_bytes, frames=self._frames, fps=self._fps))
+                max_bytes=self._max_bytes, frames=self._frames, fps=self._fps,
+                decode=self._decode))
 
     def ready(self) -> Loaded | None:
         """The next input if it is loaded; None while it is not (or none is left)."""

@@ -45,12 +45,14 @@ def is_local_peer(frame: zmq.Frame, endpoint: str | None) -> bool:
 class WorkerLink:
     """Workers' credit, heartbeats and goodbyes in; tiles out, each to a worker with credit.
 
-    How tiles travel to a worker is chosen once, from its first message: raw pixels to a
-    worker on this host, JPEG to one elsewhere (``wire="auto"``)."""
+    How work travels to a worker is chosen once, from its first message: raw pixels to a
+    worker on this host, whole images (their file bytes, ``ImageWork``) to one elsewhere
+    (``wire="auto"``); an image that cannot go whole (no file bytes: an array, a video
+    frame; or a file too heavy per tile) goes to such a worker as JPEG tiles."""
 
     def __init__(self, ctx: zmq.Context, *, wire: str, lease_s: float,
                  bad: sockets.BadMessages) -> None:
-        if wire not in ("auto", *protocol.TILE_ENCODINGS):
+        if wire not in ("auto", *protocol.WIRE_MODES):
             raise ValueError(f"unknown wire encoding {wire!r}")
         self.router = sockets.make_socket(ctx, zmq.ROUTER, sndhwm=1000, linger=2000,
                                           maxmsgsize=1 << 20)
@@ -83,7 +85,7 @@ class WorkerLink:
             if slot is not None and slot.encoding is None:  # its first message
                 slot.address = peer_address(peer)
                 slot.encoding = (self.wire if self.wire != "auto" else
-                                 "raw" if is_local_peer(peer, self.endpoint) else "jpeg")
+                                 "raw" if is_local_peer(peer, self.endpoint) else "image")
                 log.info("worker %s (%s): tiles as %s", wid.decode(errors="replace"),
                          peer_address(peer) or "local", slot.encoding)
 
@@ -91,20 +93,32 @@ class WorkerLink:
         slot = self.dispatch.workers.get(wid)
         return (slot.encoding if slot is not None else None) or "raw"
 
-    def send(self, wid: bytes, key: TileKey, tile: protocol.Tile, backup: bool) -> bool:
-        """Send a tile to a worker and lease it there; False (and the tile queued again)
-        when the worker is gone or its pipe is full."""
-        try:
-            self.router.send_multipart([wid, *protocol.encode(tile)], flags=zmq.NOBLOCK,
-                                       copy=False)
-        except zmq.ZMQError:  # EHOSTUNREACH: the worker is gone; EAGAIN: its pipe is full
-            self.dispatch.lost(wid)
-            self.dispatch.resend.appendleft(key)
-            return False
-        self.dispatch.assign(key, wid)
-        self.tiles_sent += 1
+    def send(self, wid: bytes, key: TileKey, msg: protocol.Tile | protocol.ImageWork,
+             backup: bool, weight: int = 1) -> bool:
+        """Lease a tile (or a whole image of ``weight`` tiles) to a worker and send it;
+        False (and it queued again) when the worker is gone or its pipe is full."""
+        self.lease(wid, key, backup, weight)
+        return self.transmit(wid, msg)
+
+    def lease(self, wid: bytes, key: TileKey, backup: bool, weight: int = 1) -> None:
+        """The first half of a send: the lease, taken before the message is made (tiles
+        encoded on a thread pool are leased as they are picked, sent in that order)."""
+        self.dispatch.assign(key, wid, weight)
         if backup:
             self.dispatch.note_backup()
+
+    def transmit(self, wid: bytes, msg: protocol.Tile | protocol.ImageWork) -> bool:
+        """The second half: the message to a worker whose lease is taken. A worker gone
+        meanwhile (its leases already queued again) is skipped."""
+        if wid not in self.dispatch.workers:
+            return False
+        try:
+            self.router.send_multipart([wid, *protocol.encode(msg)], flags=zmq.NOBLOCK,
+                                       copy=False)
+        except zmq.ZMQError:  # EHOSTUNREACH: the worker is gone; EAGAIN: its pipe is full
+            self.dispatch.lost(wid)  # its leases, this one included, go out again
+            return False
+        self.tiles_sent += 1
         return True
 
     def close(self) -> None:

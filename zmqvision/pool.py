@@ -412,7 +412,8 @@ class Pool:
                          on_ready=self.engine.wake.wake,
                          max_bytes=plan.settings.max_file_bytes,
                          frames=getattr(config, "frames", "first"),
-                         fps=getattr(config, "fps", None))
+                         fps=getattr(config, "fps", None),
+                         decode=self.engine.workers.wire != "image")
 
     def run_files(self, config, stop: sockets.StopFlag | None = None,
                   on_progress: Callable[[protocol.Progress], None] | None = None,

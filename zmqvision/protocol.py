@@ -49,6 +49,13 @@ MAX_TILE_BYTES = 64 << 20  # decoded pixels of one tile (a JPEG frame may claim 
 # How a tile's pixels travel: raw bytes (zero-copy, for one host) or a JPEG (10-20x
 # fewer bytes, for links between hosts; lossy, so detections may differ slightly).
 TILE_ENCODINGS = ("raw", "jpeg")
+# What the ventilator may send a worker (``--wire``): tiles in one of TILE_ENCODINGS, or
+# "image": each image's file bytes once, cut by the worker (``ImageWork``).
+WIRE_MODES = (*TILE_ENCODINGS, "image")
+# An ImageWork's file frame at most (the worker's DEALER takes messages up to 64 MiB).
+MAX_IMAGE_WORK_BYTES = 60 << 20
+# Tiles one ImageWork may carry at most (a 100-megapixel image at 640² tiles has ~400).
+MAX_IMAGE_WORK_TILES = 10_000
 JPEG_QUALITY = 95
 # Detections in one tile's result at most. Models give at most a few hundred after their
 # own NMS; the bound keeps a hostile sender from making the sink's merge quadratic work
@@ -96,6 +103,7 @@ class MsgType(enum.Enum):
     RECORD = "zv.record"
     WITHDRAW = "zv.withdraw"
     LIVE = "zv.live"
+    IMAGE_WORK = "zv.image_work"
 
     @property
     def tag(self) -> bytes:
@@ -571,6 +579,9 @@ class Tile:
     # What the worker returns beyond its model's default (zmqvision.tasks): for a
     # classifier {"top_k": k, "embed": bool}; None (detection) leaves it out of the header.
     task: dict | None = None
+    # The JPEG of ``pixels``, already made (the ventilator encodes tiles on a thread pool
+    # before it sends them in order); None: ``buffers`` encodes it.
+    encoded: bytes | None = None
 
     def header(self) -> dict:
         return {
@@ -592,7 +603,7 @@ class Tile:
         if self.pixels.dtype != np.uint8 or self.pixels.ndim != 3 or self.pixels.shape[2] != 3:
             raise ValueError("tile pixels must be uint8 [H, W, 3]")
         if self.encoding == "jpeg":
-            return [_encode_jpeg(self.pixels)]
+            return [self.encoded if self.encoded is not None else encode_jpeg(self.pixels)]
         if self.encoding != "raw":
             raise ValueError(f"unknown tile encoding {self.encoding!r}")
         return [np.ascontiguousarray(self.pixels)]
@@ -651,7 +662,8 @@ def _tile_task(h: dict) -> dict | None:
     return {"top_k": top_k, "embed": bool(_req(t, "embed", bool, optional=True))}
 
 
-def _encode_jpeg(pixels: np.ndarray) -> bytes:
+def encode_jpeg(pixels: np.ndarray) -> bytes:
+    """A tile's JPEG as it travels (quality JPEG_QUALITY, 4:4:4); Pillow releases the GIL."""
     import io
 
     from PIL import Image
@@ -684,6 +696,81 @@ def _decode_jpeg(buf: memoryview, shape: list[int]) -> np.ndarray:
         raise
     except Exception as exc:  # truncated or corrupt data: Pillow raises many types
         raise ProtocolError(f"undecodable JPEG tile: {exc}") from None
+
+
+@dataclass(frozen=True, eq=False)
+class ImageWork:
+    """Ventilator → worker (``--wire image``): a whole image's file bytes, as they are on
+    disk, and the plan of its tiles; the worker decodes, cuts and infers every tile and
+    answers each with a ``Result`` exactly as for a ``Tile`` (so the sink is unchanged).
+
+    ``boxes[i]`` is tile ``i``'s box in image pixels (``full[i]``: the downscaled pass over
+    the whole image). ``width``/``height`` are the image's displayed size the plan was made
+    for (a decode of another size is every tile's error); ``max_pixels`` the job's decode
+    bound, and ``draft`` the JPEG reduction (1, 2, 4 or 8) the ventilator would have used.
+    Its weight against the worker's credit is ``len(boxes)`` tiles."""
+
+    TYPE: ClassVar[MsgType] = MsgType.IMAGE_WORK
+    job: str
+    image: str
+    model: str
+    width: int
+    height: int
+    boxes: tuple[tuple[int, int, int, int], ...]
+    full: tuple[bool, ...]
+    data: Any  # bytes or a received frame (buffer protocol): the file's bytes
+    attempt: int = 0
+    min_score: float | None = None
+    max_pixels: int = 100_000_000
+    draft: int = 1
+    task: dict | None = None
+
+    def header(self) -> dict:
+        return {
+            "job": self.job, "image": self.image, "model": self.model,
+            "width": self.width, "height": self.height,
+            "boxes": [list(b) for b in self.boxes], "full": list(self.full),
+            "attempt": self.attempt, "min_score": self.min_score,
+            "max_pixels": self.max_pixels, "draft": self.draft,
+            **({} if self.task is None else {"task": self.task}),
+        }
+
+    def buffers(self) -> list:
+        return [self.data]
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> ImageWork:
+        if len(bufs) != 1:
+            raise ProtocolError(f"image work needs 1 file frame, got {len(bufs)}")
+        data = _buffer(bufs[0])
+        if not 0 < data.nbytes <= MAX_IMAGE_WORK_BYTES:
+            raise ProtocolError(f"image file frame of {data.nbytes} bytes")
+        width = _count(h, "width", hi=MAX_COUNT)
+        height = _count(h, "height", hi=MAX_COUNT)
+        boxes_raw = _req(h, "boxes", list)
+        full_raw = _req(h, "full", list)
+        if not 1 <= len(boxes_raw) <= MAX_IMAGE_WORK_TILES or len(full_raw) != len(boxes_raw):
+            raise ProtocolError(f"image work with {len(boxes_raw)} boxes, "
+                                f"{len(full_raw)} full flags")
+        boxes = []
+        for b in boxes_raw:
+            if (not isinstance(b, list) or len(b) != 4
+                    or not all(type(v) is int for v in b)
+                    or not (0 <= b[0] < b[2] <= width and 0 <= b[1] < b[3] <= height)):
+                raise ProtocolError(f"bad tile box {b!r} for {width}x{height}")
+            boxes.append(tuple(b))
+        if not all(type(f) is bool for f in full_raw):
+            raise ProtocolError("full flags must be booleans")
+        draft = _count(h, "draft")
+        if draft not in (1, 2, 4, 8):
+            raise ProtocolError(f"draft {draft} is not 1, 2, 4 or 8")
+        return cls(
+            job=_name(h, "job"), image=_name(h, "image"), model=_name(h, "model"),
+            width=width, height=height, boxes=tuple(boxes), full=tuple(full_raw),
+            data=bufs[0], attempt=_count(h, "attempt"),
+            min_score=_float(h, "min_score", optional=True, lo=0.0, hi=1.0),
+            max_pixels=_count(h, "max_pixels"), draft=draft, task=_tile_task(h),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -1210,13 +1297,14 @@ class Withdraw:
 
 Message = (
     JobStart | ImageInfo | Tile | Result | JobEnd | Heartbeat | Progress | JobDone | SinkStatus
-    | Workers | Failure | Ready | Bye | Ack | Record | Withdraw | LiveStatus
+    | Workers | Failure | Ready | Bye | Ack | Record | Withdraw | LiveStatus | ImageWork
 )
 
 _CLASSES: dict[MsgType, type] = {
     cls.TYPE: cls
     for cls in (JobStart, ImageInfo, Tile, Result, JobEnd, Heartbeat, Progress, JobDone,
-                SinkStatus, Workers, Failure, Ready, Bye, Ack, Record, Withdraw, LiveStatus)
+                SinkStatus, Workers, Failure, Ready, Bye, Ack, Record, Withdraw, LiveStatus,
+                ImageWork)
 }
 
 

@@ -190,12 +190,12 @@ def test_three_worker_hosts_equal_zmqvision_run(job_dir, job_reference, net, tmp
     watch = c.watch(hosts[4])
     workers = {h.hostname: c.worker(h) for h in hosts[1:4]}
     before = {h.hostname: h.counters()["rx_bytes"] for h in hosts[1:4]}
-    vent = c.ventilate(job_dir)
+    vent = c.ventilate(job_dir, "--wire", "jpeg")  # auto: whole images (test_scale_out)
     assert net.wait(vent, 120) == 0, net.log(vent)
     assert "12 images, 0 failed" in net.log(vent)
     assert comparable(c.out) == job_reference
     ended = time.time()
-    for h in workers:  # --wire auto saw each worker's connection come from another host
+    for h in workers:  # the ventilator saw each worker's connection come from another host
         assert f"worker {h}-w (10.77.0." in net.log(vent)
         assert f"{h}-w (10.77.0.{int(h[-1]) + 1}): tiles as jpeg" in net.log(vent)
     beat_after(net, watch, [f"{h}-w" for h in workers], ended)  # the counters are final
@@ -205,7 +205,7 @@ def test_three_worker_hosts_equal_zmqvision_run(job_dir, job_reference, net, tmp
     assert sum(done.values()) >= 420 and all(v > 0 for v in done.values()), done
     # Each worker reported its own host's name.
     assert {e["host"] for e in evs if e["type"] == "zv.heartbeat"} == set(workers)
-    # --wire auto sent JPEG across the switch: the bytes that reached each worker host,
+    # --wire jpeg sent JPEG across the switch: the bytes that reached each worker host,
     # per tile it did, are a fraction of a raw 300x300 tile (270,000 bytes).
     for h in hosts[1:4]:
         per_tile = (h.counters()["rx_bytes"] - before[h.hostname]) / done[h.hostname]
@@ -240,7 +240,7 @@ def test_a_host_cut_off_for_20_s_loses_nothing_and_duplicates_nothing(
     watch = c.watch(hosts[4])
     # Slow workers (each result held 150 ms, one request) so the job outlasts the cut.
     workers = [c.worker(h, "--requests", "1", hold_ms=150) for h in hosts[1:4]]
-    vent = c.ventilate(job_dir)
+    vent = c.ventilate(job_dir, "--wire", "jpeg")  # auto: whole images (test_scale_out)
     cut = hosts[1]
     wait_for(lambda: tiles_done(net, watch, "host1-w") >= 5, 60, "host 1's first tiles",
              alive=lambda: vent.poll() is None)
@@ -277,7 +277,7 @@ def test_a_host_added_mid_job_gets_tiles_within_seconds(job_dir, job_reference, 
     c.sink()
     watch = c.watch(hosts[2])
     c.worker(hosts[1], "--requests", "1", hold_ms=150)
-    vent = c.ventilate(job_dir)
+    vent = c.ventilate(job_dir, "--wire", "jpeg")  # auto: whole images (test_scale_out)
     wait_for(lambda: tiles_done(net, watch, "host1-w") >= 5, 60, "the job to be under way",
              alive=lambda: vent.poll() is None)
     late = net.add_host()  # a machine plugged into the switch while the job runs
@@ -316,7 +316,7 @@ def test_curve_only_allowed_keys_get_tiles_or_events(job_dir, job_reference, net
     refused = c.worker(hosts[2], "--curve", str(stranger))  # a key the cluster does not know
     c.worker(hosts[3])  # plain text
     before = {h.hostname: h.counters()["rx_bytes"] for h in hosts[1:4]}
-    vent = c.ventilate(job_dir, "--curve", str(home))
+    vent = c.ventilate(job_dir, "--curve", str(home), "--wire", "jpeg")
     assert net.wait(vent, 120) == 0, net.log(vent)
     assert comparable(c.out) == job_reference  # the whole job, on host 1 alone
     rx = {h.hostname: h.counters()["rx_bytes"] - before[h.hostname] for h in hosts[1:4]}
@@ -336,3 +336,19 @@ def test_curve_only_allowed_keys_get_tiles_or_events(job_dir, job_reference, net
         assert net.wait(w, 30) == 1, net.log(w)
         assert "nothing heard" in net.log(w)
 
+
+
+def test_auto_sends_whole_images_to_other_hosts_and_records_equal_raw(job_dir, net, tmp_path):
+    """--wire auto: workers on other hosts get each file's bytes once (ImageWork) and cut
+    it themselves; the records equal a plain one-host run's (raw tiles) exactly."""
+    ref = reference(job_dir, tmp_path / "ref.jsonl", wire="auto")
+    hosts = [net.add_host() for _ in range(3)]
+    c = Cluster(net, tmp_path / "out.jsonl")
+    c.sink()
+    for h in hosts[1:3]:
+        c.worker(h)
+    vent = c.ventilate(job_dir)
+    assert net.wait(vent, 120) == 0, net.log(vent)
+    assert "12 images, 0 failed" in net.log(vent)
+    assert "tiles as image" in net.log(vent)
+    assert comparable(c.out) == ref

@@ -16,7 +16,7 @@ import zmq
 
 from zmqvision import protocol, sockets
 
-_TILES = (protocol.MsgType.TILE,)
+_TILES = (protocol.MsgType.TILE, protocol.MsgType.IMAGE_WORK)
 
 
 class TileLink:
@@ -44,8 +44,9 @@ class TileLink:
         for d, endpoint in zip(self.dealers, self.endpoints, strict=True):
             d.connect(endpoint)
 
-    def tiles(self, src: int) -> Iterator[protocol.Tile]:
-        """The tiles ventilator ``src`` has sent that are ready now (call after a poll)."""
+    def tiles(self, src: int) -> Iterator[protocol.Tile | protocol.ImageWork]:
+        """The tiles (and whole images) ventilator ``src`` has sent that are ready now
+        (call after a poll)."""
         for _, tile in sockets.receive(self.dealers[src], self.bad, _TILES):
             yield tile
 

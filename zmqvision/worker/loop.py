@@ -14,6 +14,7 @@ from zmqvision import protocol, security, sockets
 from zmqvision.worker.config import WorkerConfig, new_worker_id
 from zmqvision.worker.engine import Completion, InferenceEngine
 from zmqvision.worker.heartbeat import Heartbeats
+from zmqvision.worker.images import ImageCutter
 from zmqvision.worker.link import TileLink
 from zmqvision.worker.results import ResultSender, tile_error, tile_result
 
@@ -39,6 +40,8 @@ class Worker:
         self.id = config.worker_id or new_worker_id()
         self.model = self.engine.spec.ref
         self.waiting: deque[tuple[int, protocol.Tile]] = deque()  # received, not started
+        self.cutter = ImageCutter(self.engine.task, self.engine.spec.input_size, self.model,
+                                  self.id)
         self.done = 0
         self.failed = 0
         self.beats = Heartbeats(self.id, config.device, self.model, config.heartbeat_s,
@@ -91,7 +94,11 @@ class Worker:
             self._finish(c)
         for src, d in enumerate(self.link.dealers):
             if events.get(d, 0) & zmq.POLLIN:
-                self.waiting.extend((src, tile) for tile in self.link.tiles(src))
+                for msg in self.link.tiles(src):
+                    if isinstance(msg, protocol.ImageWork):
+                        self._take_image(src, msg)
+                    else:
+                        self.waiting.append((src, msg))
         if self.link.waiting_for_room:
             self.link.send_owed()
         self._start_waiting()
@@ -109,6 +116,15 @@ class Worker:
             except Exception as exc:
                 self._answer(src, tile_error(tile, self.id, self.model, "inference_failed",
                                              str(exc)), failed=True)
+
+    def _take_image(self, src: int, work: protocol.ImageWork) -> None:
+        """A whole image: decoded and cut here, its tiles queued like any others (each
+        answered and credited on its own); an image that cannot be decoded is answered
+        with its error for every tile."""
+        tiles, errors = self.cutter.tiles(work)
+        self.waiting.extend((src, tile) for tile in tiles)
+        for result in errors:
+            self._answer(src, result, failed=True)
 
     def _finish(self, c: Completion) -> None:
         self._answer(c.src, tile_result(c, self.id, self.model), failed=c.error is not None)

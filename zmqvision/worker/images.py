@@ -1,0 +1,69 @@
+"""Whole images (``--wire image``): a worker decodes an ``ImageWork``'s file bytes and cuts
+its tiles itself, exactly as the ventilator would have (the same decode, the same bounds,
+the same cut), so each tile is then inferred and answered as if it had come as a ``Tile``.
+
+An image that cannot be decoded here (over its pixel bound, a decompression bomb, a
+truncated or damaged file, another size than its plan) is answered with that error for
+every one of its tiles: the sink writes the image's error record, and the worker lives on.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+
+import numpy as np
+
+from zmqvision import io, protocol, tiling
+from zmqvision.worker.results import tile_error
+
+log = logging.getLogger("zmqvision.worker")
+
+
+class ImageCutter:
+    """Turns an ``ImageWork`` into its tiles (``protocol.Tile``, raw pixels), or into one
+    error result per tile. ``task`` and ``input_size`` are the worker's model's."""
+
+    def __init__(self, task, input_size: tuple[int, int], model: str, worker: str) -> None:
+        self.task = task
+        self.input_size = input_size
+        self.model = model
+        self.worker = worker
+
+    def tiles(self, work: protocol.ImageWork) -> tuple[list[protocol.Tile], list[protocol.Result]]:
+        """``(tiles to infer, error results)``: one of the two lists is empty."""
+        if work.model != self.model:
+            return [], self._errors(work, "model_mismatch",
+                                    f"image cut for {work.model}, this worker runs {self.model}")
+        try:
+            image = io.decode_image(bytes(protocol._buffer(work.data)),
+                                    max_pixels=work.max_pixels, name=work.image,
+                                    reduce=(lambda w, h: work.draft) if work.draft > 1 else None)
+            if (image.width, image.height) != (work.width, work.height):
+                raise io.ImageError("changed_during_job", f"{work.image}: decoded as "
+                                    f"{image.width}x{image.height}, planned for "
+                                    f"{work.width}x{work.height}")
+            tiles = []
+            for index, (box, full) in enumerate(zip(work.boxes, work.full, strict=True)):
+                cut, scale = self.task.cut(image.pixels, tiling.Tile(index, box, full),
+                                           self.input_size, image.reduced)
+                tiles.append(protocol.Tile(
+                    job=work.job, image=work.image, index=index, box=box, scale=scale,
+                    model=work.model, pixels=cut, attempt=work.attempt,
+                    min_score=work.min_score, task=work.task))
+            return tiles, []
+        except io.ImageError as exc:
+            return [], self._errors(work, exc.type, exc.message)
+        except Exception as exc:  # noqa: BLE001 - hostile bytes must never end the worker
+            return [], self._errors(work, "unreadable", f"{work.image}: {exc}")
+
+    def _errors(self, work: protocol.ImageWork, kind: str, message: str) -> list[protocol.Result]:
+        log.warning("image %s of job %s: %s", work.image, work.job, message)
+        stub = protocol.Tile(job=work.job, image=work.image, index=0, box=(0, 0, 1, 1),
+                             scale=1.0, model=work.model, pixels=_NO_PIXELS,
+                             attempt=work.attempt)
+        return [tile_error(replace(stub, index=index), self.worker, self.model, kind, message)
+                for index in range(len(work.boxes))]
+
+
+_NO_PIXELS = np.zeros((1, 1, 3), np.uint8)
