@@ -372,6 +372,8 @@ class Engine:
     def _send_tiles_again(self, key: str, entry: InFlight) -> None:
         """A whole image whose worker died, with no worker that takes images left to
         take it: its tiles go one by one (the sink ignores those it already has)."""
+        log.info("image %s goes again tile by tile (%d tiles): the worker that had it is "
+                 "gone and none left takes whole images", entry.info.path, len(entry.plan))
         entry.next_tile = 0
         if key not in entry.job.unsent:
             entry.job.unsent.appendleft(key)
@@ -462,6 +464,9 @@ class Engine:
             draft=draft if draft in (2, 4, 8) else 1, task=plan.tile_request)
         if self.workers.send(wid, key, msg, backup, weight=len(entry.plan)):
             entry.job.tiles_sent += len(entry.plan)
+            if attempt:
+                log.info("image %s sent whole again (%d tiles, attempt %d) to worker %s",
+                         info.path, len(entry.plan), attempt + 1, wid.decode(errors="replace"))
 
     def _reread_bytes(self, entry: InFlight) -> bytes | None:
         """A file's bytes read again for an image that must go whole again; None (the
