@@ -113,3 +113,73 @@ def test_hostile_image_payloads_give_error_results_and_the_worker_lives(models_r
         pull.close(0)
         ctx.term()
     assert not worker.is_alive()
+
+
+def _big_jpeg(size=(8000, 6000)) -> bytes:
+    """A large photo-like JPEG (the example photo scaled up): a decode of a good part of
+    a second here, which is what a worker must not spend with its loop blocked."""
+    photo = Image.open(ROOT / "examples" / "images" / "astronaut.jpg").convert("RGB")
+    out = _io.BytesIO()
+    photo.resize(size).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+@pytest.mark.timeout(180)
+def test_a_worker_decoding_whole_images_keeps_heartbeating(models_ready):
+    """Whole images are decoded off the worker's loop: while it decodes several large
+    images (sent together, as a ventilator with credit would), it goes on heartbeating
+    to the ventilator, so a busy worker is never taken for a dead one (three periods of
+    silence) and its finished tiles' results and credit are not held up by a decode."""
+    import time
+
+    from zmqvision import io
+    from zmqvision.models import resolve
+
+    ref = resolve(MODEL).ref
+    data = _big_jpeg()
+    started = time.monotonic()
+    io.decode_image(data, max_pixels=100_000_000, name="probe")
+    decode_s = time.monotonic() - started
+    ctx = zmq.Context()
+    router = ctx.socket(zmq.ROUTER)
+    tiles = sockets.bind(router, "tcp://127.0.0.1:0")
+    pull = ctx.socket(zmq.PULL)
+    results = sockets.bind(pull, "tcp://127.0.0.1:0")
+    stop = sockets.StopFlag()
+    period = 0.2
+    worker = threading.Thread(target=run_worker, args=(WorkerConfig(
+        tiles=tiles, results=results, model=MODEL, threads=1, requests=1,
+        heartbeat_s=period), stop))
+    worker.start()
+    try:
+        assert router.poll(60_000)
+        wid = router.recv_multipart()[0]
+        n = 4
+        for i in range(n):
+            router.send_multipart([wid, *protocol.encode(protocol.ImageWork(
+                job="j", image=f"big{i}", model=ref, width=8000, height=6000,
+                boxes=((0, 0, 300, 300),), full=(False,), data=data,
+                max_pixels=100_000_000))])
+        beats, answered = [], set()
+        deadline = time.monotonic() + 120
+        while len(answered) < n:
+            assert time.monotonic() < deadline, (answered, beats)
+            while router.poll(0):
+                msg = protocol.decode(router.recv_multipart()[1:])
+                if isinstance(msg, protocol.Heartbeat):
+                    beats.append(time.monotonic())
+            if pull.poll(20):
+                msg = protocol.decode(pull.recv_multipart(copy=False))
+                if isinstance(msg, protocol.Result):
+                    assert msg.error is None, msg.error
+                    answered.add(msg.image)
+        gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
+        # Decoding in the loop stalls it for all n decodes at once (n * decode_s).
+        assert gaps and max(gaps) < max(1.0, 1.5 * decode_s), (max(gaps), decode_s, gaps)
+    finally:
+        stop.set()
+        worker.join(30)
+        router.close(0)
+        pull.close(0)
+        ctx.term()
+    assert not worker.is_alive()

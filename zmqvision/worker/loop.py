@@ -14,7 +14,7 @@ from zmqvision import protocol, security, sockets
 from zmqvision.worker.config import WorkerConfig, new_worker_id
 from zmqvision.worker.engine import Completion, InferenceEngine
 from zmqvision.worker.heartbeat import Heartbeats
-from zmqvision.worker.images import ImageCutter
+from zmqvision.worker.images import ImageCutter, ImageDecoder
 from zmqvision.worker.link import TileLink
 from zmqvision.worker.results import ResultSender, tile_error, tile_result
 
@@ -40,8 +40,9 @@ class Worker:
         self.id = config.worker_id or new_worker_id()
         self.model = self.engine.spec.ref
         self.waiting: deque[tuple[int, protocol.Tile]] = deque()  # received, not started
-        self.cutter = ImageCutter(self.engine.task, self.engine.spec.input_size, self.model,
-                                  self.id)
+        # Whole images (--wire image) are decoded and cut on a thread of their own.
+        self.images = ImageDecoder(ImageCutter(self.engine.task, self.engine.spec.input_size,
+                                               self.model, self.id))
         self.done = 0
         self.failed = 0
         self.beats = Heartbeats(self.id, config.device, self.model, config.heartbeat_s,
@@ -50,6 +51,7 @@ class Worker:
         self.ctx = ctx if ctx is not None else zmq.Context()
         self.poller = zmq.Poller()
         self.poller.register(self.engine.wake.r, zmq.POLLIN)
+        self.poller.register(self.images.wake.r, zmq.POLLIN)
         self.link: TileLink | None = None
         self.results: ResultSender | None = None
         self.secured = None
@@ -92,6 +94,7 @@ class Worker:
             self.engine.wake.drain()
         for c in self.engine.completed():
             self._finish(c)
+        self._take_decoded()
         for src, d in enumerate(self.link.dealers):
             if events.get(d, 0) & zmq.POLLIN:
                 for msg in self.link.tiles(src):
@@ -118,13 +121,17 @@ class Worker:
                                              str(exc)), failed=True)
 
     def _take_image(self, src: int, work: protocol.ImageWork) -> None:
-        """A whole image: decoded and cut here, its tiles queued like any others (each
-        answered and credited on its own); an image that cannot be decoded is answered
-        with its error for every tile."""
-        tiles, errors = self.cutter.tiles(work)
-        self.waiting.extend((src, tile) for tile in tiles)
-        for result in errors:
-            self._answer(src, result, failed=True)
+        """A whole image: decoded and cut on the decoder's thread (``_take_decoded``)."""
+        self.images.submit(src, work)
+
+    def _take_decoded(self) -> None:
+        """Decoded images' tiles queued like any others (each answered and credited on its
+        own); an image that could not be decoded is answered with its error for every
+        tile."""
+        for src, tiles, errors in self.images.ready():
+            self.waiting.extend((src, tile) for tile in tiles)
+            for result in errors:
+                self._answer(src, result, failed=True)
 
     def _finish(self, c: Completion) -> None:
         self._answer(c.src, tile_result(c, self.id, self.model), failed=c.error is not None)
@@ -139,20 +146,25 @@ class Worker:
 
     def _beat(self) -> None:
         hb = self.beats.message(self.done, self.failed, self.engine.in_flight,
-                                len(self.waiting))
+                                len(self.waiting) + self.images.tiles_pending)
         self.results.try_send(hb)
         self.link.beat(hb)
 
     def _drain(self) -> None:
         """A clean stop: finish every tile this worker holds (bounded: DRAIN_S)."""
         deadline = time.monotonic() + DRAIN_S
-        while self.waiting or self.engine.in_flight:
+        while self.waiting or self.engine.in_flight or self.images.pending:
             left = deadline - time.monotonic()
             if left <= 0:
                 log.warning("worker %s: stopped with %d tiles unfinished", self.id,
-                            len(self.waiting) + self.engine.in_flight)
+                            len(self.waiting) + self.engine.in_flight
+                            + self.images.tiles_pending)
                 return
+            self._take_decoded()
             self._start_waiting()
+            if not self.engine.in_flight:  # only images being decoded: wait for the next
+                self.images.wait(min(left, 1.0))
+                continue
             c = self.engine.wait_completion(min(left, 1.0))
             if c is not None:
                 self._finish(c)
@@ -160,6 +172,7 @@ class Worker:
     def close(self) -> None:
         """Close in the order that never hangs: the device first (no callback after)."""
         self.engine.close()
+        self.images.close()
         if self.secured is not None:
             self.secured.close()
         if self.link is not None:
