@@ -101,3 +101,49 @@ def test_run_identify_names_her_and_equals_the_reference(scene, tmp_path):
     face = by_image["astronaut.png"]["detections"][0]
     assert face["identity"]["name"] == NAME and face["identity"]["similarity"] > 0.99
     assert len(face["landmarks"]) == 5
+
+
+def test_a_photo_without_faces_and_tiles_without_faces(scene, tmp_path):
+    """Regression: a stage-1 tile with no face sent its points as shape (0,) and the
+    image failed ("inconsistent detections"); now its record is written at once, empty
+    (no stage 2), and a face-less tile beside faces changes nothing."""
+    import skimage.data
+
+    _, url, _, _ = scene
+    d = tmp_path / "in"
+    d.mkdir()
+    Image.fromarray(skimage.data.coffee()).save(d / "coffee.png")
+    wide = np.zeros((600, 1800, 3), np.uint8)  # the astronaut left, two empty tiles right
+    wide[:512, :512] = astronaut()
+    Image.fromarray(wide).save(d / "wide.png")
+    recs = {r["image"].rsplit("/", 1)[-1]: r for r in
+            run_identify(d, url, tmp_path / "out.jsonl")}
+    assert recs["coffee.png"]["error"] is None and recs["coffee.png"]["detections"] == []
+    assert recs["wide.png"]["error"] is None
+    assert [x["identity"]["name"] for x in recs["wide.png"]["detections"]] == [NAME]
+
+
+def test_points_on_the_wire_are_validated():
+    from zmqvision import protocol as P
+    from zmqvision.boxes import Detections
+
+    pts = np.zeros((1, 5, 2))
+    msg = P.Result(job="j", image="i", index=0, worker="w", model="m@1",
+                   detections=Detections.of([[0, 0, 9, 9]], [0.9], [0], pts))
+    frames = [bytes(memoryview(f)) for f in P.encode(msg)]
+    back = P.decode(frames)
+    assert back.detections.landmarks.shape == (1, 5, 2)
+    bad = np.full((1, 5, 2), np.nan).astype("<f8").tobytes()
+    with pytest.raises(P.ProtocolError, match="non-finite"):
+        P.decode([*frames[:5], bad])
+    with pytest.raises(P.ProtocolError, match="points frame"):
+        P.decode([*frames[:5], bad[:-8]])
+    import msgpack
+
+    header = msgpack.unpackb(frames[1])
+    header["points"] = P.MAX_POINTS + 1
+    with pytest.raises(P.ProtocolError):
+        P.decode([frames[0], msgpack.packb(header), *frames[2:]])
+    header.update(points=5, embedding=3)
+    with pytest.raises(P.ProtocolError, match="at most one"):
+        P.decode([frames[0], msgpack.packb(header), *frames[2:]])

@@ -6,6 +6,8 @@ records are byte for byte those of before tasks existed."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from zmqvision.boxes import Detections
 from zmqvision.merge import merge
 from zmqvision.scales import resolve_scales
@@ -52,6 +54,8 @@ class Detection(Task):
             raise ValueError(f"points need CenterFace, not {network.spec.ref}")
         thr = network.spec.score_threshold if score_threshold is None else float(score_threshold)
         dets = centerface.decode(network.outputs_of(request), network.spec, thr, landmarks=True)
+        if not len(dets):  # no face: empty points of the right shape ([0, 5, 2])
+            return Detections(dets.boxes, dets.scores, dets.labels, np.zeros((0, 5, 2)))
         return Detections(to_image_coords(dets.boxes, tile.box, tile.scale), dets.scores,
                           dets.labels,
                           points_to_image_coords(dets.landmarks, tile.box, tile.scale))
