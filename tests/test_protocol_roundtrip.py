@@ -86,6 +86,11 @@ CASES = [
     P.ImageWork(job="j", image="i", model="m@1", width=1000, height=700,
                 boxes=((0, 0, 640, 640), (360, 60, 1000, 700)), full=(False, False),
                 data=b"\xff\xd8 jpeg bytes", attempt=1, min_score=0.5, draft=2),
+    # Two-stage jobs (zmqvision.tasks.stage2): stage-1 points, the objects, a read.
+    P.Objects(sink="s", job="j", image="i", first=5, detections=Detections.of(
+        [[1, 2, 30, 40]], [0.9], [0], np.arange(10, dtype=np.float64).reshape(1, 5, 2))),
+    P.Result(job="j", image="i", index=6, worker="w", model="m@1",
+             detections=Detections.empty(), text="京A12345", text_score=0.97),
 ]
 
 

@@ -302,6 +302,19 @@ def _job_options(f):
                           "network's last pooled features, 1,280 numbers for "
                           "efficientnet-lite0) into its record. Such jobs bypass the "
                           "result cache."),
+        click.option("--identify", is_flag=True,
+                     help="Two-stage: find faces (centerface, with landmarks), then align "
+                          "and embed each (mobilefacenet, on the workers) and name it from "
+                          "the gallery: each face gets \"landmarks\" and \"identity\" "
+                          "({name, similarity} or null). Such jobs bypass the result cache "
+                          "(docs/faces.md)."),
+        click.option("--gallery", default=None, envvar="ZMQVISION_FACES_GALLERY",
+                     help="With --identify: the gallery (`zmqvision faces enroll`), a "
+                          "SQLite path or redis://… URL [default: faces.sqlite3 in the "
+                          "cache directory, or $ZMQVISION_FACES_GALLERY]."),
+        click.option("--identity-threshold", type=click.FloatRange(-1, 1), default=None,
+                     help="With --identify: the cosine similarity below which a face is "
+                          "nobody [default: 0.6, calibrated in docs/faces.md]."),
         click.option("--max-pixels", type=click.IntRange(1), default=None,
                      help="Refuse images with more pixels (decompression bombs)."),
         click.option("--max-file-size", type=ByteSizeType(), default="256M",
@@ -500,8 +513,32 @@ def _vent_config(inputs, kw, **extra):
         max_file_bytes=kw["max_file_size"],
         timeout=kw["timeout"], window=kw["window"], wire=kw["wire"],
         jpeg_draft=not kw["full_decode"], frames=kw["frames"], task=kw["task"],
-        top_k=kw["top_k"], embed=kw["embed"], **_live_config(kw), **extra,
+        top_k=kw["top_k"], embed=kw["embed"], **_stage2_config(kw), **_live_config(kw),
+        **extra,
     )
+
+
+def _stage2_worker_model(job) -> str | None:
+    """The second model `run`'s workers compile beside the first (--identify)."""
+    from zmqvision.tasks.stage2 import KINDS
+
+    return None if job.stage2 is None else KINDS[job.stage2][1]
+
+
+def _stage2_config(kw) -> dict:
+    """The job's second stage (--identify); usage errors for what cannot work."""
+    if not kw.get("identify"):
+        if kw.get("identity_threshold") is not None:
+            raise click.BadParameter("needs --identify", param_hint="--identity-threshold")
+        return {}
+    from zmqvision.tasks import stage2
+
+    try:
+        stage2.plan("identify", kw["model"])
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--identify") from None
+    return {"stage2": "identify", "gallery": kw.get("gallery"),
+            "identity_threshold": kw.get("identity_threshold")}
 
 
 def _check_model(kw) -> None:
@@ -709,7 +746,8 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
                         cache=cache, insecure=insecure),
         worker=WorkerConfig(model=kw["model"], task=kw["task"], input_size=kw["input_size"],
                             device=device, threads=threads,
-                            score_threshold=kw["score_threshold"]),
+                            score_threshold=kw["score_threshold"],
+                            stage2=_stage2_worker_model(job)),
         workers=workers,
         log_level=level,
     )
@@ -853,6 +891,9 @@ def sink_config(params: Mapping) -> SinkConfig:
 @click.option("--heartbeat", type=click.FloatRange(0.05), default=1.0, show_default=True,
               help="Seconds between heartbeats.")
 @click.option("--id", "worker_id", default=None, help="Worker id [default: host-pid-random].")
+@click.option("--stage2", default=None,
+              help="Also run this second-stage model for two-stage jobs' crops, e.g. "
+                   "mobilefacenet (run --identify).")
 @click.option("-v", "--verbose", count=True)
 @_curve_option
 @_child_options
@@ -883,7 +924,7 @@ def worker_config(params: Mapping) -> WorkerConfig:
         requests=params["requests"],
         score_threshold=params["score_threshold"], heartbeat_s=params["heartbeat"],
         worker_id=params["worker_id"],
-        curve=params["curve"],
+        curve=params["curve"], stage2=params.get("stage2"),
     )
 
 

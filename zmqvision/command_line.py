@@ -93,6 +93,7 @@ WORKER_FLAGS: FlagTable = {
     "heartbeat_s": Flag("--heartbeat"),
     "worker_id": Flag("--id"),
     "curve": Flag("--curve"),
+    "stage2": Flag("--stage2"),
 }
 
 

@@ -34,6 +34,7 @@ from zmqvision.dispatch import IMAGE, TileKey
 from zmqvision.inputs import Loaded, load_frame
 from zmqvision.jobs import RESUMED, SKIP, FileJob, Job, Request
 from zmqvision.links import SinkLink, WorkerLink
+from zmqvision.tasks import stage2 as tasks_stage2
 from zmqvision.tiling import Tile
 
 log = logging.getLogger("zmqvision.ventilator")
@@ -82,10 +83,21 @@ class InFlight:
     keep: bool = False  # a live stream's frame: it cannot be read again
     data: bytes | None = None  # the file's bytes while it may go whole (--wire image)
     whole: bool = False  # it may be sent whole to a worker that takes images
+    # A two-stage job's image whose stage 1 the sink has merged (protocol.Objects): each
+    # object's crop, cut from the original pixels, is stage-2 tile len(plan) + i. Kept
+    # until the record is written (a crop whose worker died goes again); small (a face
+    # is 37 KB).
+    objects: Detections | None = None
+    crops: list[np.ndarray] | None = None
+
+    @property
+    def tile_count(self) -> int:
+        """Its tiles to send: stage 1's, and the crops of stage 2 once they are cut."""
+        return len(self.plan) + (len(self.crops) if self.crops is not None else 0)
 
     @property
     def all_sent(self) -> bool:
-        return self.next_tile >= len(self.plan)
+        return self.next_tile >= self.tile_count
 
     @property
     def keeps_pixels(self) -> bool:
@@ -408,6 +420,9 @@ class Engine:
         entry = self.window.get(key[0])
         if entry is None:
             return  # written meanwhile
+        if key[1] >= len(entry.plan):
+            self._send_crop(wid, key, entry, backup)
+            return
         pixels = entry.pixels
         if pixels is None and entry.broken is None:
             pixels = self._reread(key[0], entry)
@@ -431,6 +446,63 @@ class Engine:
             return
         if not self.workers.send(wid, key, make(), backup):
             entry.job.tiles_sent -= 1
+
+    def _send_crop(self, wid: bytes, key: TileKey, entry: InFlight, backup: bool) -> None:
+        """A stage-2 tile: object ``i``'s crop, always raw (a 112 x 112 face is 37 KB, and
+        a JPEG would change its embedding), its box the object's in image pixels."""
+        i = key[1] - len(entry.plan)
+        if entry.crops is None or i >= len(entry.crops):
+            return  # cut again after a sink restart: sent when the objects come anew
+        attempt = entry.sends[key[1]]
+        entry.sends[key[1]] = min(255, attempt + 1)
+        info, stage2 = entry.info, entry.job.plan.stage2
+        msg = protocol.Tile(
+            job=info.job, image=info.image, index=key[1],
+            box=tuple(float(v) for v in entry.objects.boxes[i]), scale=1.0,
+            model=stage2.model, pixels=entry.crops[i], attempt=attempt, encoding="raw",
+            task={"stage": 2})
+        entry.job.tiles_sent += 1
+        if not self.workers.send(wid, key, msg, backup):
+            entry.job.tiles_sent -= 1
+
+    def _on_objects(self, job: Job, msg: protocol.Objects) -> None:
+        """The sink merged an image's stage 1: cut each object's crop from the image's
+        original pixels (kept for a caller's array, read again from its file otherwise)
+        and queue the crops as the image's next tiles. A copy (the sink publishes the
+        objects again until an answer comes) changes nothing."""
+        key = window_key(job.id, msg.image)
+        entry = self.window.get(key)
+        stage2 = job.plan.stage2
+        if entry is None or stage2 is None or entry.crops is not None:
+            return
+        if msg.first != len(entry.plan) or not entry.all_sent:
+            self.bad(protocol.ProtocolError(
+                f"objects of {msg.image} for tile {msg.first}, its stage 1 has "
+                f"{len(entry.plan)} tiles"))
+            return
+        pixels = entry.pixels
+        if pixels is None and entry.broken is None:
+            pixels = self._reread(key, entry)
+        n = len(msg.detections)
+        entry.objects = msg.detections
+        entry.sends.extend(bytes(n))
+        if pixels is None:  # the file changed or vanished: every object is an error
+            entry.crops = []
+            for i in range(n):
+                self._fail_tile(entry, len(entry.plan) + i, model=stage2.model)
+            return
+        try:
+            entry.crops = tasks_stage2.crops(stage2, pixels, msg.detections)
+        except ValueError as exc:
+            entry.crops = []
+            entry.broken = {"type": "bad_result", "message": f"objects: {exc}"}
+            for i in range(n):
+                self._fail_tile(entry, len(entry.plan) + i, model=stage2.model)
+            return
+        if not entry.keeps_pixels:
+            entry.pixels = None
+        if n and key not in job.unsent:
+            job.unsent.append(key)
 
     def _encoder_pool(self) -> ThreadPoolExecutor:
         if self._encoder is None:
@@ -507,13 +579,13 @@ class Engine:
         self._reread_cache = (key, loaded.image.pixels)
         return loaded.image.pixels
 
-    def _fail_tile(self, entry: InFlight, index: int) -> None:
+    def _fail_tile(self, entry: InFlight, index: int, model: str | None = None) -> None:
         """A tile that cannot be cut any more is answered here, as that tile's error: the
         sink writes the image's record with the error, instead of waiting for ever."""
         info = entry.info
         self._to_sink(protocol.Result(
             job=info.job, image=info.image, index=index, worker="ventilator",
-            model=entry.job.plan.model_ref, detections=Detections.empty(),
+            model=model or entry.job.plan.model_ref, detections=Detections.empty(),
             error=entry.broken or {"type": "unreadable", "message": info.path}))
 
     # ------------------------------------------------------------------ the sink
@@ -529,6 +601,8 @@ class Engine:
                 self._on_ack(job, msg)
             elif isinstance(msg, protocol.Record):
                 self._on_record(job, msg)
+            elif isinstance(msg, protocol.Objects):
+                self._on_objects(job, msg)
             elif isinstance(msg, protocol.Progress):
                 job.on_progress(msg)
             elif isinstance(msg, protocol.JobDone):
@@ -575,6 +649,9 @@ class Engine:
     def _resend_image(self, key: str, entry: InFlight) -> None:
         self.dispatch.forget_image(key)
         entry.next_tile = 0
+        if entry.crops is not None:  # stage 2 starts again when the sink merges stage 1
+            entry.crops = entry.objects = None
+            del entry.sends[len(entry.plan):]
         if not entry.keeps_pixels:
             entry.pixels = entry.data = None  # re-read on demand
         if entry.plan and key not in entry.job.unsent:

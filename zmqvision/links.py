@@ -21,7 +21,7 @@ log = logging.getLogger("zmqvision.ventilator")
 
 _FROM_WORKERS = (protocol.MsgType.READY, protocol.MsgType.HEARTBEAT, protocol.MsgType.BYE)
 _FROM_SINK = (protocol.MsgType.PROGRESS, protocol.MsgType.JOB_DONE, protocol.MsgType.SINK_STATUS,
-              protocol.MsgType.ACK, protocol.MsgType.RECORD)
+              protocol.MsgType.ACK, protocol.MsgType.RECORD, protocol.MsgType.OBJECTS)
 
 
 def peer_address(frame: zmq.Frame) -> str:

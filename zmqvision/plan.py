@@ -47,6 +47,11 @@ class JobSettings:
     task: str | None = None
     top_k: int = 5
     embed: bool = False
+    # A second stage (zmqvision.tasks.stage2): "identify" (--identify) recognises each
+    # face found; ``gallery`` and ``identity_threshold`` are its gallery URL and threshold.
+    stage2: str | None = None
+    gallery: str | None = None
+    identity_threshold: float | None = None
 
     @classmethod
     def names(cls) -> frozenset[str]:
@@ -77,6 +82,16 @@ class JobPlan:
         self.tile_size = next((s for s in self.scales if s is not None), spec.input_size)
         # What each tile asks the worker for (classification's top-k, embedding).
         self.tile_request = self.task.tile_request(self.task_settings)
+        # A second stage: stage-1 tiles ask for their boxes' points.
+        self.stage2 = None
+        if settings.stage2 is not None:
+            from zmqvision.tasks import stage2
+
+            if self.task.name != "detection":
+                raise ValueError(f"a second stage follows a detector, not {spec.task}")
+            self.stage2 = stage2.plan(settings.stage2, spec.name, gallery=settings.gallery,
+                                      threshold=settings.identity_threshold)
+            self.tile_request = {"points": True}
 
     @property
     def model_ref(self) -> str:
@@ -92,6 +107,8 @@ class JobPlan:
         task = self.task.job_option(self.task_settings)
         if task is not None:  # detection: none, its JobStart unchanged
             options["task"] = task
+        if self.stage2 is not None:  # part of every record's settings and of the cache key
+            options["stage2"] = self.stage2.to_json()
         if records != "write":
             options["records"] = records
         return protocol.JobStart(
@@ -113,7 +130,10 @@ class JobPlan:
         """The result cache's lookup (content hash → entry or None) under these settings;
         None without a cache. The key's settings part is the same for every job of these
         settings (``cache.job_fingerprint`` reads no job id)."""
-        if cache is None or not self.task.cacheable(self.task_settings):
+        if (cache is None or not self.task.cacheable(self.task_settings)
+                or self.stage2 is not None):
+            # A two-stage record holds what an entry cannot (landmarks, identities, read
+            # at the sink against a gallery that changes): such jobs skip the cache.
             # An entry holds an image's rows, not its embeddings (1,280 floats per tile)
             # nor its mask: an --embed or segmentation job computes every image and saves
             # nothing (docs/cache.md, zmqvision.tasks.segmentation).
@@ -126,8 +146,8 @@ class JobPlan:
     def reducer(self) -> Reduce | None:
         """How far a JPEG of a given size may be reduced as it is decoded: by the factor
         every one of its tiles shrinks anyway (``tiling.draft_factor``)."""
-        if not self.settings.jpeg_draft:
-            return None
+        if not self.settings.jpeg_draft or self.stage2 is not None:
+            return None  # a second stage crops from the full pixels (as its reference)
         return self.task.reducer(self.scales, self.settings.overlap, self.spec.input_size)
 
     def tiles(self, width: int, height: int) -> list[Tile]:

@@ -77,6 +77,14 @@ MAX_TOP_K = 1000
 SCORES_DTYPE = np.dtype("<f4")
 MAX_SCORES_BYTES = 16 << 20
 MAX_SCORES_CHANNELS = 256
+# Stage 1 of a two-stage job (zmqvision.tasks.stage2): K points per box (a face's five
+# landmarks, a plate's corners), [N, K, 2] (x, y) in image pixels, K at most this.
+# Little-endian float64 like the boxes: the second stage crops from these points, and
+# float64 keeps its crops bit-equal to the single-process reference's (80 bytes a face).
+POINTS_DTYPE = np.dtype("<f8")
+MAX_POINTS = 16
+# Stage 2 read text (a plate or a line; Result.text): at most this many characters.
+MAX_READ_CHARS = 1024
 
 
 class ProtocolError(ValueError):
@@ -104,6 +112,7 @@ class MsgType(enum.Enum):
     WITHDRAW = "zv.withdraw"
     LIVE = "zv.live"
     IMAGE_WORK = "zv.image_work"
+    OBJECTS = "zv.objects"
 
     @property
     def tag(self) -> bytes:
@@ -400,6 +409,21 @@ def detection_arrays(d: Detections) -> list[np.ndarray]:
     ]
 
 
+def points_from_buffer(n: int, k: int, buf: Any) -> np.ndarray:
+    """``n`` boxes' ``k`` points each, float64 ``[n, k, 2]``: ProtocolError unless
+    1 <= k <= MAX_POINTS, the frame has exactly ``n * k * 8`` bytes and every number is
+    finite (points may lie outside the image: a face cut by the image's border)."""
+    if not 1 <= k <= MAX_POINTS:
+        raise ProtocolError(f"points per box {k} not in 1..{MAX_POINTS}")
+    view = _buffer(buf)
+    if view.nbytes != n * k * 2 * POINTS_DTYPE.itemsize:
+        raise ProtocolError(f"points frame has {view.nbytes} bytes, n={n}, k={k}")
+    pts = np.frombuffer(view, POINTS_DTYPE).reshape(n, k, 2).astype(np.float64)
+    if not np.isfinite(pts).all():
+        raise ProtocolError("non-finite numbers in the points")
+    return pts
+
+
 def detections_from_buffers(n: int, bufs: Sequence) -> Detections:
     """``n`` detections from three buffers (``detection_arrays``'s layout), checked for
     count, size and finite numbers; ProtocolError otherwise."""
@@ -652,14 +676,29 @@ class Tile:
 
 
 def _tile_task(h: dict) -> dict | None:
-    """``Tile.task``: absent, or ``{"top_k": 1..MAX_TOP_K, "embed": bool}``."""
+    """``Tile.task``: absent, or a map of what the tile asks beyond its model's default:
+    a classifier's ``{"top_k": 1..MAX_TOP_K, "embed": bool}``; a two-stage job's stage-1
+    tile ``{"points": true}`` (return each box's points: a face's landmarks); a stage-2
+    tile ``{"stage": 2}`` (its pixels are one object's crop for the job's second model)."""
     t = _req(h, "task", dict, optional=True)
     if t is None:
         return None
-    top_k = _count(t, "top_k", hi=MAX_TOP_K)
-    if top_k < 1:
-        raise ProtocolError("tile task top_k must be at least 1")
-    return {"top_k": top_k, "embed": bool(_req(t, "embed", bool, optional=True))}
+    out: dict = {}
+    if "top_k" in t:
+        top_k = _count(t, "top_k", hi=MAX_TOP_K)
+        if top_k < 1:
+            raise ProtocolError("tile task top_k must be at least 1")
+        out.update(top_k=top_k, embed=bool(_req(t, "embed", bool, optional=True)))
+    if _req(t, "points", bool, optional=True):
+        out["points"] = True
+    stage = _count(t, "stage", optional=True, hi=2)
+    if stage is not None:
+        if stage != 2:
+            raise ProtocolError("tile task stage must be 2 (stage 1 tiles say nothing)")
+        out["stage"] = 2
+    if not out:
+        raise ProtocolError("tile task lacks 'top_k'")
+    return out
 
 
 def encode_jpeg(pixels: np.ndarray) -> bytes:
@@ -784,8 +823,14 @@ class Result:
 
     A segmentation tile answers with no rows and its score map: ``scores`` in the header
     is its shape ``[h, w, C]`` and the map is a fourth frame (little-endian float32,
-    row-major, exactly ``h * w * C * 4`` bytes, every number finite). A result has an
-    embedding or scores, never both."""
+    row-major, exactly ``h * w * C * 4`` bytes, every number finite).
+
+    A two-stage job's stage-1 tile answers with its rows' points too (``detections.
+    landmarks``): ``points`` in the header is K and the fourth frame is float64
+    ``[n, K, 2]`` (``points_from_buffer``). A stage-2 tile (index >= the image's stage-1
+    tile count) answers with no rows and a face's embedding, or a read's ``text`` (UTF-8,
+    at most MAX_READ_CHARS) and ``text_score`` (0..1) in the header. A result has at most
+    one of embedding, scores and points."""
 
     TYPE: ClassVar[MsgType] = MsgType.RESULT
     job: str
@@ -799,6 +844,8 @@ class Result:
     infer_ms: float = 0.0
     embedding: np.ndarray | None = None  # float32 [d]: a classifier's, when asked for
     scores: np.ndarray | None = None  # float32 [h, w, C]: a segmenter's valid score map
+    text: str | None = None  # a stage-2 reader's text (plates, text lines)
+    text_score: float | None = None  # its confidence, 0..1
 
     def header(self) -> dict:
         h = {
@@ -816,10 +863,17 @@ class Result:
             h["embedding"] = int(self.embedding.size)
         if self.scores is not None:
             h["scores"] = [int(v) for v in self.scores.shape]
+        if self.detections.landmarks is not None:
+            h["points"] = int(self.detections.landmarks.shape[1])
+        if self.text is not None:
+            h["text"] = self.text
+            h["text_score"] = float(self.text_score or 0.0)
         return h
 
     def buffers(self) -> list:
         arrays = detection_arrays(self.detections)
+        if self.detections.landmarks is not None:
+            arrays.append(np.ascontiguousarray(self.detections.landmarks, POINTS_DTYPE))
         if self.embedding is not None:
             arrays.append(np.ascontiguousarray(self.embedding, EMBEDDING_DTYPE).reshape(-1))
         if self.scores is not None:  # sent as it is when already little-endian f32 and C-order
@@ -830,19 +884,31 @@ class Result:
     def parse(cls, h: dict, bufs: Sequence) -> Result:
         dim = _count(h, "embedding", optional=True, hi=MAX_EMBEDDING)
         shape = _req(h, "scores", list, optional=True)
-        embedding = scores = None
-        if dim is not None and shape is not None:
-            raise ProtocolError("a result has an embedding or scores, not both")
-        if dim is not None or shape is not None:
+        k = _count(h, "points", optional=True, hi=MAX_POINTS)
+        embedding = scores = points = None
+        if (dim is not None) + (shape is not None) + (k is not None) > 1:
+            raise ProtocolError("a result has at most one of embedding, scores and points")
+        if dim is not None or shape is not None or k is not None:
             if len(bufs) != 4:
-                what = "an embedding" if dim is not None else "scores"
+                what = ("an embedding" if dim is not None else "scores" if shape is not None
+                        else "points")
                 raise ProtocolError(f"a result with {what} needs 4 frames, got {len(bufs)}")
+            extra, bufs = bufs[3], bufs[:3]
             if dim is not None:
-                embedding = embedding_from_buffer(dim, bufs[3])
+                embedding = embedding_from_buffer(dim, extra)
+            elif shape is not None:
+                scores = scores_from_buffer(shape, extra)
             else:
-                scores = scores_from_buffer(shape, bufs[3])
-            bufs = bufs[:3]
+                points = points_from_buffer(_req(h, "n", int), k, extra)
         dets = detections_from_buffers(_req(h, "n", int), bufs)
+        if points is not None:
+            dets = Detections(dets.boxes, dets.scores, dets.labels, points)
+        text = _req(h, "text", str, optional=True)
+        text_score = None
+        if text is not None:
+            if len(text) > MAX_READ_CHARS:
+                raise ProtocolError(f"read text over {MAX_READ_CHARS} characters")
+            text_score = _float(h, "text_score", lo=0.0, hi=1.0)
         return cls(
             job=_name(h, "job"),
             image=_name(h, "image"),
@@ -855,6 +921,8 @@ class Result:
             infer_ms=_float(h, "infer_ms", lo=0.0),
             embedding=embedding,
             scores=scores,
+            text=text,
+            text_score=text_score,
         )
 
 
@@ -1226,6 +1294,51 @@ class Ack:
                    images=_names(h, "images"))
 
 
+@dataclass(frozen=True, eq=False)
+class Objects:
+    """Sink → PUB (for ventilators): a two-stage job's image whose stage 1 is merged (each
+    object once, after the border merge) and whose record waits for stage 2. The
+    ventilator crops each object from the image's original pixels and sends the crops as
+    stage-2 tiles with indices ``first``, ``first + 1``, … (``first`` is the image's
+    stage-1 tile count; object ``i`` is tile ``first + i``).
+
+    Frames: boxes, scores, labels (``detection_arrays``) and the points, float64
+    ``[n, K, 2]`` (``points`` in the header is K). Published again while no stage-2
+    result has come for the image (a PUB may drop it); a ventilator that has cut the
+    image's crops already ignores the copy."""
+
+    TYPE: ClassVar[MsgType] = MsgType.OBJECTS
+    sink: str
+    job: str
+    image: str
+    first: int
+    detections: Detections  # with landmarks [n, K, 2]
+
+    def header(self) -> dict:
+        lm = self.detections.landmarks
+        return {"sink": self.sink, "job": self.job, "image": self.image, "first": self.first,
+                "n": len(self.detections), "points": 0 if lm is None else int(lm.shape[1])}
+
+    def buffers(self) -> list:
+        arrays = detection_arrays(self.detections)
+        if self.detections.landmarks is not None:
+            arrays.append(np.ascontiguousarray(self.detections.landmarks, POINTS_DTYPE))
+        return arrays
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> Objects:
+        n = _req(h, "n", int)
+        k = _count(h, "points", hi=MAX_POINTS)
+        if len(bufs) != (4 if k else 3):
+            raise ProtocolError(f"objects with {k} points need {4 if k else 3} frames")
+        dets = detections_from_buffers(n, bufs[:3])
+        if k:
+            dets = Detections(dets.boxes, dets.scores, dets.labels,
+                              points_from_buffer(n, k, bufs[3]))
+        return cls(sink=_name(h, "sink"), job=_name(h, "job"), image=_name(h, "image"),
+                   first=_count(h, "first"), detections=dets)
+
+
 # How a job's records are delivered (JobStart ``options["records"]``): written to the
 # sink's results file (the default, and the journal), published on the sink's PUB as
 # ``zv.record`` (a Pool's requests: the caller gets the record, no file is touched), or both.
@@ -1298,13 +1411,14 @@ class Withdraw:
 Message = (
     JobStart | ImageInfo | Tile | Result | JobEnd | Heartbeat | Progress | JobDone | SinkStatus
     | Workers | Failure | Ready | Bye | Ack | Record | Withdraw | LiveStatus | ImageWork
+    | Objects
 )
 
 _CLASSES: dict[MsgType, type] = {
     cls.TYPE: cls
     for cls in (JobStart, ImageInfo, Tile, Result, JobEnd, Heartbeat, Progress, JobDone,
                 SinkStatus, Workers, Failure, Ready, Bye, Ack, Record, Withdraw, LiveStatus,
-                ImageWork)
+                ImageWork, Objects)
 }
 
 

@@ -41,6 +41,7 @@ def make_record(
     task: str = "detection",
     extra: dict | None = None,
     time: float | None = None,
+    per_detection: list[dict] | None = None,
 ) -> dict:
     """The JSONL record; field names are a public contract (README, docs/protocol.md).
 
@@ -48,7 +49,8 @@ def make_record(
     has neither field. ``task``: the job's (``zmqvision.tasks``); a classification record's
     ``detections`` is empty and ``extra`` (the task's ``record_fields``: ``labels``,
     ``grid``, ``embedding``) follows the common fields. A detection record is what it
-    always was."""
+    always was. ``per_detection``: a two-stage job's fields of each detection beside its
+    label, score and box (``landmarks``, ``identity``: zmqvision.tasks.stage2)."""
     dets = []
     if error is None and detections is not None and task == "detection":
         for box, score, label in zip(
@@ -59,6 +61,9 @@ def make_record(
         ):
             name = labels[label] if 0 <= label < len(labels) else f"class_{label}"
             dets.append({"label": name, "class_id": label, "score": score, "box": box})
+        if per_detection is not None:
+            for entry, fields in zip(dets, per_detection, strict=True):
+                entry.update(fields)
     record = {
         "image": path,
         "width": width,

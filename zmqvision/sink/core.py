@@ -57,6 +57,10 @@ MAX_ORPHAN_RESULTS = 10_000  # results for jobs not (yet) announced, all jobs to
 MAX_HELD_RESULT_BYTES = (16 << 20) + 4 * protocol.MAX_SCORES_BYTES
 MAX_UNSTARTED_JOB_BYTES = 16 << 20  # jobs with no image, JobEnd or Withdraw yet
 UNSTARTED_JOB_S = 300.0  # such a job is forgotten after this long
+# A two-stage image's objects are published again after this long without an answer for
+# any of them (a PUB drops a message when no ventilator is there to take it, or its queue
+# is full; a ventilator that has the crops already ignores the copy).
+OBJECTS_AGAIN_S = 5.0
 
 # What the sink's PULL socket takes; anything else is a bad message.
 SINK_EXPECTS = (
@@ -117,6 +121,7 @@ class Sink:
             for img in job.images.values():
                 if img.merging is not None:
                     img.merging.abort()
+            job.close()
         self.journal.close()
         if self.cache is not None:
             self.cache.close()
@@ -131,6 +136,7 @@ class Sink:
         self.publish(protocol.encode(self.roster.snapshot(self.sink_id)))
         self.publish_progress(force=True)
         self.publish_finished()
+        self.publish_objects_again()
         if self.cache is not None and self.cache.pending:
             self.cache.flush()
 
@@ -142,6 +148,24 @@ class Sink:
 
     def publish_finished(self) -> None:
         self.events.republish_finished()
+
+    def publish_objects_again(self) -> None:
+        """Two-stage images whose objects went out OBJECTS_AGAIN_S ago and have had no
+        answer since: published again (the first copy may have been dropped)."""
+        now = time.monotonic()
+        for job in self.jobs.values():
+            if job.stage2 is None:
+                continue
+            for img in job.images.values():
+                if (job.waits_for_stage2(img) and not img.answers
+                        and now - img.objects_at >= OBJECTS_AGAIN_S):
+                    self._publish_objects(job, img)
+
+    def _publish_objects(self, job: JobState, img: ImageState) -> None:
+        img.objects_at = time.monotonic()
+        self.publish(protocol.encode(protocol.Objects(
+            sink=self.sink_id, job=job.id, image=img.info.image, first=img.info.tiles,
+            detections=img.objects)))
 
     # ------------------------------------------------------------------ messages
 
@@ -364,7 +388,14 @@ class Sink:
         except protocol.ProtocolError as exc:
             self.bad(exc)
             return
+        if not added and job.stage2 is not None and img.objects is None \
+                and msg.index >= img.info.tiles:
+            return  # a crop answered before this sink merged stage 1: it comes again
         self.acks.tile(job.id, msg.image, msg.index)  # a re-send is acked again
+        if (added and job.stage2 is not None and img.objects is None
+                and len(img.parts) == img.info.tiles and job.start_stage2(img) is not None):
+            self._publish_objects(job, img)  # the record waits for stage 2
+            return
         if added and job.is_whole(img):
             self._complete(job, img)
 
@@ -382,6 +413,7 @@ class Sink:
             settings=job.settings, cached=info.cached is not None,
             frame=info.frame, frames=info.frames, time=info.time,
             task=job.task.name, extra=job.record_fields(img, dets),
+            per_detection=img.extras,
         )
         self.output.deliver(job, record, info.abspath or info.path)
         self.saver.save(job, img, dets)
@@ -407,6 +439,7 @@ class Sink:
         )
         self.events.job_done(job, done)
         job.drop_all_early()
+        job.close()
         self._started(job.id)
         del self.jobs[job.id]
         self.jobs_done += 1

@@ -21,6 +21,7 @@ from zmqvision.boxes import Detections
 from zmqvision.cache import job_fingerprint
 from zmqvision.merge import MergeConfig
 from zmqvision.sink.held import Budget, result_bytes
+from zmqvision.tasks import stage2
 
 MAX_EARLY_RESULTS = 10_000  # per job: results waiting for their image's announcement
 RECENT_FAILURES = 10  # failed images a progress snapshot names
@@ -59,6 +60,14 @@ class ImageState:
     # Announced again after its record was published (the record was lost on the way to
     # its caller): it is written or published again but counted once in the job.
     again: bool = False
+    # A two-stage job's image (tasks.stage2): its merged stage-1 objects once every
+    # stage-1 tile is in (object i is stage-2 tile ``info.tiles + i``), each object's
+    # answer (embedding, text, text score) as it comes, and when the objects were last
+    # published to the ventilators.
+    objects: Detections | None = None
+    answers: dict[int, tuple] = field(default_factory=dict)
+    objects_at: float = 0.0
+    extras: list[dict] | None = None  # per object: landmarks, identity (record_extras)
 
 
 class JobState:
@@ -89,6 +98,20 @@ class JobState:
                          "score_threshold": start.options.get("score_threshold")}
         if "task" in start.options:  # not detection: its settings go in every record
             self.settings["task"] = start.options["task"]
+        # A second stage (tasks.stage2): its settings go in every record too; the gallery
+        # is opened at the first face to match.
+        try:
+            self.stage2 = stage2.of_options(start.options)
+        except ValueError as exc:
+            raise protocol.ProtocolError(f"job {start.job}: {exc}") from None
+        if self.stage2 is not None:
+            if self.task.name != "detection":
+                raise protocol.ProtocolError(f"job {start.job}: a second stage follows a "
+                                             "detector")
+            self.settings["stage2"] = start.options["stage2"]
+        self.matcher: stage2.Matcher | None = None
+        self.objects_seen = 0  # stage-2 tiles expected so far (objects found)
+        self.objects_done = 0
         self.fingerprint = job_fingerprint(start)  # the settings part of its cache keys
         # Files beside the records (masks) only for a job whose records are written.
         self.outputs = replace(outputs or tasks.MaskSettings(), write=self.writes)
@@ -184,7 +207,10 @@ class JobState:
     def add_part(self, img: ImageState, msg: protocol.Result) -> bool:
         """Merge one tile's result into its image; False for a tile already merged (a
         re-send). A result of another model than the job's becomes that tile's error,
-        never detections. ProtocolError for an index the image does not have."""
+        never detections. ProtocolError for an index the image does not have. A
+        two-stage job's index past its stage-1 tiles is an object's answer."""
+        if self.stage2 is not None and msg.index >= img.info.tiles:
+            return self._add_answer(img, msg)
         if not 0 <= msg.index < img.info.tiles:
             raise protocol.ProtocolError(f"tile index {msg.index} out of range")
         if msg.index in img.parts:
@@ -212,6 +238,76 @@ class JobState:
                                     f"{error['message']}"}
         return True
 
+    def _add_answer(self, img: ImageState, msg: protocol.Result) -> bool:
+        """A stage-2 result: object ``msg.index - info.tiles``'s answer; False for a
+        copy. One for an image whose stage 1 is not merged here (a sink that restarted
+        while the crop was out) is dropped unacked: its crop goes again once the objects
+        are published anew. ProtocolError for an object the image does not have."""
+        if img.objects is None:
+            return False
+        i = msg.index - img.info.tiles
+        if not 0 <= i < len(img.objects):
+            raise protocol.ProtocolError(f"stage-2 tile index {msg.index} out of range")
+        if i in img.answers:
+            return False
+        error = msg.error
+        if error is None and msg.model != self.stage2.model:
+            error = {"type": "model_mismatch",
+                     "message": f"object answered by {msg.model}, job uses {self.stage2.model}"}
+        if error is None:
+            why = stage2.check_answer(self.stage2, msg.embedding, msg.text)
+            if why is not None:
+                error = {"type": "bad_result", "message": why}
+        img.answers[i] = (msg.embedding, msg.text, msg.text_score)
+        self.objects_done += 1
+        self.dirty = True
+        if error is not None and img.error is None:
+            img.error = {"type": error["type"],
+                         "message": f"object {i} (tile {msg.index}) on worker {msg.worker}: "
+                                    f"{error['message']}"}
+        return True
+
+    def start_stage2(self, img: ImageState) -> Detections | None:
+        """Stage 1 of a two-stage image is whole: merge it (tile order, as the reference)
+        and keep the objects; those to send to stage 2, or None when there are none (or
+        the image failed): its record can be written at once."""
+        if img.error is not None:
+            return None
+        objects = self.task.merge(img.parts, self.merge)
+        if len(objects) and (objects.landmarks is None
+                             or objects.landmarks.shape[1] != self.stage2.points):
+            img.error = {"type": "bad_result", "message": "stage-1 results without the "
+                         f"{self.stage2.points} points per object stage 2 needs"}
+            return None
+        if len(objects) and self.matcher is None and self.stage2.kind == "identify":
+            try:  # before any crop goes out: a gallery that cannot open fails the image
+                self.matcher = stage2.Matcher(self.stage2)
+            except Exception as exc:  # a bad URL, a store that is down, a corrupt file
+                img.error = {"type": "gallery_failed", "message": str(exc)}
+                return None
+        img.objects = objects
+        self.objects_seen += len(objects)
+        self.dirty = True
+        return img.objects if len(img.objects) else None
+
+    def waits_for_stage2(self, img: ImageState) -> bool:
+        """Stage 1 is whole and merged, and some object has no answer yet."""
+        return img.objects is not None and len(img.answers) < len(img.objects)
+
+    def _stage2_extras(self, img: ImageState) -> None:
+        """Per object, its record entry's second-stage fields (``img.extras``); a match
+        that fails (a gallery of another embedding size) is the image's error."""
+        try:
+            img.extras = stage2.record_extras(self.stage2, img.objects, img.answers,
+                                              self.matcher)
+        except Exception as exc:
+            img.error = {"type": "gallery_failed", "message": str(exc)}
+
+    def close(self) -> None:
+        if self.matcher is not None:
+            self.matcher.close()
+            self.matcher = None
+
     def _merge_now(self, img: ImageState, msg: protocol.Result) -> str | None:
         """Feed a tile to its image's running merge (segmentation), made with the image's
         first tile; why the tile cannot be merged, or None. A score map for a task that
@@ -228,7 +324,10 @@ class JobState:
 
     @staticmethod
     def is_whole(img: ImageState) -> bool:
-        return len(img.parts) == img.info.tiles
+        """Every tile is in: stage 1's, and for a two-stage image every object's."""
+        if len(img.parts) != img.info.tiles:
+            return False
+        return img.objects is None or len(img.answers) == len(img.objects)
 
     def finish_image(self, img: ImageState) -> Detections | None:
         """The image's merged detections (None when it failed), counted (once: an image
@@ -247,6 +346,8 @@ class JobState:
             if img.error is not None:  # a failed tile or mask: no partial file is left
                 img.merging.abort()
             img.merging = None
+        if img.objects is not None and img.error is None:
+            self._stage2_extras(img)
         if img.error is not None:
             if counted:
                 self.images_failed += 1
@@ -256,6 +357,8 @@ class JobState:
             return None
         if info.cached is not None:
             dets = info.cached.detections  # merged when it was computed
+        elif img.objects is not None:
+            dets = img.objects  # a two-stage image: merged when its stage 1 was whole
         else:
             dets = self.task.merge(img.parts, self.merge)
         if counted:

@@ -6,11 +6,13 @@ records are byte for byte those of before tasks existed."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from zmqvision.boxes import Detections
 from zmqvision.merge import merge
 from zmqvision.scales import resolve_scales
 from zmqvision.tasks.base import Decoded, Task, TaskSettings
-from zmqvision.tiling import cut_tile, draft_reducer, to_image_coords
+from zmqvision.tiling import cut_tile, draft_reducer, points_to_image_coords, to_image_coords
 
 
 class Detection(Task):
@@ -35,9 +37,29 @@ class Detection(Task):
         return draft_reducer(scales, overlap, input_size)
 
     def decode(self, network, request, tile, score_threshold):
+        if tile.task is not None and tile.task.get("points"):
+            return Decoded(self._with_points(network, request, tile, score_threshold))
         dets = network.decode(network.outputs_of(request), score_threshold)
         return Decoded(Detections(to_image_coords(dets.boxes, tile.box, tile.scale),
                                   dets.scores, dets.labels))
 
+    @staticmethod
+    def _with_points(network, request, tile, score_threshold) -> Detections:
+        """A two-stage job's stage-1 tile (``Tile.task["points"]``): boxes and their
+        landmarks, decoded as the reference's ``faces.identify.detect_tile``, both in
+        image pixels (points not clipped: alignment reads the original image)."""
+        from zmqvision.models import centerface
+
+        if network.spec.family != "centerface":
+            raise ValueError(f"points need CenterFace, not {network.spec.ref}")
+        thr = network.spec.score_threshold if score_threshold is None else float(score_threshold)
+        dets = centerface.decode(network.outputs_of(request), network.spec, thr, landmarks=True)
+        if not len(dets):  # no face: empty points of the right shape ([0, 5, 2])
+            return Detections(dets.boxes, dets.scores, dets.labels, np.zeros((0, 5, 2)))
+        return Detections(to_image_coords(dets.boxes, tile.box, tile.scale), dets.scores,
+                          dets.labels,
+                          points_to_image_coords(dets.landmarks, tile.box, tile.scale))
+
     def merge(self, parts, merge_config):
-        return merge(Detections.concat(list(parts.values())), merge_config)
+        # In tile order (not arrival order): equal to the single-process reference.
+        return merge(Detections.concat([parts[i] for i in sorted(parts)]), merge_config)

@@ -25,6 +25,9 @@ class WorkerConfig:
     heartbeat_s: float = 1.0
     worker_id: str | None = None
     curve: str | None = None  # key directory: CURVE on every socket (security.py)
+    # A second-stage model this worker also runs (tasks.stage2: "mobilefacenet"), for the
+    # stage-2 tiles of two-stage jobs; None: such tiles are answered model_mismatch.
+    stage2: str | None = None
 
     def tile_endpoints(self) -> list[str]:
         """One ventilator per endpoint of ``tiles``."""

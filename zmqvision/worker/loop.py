@@ -11,6 +11,7 @@ from collections.abc import Callable
 import zmq
 
 from zmqvision import protocol, security, sockets
+from zmqvision.boxes import Detections
 from zmqvision.worker.config import WorkerConfig, new_worker_id
 from zmqvision.worker.engine import Completion, InferenceEngine
 from zmqvision.worker.heartbeat import Heartbeats
@@ -39,6 +40,13 @@ class Worker:
         self.engine = engine if engine is not None else InferenceEngine(config, stop)
         self.id = config.worker_id or new_worker_id()
         self.model = self.engine.spec.ref
+        # The second stage's model (two-stage jobs' crops), run in this loop's thread.
+        self.stage2 = None
+        if config.stage2 is not None:
+            from zmqvision.tasks.stage2 import Stage2Runner
+
+            self.stage2 = Stage2Runner(config.stage2, device=config.device,
+                                       threads=config.threads)
         self.waiting: deque[tuple[int, protocol.Tile]] = deque()  # received, not started
         # Whole images (--wire image) are decoded and cut on a thread of their own.
         self.images = ImageDecoder(ImageCutter(self.engine.task, self.engine.spec.input_size,
@@ -110,6 +118,9 @@ class Worker:
         engine = self.engine
         while self.waiting and engine.has_room():
             src, tile = self.waiting.popleft()
+            if tile.task is not None and tile.task.get("stage") == 2:
+                self._second_stage(src, tile)
+                continue
             refusal = engine.refusal(tile)
             if refusal is not None:
                 self._answer(src, tile_error(tile, self.id, self.model, *refusal), failed=True)
@@ -119,6 +130,28 @@ class Worker:
             except Exception as exc:
                 self._answer(src, tile_error(tile, self.id, self.model, "inference_failed",
                                              str(exc)), failed=True)
+
+    def _second_stage(self, src: int, tile: protocol.Tile) -> None:
+        """A stage-2 tile (one object's crop): run here and now on the second model."""
+        runner = self.stage2
+        why = ("this worker runs no second stage (--stage2)" if runner is None else
+               f"tile for {tile.model}, this worker's second stage is {runner.ref}"
+               if tile.model != runner.ref else runner.refusal(tile.pixels))
+        if why is not None:
+            self._answer(src, tile_error(tile, self.id, tile.model, "model_mismatch", why),
+                         failed=True)
+            return
+        t0 = time.perf_counter()
+        try:
+            embedding = runner.run(tile.pixels)
+        except Exception as exc:  # reported as the tile's error, never lost
+            self._answer(src, tile_error(tile, self.id, runner.ref, "inference_failed",
+                                         str(exc)), failed=True)
+            return
+        self._answer(src, protocol.Result(
+            job=tile.job, image=tile.image, index=tile.index, worker=self.id,
+            model=runner.ref, detections=Detections.empty(), attempt=tile.attempt,
+            infer_ms=(time.perf_counter() - t0) * 1000.0, embedding=embedding), failed=False)
 
     def _take_image(self, src: int, work: protocol.ImageWork) -> None:
         """A whole image: decoded and cut on the decoder's thread (``_take_decoded``)."""

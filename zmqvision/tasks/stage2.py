@@ -1,0 +1,209 @@
+"""Two-stage recognition: a detector finds the objects, a second model recognises each.
+
+Stage 1 runs tiled exactly as detection does, with each box's points on the wire (a
+face's five landmarks: ``protocol.Result`` ``points``). When the sink has merged an
+image's stage 1 (each object once, after the border merge) it does not write the record
+yet: it publishes the merged objects (``protocol.Objects``). The ventilator that owns the
+image crops each object FROM THE ORIGINAL IMAGE'S PIXELS (never a tile: a tile is shrunk
+and may cut the object) and sends the crops as stage-2 tiles, with indices following the
+image's stage-1 tiles, through the same leases as every tile (a worker that dies holding
+one: the crop goes again; a copy is merged once). Workers run the second model on them
+(``Stage2Runner``); the sink completes the record when every object has its answer
+(``record_extras``). One record per image, written when both stages are done.
+
+This module holds what is particular to each kind of second stage (``KINDS``):
+
+- ``identify`` (``run --identify``): CenterFace (stage 1, with landmarks) → align to the
+  112 × 112 template (``faces.align``) → MobileFaceNet (stage 2, 192-d) → the sink
+  matches the embeddings against the gallery (``faces.gallery``): ``"identity"``.
+
+The single-process reference (``faces.identify.identify_faces``) is what the pipeline
+must equal; tests/test_two_stage*.py hold it to that.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from zmqvision.boxes import Detections
+
+# kind → (the stage-1 model it needs, its second model, points per box)
+KINDS: dict[str, tuple[str, str, int]] = {
+    "identify": ("centerface", "mobilefacenet", 5),
+}
+MAX_GALLERY_CHARS = 4096
+
+
+@dataclass(frozen=True)
+class Stage2Settings:
+    """A job's second stage, as it travels in ``JobStart.options["stage2"]`` (and so is
+    part of every record's ``settings`` and of the job's fingerprint): ``kind`` (one of
+    ``KINDS``), ``model`` (the second model's ref: a worker running another refuses its
+    tiles, the sink refuses results of another), and for ``identify`` the gallery URL
+    (None: the sink's default, ``faces.gallery.resolve_url``) and the similarity below
+    which a face is nobody (None: ``gallery.DEFAULT_THRESHOLD``)."""
+
+    kind: str
+    model: str
+    gallery: str | None = None
+    threshold: float | None = None
+
+    def to_json(self) -> dict:
+        return {"kind": self.kind, "model": self.model, "gallery": self.gallery,
+                "threshold": self.threshold}
+
+    @classmethod
+    def from_json(cls, raw: object) -> Stage2Settings:
+        """ValueError unless ``raw`` is a map of a known kind with sane values."""
+        if not isinstance(raw, dict) or raw.get("kind") not in KINDS:
+            raise ValueError(f"stage2 must be a map with a kind of {', '.join(KINDS)}")
+        model, gallery, threshold = raw.get("model"), raw.get("gallery"), raw.get("threshold")
+        if not isinstance(model, str) or not 0 < len(model) <= 256:
+            raise ValueError("stage2 model must be a model ref")
+        if gallery is not None and (not isinstance(gallery, str)
+                                    or len(gallery) > MAX_GALLERY_CHARS):
+            raise ValueError("stage2 gallery must be a URL")
+        if threshold is not None and (isinstance(threshold, bool)
+                                      or not isinstance(threshold, (int, float))
+                                      or not -1.0 <= threshold <= 1.0):
+            raise ValueError("stage2 threshold must be a cosine similarity in -1..1")
+        return cls(kind=raw["kind"], model=model, gallery=gallery,
+                   threshold=None if threshold is None else float(threshold))
+
+    @property
+    def points(self) -> int:
+        return KINDS[self.kind][2]
+
+
+def of_options(options: dict) -> Stage2Settings | None:
+    """A job's second stage (None: a one-stage job); ValueError for bad settings."""
+    raw = options.get("stage2")
+    return None if raw is None else Stage2Settings.from_json(raw)
+
+
+def plan(kind: str, model: str, *, gallery: str | None = None,
+         threshold: float | None = None) -> Stage2Settings:
+    """The second stage of a job whose stage-1 model is ``model`` (a catalog name, or a
+    path: refused); ValueError when that model cannot feed this kind."""
+    from zmqvision.models import resolve
+
+    if kind not in KINDS:
+        raise ValueError(f"unknown second stage {kind!r} (known: {', '.join(KINDS)})")
+    first, second, _ = KINDS[kind]
+    if model.split("@")[0] != first:
+        raise ValueError(f"{kind} needs {first} as its first stage, not {model}")
+    return Stage2Settings(kind=kind, model=resolve(second).ref, gallery=gallery,
+                          threshold=threshold)
+
+
+# ---------------------------------------------------------------------- ventilator
+
+
+def crops(settings: Stage2Settings, image: np.ndarray, objects: Detections) -> list[np.ndarray]:
+    """One stage-2 input per object, from the ORIGINAL image (uint8 ``[H, W, 3]``): for
+    ``identify`` each face aligned to 112 × 112 by its landmarks (``faces.align``), the
+    very call of the reference."""
+    if not len(objects):
+        return []
+    if objects.landmarks is None or objects.landmarks.shape[1] != settings.points:
+        raise ValueError(f"{settings.kind} needs {settings.points} points per object")
+    from zmqvision.faces.align import align_many
+
+    return list(align_many(image, objects.landmarks))
+
+
+# ---------------------------------------------------------------------- worker
+
+
+class Stage2Runner:
+    """A worker's second model: one crop in, its answer out (for ``identify`` the unit
+    embedding). Runs synchronously in the worker's loop: a 112 × 112 face takes ~2 ms on a
+    CPU core, so a crop between two polls never holds a heartbeat up."""
+
+    def __init__(self, model: str, *, device: str = "CPU", threads: int | None = None) -> None:
+        from zmqvision.models import resolve
+
+        self.spec = resolve(model)
+        if self.spec.task != "embedding":
+            raise ValueError(f"{self.spec.ref} ({self.spec.task}) is not a second-stage model "
+                             "a worker runs (mobilefacenet)")
+        from zmqvision.faces.embed import FaceEmbedder
+
+        self._embedder = FaceEmbedder(self.spec, device=device, threads=threads)
+
+    @property
+    def ref(self) -> str:
+        return self.spec.ref
+
+    def refusal(self, pixels: np.ndarray) -> str | None:
+        from zmqvision.faces.align import CROP_SIZE
+
+        if pixels.shape != (CROP_SIZE, CROP_SIZE, 3):
+            return f"a face crop is {CROP_SIZE}x{CROP_SIZE}, got {list(pixels.shape)}"
+        return None
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        """The crop's unit embedding (float32 ``[D]``)."""
+        return self._embedder.embed(pixels[None])[0]
+
+
+# ---------------------------------------------------------------------- sink
+
+
+def check_answer(settings: Stage2Settings, embedding: np.ndarray | None,
+                 text: str | None) -> str | None:
+    """Why a stage-2 result cannot be this job's (then that object's error), or None."""
+    if settings.kind == "identify":
+        if embedding is None or text is not None:
+            return "a face's stage-2 answer is its embedding"
+        norm = float(np.linalg.norm(embedding))
+        if not 0.5 <= norm <= 1.5:  # the worker sends unit vectors
+            return f"a face embedding of length {norm:.3f}, not a unit vector"
+    return None
+
+
+class Matcher:
+    """The sink's end of ``identify``: the job's gallery, opened once per job (its
+    matrix loaded on first use), and the per-face ``"identity"``."""
+
+    def __init__(self, settings: Stage2Settings) -> None:
+        from zmqvision.faces.gallery import DEFAULT_THRESHOLD, Gallery
+
+        threshold = DEFAULT_THRESHOLD if settings.threshold is None else settings.threshold
+        self.gallery = Gallery.open(settings.gallery, threshold=threshold)
+        self.threshold = threshold
+
+    def identities(self, embeddings: np.ndarray) -> list[dict | None]:
+        """Per face ``{"name", "similarity"}``, or None below the threshold (or nobody
+        enrolled), exactly as ``identify_faces`` decides."""
+        if not len(embeddings):
+            return []
+        out: list[dict | None] = []
+        for name, sim in self.gallery.best(embeddings):
+            ok = name is not None and sim >= self.threshold
+            out.append({"name": name, "similarity": round(float(sim), 4)} if ok else None)
+        return out
+
+    def close(self) -> None:
+        self.gallery.close()
+
+
+def record_extras(settings: Stage2Settings, objects: Detections,
+                  answers: dict[int, tuple[np.ndarray | None, str | None, float | None]],
+                  matcher: Matcher | None) -> list[dict]:
+    """Per object, the fields its record entry gets beside box, score and label:
+    ``landmarks`` (2 decimals, as the reference's ``Face.record``) and ``identity``.
+    ``answers[i]`` is object ``i``'s (embedding, text, text score)."""
+    n = len(objects)
+    extras: list[dict] = [{} for _ in range(n)]
+    if objects.landmarks is not None:
+        for i in range(n):
+            extras[i]["landmarks"] = np.round(objects.landmarks[i], 2).tolist()
+    if settings.kind == "identify" and n:
+        embeddings = np.stack([answers[i][0] for i in range(n)]).astype(np.float32)
+        assert matcher is not None
+        for i, identity in enumerate(matcher.identities(embeddings)):
+            extras[i]["identity"] = identity
+    return extras
