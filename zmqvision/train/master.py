@@ -15,6 +15,7 @@ Workers that join later are invited too and take shards at the next epoch bounda
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -98,11 +99,9 @@ class PoolGradients:
 
         def send() -> None:
             for wid in list(self.engine.dispatch.workers):
-                if wid not in skip:
-                    try:
+                if wid not in skip:  # gone or full: invited again next time
+                    with contextlib.suppress(zmq.ZMQError):
                         router.send_multipart([wid, *invite], flags=zmq.NOBLOCK)
-                    except zmq.ZMQError:
-                        pass  # gone or full: invited again next time
         self.engine.call_soon(send)
 
     def _alive(self, wid: bytes) -> bool:
