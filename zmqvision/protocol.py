@@ -1400,7 +1400,7 @@ class TrainHello:
         return cls(session=_name(h, "session"), worker=_name(h, "worker"))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compared by identity
 class TrainShard:
     """Master → worker, once per shard it is given: the shard's examples. Frames: ``x``
     float32 ``[rows, dim]`` row-major (the standardised embeddings), ``y`` int32
@@ -1451,7 +1451,7 @@ class TrainShard:
                    x=x, y=y, class_weights=weights)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compared by identity
 class TrainStep:
     """Master → worker, each step: the parameters (frame 0, float64, ``layers``' layout)
     and, for each of ``shards`` this worker holds, ``counts[i]`` row indices into that
@@ -1492,7 +1492,7 @@ class TrainStep:
                    indices=np.frombuffer(iv, TRAIN_INDEX_DTYPE))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # arrays: compared by identity
 class TrainGrad:
     """Worker → master: one shard's part of a step. ``grad`` (frame 0, float64, the
     parameters' layout) is the SUM over its ``examples`` of each example's class weight
