@@ -84,7 +84,13 @@ class Standardizer:
     @classmethod
     def fit(cls, x: np.ndarray) -> Standardizer:
         x = np.asarray(x, np.float64)
-        return cls(x.mean(axis=0), np.maximum(x.std(axis=0), 1e-6))
+        std = x.std(axis=0)
+        # A feature (almost) constant in training must not be blown up: efficientnet-
+        # lite0's pooled features are int8-quantised (steps of ~0.0115), and one step
+        # over a tiny std made one test picture's class flip between the backbone run
+        # alone and the exported IR, whose features can differ by that step.
+        floor = max(1e-6, 0.1 * float(np.median(std)))
+        return cls(x.mean(axis=0), np.maximum(std, floor))
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return ((np.asarray(x, np.float64) - self.mean) / self.std).astype(np.float32)
