@@ -98,7 +98,8 @@ def _plain(data: Examples, cw: np.ndarray) -> np.ndarray:
     return params
 
 
-def _train_on_pool(examples, workers: int, on_step=None, step_timeout: float = 60.0):
+def _train_on_pool(examples, workers: int, on_step=None, step_timeout: float = 60.0,
+                   after=None):
     data, cw = examples
     with Pool(model=BACKBONE, workers=workers, cache=None) as pool:
         grads = PoolGradients(pool, data, cw, SHARDS, min_workers=workers,
@@ -111,6 +112,8 @@ def _train_on_pool(examples, workers: int, on_step=None, step_timeout: float = 6
             state = HeadTrainer(data, len(TEXTURES), CONFIG, grads, on_step=hook).run()
         finally:
             grads.close()
+            if after is not None:
+                after(pool)
     return state, grads
 
 
@@ -136,6 +139,27 @@ def test_a_worker_sigkilled_mid_epoch_changes_nothing(examples, reference):
     state, grads = _train_on_pool(examples, 3, on_step=kill)
     assert killed
     assert grads.recomputed > 0 and len(grads.members) == 2
+    np.testing.assert_allclose(state.params, reference.params, rtol=0, atol=1e-5)
+
+
+def test_a_worker_that_stops_answering_loses_its_shards_by_heartbeat(examples, reference):
+    """SIGSTOP: the connection stays up (sends to it succeed), only its heartbeats stop;
+    the engine's dispatcher declares it dead and its shards' step is computed again."""
+    stopped = []
+
+    def freeze(pool, grads, epoch, step, steps, loss):
+        if epoch == 0 and step == 1 and not stopped:
+            stopped.append(pool.cluster.workers[0].proc)
+            stopped[0].send_signal(signal.SIGSTOP)
+
+    def thaw(pool):
+        for proc in stopped:
+            proc.send_signal(signal.SIGKILL)
+            proc.send_signal(signal.SIGCONT)
+            proc.wait(10)
+
+    state, grads = _train_on_pool(examples, 2, on_step=freeze, after=thaw)
+    assert stopped and grads.recomputed > 0 and len(grads.members) == 1
     np.testing.assert_allclose(state.params, reference.params, rtol=0, atol=1e-5)
 
 
