@@ -214,3 +214,19 @@ def test_a_gradient_frame_of_the_wrong_size_is_refused():
     frames[2] = frames[2][:-8]
     with pytest.raises(P.ProtocolError, match="bytes"):
         P.decode(frames)
+
+
+def test_watch_shows_training_progress():
+    from zmqvision.watch import WatchState, render
+
+    state = WatchState()
+    msg = P.TrainProgress("s", 3, 10, 4, 4, 0.25, 2, 0.9)
+    state.ingest_frames([bytes(memoryview(f)) for f in P.encode(msg)])
+    snap = state.snapshot()
+    assert snap["training"]["epoch"] == 3 and snap["training"]["val_accuracy"] == 0.9
+    from rich.console import Console
+
+    console = Console(width=140, record=True)
+    console.print(render(state, "tcp://x"))
+    text = console.export_text()
+    assert "epoch 3/10" in text and "val accuracy 0.900" in text
