@@ -230,3 +230,16 @@ def test_watch_shows_training_progress():
     console.print(render(state, "tcp://x"))
     text = console.export_text()
     assert "epoch 3/10" in text and "val accuracy 0.900" in text
+
+
+def test_train_refuses_a_folder_of_one_class_before_starting_a_pool(tmp_path):
+    from click.testing import CliRunner
+
+    from zmqvision.cli import cli
+
+    (tmp_path / "data" / "only").mkdir(parents=True)
+    (tmp_path / "data" / "only" / "a.jpg").write_bytes(b"not even a picture")
+    result = CliRunner().invoke(cli, ["train", str(tmp_path / "data"), "--out",
+                                      str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert "at least two class folders" in result.output

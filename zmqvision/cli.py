@@ -1293,8 +1293,10 @@ def train_command(data, out, val, hidden, epochs, batch, lr, optimizer, weight_d
     embeddings (on the pool, kept by content hash), a head trained data-parallel over
     the pool's workers, an OpenVINO IR in OUT (docs/train.md)."""
     from zmqvision import Pool
+    from zmqvision.train.checkpoint import CheckpointError
     from zmqvision.train.embed import BACKBONE
-    from zmqvision.train.run import TrainConfig, confusion_text, train
+    from zmqvision.train.master import TrainingFailed
+    from zmqvision.train.run import TrainConfig, Training, confusion_text
     from zmqvision.train.trainer import HeadConfig
 
     _setup_logging(verbose, None)
@@ -1308,13 +1310,22 @@ def train_command(data, out, val, hidden, epochs, batch, lr, optimizer, weight_d
                          min_workers=min_workers or (1 if connect_host else workers),
                          embeddings=embedding_store,
                          cache_embeddings=not no_embedding_cache, quiet=quiet)
+    try:
+        training = Training(config)
+    except (OSError, ValueError) as exc:
+        raise CommandError(f"train: {exc}", ExitCode.USAGE) from None
     if connect_host is not None:
         pool = Pool.connect(connect_host, tiles=bind_tiles, curve=curve, model=BACKBONE,
                             cache=None)
     else:
         pool = Pool(model=BACKBONE, workers=workers, device=device, cache=None)
-    with pool:
-        report = train(config, pool)
+    try:
+        with pool:
+            report = training.run(pool)
+    except CheckpointError as exc:
+        raise CommandError(f"train: {exc}", ExitCode.USAGE) from None
+    except (TrainingFailed, ValueError) as exc:
+        raise CommandError(f"train: {exc}") from None
     click.echo(f"validation accuracy {report['val_accuracy']:.4f} "
                f"({report['evaluated_on']}, {report['val_examples']} images)")
     click.echo(confusion_text(report))

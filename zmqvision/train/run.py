@@ -53,13 +53,14 @@ def _examples(train: Labelled, val: Labelled) -> str:
 
 
 class Training:
-    """One ``zmqvision train`` over a pool: ``run()`` returns the report."""
+    """One ``zmqvision train``: the pictures are walked and split here (a wrong folder
+    fails before any pool starts); ``run(pool)`` returns the report."""
 
-    def __init__(self, config: TrainConfig, pool) -> None:
+    def __init__(self, config: TrainConfig) -> None:
         from zmqvision.models import catalog, store
 
         self.config = config
-        self.pool = pool
+        self.pool = None
         self.out = Path(config.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.spec = catalog.resolve(BACKBONE)
@@ -75,7 +76,8 @@ class Training:
         self.labels = everything.labels
         self.seconds: dict[str, float] = {}
 
-    def run(self) -> dict:
+    def run(self, pool) -> dict:
+        self.pool = pool
         t0 = time.monotonic()
         train, val, embedded = self._embed()
         self.seconds["embed"] = time.monotonic() - t0
@@ -201,4 +203,4 @@ def confusion_text(report: dict) -> str:
 
 def train(config: TrainConfig, pool) -> dict:
     """Train on ``pool`` (a ``zmqvision.Pool`` serving efficientnet-lite0)."""
-    return Training(config, pool).run()
+    return Training(config).run(pool)
