@@ -243,3 +243,13 @@ def test_train_refuses_a_folder_of_one_class_before_starting_a_pool(tmp_path):
                                       str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert "at least two class folders" in result.output
+
+
+def test_train_refuses_a_plain_text_bind_other_hosts_reach(tmp_path):
+    from click.testing import CliRunner
+
+    from zmqvision.cli import cli
+
+    result = CliRunner().invoke(cli, ["train", str(tmp_path), "--out", str(tmp_path / "o"),
+                                      "--train-bind", "tcp://0.0.0.0:0"])
+    assert result.exit_code == 2 and "plain text" in result.output

@@ -1284,11 +1284,11 @@ def _val_choice(ctx, param, value):
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("-v", "--verbose", count=True)
 @_curve_option
+@_insecure_option
 def train_command(data, out, val, hidden, epochs, batch, lr, optimizer, weight_decay, seed,
                   shards, workers, connect_host, bind_tiles, train_bind, min_workers,
                   step_timeout, device, events, resume, embedding_store, no_embedding_cache,
-                  quiet, verbose,
-                  curve) -> None:
+                  quiet, verbose, curve, insecure) -> None:
     """Teach the pool a new classifier from DATA/<label>/*.jpg: efficientnet-lite0
     embeddings (on the pool, kept by content hash), a head trained data-parallel over
     the pool's workers, an OpenVINO IR in OUT (docs/train.md)."""
@@ -1302,6 +1302,8 @@ def train_command(data, out, val, hidden, epochs, batch, lr, optimizer, weight_d
     _setup_logging(verbose, None)
     if connect_host is None and bind_tiles:
         raise click.BadParameter("--tiles goes with --connect", param_hint="--connect")
+    _check_binds({"--train-bind": train_bind, "--events": events or "",
+                  "--tiles": bind_tiles or ""}, curve, insecure)
     head = HeadConfig(hidden=hidden, epochs=epochs, batch=batch, lr=lr, optimizer=optimizer,
                       weight_decay=weight_decay, seed=seed, shards=shards)
     config = TrainConfig(data=data, out=out, head=head, val=val, resume=resume,
