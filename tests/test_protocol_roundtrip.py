@@ -91,6 +91,18 @@ CASES = [
         [[1, 2, 30, 40]], [0.9], [0], np.arange(10, dtype=np.float64).reshape(1, 5, 2))),
     P.Result(job="j", image="i", index=6, worker="w", model="m@1",
              detections=Detections.empty(), text="京A12345", text_score=0.97),
+    # Training a head (docs/protocol.md, "Training").
+    P.TrainInvite(session="t", endpoint="tcp://10.0.0.2:6000"),
+    P.TrainHello(session="t", worker="w"),
+    P.TrainShard(session="t", shard=1, x=np.ones((2, 3), np.float32),
+                 y=np.array([0, 1], np.int32), class_weights=(1.0, 0.5)),
+    P.TrainStep(session="t", step=4, layers=(3, 2), params=np.arange(8.0), shards=(1,),
+                counts=(2,), indices=np.array([0, 1], np.uint32)),
+    P.TrainGrad(session="t", step=4, shard=1, worker="w", examples=2, weight=1.5, loss=0.25,
+                grad=np.ones(8)),
+    P.TrainEnd(session="t"),
+    P.TrainProgress(session="t", epoch=1, epochs=3, step=2, steps=2, loss=0.5, workers=2,
+                    val_accuracy=0.75, t=1.7e9),
 ]
 
 

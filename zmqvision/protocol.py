@@ -113,6 +113,14 @@ class MsgType(enum.Enum):
     LIVE = "zv.live"
     IMAGE_WORK = "zv.image_work"
     OBJECTS = "zv.objects"
+    # Training a classifier head (zmqvision.train, docs/protocol.md "Training"):
+    TRAIN_INVITE = "zv.train_invite"
+    TRAIN_HELLO = "zv.train_hello"
+    TRAIN_SHARD = "zv.train_shard"
+    TRAIN_STEP = "zv.train_step"
+    TRAIN_GRAD = "zv.train_grad"
+    TRAIN_END = "zv.train_end"
+    TRAIN_PROGRESS = "zv.train_progress"
 
     @property
     def tag(self) -> bytes:
@@ -1408,17 +1416,287 @@ class Withdraw:
         return cls(job=_name(h, "job"), images=_names(h, "images"), secret=_secret(h))
 
 
+# ---------------------------------------------------------------------------- training
+# Data-parallel training of a classifier head (zmqvision.train; docs/protocol.md,
+# "Training"). The master binds a ROUTER of its own; workers hear of it by a TrainInvite
+# on their tile link and connect a DEALER to it. Parameters and gradients are one flat
+# little-endian float64 vector laid out by ``layers`` (``train_param_count``): for each
+# pair of consecutive widths (a, b), the weights a×b row-major, then the bias b.
+
+TRAIN_PARAM_DTYPE = np.dtype("<f8")
+TRAIN_X_DTYPE = np.dtype("<f4")
+TRAIN_Y_DTYPE = np.dtype("<i4")
+TRAIN_INDEX_DTYPE = np.dtype("<u4")
+MAX_TRAIN_CLASSES = 10_000
+MAX_TRAIN_WIDTH = 1 << 16  # an input (embedding) or hidden width
+MAX_TRAIN_PARAMS = 1 << 24  # 128 MiB of float64
+MAX_TRAIN_SHARD_BYTES = 256 << 20
+MAX_TRAIN_SHARDS = 4096
+MAX_TRAIN_MESSAGE_BYTES = MAX_TRAIN_SHARD_BYTES + (1 << 20)  # the sockets' maxmsgsize
+
+
+def train_param_count(layers: Sequence[int]) -> int:
+    """Numbers in the flat parameter vector of a head with these widths."""
+    return sum(a * b + b for a, b in zip(layers, layers[1:], strict=False))
+
+
+def _layers(h: dict) -> tuple[int, ...]:
+    """``[input, classes]`` (softmax regression) or ``[input, hidden, classes]``."""
+    v = _req(h, "layers", list)
+    if len(v) not in (2, 3) or not all(type(x) is int and 1 <= x <= MAX_TRAIN_WIDTH
+                                       for x in v):
+        raise ProtocolError(f"'layers' must be 2 or 3 widths in 1..{MAX_TRAIN_WIDTH}")
+    if not 2 <= v[-1] <= MAX_TRAIN_CLASSES:
+        raise ProtocolError(f"a head has 2..{MAX_TRAIN_CLASSES} classes")
+    if train_param_count(v) > MAX_TRAIN_PARAMS:
+        raise ProtocolError(f"a head of over {MAX_TRAIN_PARAMS} parameters")
+    return tuple(v)
+
+
+def _counts(h: dict, key: str, hi: int) -> tuple[int, ...]:
+    v = _req(h, key, list)
+    if len(v) > MAX_TRAIN_SHARDS or not all(type(x) is int and 0 <= x <= hi for x in v):
+        raise ProtocolError(f"{key!r} must be at most {MAX_TRAIN_SHARDS} counts in 0..{hi}")
+    return tuple(v)
+
+
+def _f64_vector(buf: Any, n: int, what: str) -> np.ndarray:
+    """``n`` finite float64 numbers, read-only, without a copy."""
+    view = _buffer(buf)
+    if view.nbytes != n * TRAIN_PARAM_DTYPE.itemsize:
+        raise ProtocolError(f"{what} frame has {view.nbytes} bytes, expected {n} float64")
+    vec = np.frombuffer(view, TRAIN_PARAM_DTYPE)
+    if not np.isfinite(vec).all():
+        raise ProtocolError(f"non-finite numbers in the {what}")
+    return vec
+
+
+def _arity(bufs: Sequence, n: int, what: str) -> None:
+    if len(bufs) != n:
+        raise ProtocolError(f"{what} needs {n} data frames, got {len(bufs)}")
+
+
+@dataclass(frozen=True)
+class TrainInvite:
+    """Ventilator (the training master's pool) → worker, on the tile link: a training
+    session is on at ``endpoint``; a worker that can train connects a DEALER there (its
+    routing id its worker id) and says TrainHello. Sent again to workers that join."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TRAIN_INVITE
+    session: str
+    endpoint: str
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> TrainInvite:
+        endpoint = _name(h, "endpoint")
+        if not endpoint.startswith(("tcp://", "ipc://", "inproc://")):
+            raise ProtocolError("'endpoint' must be a tcp://, ipc:// or inproc:// address")
+        return cls(session=_name(h, "session"), endpoint=endpoint)
+
+
+@dataclass(frozen=True)
+class TrainHello:
+    """Worker → master: ready to take shards of ``session``."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TRAIN_HELLO
+    session: str
+    worker: str
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> TrainHello:
+        return cls(session=_name(h, "session"), worker=_name(h, "worker"))
+
+
+@dataclass(frozen=True, eq=False)  # arrays: compared by identity
+class TrainShard:
+    """Master → worker, once per shard it is given: the shard's examples. Frames: ``x``
+    float32 ``[rows, dim]`` row-major (the standardised embeddings), ``y`` int32
+    ``[rows]`` class ids in ``0..len(class_weights)-1``. ``class_weights``: each class's
+    weight in the loss (unbalanced folders)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TRAIN_SHARD
+    session: str
+    shard: int
+    x: np.ndarray
+    y: np.ndarray
+    class_weights: tuple[float, ...]
+
+    def header(self) -> dict:
+        rows, dim = self.x.shape
+        return {"session": self.session, "shard": self.shard, "rows": int(rows),
+                "dim": int(dim), "class_weights": [float(w) for w in self.class_weights]}
+
+    def buffers(self) -> list:
+        return [np.ascontiguousarray(self.x, TRAIN_X_DTYPE),
+                np.ascontiguousarray(self.y, TRAIN_Y_DTYPE)]
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> TrainShard:
+        _arity(bufs, 2, "a train shard")
+        rows = _count(h, "rows", hi=MAX_TRAIN_SHARD_BYTES)
+        dim = _count(h, "dim", hi=MAX_TRAIN_WIDTH)
+        weights = _req(h, "class_weights", list)
+        if not 2 <= len(weights) <= MAX_TRAIN_CLASSES:
+            raise ProtocolError(f"a shard has 2..{MAX_TRAIN_CLASSES} class weights")
+        if not all(isinstance(w, _NUM) and not isinstance(w, bool) for w in weights):
+            raise ProtocolError("class weights must be numbers")
+        weights = tuple(_finite(w, "class_weights") for w in weights)
+        if any(w < 0 for w in weights):
+            raise ProtocolError("class weights must not be negative")
+        if dim < 1 or rows * dim * TRAIN_X_DTYPE.itemsize > MAX_TRAIN_SHARD_BYTES:
+            raise ProtocolError(f"a shard of {rows}x{dim} is over the bound")
+        xv, yv = _buffer(bufs[0]), _buffer(bufs[1])
+        if xv.nbytes != rows * dim * 4 or yv.nbytes != rows * 4:
+            raise ProtocolError("shard frames do not match rows x dim")
+        x = np.frombuffer(xv, TRAIN_X_DTYPE).reshape(rows, dim)
+        y = np.frombuffer(yv, TRAIN_Y_DTYPE)
+        if not np.isfinite(x).all():
+            raise ProtocolError("non-finite numbers in a shard")
+        if rows and (y.min() < 0 or y.max() >= len(weights)):
+            raise ProtocolError("a shard's class id is out of range")
+        return cls(session=_name(h, "session"), shard=_count(h, "shard", hi=MAX_TRAIN_SHARDS),
+                   x=x, y=y, class_weights=weights)
+
+
+@dataclass(frozen=True, eq=False)  # arrays: compared by identity
+class TrainStep:
+    """Master → worker, each step: the parameters (frame 0, float64, ``layers``' layout)
+    and, for each of ``shards`` this worker holds, ``counts[i]`` row indices into that
+    shard (frame 1: uint32, concatenated in ``shards`` order): the part of the batch it
+    holds. The worker answers one TrainGrad per shard listed."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TRAIN_STEP
+    session: str
+    step: int
+    layers: tuple[int, ...]
+    params: np.ndarray
+    shards: tuple[int, ...]
+    counts: tuple[int, ...]
+    indices: np.ndarray
+
+    def header(self) -> dict:
+        return {"session": self.session, "step": self.step, "layers": list(self.layers),
+                "shards": list(self.shards), "counts": list(self.counts)}
+
+    def buffers(self) -> list:
+        return [np.ascontiguousarray(self.params, TRAIN_PARAM_DTYPE),
+                np.ascontiguousarray(self.indices, TRAIN_INDEX_DTYPE)]
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> TrainStep:
+        _arity(bufs, 2, "a train step")
+        layers = _layers(h)
+        shards = _counts(h, "shards", MAX_TRAIN_SHARDS)
+        counts = _counts(h, "counts", MAX_TRAIN_SHARD_BYTES)
+        if len(shards) != len(counts) or len(set(shards)) != len(shards):
+            raise ProtocolError("'shards' and 'counts' must be as long, shards distinct")
+        iv = _buffer(bufs[1])
+        if iv.nbytes != sum(counts) * TRAIN_INDEX_DTYPE.itemsize:
+            raise ProtocolError("index frame does not match the counts")
+        return cls(session=_name(h, "session"), step=_count(h, "step"), layers=layers,
+                   params=_f64_vector(bufs[0], train_param_count(layers), "parameter"),
+                   shards=shards, counts=counts,
+                   indices=np.frombuffer(iv, TRAIN_INDEX_DTYPE))
+
+
+@dataclass(frozen=True, eq=False)  # arrays: compared by identity
+class TrainGrad:
+    """Worker → master: one shard's part of a step. ``grad`` (frame 0, float64, the
+    parameters' layout) is the SUM over its ``examples`` of each example's class weight
+    times the gradient of its cross-entropy; ``loss`` the same sum of losses, ``weight``
+    the sum of the class weights (the master divides the totals by the total weight)."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TRAIN_GRAD
+    session: str
+    step: int
+    shard: int
+    worker: str
+    examples: int
+    weight: float
+    loss: float
+    grad: np.ndarray
+
+    def header(self) -> dict:
+        return {"session": self.session, "step": self.step, "shard": self.shard,
+                "worker": self.worker, "examples": self.examples, "weight": self.weight,
+                "loss": self.loss, "n": int(self.grad.size)}
+
+    def buffers(self) -> list:
+        return [np.ascontiguousarray(self.grad, TRAIN_PARAM_DTYPE)]
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> TrainGrad:
+        _arity(bufs, 1, "a train gradient")
+        n = _count(h, "n", hi=MAX_TRAIN_PARAMS)
+        return cls(session=_name(h, "session"), step=_count(h, "step"),
+                   shard=_count(h, "shard", hi=MAX_TRAIN_SHARDS), worker=_name(h, "worker"),
+                   examples=_count(h, "examples"), weight=_float(h, "weight", lo=0.0),
+                   loss=_float(h, "loss", lo=0.0), grad=_f64_vector(bufs[0], n, "gradient"))
+
+
+@dataclass(frozen=True)
+class TrainEnd:
+    """Master → worker: the session is over; the worker drops its shards and the link."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TRAIN_END
+    session: str
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> TrainEnd:
+        return cls(session=_name(h, "session"))
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """Training master → PUB (``zmqvision train --events``), after each step and epoch:
+    what ``zmqvision watch`` shows. ``val_accuracy`` is absent until an epoch ends."""
+
+    TYPE: ClassVar[MsgType] = MsgType.TRAIN_PROGRESS
+    session: str
+    epoch: int
+    epochs: int
+    step: int
+    steps: int  # steps per epoch
+    loss: float
+    workers: int
+    val_accuracy: float | None = None
+    t: float = field(default_factory=time.time)
+
+    def header(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence) -> TrainProgress:
+        return cls(session=_name(h, "session"), epoch=_count(h, "epoch"),
+                   epochs=_count(h, "epochs"), step=_count(h, "step"),
+                   steps=_count(h, "steps"), loss=_float(h, "loss", lo=0.0),
+                   workers=_count(h, "workers"),
+                   val_accuracy=_float(h, "val_accuracy", optional=True, lo=0.0, hi=1.0),
+                   t=_float(h, "t"))
+
+
 Message = (
     JobStart | ImageInfo | Tile | Result | JobEnd | Heartbeat | Progress | JobDone | SinkStatus
     | Workers | Failure | Ready | Bye | Ack | Record | Withdraw | LiveStatus | ImageWork
     | Objects
+    | TrainInvite | TrainHello | TrainShard | TrainStep | TrainGrad | TrainEnd | TrainProgress
 )
 
 _CLASSES: dict[MsgType, type] = {
     cls.TYPE: cls
     for cls in (JobStart, ImageInfo, Tile, Result, JobEnd, Heartbeat, Progress, JobDone,
                 SinkStatus, Workers, Failure, Ready, Bye, Ack, Record, Withdraw, LiveStatus,
-                ImageWork, Objects)
+                ImageWork, Objects, TrainInvite, TrainHello, TrainShard, TrainStep, TrainGrad,
+                TrainEnd, TrainProgress)
 }
 
 

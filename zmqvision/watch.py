@@ -33,7 +33,8 @@ import zmq
 from zmqvision import protocol, security, sockets
 
 WATCHED = (protocol.MsgType.HEARTBEAT, protocol.MsgType.PROGRESS, protocol.MsgType.JOB_DONE,
-           protocol.MsgType.SINK_STATUS, protocol.MsgType.WORKERS, protocol.MsgType.FAILURE)
+           protocol.MsgType.SINK_STATUS, protocol.MsgType.WORKERS, protocol.MsgType.FAILURE,
+           protocol.MsgType.TRAIN_PROGRESS)  # zmqvision train --events (docs/train.md)
 LATE_PERIODS = 1.5
 DEAD_PERIODS = 2.5
 SINK_SILENT_S = 3.0
@@ -87,6 +88,7 @@ class WatchState:
     sink_seen: float | None = None
     sink_wall: float | None = None  # wall-clock time the sink was last heard, for display
     events: int = 0
+    training: protocol.TrainProgress | None = None  # the latest, from `zmqvision train`
     bad: sockets.BadMessages = field(default_factory=lambda: sockets.BadMessages("watch"))
 
     # ------------------------------------------------------------------ ingest
@@ -128,6 +130,8 @@ class WatchState:
                 self.failures.append(entry)
         elif isinstance(msg, protocol.SinkStatus):
             self.sink = msg
+        elif isinstance(msg, protocol.TrainProgress):
+            self.training = msg
         self._forget(now)
 
     def _on_progress(self, p: protocol.Progress, now: float) -> None:
@@ -233,8 +237,11 @@ class WatchState:
             sink.update({"sink": self.sink.sink, "host": self.sink.host, "pid": self.sink.pid,
                          "uptime": round(self.sink.uptime, 1),
                          "bad_messages": self.sink.bad_messages})
-        return {"sink": sink, "workers": workers, "jobs": jobs,
-                "failures": list(self.failures), "bad_messages": self.bad.count}
+        out = {"sink": sink, "workers": workers, "jobs": jobs,
+               "failures": list(self.failures), "bad_messages": self.bad.count}
+        if self.training is not None:
+            out["training"] = self.training.header()
+        return out
 
 
 def _progress_from_done(d: protocol.JobDone) -> protocol.Progress:
@@ -340,6 +347,12 @@ def render(state: WatchState, endpoint: str, width: int = WIDE):
                      rate, eta, state_txt)
 
     parts = [head, workers, jobs]
+    t = snap.get("training")
+    if t is not None:
+        val = t.get("val_accuracy")
+        parts.append(Text(f"training: epoch {t['epoch']}/{t['epochs']} · step {t['step']}/"
+                          f"{t['steps']} · loss {t['loss']:.4f} · workers {t['workers']}"
+                          + (f" · val accuracy {val:.3f}" if val is not None else "")))
     if snap["failures"]:
         fails = Table(title="last failures", title_justify="left", expand=False)
         fails.add_column("image")

@@ -16,7 +16,7 @@ import zmq
 
 from zmqvision import protocol, sockets
 
-_TILES = (protocol.MsgType.TILE, protocol.MsgType.IMAGE_WORK)
+_TILES = (protocol.MsgType.TILE, protocol.MsgType.IMAGE_WORK, protocol.MsgType.TRAIN_INVITE)
 
 
 class TileLink:

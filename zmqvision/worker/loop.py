@@ -18,6 +18,7 @@ from zmqvision.worker.heartbeat import Heartbeats
 from zmqvision.worker.images import ImageCutter, ImageDecoder
 from zmqvision.worker.link import TileLink
 from zmqvision.worker.results import ResultSender, tile_error, tile_result
+from zmqvision.worker.train import TrainService
 
 log = logging.getLogger("zmqvision.worker")
 
@@ -63,6 +64,7 @@ class Worker:
         self.link: TileLink | None = None
         self.results: ResultSender | None = None
         self.secured = None
+        self.training = TrainService(self.ctx, self.id, self.poller, config.curve)
         try:
             self.link = TileLink(self.ctx, config.tile_endpoints(), self.id, self.poller,
                                  self.engine.requests)
@@ -108,8 +110,11 @@ class Worker:
                 for msg in self.link.tiles(src):
                     if isinstance(msg, protocol.ImageWork):
                         self._take_image(src, msg)
+                    elif isinstance(msg, protocol.TrainInvite):
+                        self.training.invite(msg)
                     else:
                         self.waiting.append((src, msg))
+        self.training.serve(events)
         if self.link.waiting_for_room:
             self.link.send_owed()
         self._start_waiting()
@@ -206,6 +211,7 @@ class Worker:
         """Close in the order that never hangs: the device first (no callback after)."""
         self.engine.close()
         self.images.close()
+        self.training.close()
         if self.secured is not None:
             self.secured.close()
         if self.link is not None:
