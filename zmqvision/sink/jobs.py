@@ -433,4 +433,7 @@ class JobState:
             lag=None if self.live is None else self.live.lag,
             backlog=None if self.live is None else self.live.backlog,
             dropped=0 if self.live is None else self.live.dropped,
+            stage2=None if self.stage2 is None else self.stage2.kind,
+            objects_seen=self.objects_seen,
+            objects_done=self.objects_done,
         )
