@@ -243,7 +243,10 @@ def _model_options(f):
     f = click.option("--model", "-m", default="centerface", show_default=True,
                      help="Catalog name (see `zmqvision models list`) or a path to a "
                           ".xml/.onnx/.tflite detector with [1,1,N,7] output (or, with "
-                          "--task classify, a classifier with [1,C] output).")(f)
+                          "--task classify, a classifier with [1,C] output). 'plates' "
+                          "and 'ocr' read: plates-det or ppocr-v4-det finds, plates-rec "
+                          "or ppocr-v4-rec reads each crop on the workers; each box gets "
+                          "\"text\" and \"text_score\" (docs/recognition.md).")(f)
     return f
 
 
@@ -526,7 +529,10 @@ def _stage2_worker_model(job) -> str | None:
 
 
 def _stage2_config(kw) -> dict:
-    """The job's second stage (--identify); usage errors for what cannot work."""
+    """The job's second stage (--identify, or the reader of --model plates/ocr); usage
+    errors for what cannot work."""
+    if kw.get("reader"):
+        return {"stage2": kw["reader"]}
     if not kw.get("identify"):
         if kw.get("identity_threshold") is not None:
             raise click.BadParameter("needs --identify", param_hint="--identity-threshold")
@@ -541,11 +547,29 @@ def _stage2_config(kw) -> dict:
             "identity_threshold": kw.get("identity_threshold")}
 
 
+def _reading_pair(kw) -> None:
+    """``--model plates`` / ``--model ocr`` name a reading pair (tasks.stage2.PAIRS): the
+    job runs the pair's detector with its reader as the second stage (``kw["reader"]``);
+    a worker given the pair also runs its reader (``--stage2`` unless given)."""
+    from zmqvision.tasks.stage2 import KINDS, PAIRS
+
+    pair = PAIRS.get(kw.get("model") or "")
+    if pair is None:
+        return
+    if kw.get("identify"):
+        raise click.BadParameter(f"--model {kw['model']} reads; --identify is for faces",
+                                 param_hint="--identify")
+    kw["model"], kw["reader"] = pair
+    if "stage2" in kw and kw["stage2"] is None:
+        kw["stage2"] = KINDS[pair[1]][1]
+
+
 def _check_model(kw) -> None:
     """Resolve the model early so a typo is a usage error, not a traceback in a child."""
     from zmqvision.models import resolve
     from zmqvision.tasks import TASKS
 
+    _reading_pair(kw)
     try:
         spec = resolve(kw["model"], task=kw.get("task"))
     except ValueError as exc:
@@ -892,8 +916,9 @@ def sink_config(params: Mapping) -> SinkConfig:
               help="Seconds between heartbeats.")
 @click.option("--id", "worker_id", default=None, help="Worker id [default: host-pid-random].")
 @click.option("--stage2", default=None,
-              help="Also run this second-stage model for two-stage jobs' crops, e.g. "
-                   "mobilefacenet (run --identify).")
+              help="Also run this second-stage model for two-stage jobs' crops: "
+                   "mobilefacenet (run --identify), plates-rec or ppocr-v4-rec (run "
+                   "--model plates/ocr) [default with --model plates/ocr: its reader].")
 @click.option("-v", "--verbose", count=True)
 @_curve_option
 @_child_options

@@ -194,7 +194,7 @@ class JobProgressBar:
             BarColumn(),
             _CountColumn(),
             TextColumn("· {task.fields[cached]} cached · {task.fields[tiles]} tiles · "
-                       "{task.fields[failed]} failed"),
+                       "{task.fields[stage2]}{task.fields[failed]} failed"),
             TimeElapsedColumn(),
             _EtaColumn(),
             console=self._console,
@@ -211,7 +211,7 @@ class JobProgressBar:
             self._make_bar()
             self._bar.start()
             self._task = self._bar.add_task("zmqvision", total=None, tiles=0, failed=0,
-                                            cached=0, live=None)
+                                            cached=0, live=None, stage2="")
             self._refresh()
         return self
 
@@ -256,9 +256,10 @@ class JobProgressBar:
         if p is None:
             self._bar.update(self._task, total=self.total())
             return
+        stage = stage2_text(p.stage2, p.objects_seen, p.objects_done)
         self._bar.update(self._task, completed=p.images_done, total=self.total(),
                          tiles=p.tiles_done, failed=p.images_failed, cached=p.images_cached,
-                         live=self.live_text())
+                         live=self.live_text(), stage2=f"{stage} · " if stage else "")
 
     def note(self, message: str) -> None:
         if self._bar is not None and self._bar.live.is_started:
@@ -305,6 +306,18 @@ def _CountColumn():  # noqa: N802 - made on first use: rich is imported only for
 
 def _EtaColumn():  # noqa: N802
     return _columns()[1]()
+
+
+# What a two-stage job's objects are called on screen (Progress.stage2 → noun).
+OBJECT_NOUNS = {"identify": "faces", "plates": "plates", "ocr": "lines"}
+
+
+def stage2_text(stage2: str | None, seen: int, done: int) -> str | None:
+    """A two-stage job's second stage as ``faces 12/15`` (answered of found so far); None
+    for a one-stage job."""
+    if stage2 is None:
+        return None
+    return f"{OBJECT_NOUNS.get(stage2, 'objects')} {done}/{seen}"
 
 
 def summary_line(done: protocol.JobDone) -> str:

@@ -1087,12 +1087,20 @@ class Progress:
     lag: float | None = None
     backlog: int | None = None
     dropped: int = 0
+    # A two-stage job (tasks.stage2): its kind ("identify", "plates", "ocr"), the objects
+    # stage 1 found in the images merged so far (each a stage-2 tile) and those answered.
+    stage2: str | None = None
+    objects_seen: int = 0
+    objects_done: int = 0
 
     def header(self) -> dict:
         h = asdict(self)
         h["failures"] = list(self.failures)
         if not self.live:  # the fields of a live job only
             for key in ("live", "lag", "backlog", "dropped"):
+                del h[key]
+        if self.stage2 is None:  # the fields of a two-stage job only
+            for key in ("stage2", "objects_seen", "objects_done"):
                 del h[key]
         return h
 
@@ -1116,6 +1124,9 @@ class Progress:
             lag=_float(h, "lag", optional=True, lo=0.0),
             backlog=_count(h, "backlog", optional=True),
             dropped=_count(h, "dropped", optional=True) or 0,
+            stage2=_name(h, "stage2", optional=True),
+            objects_seen=_count(h, "objects_seen", optional=True) or 0,
+            objects_done=_count(h, "objects_done", optional=True) or 0,
         )
 
 

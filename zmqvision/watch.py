@@ -224,6 +224,9 @@ class WatchState:
                 "done": j.done is not None or p.done, "state": state,
                 "idle": round(now - j.changed, 1),
             }
+            if p.stage2 is not None:  # a two-stage job: its second stage's progress
+                entry.update(stage2=p.stage2, objects_seen=p.objects_seen,
+                             objects_done=p.objects_done)
             if p.live:  # no total: a rate and how far behind it is instead
                 entry.update(live=True, lag=p.lag, backlog=p.backlog, dropped=p.dropped,
                              images_per_s=round(j.image_rate, 2))
@@ -273,6 +276,8 @@ def render(state: WatchState, endpoint: str, width: int = WIDE):
     from rich.progress_bar import ProgressBar
     from rich.table import Table
     from rich.text import Text
+
+    from zmqvision.console import stage2_text
 
     snap = state.snapshot()
     s = snap["sink"]
@@ -326,6 +331,9 @@ def render(state: WatchState, endpoint: str, width: int = WIDE):
         if j["images_cached"]:
             images += f" ({j['images_cached']} cached)"
         tiles = f"{j['tiles_done']}/{j['tiles_total'] if j['tiles_total'] is not None else '?'}"
+        stage = stage2_text(j.get("stage2"), j.get("objects_seen", 0), j.get("objects_done", 0))
+        if stage:  # a two-stage job: "faces 12/15" under its tiles
+            tiles += f", {stage}"
         if j["done"]:
             summ = j.get("summary") or {}
             state_txt = Text(f"complete in {summ.get('seconds', j['elapsed']):.1f}s",

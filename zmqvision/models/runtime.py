@@ -41,6 +41,44 @@ FAMILIES: dict[str, tuple[OutputOrder, Decoder]] = {
     "detection_output": (detection_output.output_order, detection_output.decode),
 }
 
+
+
+def _plates_order(outputs):
+    from zmqvision.recognition import plates  # lazy: recognition imports this module
+
+    return plates.output_order(outputs)
+
+
+def _plates_decode(outputs, spec, threshold):
+    from zmqvision.recognition import plates
+
+    return plates.decode_outputs(outputs, spec, threshold)
+
+
+def _db_order(outputs):
+    from zmqvision.recognition import text
+
+    return text.output_order(outputs)
+
+
+def _db_decode(outputs, spec, threshold):
+    from zmqvision.recognition import text
+
+    return text.decode_outputs(outputs, spec, threshold)
+
+
+# The reading detectors (zmqvision.recognition): stage 1 of run --model plates / ocr. Both
+# decode each box with 4 points (a plate's corners, a line's rotated rectangle) in
+# ``Detections.landmarks``.
+FAMILIES["retinaface-plates"] = (_plates_order, _plates_decode)
+FAMILIES["db"] = (_db_order, _db_decode)
+
+# Per-channel means (in the model's colour order) that ``Preprocess``'s one number cannot
+# say: the plate detector subtracts (104, 117, 123) from B, G, R (recognition.plates.BGR_MEAN).
+FAMILY_MEANS: dict[str, tuple[float, float, float]] = {
+    "retinaface-plates": (104.0, 117.0, 123.0),
+}
+
 VIRTUAL_DEVICES = ("AUTO", "MULTI", "HETERO", "BATCH")
 
 
@@ -277,7 +315,9 @@ def build_model(model: ov.Model, spec: ModelSpec) -> ov.Model:
     steps.convert_element_type(ov.Type.f32)
     if pre.color == "BGR":
         steps.reverse_channels()
-    if pre.mean:
+    if spec.family in FAMILY_MEANS:
+        steps.mean(list(FAMILY_MEANS[spec.family]))
+    elif pre.mean:
         steps.mean(float(pre.mean))
     if pre.scale != 1.0:
         steps.scale(float(pre.scale))

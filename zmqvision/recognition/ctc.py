@@ -7,9 +7,14 @@ class ``k`` the ``k``-th character. Decoding is greedy, as PaddleOCR's
 ``CTCLabelDecode``: the best class per step, repeats collapsed, blanks dropped; the
 confidence is the mean probability of the characters kept (0 for an empty read).
 
-Crops are batched by similar width (sorted by aspect ratio, as PaddleOCR does) and
-padded on the right with mid-grey, which the normalisation maps to ~0, PaddleOCR's
-padding value; a padded column reads as blank.
+Crops are padded on the right with mid-grey (to a multiple of 8 columns, and to the
+widest of their batch), which the normalisation maps to ~0, PaddleOCR's padding value.
+A padded column is not quite neutral: PP-OCRv4's reader mixes columns (attention), so a
+crop padded to a wider neighbour's width can read differently from the crop alone. The
+default is therefore a batch of one (each crop read alone), which is also how the
+pipeline's second-stage workers read (one crop per tile): the references and the
+pipeline read each crop identically. ``batch > 1`` batches by similar width (sorted by
+aspect ratio, as PaddleOCR does), faster for many small crops in one process.
 """
 
 from __future__ import annotations
@@ -85,7 +90,7 @@ class CtcReader:
         self,
         spec: ModelSpec | str = "ppocr-v4-rec",
         *,
-        batch: int = 8,
+        batch: int = 1,
         device: str = "CPU",
         threads: int | None = None,
         cache_dir: str | Path | None = None,

@@ -85,6 +85,28 @@ def decode(loc: np.ndarray, conf: np.ndarray, landms: np.ndarray, width: int, he
     return Detections(boxes[kept], s[kept], np.zeros(len(kept), np.int32), corners[kept])
 
 
+def output_order(outputs: list[tuple[set[str], tuple[int, ...]]]) -> list[int]:
+    """Indices of ``loc``, ``conf``, ``landms`` among the compiled outputs (by name; the
+    worker's ``models.runtime.Detector`` reads them so, family ``retinaface-plates``)."""
+    order = []
+    for want in ("loc", "conf", "landms"):
+        i = next((i for i, (names, _) in enumerate(outputs) if want in names), None)
+        if i is None:
+            raise ValueError(f"plate detector outputs {[sorted(n) for n, _ in outputs]} "
+                             f"lack {want!r}")
+        order.append(i)
+    return order
+
+
+def decode_outputs(outputs: list[np.ndarray], spec: ModelSpec, score_threshold: float
+                   ) -> Detections:
+    """``models.runtime``'s decoder for family ``retinaface-plates``: the outputs of one
+    tile of ``spec.input_size`` → plates with their 4 corners, as ``PlateDetector``."""
+    w, h = spec.input_size
+    loc, conf, landms = outputs
+    return decode(loc, conf, landms, w, h, score_threshold, spec.nms_threshold)
+
+
 class PlateDetector:
     """The compiled plate detector: ``detect(pixels)`` → plates in those pixels."""
 

@@ -90,6 +90,21 @@ def db_boxes(prob: np.ndarray, config: DbConfig = DbConfig()) -> Detections:
     return Detections(boxes, scores[kept].astype(np.float32), np.zeros(len(kept), np.int32), q)
 
 
+def output_order(outputs: list[tuple[set[str], tuple[int, ...]]]) -> list[int]:
+    """DB has one output, the probability map."""
+    if len(outputs) != 1:
+        raise ValueError(f"a DB text detector has one output, got {len(outputs)}")
+    return [0]
+
+
+def decode_outputs(outputs: list[np.ndarray], spec: ModelSpec, score_threshold: float
+                   ) -> Detections:
+    """``models.runtime``'s decoder for family ``db``: one tile's probability map → its
+    lines with their rotated rectangles, as ``TextDetector.detect`` (``score_threshold``
+    is DB's box threshold, the spec's by default)."""
+    return db_boxes(outputs[0][0, 0], DbConfig(box_threshold=score_threshold))
+
+
 class TextDetector:
     """The compiled DB text detector: ``detect(pixels)`` → lines in those pixels."""
 
@@ -156,7 +171,8 @@ def detect_text(
     overlap: float = 0.2,
     merge_config: MergeConfig = MergeConfig(),
 ) -> Detections:
-    """Stage 1: text lines in image pixels, found per tile and merged across tiles."""
+    """Stage 1: text lines in image pixels, found per tile, merged across tiles, and
+    the pieces of a line longer than the tiles' overlap joined (``join_lines``)."""
     h, w = image.shape[:2]
     tiles = plan_scales(w, h, scales or [detector.input_size, None], overlap)
     parts = []
@@ -167,7 +183,86 @@ def detect_text(
             assert d.landmarks is not None
             parts.append(Detections(to_image_coords(d.boxes, tile.box, s), d.scores, d.labels,
                                     points_to_image_coords(d.landmarks, tile.box, s)))
-    return merge(Detections.concat(parts), merge_config)
+    return join_lines(merge(Detections.concat(parts), merge_config))
+
+
+@dataclass(frozen=True)
+class LineJoin:
+    """When two merged boxes are pieces of one text line cut by a tile border: they
+    overlap along x (the pieces share the tiles' overlap band), they cover the same rows
+    (vertical overlap over the lower box's height ≥ ``rows``) and are of like height
+    (shorter over taller ≥ ``heights``)."""
+
+    rows: float = 0.6
+    heights: float = 0.6
+
+
+def join_lines(dets: Detections, config: LineJoin = LineJoin()) -> Detections:
+    """Join the pieces of lines cut by tile borders into whole lines.
+
+    The overlap merge (IOS 0.5) fuses a piece with the line's whole copy from a
+    neighbouring tile; but a line longer than the tiles' overlap band is whole in no tile,
+    and its two pieces share only the band: their IOS is band / shorter piece, under 0.5
+    once the shorter piece is over twice the band (measured: a 1,000 px line across a
+    960 px tile border came out as two lines). Pieces of one line are level and overlap
+    along x; lines above or below each other do not share rows, and words of a row that
+    do not touch stay apart. Each group of pieces becomes its union box with the best
+    score, its points that box's corners (``line_quads`` then crops the box). Groups are
+    found by a sweep along x (O(N log N + touching pairs)); the result keeps the input's
+    order (each group where its first piece was)."""
+    n = len(dets)
+    if n < 2:
+        return dets
+    b = dets.boxes
+    parent = np.arange(n)
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return int(i)
+
+    active: list[int] = []
+    for i in np.argsort(b[:, 0], kind="stable"):
+        active = [j for j in active if b[j, 2] > b[i, 0]]
+        for j in active:
+            rows = min(b[i, 3], b[j, 3]) - max(b[i, 1], b[j, 1])
+            hi, hj = b[i, 3] - b[i, 1], b[j, 3] - b[j, 1]
+            if (min(hi, hj) > 0 and rows >= config.rows * min(hi, hj)
+                    and min(hi, hj) >= config.heights * max(hi, hj)):
+                parent[root(i)] = root(j)
+        active.append(int(i))
+    roots = np.array([root(i) for i in range(n)])
+    if len(np.unique(roots)) == n:
+        return dets
+    first = {}
+    for i, r in enumerate(roots):
+        first.setdefault(int(r), i)
+    boxes, scores, labels, quads = [], [], [], []
+    for r, i in sorted(first.items(), key=lambda kv: kv[1]):
+        members = np.flatnonzero(roots == r)
+        if len(members) == 1:
+            boxes.append(b[i])
+            quads.append(dets.landmarks[i] if dets.landmarks is not None else
+                         _rect(b[i]))
+        else:
+            box = np.concatenate([b[members, :2].min(0), b[members, 2:].max(0)])
+            boxes.append(box)
+            quads.append(_rect(box))
+        scores.append(dets.scores[members].max())
+        labels.append(dets.labels[i])
+    return Detections(np.stack(boxes), np.asarray(scores, np.float32),
+                      np.asarray(labels, np.int32), np.stack(quads))
+
+
+def _rect(box: np.ndarray) -> np.ndarray:
+    x0, y0, x1, y1 = box
+    return np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], np.float64)
+
+
+def reading_order(boxes: np.ndarray, indices: Sequence[int]) -> list[int]:
+    """``indices`` of lines top to bottom (rows of 10 px), then left to right."""
+    return sorted(indices, key=lambda i: (round(float(boxes[i][1]) / 10), float(boxes[i][0])))
 
 
 def line_quads(dets: Detections, agree: float = 0.8) -> np.ndarray:
@@ -217,7 +312,7 @@ def read_text(
     quads = line_quads(dets)
     reads = reader.read(line_crops(image, quads))
     # The reader may give a space at either end of a line (the unclipped margin): dropped.
-    lines = [TextLine(tuple(float(v) for v in dets.boxes[i]), float(dets.scores[i]), quads[i],
-                      r.text.strip(), r.confidence)
-             for i, r in enumerate(reads) if r.text.strip() and r.confidence >= min_confidence]
-    return sorted(lines, key=lambda t: (round(t.box[1] / 10), t.box[0]))
+    kept = [i for i, r in enumerate(reads) if r.text.strip() and r.confidence >= min_confidence]
+    return [TextLine(tuple(float(v) for v in dets.boxes[i]), float(dets.scores[i]), quads[i],
+                     reads[i].text.strip(), reads[i].confidence)
+            for i in reading_order(dets.boxes, kept)]

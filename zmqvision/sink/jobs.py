@@ -68,6 +68,7 @@ class ImageState:
     answers: dict[int, tuple] = field(default_factory=dict)
     objects_at: float = 0.0
     extras: list[dict] | None = None  # per object: landmarks, identity (record_extras)
+    kept: np.ndarray | None = None  # the objects the record holds, in its order
 
 
 class JobState:
@@ -273,7 +274,7 @@ class JobState:
         the image failed): its record can be written at once."""
         if img.error is not None:
             return None
-        objects = self.task.merge(img.parts, self.merge)
+        objects = stage2.objects_of(self.stage2, self.task.merge(img.parts, self.merge))
         if len(objects) and (objects.landmarks is None
                              or objects.landmarks.shape[1] != self.stage2.points):
             img.error = {"type": "bad_result", "message": "stage-1 results without the "
@@ -298,8 +299,8 @@ class JobState:
         """Per object, its record entry's second-stage fields (``img.extras``); a match
         that fails (a gallery of another embedding size) is the image's error."""
         try:
-            img.extras = stage2.record_extras(self.stage2, img.objects, img.answers,
-                                              self.matcher)
+            img.kept, img.extras = stage2.record_extras(self.stage2, img.objects,
+                                                        img.answers, self.matcher)
         except Exception as exc:
             img.error = {"type": "gallery_failed", "message": str(exc)}
 
@@ -358,7 +359,9 @@ class JobState:
         if info.cached is not None:
             dets = info.cached.detections  # merged when it was computed
         elif img.objects is not None:
-            dets = img.objects  # a two-stage image: merged when its stage 1 was whole
+            # A two-stage image: merged when its stage 1 was whole; the objects its
+            # record holds (text lines read as nothing are left out) in its order.
+            dets = img.objects if img.kept is None else img.objects.take(img.kept)
         else:
             dets = self.task.merge(img.parts, self.merge)
         if counted:
@@ -430,4 +433,7 @@ class JobState:
             lag=None if self.live is None else self.live.lag,
             backlog=None if self.live is None else self.live.backlog,
             dropped=0 if self.live is None else self.live.dropped,
+            stage2=None if self.stage2 is None else self.stage2.kind,
+            objects_seen=self.objects_seen,
+            objects_done=self.objects_done,
         )

@@ -37,6 +37,10 @@ from zmqvision.tasks.segmentation import Segmentation
 
 TASKS: dict[str, Task] = {"detection": Detection(), "classification": Classification(),
                           "segmentation": Segmentation()}
+# The reading detectors (plates-det, ppocr-v4-det) are detectors to every part of the
+# pipeline: boxes cut, decoded (their families in models.runtime), merged as any; their
+# catalog tasks name what the 4 points of each box mean (zmqvision.tasks.stage2).
+TASKS["plate-detection"] = TASKS["text-detection"] = TASKS["detection"]
 
 
 def get(name: str | None) -> Task:

@@ -14,6 +14,9 @@ from zmqvision.scales import resolve_scales
 from zmqvision.tasks.base import Decoded, Task, TaskSettings
 from zmqvision.tiling import cut_tile, draft_reducer, points_to_image_coords, to_image_coords
 
+# Families whose decoder gives every box its points: how many.
+POINT_FAMILIES = {"retinaface-plates": 4, "db": 4}
+
 
 class Detection(Task):
     name = "detection"
@@ -46,16 +49,27 @@ class Detection(Task):
     @staticmethod
     def _with_points(network, request, tile, score_threshold) -> Detections:
         """A two-stage job's stage-1 tile (``Tile.task["points"]``): boxes and their
-        landmarks, decoded as the reference's ``faces.identify.detect_tile``, both in
-        image pixels (points not clipped: alignment reads the original image)."""
+        points, both in image pixels (points not clipped: stage 2 reads the original
+        image). CenterFace's five landmarks are decoded as the reference's
+        ``faces.identify.detect_tile``; the reading detectors' decoders (plates-det,
+        ppocr-v4-det: models.runtime FAMILIES) always give 4 points per box."""
         from zmqvision.models import centerface
 
-        if network.spec.family != "centerface":
-            raise ValueError(f"points need CenterFace, not {network.spec.ref}")
-        thr = network.spec.score_threshold if score_threshold is None else float(score_threshold)
-        dets = centerface.decode(network.outputs_of(request), network.spec, thr, landmarks=True)
-        if not len(dets):  # no face: empty points of the right shape ([0, 5, 2])
-            return Detections(dets.boxes, dets.scores, dets.labels, np.zeros((0, 5, 2)))
+        family = network.spec.family
+        if family == "centerface":
+            thr = (network.spec.score_threshold if score_threshold is None
+                   else float(score_threshold))
+            dets = centerface.decode(network.outputs_of(request), network.spec, thr,
+                                     landmarks=True)
+            k = 5
+        elif family in POINT_FAMILIES:
+            dets = network.decode(network.outputs_of(request), score_threshold)
+            k = POINT_FAMILIES[family]
+        else:
+            raise ValueError(f"points need CenterFace, plates-det or ppocr-v4-det, not "
+                             f"{network.spec.ref}")
+        if not len(dets):  # nothing found: empty points of the right shape ([0, K, 2])
+            return Detections(dets.boxes, dets.scores, dets.labels, np.zeros((0, k, 2)))
         return Detections(to_image_coords(dets.boxes, tile.box, tile.scale), dets.scores,
                           dets.labels,
                           points_to_image_coords(dets.landmarks, tile.box, tile.scale))

@@ -16,9 +16,18 @@ This module holds what is particular to each kind of second stage (``KINDS``):
 - ``identify`` (``run --identify``): CenterFace (stage 1, with landmarks) → align to the
   112 × 112 template (``faces.align``) → MobileFaceNet (stage 2, 192-d) → the sink
   matches the embeddings against the gallery (``faces.gallery``): ``"identity"``.
+- ``plates`` (``run --model plates``): plates-det (stage 1, 4 corners per plate) → each
+  plate rectified by its corners (``recognition.plates.plate_crops``) → plates-rec
+  (stage 2, CTC): ``"corners"``, ``"text"``, ``"text_score"``.
+- ``ocr`` (``run --model ocr``): ppocr-v4-det (stage 1, each line's rotated rectangle)
+  → pieces of a line cut by a tile border joined (``recognition.text.join_lines``) →
+  each line rectified (``line_crops(line_quads(...))``) → ppocr-v4-rec (stage 2):
+  ``"quad"``, ``"text"``, ``"text_score"``; lines read as nothing or below
+  ``READ_MIN_CONFIDENCE`` left out, the rest in reading order, as ``read_text``.
 
-The single-process reference (``faces.identify.identify_faces``) is what the pipeline
-must equal; tests/test_two_stage*.py hold it to that.
+The single-process references (``faces.identify.identify_faces``,
+``recognition.plates.read_plates``, ``recognition.text.read_text``) are what the
+pipeline must equal; tests/test_two_stage*.py hold it to that.
 """
 
 from __future__ import annotations
@@ -32,7 +41,14 @@ from zmqvision.boxes import Detections
 # kind → (the stage-1 model it needs, its second model, points per box)
 KINDS: dict[str, tuple[str, str, int]] = {
     "identify": ("centerface", "mobilefacenet", 5),
+    "plates": ("plates-det", "plates-rec", 4),
+    "ocr": ("ppocr-v4-det", "ppocr-v4-rec", 4),
 }
+# ``run --model NAME``: the names that mean a reading pair (stage-1 model, kind).
+PAIRS: dict[str, tuple[str, str]] = {"plates": ("plates-det", "plates"),
+                                     "ocr": ("ppocr-v4-det", "ocr")}
+READERS = ("plates", "ocr")
+READ_MIN_CONFIDENCE = 0.5  # ocr: rapidocr's text_score, as recognition.text.read_text
 MAX_GALLERY_CHARS = 4096
 
 
@@ -98,17 +114,46 @@ def plan(kind: str, model: str, *, gallery: str | None = None,
                           threshold=threshold)
 
 
+# ---------------------------------------------------------------------- sink, stage 1
+
+
+def objects_of(settings: Stage2Settings, merged: Detections) -> Detections:
+    """The objects stage 2 gets from an image's merged stage 1, as the reference makes
+    them: for ``ocr`` the pieces of a line cut by tile borders joined into one
+    (``recognition.text.join_lines``, which the standard merge misses for lines longer
+    than the overlap band); for ``plates`` each plate's corners ordered."""
+    if settings.kind == "ocr":
+        from zmqvision.recognition.text import join_lines
+
+        return join_lines(merged)
+    if settings.kind == "plates" and len(merged) and merged.landmarks is not None:
+        from zmqvision.recognition.geometry import order_quad
+
+        return Detections(merged.boxes, merged.scores, merged.labels,
+                          np.stack([order_quad(c) for c in merged.landmarks]))
+    return merged
+
+
 # ---------------------------------------------------------------------- ventilator
 
 
 def crops(settings: Stage2Settings, image: np.ndarray, objects: Detections) -> list[np.ndarray]:
-    """One stage-2 input per object, from the ORIGINAL image (uint8 ``[H, W, 3]``): for
-    ``identify`` each face aligned to 112 × 112 by its landmarks (``faces.align``), the
-    very call of the reference."""
+    """One stage-2 input per object, from the ORIGINAL image (uint8 ``[H, W, 3]``), the
+    very call of the reference: for ``identify`` each face aligned to 112 × 112 by its
+    landmarks (``faces.align``); for ``plates`` each plate rectified by its corners; for
+    ``ocr`` each line by its rectangle (or its box, for a line fused from pieces)."""
     if not len(objects):
         return []
     if objects.landmarks is None or objects.landmarks.shape[1] != settings.points:
         raise ValueError(f"{settings.kind} needs {settings.points} points per object")
+    if settings.kind == "plates":
+        from zmqvision.recognition.plates import plate_crops
+
+        return plate_crops(image, objects.landmarks)
+    if settings.kind == "ocr":
+        from zmqvision.recognition.text import line_crops, line_quads
+
+        return line_crops(image, line_quads(objects))
     from zmqvision.faces.align import align_many
 
     return list(align_many(image, objects.landmarks))
@@ -117,27 +162,49 @@ def crops(settings: Stage2Settings, image: np.ndarray, objects: Detections) -> l
 # ---------------------------------------------------------------------- worker
 
 
+Answer = tuple[np.ndarray | None, str | None, float | None]  # embedding, text, text score
+MAX_CROP_SIDE = 8192  # a reader's crop: a line longer than this is not a line
+
+
 class Stage2Runner:
-    """A worker's second model: one crop in, its answer out (for ``identify`` the unit
-    embedding). Runs synchronously in the worker's loop: a 112 × 112 face takes ~2 ms on a
-    CPU core, so a crop between two polls never holds a heartbeat up."""
+    """A worker's second model: one crop in, its answer out (``answer``: for
+    ``identify`` the unit embedding, for a reader the text and its confidence). Runs
+    synchronously in the worker's loop: a 112 × 112 face takes ~2 ms on a CPU core, a
+    plate ~3 ms, a text line ~10-20 ms (docs/recognition.md), so a crop between two
+    polls never holds a heartbeat up.
+
+    A reader reads each crop alone (``CtcReader.read([crop])``, batch of one), padded
+    only to its own width: the single-process references read the same way
+    (``CtcReader``'s default batch is 1), so a crop reads the same in both."""
 
     def __init__(self, model: str, *, device: str = "CPU", threads: int | None = None) -> None:
         from zmqvision.models import resolve
 
         self.spec = resolve(model)
-        if self.spec.task != "embedding":
-            raise ValueError(f"{self.spec.ref} ({self.spec.task}) is not a second-stage model "
-                             "a worker runs (mobilefacenet)")
-        from zmqvision.faces.embed import FaceEmbedder
+        self._embedder = self._reader = None
+        if self.spec.task == "embedding":
+            from zmqvision.faces.embed import FaceEmbedder
 
-        self._embedder = FaceEmbedder(self.spec, device=device, threads=threads)
+            self._embedder = FaceEmbedder(self.spec, device=device, threads=threads)
+        elif self.spec.family == "ctc":
+            from zmqvision.recognition.ctc import CtcReader
+
+            self._reader = CtcReader(self.spec, batch=1, device=device, threads=threads)
+        else:
+            raise ValueError(f"{self.spec.ref} ({self.spec.task}) is not a second-stage model "
+                             "a worker runs (mobilefacenet, plates-rec, ppocr-v4-rec)")
 
     @property
     def ref(self) -> str:
         return self.spec.ref
 
     def refusal(self, pixels: np.ndarray) -> str | None:
+        if self._reader is not None:
+            if (pixels.ndim != 3 or pixels.shape[2] != 3
+                    or max(pixels.shape[:2]) > MAX_CROP_SIDE):
+                return f"a reader's crop is [h, w, 3] up to {MAX_CROP_SIDE}, got " \
+                       f"{list(pixels.shape)}"
+            return None
         from zmqvision.faces.align import CROP_SIZE
 
         if pixels.shape != (CROP_SIZE, CROP_SIZE, 3):
@@ -145,8 +212,16 @@ class Stage2Runner:
         return None
 
     def run(self, pixels: np.ndarray) -> np.ndarray:
-        """The crop's unit embedding (float32 ``[D]``)."""
+        """The crop's unit embedding (float32 ``[D]``): ``identify`` only."""
+        assert self._embedder is not None
         return self._embedder.embed(pixels[None])[0]
+
+    def answer(self, pixels: np.ndarray) -> Answer:
+        """What the worker sends for one crop: (embedding, text, text score)."""
+        if self._reader is None:
+            return self.run(pixels), None, None
+        read = self._reader.read([pixels])[0]
+        return None, read.text, min(1.0, max(0.0, read.confidence))
 
 
 # ---------------------------------------------------------------------- sink
@@ -155,6 +230,10 @@ class Stage2Runner:
 def check_answer(settings: Stage2Settings, embedding: np.ndarray | None,
                  text: str | None) -> str | None:
     """Why a stage-2 result cannot be this job's (then that object's error), or None."""
+    if settings.kind in READERS:
+        if text is None or embedding is not None:
+            return "a reader's stage-2 answer is its text"
+        return None
     if settings.kind == "identify":
         if embedding is None or text is not None:
             return "a face's stage-2 answer is its embedding"
@@ -191,13 +270,38 @@ class Matcher:
 
 
 def record_extras(settings: Stage2Settings, objects: Detections,
-                  answers: dict[int, tuple[np.ndarray | None, str | None, float | None]],
-                  matcher: Matcher | None) -> list[dict]:
-    """Per object, the fields its record entry gets beside box, score and label:
-    ``landmarks`` (2 decimals, as the reference's ``Face.record``) and ``identity``.
-    ``answers[i]`` is object ``i``'s (embedding, text, text score)."""
+                  answers: dict[int, Answer],
+                  matcher: Matcher | None) -> tuple[np.ndarray, list[dict]]:
+    """Which objects the record holds, in its order (indices into ``objects``), and per
+    object kept, the fields its record entry gets beside box, score and label:
+    ``landmarks`` (2 decimals, as the reference's ``Face.record``) and ``identity``;
+    a plate's ``corners``, a line's ``quad``, and both their ``text`` and ``text_score``.
+    ``answers[i]`` is object ``i``'s (embedding, text, text score). Every face and plate
+    is kept, best first; text lines read as nothing or below ``READ_MIN_CONFIDENCE`` are
+    left out and the rest put in reading order, as ``read_text``."""
     n = len(objects)
+    order = np.arange(n)
     extras: list[dict] = [{} for _ in range(n)]
+    if settings.kind in READERS:
+        key = "corners" if settings.kind == "plates" else "quad"
+        quads = objects.landmarks
+        if settings.kind == "ocr" and n:
+            from zmqvision.recognition.text import line_quads
+
+            quads = line_quads(objects)
+        for i in range(n):
+            text, score = answers[i][1] or "", float(answers[i][2] or 0.0)
+            if settings.kind == "ocr":
+                text = text.strip()  # the reader may put a space at a line's ends
+            extras[i] = {key: np.round(quads[i], 2).tolist(), "text": text,
+                         "text_score": round(score, 4)}
+        if settings.kind == "ocr":
+            from zmqvision.recognition.text import reading_order
+
+            kept = [i for i in range(n) if extras[i]["text"]
+                    and float(answers[i][2] or 0.0) >= READ_MIN_CONFIDENCE]
+            order = np.asarray(reading_order(objects.boxes, kept), np.int64)
+        return order, [extras[i] for i in order]
     if objects.landmarks is not None:
         for i in range(n):
             extras[i]["landmarks"] = np.round(objects.landmarks[i], 2).tolist()
@@ -206,4 +310,4 @@ def record_extras(settings: Stage2Settings, objects: Detections,
         assert matcher is not None
         for i, identity in enumerate(matcher.identities(embeddings)):
             extras[i]["identity"] = identity
-    return extras
+    return order, extras

@@ -148,7 +148,7 @@ class Worker:
             return
         t0 = time.perf_counter()
         try:
-            embedding = runner.run(tile.pixels)
+            embedding, text, text_score = runner.answer(tile.pixels)
         except Exception as exc:  # reported as the tile's error, never lost
             self._answer(src, tile_error(tile, self.id, runner.ref, "inference_failed",
                                          str(exc)), failed=True)
@@ -156,7 +156,8 @@ class Worker:
         self._answer(src, protocol.Result(
             job=tile.job, image=tile.image, index=tile.index, worker=self.id,
             model=runner.ref, detections=Detections.empty(), attempt=tile.attempt,
-            infer_ms=(time.perf_counter() - t0) * 1000.0, embedding=embedding), failed=False)
+            infer_ms=(time.perf_counter() - t0) * 1000.0, embedding=embedding, text=text,
+            text_score=text_score), failed=False)
 
     def _take_image(self, src: int, work: protocol.ImageWork) -> None:
         """A whole image: decoded and cut on the decoder's thread (``_take_decoded``)."""
