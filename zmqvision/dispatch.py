@@ -127,6 +127,10 @@ class Dispatcher:
         self.requeued = 0  # tiles sent again because their worker died or the lease ran out
         self.backups_sent = 0
         self.last_done_at = float("-inf")  # when any tile was last done
+        # ... and by whom (None: a tile with copies out, or none yet). A worker whose own
+        # tile was the last done has seen nobody else finish since (a lone worker, say):
+        # the times alone cannot tell, they are equal.
+        self.last_done_by: bytes | None = None
         self.quarantined = 0  # workers put in quarantine, repeats included
 
     # ------------------------------------------------------------------ workers
@@ -250,10 +254,12 @@ class Dispatcher:
             if key[1] != IMAGE:  # an image's time is not a tile's
                 self.durations.append(now - lease.first_sent)
             self.last_done_at = now
+            self.last_done_by = None
             # Its holder did it; of several copies we cannot tell whose answer came, and a
             # hoarder must not pass for busy by the backups others finished for it.
             if len(lease.holders) == 1:
-                slot = self.workers.get(next(iter(lease.holders)))
+                self.last_done_by = next(iter(lease.holders))
+                slot = self.workers.get(self.last_done_by)
                 if slot is not None:
                     slot.progress_at = now
 
@@ -264,6 +270,7 @@ class Dispatcher:
         lease.weight -= 1
         now = self.clock()
         self.last_done_at = now
+        self.last_done_by = next(iter(lease.holders)) if len(lease.holders) == 1 else None
         for wid in lease.holders:
             slot = self.workers.get(wid)
             if slot is not None:
@@ -316,7 +323,8 @@ class Dispatcher:
         limit = self.hoard_s()
         for slot in self.workers.values():
             if (slot.leases and now - slot.progress_at > limit
-                    and self.last_done_at >= slot.progress_at):
+                    and self.last_done_at >= slot.progress_at
+                    and self.last_done_by != slot.wid):  # someone else finished since
                 self.quarantine(slot, now)
 
     def quarantine(self, slot: WorkerSlot, now: float) -> None:
