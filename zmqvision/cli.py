@@ -243,7 +243,8 @@ def _model_options(f):
     f = click.option("--model", "-m", default="centerface", show_default=True,
                      help="Catalog name (see `zmqvision models list`) or a path to a "
                           ".xml/.onnx/.tflite detector with [1,1,N,7] output (or, with "
-                          "--task classify, a classifier with [1,C] output). 'plates' "
+                          "--task classify, a classifier with [1,C] output; with --task segment, a "
+                          "segmenter with a [1,H,W,C] or [1,C,H,W] score map). 'plates' "
                           "and 'ocr' read: plates-det or ppocr-v4-det finds, plates-rec "
                           "or ppocr-v4-rec reads each crop on the workers; each box gets "
                           "\"text\" and \"text_score\" (docs/recognition.md).")(f)
@@ -252,9 +253,12 @@ def _model_options(f):
 
 def _task_option(f):
     return click.option(
-        "--task", type=click.Choice(["detect", "classify"]), default=None,
+        "--task", type=click.Choice(["detect", "classify", "segment"]), default=None,
         help="What the model does [default: the catalog's; detect for a model file]. "
-             "classify: a user's model whose output is [1, C] class scores.")(f)
+             "classify: a user's model whose output is [1, C] class scores. segment: a "
+             "user's model whose one output is a score map at its input size, [1,H,W,C] "
+             "or [1,C,H,W] (C class logits, or C=1 a foreground probability); labels "
+             "from <stem>.txt beside it (docs/segmentation.md).")(f)
 
 
 def _job_options(f):

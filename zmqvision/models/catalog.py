@@ -6,8 +6,9 @@ tiles to its ``input_size``, workers compile it, and the sink names classes with
 different model refuses the tile instead of returning nonsense.
 
 The catalog models ship inside ordinary PyPI and npm packages (no model hub is needed,
-see ``docs``/MODELS.md); a user may also point at their own OpenVINO-readable file whose
-output is the common ``[1, 1, N, 7]`` DetectionOutput layout.
+see ``docs``/MODELS.md); a user may also point at their own OpenVINO-readable file: a
+detector whose output is the common ``[1, 1, N, 7]`` DetectionOutput layout, or (with a
+task) a classifier (``[1, C]``) or a segmenter (a score map at the input size).
 """
 
 from __future__ import annotations
@@ -472,23 +473,26 @@ USER_MODEL_SUFFIXES = (".xml", ".onnx", ".tflite")
 
 # What users may write for a task (``--task``), and the name a ModelSpec carries.
 TASK_NAMES = {"detect": "detection", "detection": "detection",
-              "classify": "classification", "classification": "classification"}
+              "classify": "classification", "classification": "classification",
+              "segment": "segmentation", "segmentation": "segmentation"}
 
 
 def task_name(task: str) -> str:
-    """``detect``/``classify`` (or the full names) → ``detection``/``classification``."""
+    """``detect``/``classify``/``segment`` (or the full names) → ``detection``/
+    ``classification``/``segmentation``."""
     try:
         return TASK_NAMES[str(task).lower()]
     except KeyError:
-        raise ValueError(f"unknown task {task!r}: use detect or classify") from None
+        raise ValueError(f"unknown task {task!r}: use detect, classify or segment") from None
 
 
 def resolve(model: str, input_size: tuple[int, int] | None = None,
             task: str | None = None) -> ModelSpec:
     """A catalog name, or the path of a user's model file; at ``input_size`` when given
-    (``ModelSpec.with_input_size``: ValueError if it cannot). ``task`` (``detect`` or
-    ``classify``; None: the catalog's, or detection for a user's file) says how a user's
-    file is read; for a catalog model it must agree with the catalog (ValueError)."""
+    (``ModelSpec.with_input_size``: ValueError if it cannot). ``task`` (``detect``,
+    ``classify`` or ``segment``; None: the catalog's, or detection for a user's file)
+    says how a user's file is read; for a catalog model it must agree with the catalog
+    (ValueError)."""
     wanted = None if task is None else task_name(task)
     spec = _find(model, wanted)
     if wanted is not None and spec.task != wanted:
@@ -526,7 +530,13 @@ def user_model(path: Path, task: str = "detection") -> ModelSpec:
 
     ``task`` "detection": an output ``[.., 7]`` (DetectionOutput). "classification": an
     output ``[1, C]`` of class scores (probabilities, or logits that the worker turns into
-    probabilities with a softmax, ``runtime.Classifier``).
+    probabilities with a softmax, ``runtime.Classifier``). "segmentation": one output, a
+    score map at the input size, ``[1, H, W, C]`` or ``[1, C, H, W]`` (``_score_map``;
+    ``segment.runtime.Segmenter`` reads either layout).
+
+    Pixels go in as 0..255 unless a float TF-Lite file's own metadata declares its
+    normalisation (``tflite_meta.input_normalization``: deeplabv3 wants [-1, 1]); a u8
+    input is the network's own business (an int8 model normalises inside).
 
     The version is the first 12 hex digits of the file's sha256, so that a worker given a
     different file under the same name refuses tiles cut for the other one. (For ``.xml``
@@ -557,6 +567,8 @@ def user_model(path: Path, task: str = "detection") -> ModelSpec:
     classes = 0
     if task == "classification":
         classes = _class_count(path, model)
+    elif task == "segmentation":
+        return _user_segmenter(path, model, layout, (width, height))
     elif not any(
         o.get_partial_shape()[-1].is_static and o.get_partial_shape()[-1].get_length() in (5, 7)
         for o in model.outputs
@@ -582,9 +594,86 @@ def user_model(path: Path, task: str = "detection") -> ModelSpec:
         path=str(path),
         # Open Model Zoo convention: BGR, 0-255, no normalisation in the caller; but a
         # TF-Lite classifier is TensorFlow's, trained on RGB (as efficientnet-lite0).
-        preprocess=Preprocess(layout=layout, mean=0.0, scale=1.0, color="RGB" if (
-            classes and path.suffix.lower() == ".tflite") else "BGR"),
+        preprocess=_user_preprocess(path, model, layout, rgb=bool(classes)),
     )
+
+
+def _user_preprocess(path: Path, model, layout: str, *, rgb: bool) -> Preprocess:
+    """What a user's file is fed. OpenVINO's (Open Model Zoo) convention: BGR, 0..255;
+    a TF-Lite classifier or segmenter is TensorFlow's, trained on RGB. A float TF-Lite
+    input gets the mean and std its metadata declares (none declared: 0..255 as is)."""
+    tflite = path.suffix.lower() == ".tflite"
+    mean, scale = 0.0, 1.0
+    if tflite and model.inputs[0].get_element_type().is_real():
+        from zmqvision.models.tflite_meta import input_normalization
+
+        mean, scale = input_normalization(path) or (mean, scale)
+    return Preprocess(layout=layout, color="RGB" if rgb and tflite else "BGR", mean=mean,
+                      scale=scale)
+
+
+def _user_segmenter(path: Path, model, layout: str, size: tuple[int, int]) -> ModelSpec:
+    """The spec of a user's segmenter: C from its score map, labels from ``<stem>.txt``
+    (C names; for a one-channel map one or two: the background is implied), else a
+    ``.txt`` zip member inside a TF-Lite file naming C classes (deeplabv3's labelmap),
+    else ``class_<i>`` (a one-channel map: ``background``, ``foreground``)."""
+    channels = _score_map(path, model, size)
+    txt = path.with_suffix(".txt")
+    if txt.is_file():
+        names = tuple(x.strip() for x in txt.read_text().splitlines() if x.strip())
+        if channels == 1 and len(names) == 1:
+            names = ("background", *names)
+        want = 2 if channels == 1 else channels
+        if len(names) != want:
+            raise ValueError(
+                f"{txt.name} names {len(names)} classes; model {path.name}'s score map has "
+                f"{channels} channel(s), so it needs "
+                + ("one name (the foreground) or two (background first)" if channels == 1
+                   else f"{channels} names, one per line in class-id order"))
+    elif channels == 1:
+        names = ("background", "foreground")
+    else:
+        inside = _zip_labels(path)
+        names = inside if inside is not None and len(inside) == channels else tuple(
+            f"class_{i}" for i in range(channels))
+    digest = file_sha256(path)
+    return ModelSpec(
+        name=path.stem,
+        version=digest[:12],
+        task="segmentation",
+        family="score_map",
+        input_size=size,
+        labels=names,
+        file_name=path.name,
+        sha256=digest,
+        source=f"user file {path}",
+        license="unknown (user-supplied)",
+        score_threshold=0.5,  # a one-channel map's foreground probability
+        nms_threshold=0.0,
+        path=str(path),
+        preprocess=_user_preprocess(path, model, layout, rgb=True),
+    )
+
+
+def _score_map(path: Path, model, size: tuple[int, int]) -> int:
+    """C of a segmenter's one output, a score map at the input size ``[1, H, W, C]``
+    (checked first, as ``Segmenter`` does) or ``[1, C, H, W]``; ValueError saying what
+    was found otherwise (a classifier's ``[1, C]`` among them)."""
+    w, h = size
+    shapes = ", ".join(str(o.get_partial_shape()) for o in model.outputs)
+    need = (f"--task segment needs one output, a score map at the input size: "
+            f"[1, {h}, {w}, C] or [1, C, {h}, {w}]")
+    if len(model.outputs) != 1:
+        raise ValueError(f"model {path.name} has {len(model.outputs)} outputs ({shapes}); "
+                         + need)
+    shape = model.outputs[0].get_partial_shape()
+    if shape.is_static and len(shape) == 4:
+        dims = [d.get_length() for d in shape]
+        if dims[0] == 1 and dims[1:3] == [h, w] and dims[3] >= 1:
+            return dims[3]
+        if dims[0] == 1 and dims[2:] == [h, w] and dims[1] >= 1:
+            return dims[1]
+    raise ValueError(f"model {path.name} output is {shapes}, not a score map; " + need)
 
 
 def _class_count(path: Path, model) -> int:
