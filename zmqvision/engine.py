@@ -436,7 +436,12 @@ class Engine:
         entry.sends[key[1]] = min(255, attempt + 1)
         encoding = self.workers.encoding(wid)
         if encoding == "image":
-            encoding = "jpeg"  # an image that cannot go whole goes as JPEG tiles
+            # An image that cannot go whole goes as JPEG tiles. One that may go whole but
+            # goes tile by tile (a raw worker began it, or its image worker died) goes raw:
+            # its other tiles are cut from these same pixels, by the raw workers or by an
+            # image worker's own cut, and a JPEG tile's detections differ from the raw
+            # tile's, so the image's record would depend on who took which tile.
+            encoding = "raw" if entry.whole else "jpeg"
         make = _TileMaker(entry.info, entry.job.plan, pixels, tile, entry.reduced, attempt,
                           encoding)
         entry.job.tiles_sent += 1
