@@ -257,16 +257,19 @@ def _outside_address() -> str | None:
 
 
 @pytest.mark.timeout(120)
-def test_auto_an_image_worker_gets_raw_tiles_of_an_image_a_raw_worker_began(
-        tmp_path, models_ready):
+@pytest.mark.parametrize("images", [1, 2])
+def test_auto_an_image_worker_never_gets_jpeg_tiles_of_an_image_a_raw_worker_began(
+        tmp_path, images, models_ready):
     """``--wire auto``: a local worker (raw tiles) takes the first tile of an image, so the
-    image can no longer go whole; the worker on another host (whole images) that asks
-    next gets its other tiles. They must be raw, cut from the same pixels as the local
-    worker's: JPEG tiles (for images that can never go whole) give slightly other
-    detections, so the record would differ from a raw run's, depending on which worker
-    asked first (tests/integration/test_wire_image_faults.py failed so)."""
+    image can no longer go whole; then the worker on another host (whole images) asks.
+    It gets the job's next image whole, admitted for it; with no other image, the begun
+    image's other tiles, raw, cut from the same pixels as the local worker's. JPEG tiles
+    (for images that can never go whole) give slightly other detections, so the record
+    would differ from a raw run's, depending on which worker asked first
+    (tests/integration/test_wire_image_faults.py failed so)."""
     import contextlib
 
+    from tests.conftest import wait_until
     from zmqvision.engine import JobFailed
     from zmqvision.plan import JobPlan, JobSettings
     from zmqvision.pool import Pool
@@ -275,9 +278,10 @@ def test_auto_an_image_worker_gets_raw_tiles_of_an_image_a_raw_worker_began(
     outside = _outside_address()
     if outside is None:
         pytest.skip("no non-loopback address to reach the ventilator from 'another host'")
-    path = tmp_path / "photo.jpg"
-    Image.open(ROOT / "examples" / "images" / "astronaut.jpg").convert("RGB").resize(
-        (1600, 1200)).save(path, quality=90)
+    paths = [tmp_path / f"photo{i}.jpg" for i in range(images)]
+    for i, path in enumerate(paths):
+        Image.open(ROOT / "examples" / "images" / "astronaut.jpg").convert("RGB").resize(
+            (1600, 1200)).rotate(i * 11).save(path, quality=90)
     ctx = zmq.Context()
     pull, pub = ctx.socket(zmq.PULL), ctx.socket(zmq.PUB)
     results, events = f"ipc://{tmp_path}/results", f"ipc://{tmp_path}/events"
@@ -286,7 +290,7 @@ def test_auto_an_image_worker_gets_raw_tiles_of_an_image_a_raw_worker_began(
     pool = Pool.connect(tiles="tcp://0.0.0.0:0", sink=results, events=events, model=MODEL,
                         cache=None, insecure=True, wire="auto")
     port = pool.tiles_endpoint.rsplit(":", 1)[1]
-    config = VentilateConfig(inputs=(str(path),), model=MODEL, cache=None,
+    config = VentilateConfig(inputs=tuple(map(str, paths)), model=MODEL, cache=None,
                              tiles=pool.tiles_endpoint, sink=results, events=events)
     stop = sockets.StopFlag()
 
@@ -321,11 +325,20 @@ def test_auto_an_image_worker_gets_raw_tiles_of_an_image_a_raw_worker_began(
                 break
         first = take(worker("local-w", "127.0.0.1", 1), 1)[0]
         assert isinstance(first, protocol.Tile) and first.encoding == "raw"
-        rest = take(worker("remote-w", outside, 3), 3)
+        # Every input read and decoded (the reader's loads done), so that the second image
+        # is there to admit when the remote worker asks (read from this thread: a peek).
+        wait_until(lambda: all(f.done() for j in list(pool.engine.jobs.values())
+                               for f in list(j.reader._pending)), 30, "inputs decoded")
+        remote = worker("remote-w", outside, 3)
+        if images == 2:
+            whole = take(remote, 1)[0]
+            assert isinstance(whole, protocol.ImageWork) and whole.image != first.image
+            return
+        rest = take(remote, 3)
         assert all(isinstance(t, protocol.Tile) for t in rest), rest
         assert [t.encoding for t in rest] == ["raw"] * 3
         plan = JobPlan(JobSettings(model=MODEL))
-        ventilator, _ = _ventilator_and_worker_cuts(path, plan)
+        ventilator, _ = _ventilator_and_worker_cuts(paths[0], plan)
         for t in (first, *rest):
             assert np.array_equal(np.asarray(t.pixels), np.asarray(ventilator[t.index].pixels))
     finally:
