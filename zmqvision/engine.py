@@ -365,21 +365,42 @@ class Engine:
             if self._has_unsent(job):
                 self._turn = (self._turn + i + 1) % len(jobs)
                 key = job.unsent[0]
+                if self.workers.encoding(wid) == "image":
+                    key = self._image_for(job) or key
                 entry = self.window[key]
                 if entry.next_tile == 0 and self._takes_whole(wid, entry):
                     entry.next_tile = len(entry.plan)
-                    job.unsent.popleft()
+                    job.unsent.remove(key)
                     return (key, IMAGE), False
                 index = entry.next_tile
                 entry.next_tile += 1
                 if entry.all_sent:
-                    job.unsent.popleft()
+                    job.unsent.remove(key)
                 return (key, index), False
         if all(isinstance(j, FileJob) and j.exhausted for j in jobs):
             key = d.backup_candidate(wid)
             if key is not None:
                 return key, True
         return None
+
+    def _image_for(self, job: Job) -> str | None:
+        """For a worker that takes whole images: the job's first unsent image other than
+        one that could go whole but whose tiles began going one by one (to raw workers),
+        admitting the job's next input for it if need be (and if its window has room).
+        Such a worker then gets an image of its own, whole, rather than raw tiles of
+        another across its link; None: there is none now (it takes the next tile)."""
+        while True:
+            for key in job.unsent:
+                entry = self.window.get(key)
+                if entry is not None and not entry.all_sent and not (
+                        entry.whole and entry.next_tile):
+                    return key
+            if job.in_flight >= job.window:
+                return None
+            nxt = job.next_input()
+            if nxt is None:
+                return None
+            self._admit(job, *nxt)
 
     def _send_tiles_again(self, key: str, entry: InFlight) -> None:
         """A whole image whose worker died, with no worker that takes images left to
@@ -436,7 +457,12 @@ class Engine:
         entry.sends[key[1]] = min(255, attempt + 1)
         encoding = self.workers.encoding(wid)
         if encoding == "image":
-            encoding = "jpeg"  # an image that cannot go whole goes as JPEG tiles
+            # An image that cannot go whole goes as JPEG tiles. One that may go whole but
+            # goes tile by tile (a raw worker began it, or its image worker died) goes raw:
+            # its other tiles are cut from these same pixels, by the raw workers or by an
+            # image worker's own cut, and a JPEG tile's detections differ from the raw
+            # tile's, so the image's record would depend on who took which tile.
+            encoding = "raw" if entry.whole else "jpeg"
         make = _TileMaker(entry.info, entry.job.plan, pixels, tile, entry.reduced, attempt,
                           encoding)
         entry.job.tiles_sent += 1
