@@ -403,10 +403,12 @@ class Engine:
             self._admit(job, *nxt)
 
     def _send_tiles_again(self, key: str, entry: InFlight) -> None:
-        """A whole image whose worker died, with no worker that takes images left to
-        take it: its tiles go one by one (the sink ignores those it already has)."""
+        """A whole image whose worker died, next in line for a worker that takes tiles
+        (none that takes images is left, or it is this one's turn): its tiles go one by
+        one, raw (the sink ignores those it already has, and raw tiles are the pixels a
+        whole-image worker would have cut: the records are the same)."""
         log.info("image %s goes again tile by tile (%d tiles): the worker that had it is "
-                 "gone and none left takes whole images", entry.info.path, len(entry.plan))
+                 "gone and the next worker takes tiles", entry.info.path, len(entry.plan))
         entry.next_tile = 0
         if key not in entry.job.unsent:
             entry.job.unsent.appendleft(key)
