@@ -12,6 +12,7 @@ from PIL import Image
 
 from tests.conftest import ipc, wait_event
 from tests.integration.test_reliability import records
+from tests.slow_worker import hold
 from tests.test_plates_samples import PLATE_TEXTS, plate_scene
 from tests.test_two_stage_readers import run_reading
 from zmqvision import protocol as P
@@ -49,9 +50,12 @@ def test_a_worker_killed_during_stage_two_loses_nothing(lot, tmp_path, procs):
     _, results, events = procs.sink(out)
     tiles = ipc(tmp_path, "tiles")
     # --model plates: the worker runs plates-det and, as its second stage, plates-rec.
+    # Slowed (each stage-1 tile held 300 ms), so that the job is still running when the
+    # kill is noticed: on a quiet machine the whole job took 1.4 s, ending before w1's
+    # missed heartbeats were counted, and the recovery path was never taken.
     workers = [procs.start("worker", "--model", "plates", "--tiles", tiles, "--results",
                            results, "--threads", "1", "--heartbeat", "0.5", "--id", f"w{i}",
-                           "--announce", name="worker") for i in range(2)]
+                           "--announce", name="worker", **hold(300)) for i in range(2)]
     for w in workers:
         procs.announced(w)
     vent = procs.start("ventilate", str(lot), "--model", "plates", "--bind", tiles,

@@ -12,6 +12,7 @@ from PIL import Image
 
 from tests.conftest import ipc, wait_event
 from tests.integration.test_reliability import records
+from tests.slow_worker import hold
 from tests.test_two_stage_faces import faces_of, run_identify, scene  # noqa: F401 (fixture)
 from zmqvision import protocol as P
 
@@ -48,13 +49,15 @@ def test_a_worker_killed_during_stage_two_loses_nothing(crowd, tmp_path, procs):
     workers = [procs.start("worker", "--model", "centerface", "--stage2", "mobilefacenet",
                            "--tiles", tiles, "--results", results, "--threads", "1",
                            "--heartbeat", "0.5", "--id", f"w{i}", "--announce",
-                           name="worker") for i in range(2)]
+                           name="worker", **hold(300)) for i in range(2)]
     for w in workers:
         procs.announced(w)
     vent = procs.start("ventilate", str(inputs), "--identify", "--gallery", url, "--scales",
                        "native,full", "--bind", tiles, "--sink-results", results,
                        "--sink-events", events, "--no-progress", "--no-cache", "-v",
                        name="ventilate")
+    # (Workers slowed, each stage-1 tile held 300 ms: on a quiet machine a job can end
+    # before w1's missed heartbeats are counted, and the recovery path goes untaken.)
     # The first image's stage 1 is merged: its crops are being cut and sent now.
     wait_event(events, P.MsgType.OBJECTS, lambda m: len(m.detections) > 0, timeout=240,
                alive=lambda: vent.poll() is None, what="objects for stage 2")
