@@ -82,3 +82,46 @@ def test_a_camera_faster_than_the_pool_drops_the_oldest_within_bounds(tmp_path,
     assert done.failed == 0
     assert live.arrivals.most <= 2  # bounded: never more than the queue waiting
     assert lags and max(lags) < 20.0, lags
+
+
+def test_identify_names_faces_per_frame_as_in_the_frames_saved_as_png(tmp_path,
+                                                                     models_ready):
+    """Issue 23's cameras with issue 21's second stage: `run clip.mp4 --fps 2 --identify`
+    gives each sampled frame its faces' names, the same as those frames saved as PNG."""
+    from tests.faces_samples import astronaut
+    from zmqvision.faces.embed import FaceEmbedder
+    from zmqvision.faces.gallery import Gallery
+    from zmqvision.faces.identify import largest_face_embedding
+    from zmqvision.models import resolve
+    from zmqvision.models.runtime import Detector
+
+    url = f"sqlite://{tmp_path / 'faces.sqlite3'}"
+    emb, _ = largest_face_embedding(astronaut(), Detector(resolve("centerface"), threads=2),
+                                    FaceEmbedder(threads=2))
+    gallery = Gallery.open(url)
+    gallery.enroll("Eileen Collins", emb[None], {"photos": ["astronaut"]})
+    gallery.close()
+    clip = tmp_path / "clip.mp4"
+    decoded = make_clip(clip, size=(640, 480))
+    out = tmp_path / "video.jsonl"
+    run(str(clip), "--fps", "2", "--identify", "--gallery", url, "--out", str(out))
+    recs = sorted(records(out), key=lambda r: r["frame"])
+    assert [r["frame"] for r in recs] == [0, 5, 10, 15, 20, 25]
+
+    pngs = tmp_path / "png"
+    pngs.mkdir()
+    for k in (0, 5, 10, 15, 20, 25):
+        Image.fromarray(decoded[k]).save(pngs / f"f{k:02d}.png")
+    out_png = tmp_path / "png.jsonl"
+    run(str(pngs), "--identify", "--gallery", url, "--out", str(out_png))
+    as_png = {int(r["image"].rsplit("/f", 1)[1][:2]): r for r in records(out_png)}
+
+    def names(rec):
+        return sorted((d["identity"] or {}).get("name") or "" for d in rec["detections"])
+
+    for r in recs:
+        assert names(r) == names(as_png[r["frame"]]), r["frame"]
+    # Frames 0 and 5 show the astronaut (the clip's first photo), named; the cat and the
+    # coffee frames name nobody.
+    assert names(recs[0]) == ["Eileen Collins"] and names(recs[1]) == ["Eileen Collins"]
+    assert all("Eileen Collins" not in names(r) for r in recs[2:])
