@@ -18,7 +18,7 @@ import numpy as np
 from zmqvision.faces.align import CROP_SIZE
 from zmqvision.models import store
 from zmqvision.models.catalog import CATALOG, ModelSpec
-from zmqvision.models.runtime import _compile, _supports, check_device
+from zmqvision.models.runtime import check_device, compile_for
 from zmqvision.openvino_import import import_openvino
 
 ov = import_openvino()
@@ -51,13 +51,8 @@ class FaceEmbedder:
         check_device(core, device)
         path = store.ensure(spec, log=log.info)
         model = self._build(core.read_model(str(path)))
-        config: dict[str, object] = {"PERFORMANCE_HINT": hint}
-        if threads and _supports(core, device, "INFERENCE_NUM_THREADS"):
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-            if _supports(core, device, "ENABLE_CPU_PINNING"):
-                config["ENABLE_CPU_PINNING"] = False
-        cache = Path(cache_dir) if cache_dir is not None else store.ov_cache_dir()
-        self.compiled = _compile(core, model, device, config, cache)
+        self.compiled = compile_for(core, model, device, hint=hint, threads=threads,
+                                    cache_dir=cache_dir)
         self.dim = int(self.compiled.outputs[0].get_partial_shape()[1].get_length())
         self._request = self.compiled.create_infer_request()
 

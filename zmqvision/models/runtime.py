@@ -110,20 +110,8 @@ class Network:
         path = Path(model_path) if model_path is not None else store.ensure(spec, log=log.info)
         model = build_model(core.read_model(str(path)), spec)
         self._extend(model)
-        config: dict[str, object] = {"PERFORMANCE_HINT": hint}
-        if threads:
-            if _supports(core, device, "INFERENCE_NUM_THREADS"):
-                config["INFERENCE_NUM_THREADS"] = int(threads)
-                # A thread count means several processes share this host's cores. Each
-                # would pin its threads without knowing of the others, and they all land
-                # on the same core (measured: 2 workers × 1 thread on 2 cores ran at half
-                # the speed of 1 worker). Let the OS spread them instead.
-                if _supports(core, device, "ENABLE_CPU_PINNING"):
-                    config["ENABLE_CPU_PINNING"] = False
-            else:
-                log.warning("device %s has no thread setting; threads=%s ignored", device, threads)
-        cache = Path(cache_dir) if cache_dir is not None else store.ov_cache_dir()
-        self.compiled = _compile(core, model, device, config, cache)
+        self.compiled = compile_for(core, model, device, hint=hint, threads=threads,
+                                    cache_dir=cache_dir)
         self.input_size = spec.input_size
         self._outputs = self._order(
             [(set(o.get_names()), tuple(o.get_shape())) for o in self.compiled.outputs]
@@ -348,6 +336,28 @@ def _supports(core: ov.Core, device: str, prop: str) -> bool:
         return prop in core.get_property(device, "SUPPORTED_PROPERTIES")
     except Exception:
         return False
+
+
+def compile_for(core: ov.Core, model: ov.Model, device: str, *, hint: str,
+                threads: int | None = None,
+                cache_dir: str | Path | None = None) -> ov.CompiledModel:
+    """Compile a built model as every zmqvision network is: the performance ``hint``, a
+    thread count where the device has one, and the blob cache (``store.ov_cache_dir()``
+    unless ``cache_dir``)."""
+    config: dict[str, object] = {"PERFORMANCE_HINT": hint}
+    if threads:
+        if _supports(core, device, "INFERENCE_NUM_THREADS"):
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+            # A thread count means several processes share this host's cores. Each
+            # would pin its threads without knowing of the others, and they all land
+            # on the same core (measured: 2 workers × 1 thread on 2 cores ran at half
+            # the speed of 1 worker). Let the OS spread them instead.
+            if _supports(core, device, "ENABLE_CPU_PINNING"):
+                config["ENABLE_CPU_PINNING"] = False
+        else:
+            log.warning("device %s has no thread setting; threads=%s ignored", device, threads)
+    cache = Path(cache_dir) if cache_dir is not None else store.ov_cache_dir()
+    return _compile(core, model, device, config, cache)
 
 
 def _compile(

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from zmqvision.models import store
 from zmqvision.models.catalog import ModelSpec
-from zmqvision.models.runtime import _compile, _supports, check_device
+from zmqvision.models.runtime import check_device, compile_for
 from zmqvision.openvino_import import import_openvino
 
 ov = import_openvino()
@@ -56,13 +56,7 @@ def compile_pixels_model(
         steps.scale([float(s) for s in scale])
     inp.preprocess().convert_layout(ov.Layout("NCHW"))
     model = ppp.build()
-    config: dict[str, object] = {"PERFORMANCE_HINT": hint}
-    if threads and _supports(core, device, "INFERENCE_NUM_THREADS"):
-        config["INFERENCE_NUM_THREADS"] = int(threads)
-        if _supports(core, device, "ENABLE_CPU_PINNING"):
-            config["ENABLE_CPU_PINNING"] = False
-    cache = Path(cache_dir) if cache_dir is not None else store.ov_cache_dir()
-    return _compile(core, model, device, config, cache)
+    return compile_for(core, model, device, hint=hint, threads=threads, cache_dir=cache_dir)
 
 
 def u8_tensor(pixels) -> ov.Tensor:

@@ -15,7 +15,7 @@ import numpy as np
 
 from zmqvision.models import store
 from zmqvision.models.catalog import ModelSpec
-from zmqvision.models.runtime import _compile, _supports, build_model, check_device
+from zmqvision.models.runtime import build_model, check_device, compile_for
 from zmqvision.openvino_import import import_openvino
 
 ov = import_openvino()
@@ -43,15 +43,8 @@ class Segmenter:
         check_device(core, device)
         path = Path(model_path) if model_path is not None else store.ensure(spec, log=log.info)
         model = build_model(core.read_model(str(path)), spec)
-        config: dict[str, object] = {"PERFORMANCE_HINT": hint}
-        if threads and _supports(core, device, "INFERENCE_NUM_THREADS"):
-            # Several processes share the host's cores: as models.runtime.Detector does,
-            # a thread count comes with pinning off (pinned threads pile onto one core).
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-            if _supports(core, device, "ENABLE_CPU_PINNING"):
-                config["ENABLE_CPU_PINNING"] = False
-        cache = Path(cache_dir) if cache_dir is not None else store.ov_cache_dir()
-        self.compiled = _compile(core, model, device, config, cache)
+        self.compiled = compile_for(core, model, device, hint=hint, threads=threads,
+                                    cache_dir=cache_dir)
         self.input_size = spec.input_size
         self.channels, self._nchw = self._output_layout()
 
