@@ -157,8 +157,13 @@ def draft_factor(tiles: Sequence[Tile], input_size: tuple[int, int]) -> int:
     enlarged or kept as is (then every pixel is needed).
     """
     in_w, in_h = input_size
-    shrink = min((max((t.box[2] - t.box[0]) / in_w, (t.box[3] - t.box[1]) / in_h)
-                  for t in tiles), default=1.0)
+    return _power_of_two_within(min(
+        (max((t.box[2] - t.box[0]) / in_w, (t.box[3] - t.box[1]) / in_h) for t in tiles),
+        default=1.0))
+
+
+def _power_of_two_within(shrink: float) -> int:
+    """The largest of 1, 2, 4, 8 that reduces by no more than ``shrink``."""
     f = 1
     while f < 8 and shrink >= 2 * f:
         f *= 2
@@ -274,9 +279,6 @@ def stretch_draft_factor(tiles: Sequence[Tile], input_size: tuple[int, int]) -> 
     """``draft_factor`` for stretched tiles: each axis is resized on its own, so the image
     may be reduced only by what the *least* shrunk axis of every tile allows."""
     in_w, in_h = input_size
-    shrink = min((min((t.box[2] - t.box[0]) / in_w, (t.box[3] - t.box[1]) / in_h)
-                  for t in tiles), default=1.0)
-    f = 1
-    while f < 8 and shrink >= 2 * f:
-        f *= 2
-    return f
+    return _power_of_two_within(min(
+        (min((t.box[2] - t.box[0]) / in_w, (t.box[3] - t.box[1]) / in_h) for t in tiles),
+        default=1.0))
