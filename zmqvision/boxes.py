@@ -131,3 +131,15 @@ def nms_small(boxes: np.ndarray, scores: np.ndarray, threshold: float, metric: s
             ov = overlap_one_to_many(boxes[i], boxes[rest], metric)
             alive[rest[ov >= threshold]] = False
     return np.asarray(keep, np.int64)
+
+
+def pixel_reach(points: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """The pixels ``[x0, y0, x1, y1)`` a warp sampling at ``points`` (``[N, 2]``, image
+    pixels) reads, with a pixel more on each side for bilinear taps, clipped to the image:
+    what a crop cut from the original image needs of it. Empty (``x1 <= x0`` or
+    ``y1 <= y0``) when the points lie wholly outside."""
+    x0 = int(np.clip(np.floor(points[:, 0].min()) - 1, 0, width))
+    y0 = int(np.clip(np.floor(points[:, 1].min()) - 1, 0, height))
+    x1 = int(np.clip(np.ceil(points[:, 0].max()) + 2, 0, width))
+    y1 = int(np.clip(np.ceil(points[:, 1].max()) + 2, 0, height))
+    return x0, y0, x1, y1

@@ -22,6 +22,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from zmqvision.boxes import pixel_reach
+
 CROP_SIZE = 112
 
 # x, y of the left eye, right eye, nose tip, left and right mouth corners (as seen) in a
@@ -93,10 +95,7 @@ def align(
     corners = np.array([[0, 0], [size, 0], [0, size], [size, size]], np.float64)
     reach = corners @ a.T + t
     h, w = image.shape[:2]
-    x0 = int(np.clip(np.floor(reach[:, 0].min()) - 1, 0, w))
-    y0 = int(np.clip(np.floor(reach[:, 1].min()) - 1, 0, h))
-    x1 = int(np.clip(np.ceil(reach[:, 0].max()) + 2, 0, w))
-    y1 = int(np.clip(np.ceil(reach[:, 1].max()) + 2, 0, h))
+    x0, y0, x1, y1 = pixel_reach(reach, w, h)
     if x1 <= x0 or y1 <= y0:
         return np.zeros((size, size, 3), np.uint8)
     region = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from zmqvision.boxes import pixel_reach
+
 
 def order_quad(points: np.ndarray) -> np.ndarray:
     """``[4, 2]`` corners as top-left, top-right, bottom-right, bottom-left.
@@ -54,10 +56,7 @@ def crop_quad(image: np.ndarray, quad: np.ndarray, size: tuple[int, int] | None 
         w, h = quad_size(q)
         size = (max(1, round(w)), max(1, round(h)))
     h_img, w_img = image.shape[:2]
-    x0 = int(np.clip(np.floor(q[:, 0].min()) - 1, 0, w_img))
-    y0 = int(np.clip(np.floor(q[:, 1].min()) - 1, 0, h_img))
-    x1 = int(np.clip(np.ceil(q[:, 0].max()) + 2, 0, w_img))
-    y1 = int(np.clip(np.ceil(q[:, 1].max()) + 2, 0, h_img))
+    x0, y0, x1, y1 = pixel_reach(q, w_img, h_img)
     if x1 <= x0 or y1 <= y0:
         return np.full((size[1], size[0], 3), 128, np.uint8)
     region = Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1]))
