@@ -43,6 +43,17 @@ def models_ready():
     return {name: ensure(spec, log=lambda m: None) for name, spec in CATALOG.items()}
 
 
+@pytest.fixture(scope="module")
+def classifier():
+    """efficientnet-lite0 compiled in this process: the single-process reference of the
+    classification tests (unit and pipeline)."""
+    from zmqvision.models import Classifier, ensure, resolve
+
+    spec = resolve("efficientnet-lite0")
+    ensure(spec, log=lambda m: None)
+    return Classifier(spec, threads=1)
+
+
 @pytest.fixture(scope="session")
 def photos() -> list[Path]:
     paths = [EXAMPLES / p for p in PHOTOS]

@@ -21,15 +21,6 @@ MODEL = "efficientnet-lite0"
 CATS = {"Egyptian cat", "tabby", "tiger cat"}
 
 
-@pytest.fixture(scope="module")
-def classifier():
-    from zmqvision.models import Classifier, ensure, resolve
-
-    spec = resolve(MODEL)
-    ensure(spec, log=lambda m: None)
-    return Classifier(spec, threads=1)
-
-
 def whole_tile(name: str, **settings) -> tuple[JobPlan, np.ndarray]:
     """The tile the pipeline sends for a photo: its plan's cut of the decoded image."""
     from zmqvision.inputs import load_path

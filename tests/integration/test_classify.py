@@ -15,23 +15,11 @@ import numpy as np
 import pytest
 
 from tests.conftest import ROOT, ipc, wait_progress
+from tests.test_classify import CATS, MODEL
 from zmqvision.inputs import load_path
 from zmqvision.plan import JobPlan, JobSettings
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
-
-MODEL = "efficientnet-lite0"
-CATS = {"Egyptian cat", "tabby", "tiger cat"}
-
-
-@pytest.fixture(scope="module")
-def classifier():
-    from zmqvision.models import Classifier, ensure, resolve
-
-    spec = resolve(MODEL)
-    ensure(spec, log=lambda m: None)
-    return Classifier(spec, threads=1)
-
 
 def run(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "zmqvision", "run", *args, "--model", MODEL,
