@@ -5,17 +5,14 @@ test_two_stage_reliability does for faces)."""
 
 from __future__ import annotations
 
-import signal
-
 import pytest
 from PIL import Image
 
-from tests.conftest import ipc, wait_event
-from tests.integration.test_reliability import records
+from tests.conftest import ipc
+from tests.integration.test_two_stage_reliability import kill_w1_during_stage_two
 from tests.slow_worker import hold
 from tests.test_plates_samples import PLATE_TEXTS, plate_scene
 from tests.test_two_stage_readers import run_reading
-from zmqvision import protocol as P
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -61,10 +58,5 @@ def test_a_worker_killed_during_stage_two_loses_nothing(lot, tmp_path, procs):
     vent = procs.start("ventilate", str(lot), "--model", "plates", "--bind", tiles,
                        "--sink-results", results, "--sink-events", events, "--no-progress",
                        "--no-cache", "-v", name="ventilate")
-    wait_event(events, P.MsgType.OBJECTS, lambda m: len(m.detections) > 0, timeout=240,
-               alive=lambda: vent.poll() is None, what="objects for stage 2")
-    workers[1].send_signal(signal.SIGKILL)
-    assert procs.wait(vent, 300) == 0, procs.log(vent)
-    assert "4 images, 0 failed" in procs.log(vent), procs.log(vent)[-2000:]
-    assert comparable(records(out)) == undisturbed
-    assert "worker w1 gone" in procs.log(vent), procs.log(vent)[-3000:]
+    assert comparable(kill_w1_during_stage_two(procs, events, vent, workers, out)) \
+        == undisturbed

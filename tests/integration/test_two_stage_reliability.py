@@ -58,11 +58,18 @@ def test_a_worker_killed_during_stage_two_loses_nothing(crowd, tmp_path, procs):
                        name="ventilate")
     # (Workers slowed, each stage-1 tile held 300 ms: on a quiet machine a job can end
     # before w1's missed heartbeats are counted, and the recovery path goes untaken.)
-    # The first image's stage 1 is merged: its crops are being cut and sent now.
+    assert comparable(kill_w1_during_stage_two(procs, events, vent, workers, out)) \
+        == undisturbed
+
+
+def kill_w1_during_stage_two(procs, events, vent, workers, out) -> list[dict]:
+    """SIGKILL worker w1 once the first image's stage 1 is merged (its crops are being
+    cut and sent now); the job must still end with its 4 images, having noticed w1 gone.
+    The records written."""
     wait_event(events, P.MsgType.OBJECTS, lambda m: len(m.detections) > 0, timeout=240,
                alive=lambda: vent.poll() is None, what="objects for stage 2")
     workers[1].send_signal(signal.SIGKILL)
     assert procs.wait(vent, 300) == 0, procs.log(vent)
     assert "4 images, 0 failed" in procs.log(vent), procs.log(vent)[-2000:]
-    assert comparable(records(out)) == undisturbed
     assert "worker w1 gone" in procs.log(vent), procs.log(vent)[-3000:]
+    return records(out)
