@@ -97,6 +97,8 @@ class Cluster:
         """Bound on every address of its host (the default is loopback only): in plain
         text that needs --insecure, unless ``extra`` says --curve."""
         secure = () if "--curve" in extra else ("--insecure",)
+        # The documented ports, on purpose (`--connect HOST` relies on them): bound in this
+        # run's own network namespaces, which no other test run shares.
         return self.net.start(self.home, "sink", "--out", str(self.out), "--bind-results",
                               f"tcp://*:{RESULTS_PORT}", "--bind-events",
                               f"tcp://*:{EVENTS_PORT}", *extra, *secure, name="sink")

@@ -114,6 +114,9 @@ def test_the_only_image_worker_killed_its_image_goes_tile_by_tile(folder, tmp_pa
     with Network(2, rate="1gbit", logs=tmp_path / "logs", env=env) as net:
         home, remote = net.hosts
         out = tmp_path / "out.jsonl"
+        # The documented ports, on purpose (`--connect HOST` relies on them): they are bound
+        # in this run's own network namespaces (named by pid and a random tag), which no
+        # other test run shares, so two runs cannot meet there.
         net.start(home, "sink", "--out", str(out), "--bind-results", f"tcp://*:{RESULTS_PORT}",
                   "--bind-events", f"tcp://*:{EVENTS_PORT}", "--insecure", name="sink")
 
