@@ -94,6 +94,27 @@ print(len(done) / (time.perf_counter() - t0))
 '''
 
 
+def inference_cpu_ms(model: str, n: int = 1000) -> float:
+    """CPU milliseconds of one inference by ``benchmark_app`` (throughput hint): its CPU over
+    ``n + 100`` iterations less its CPU over 100, so start-up and compilation cancel out.
+    What a worker spends beyond this is its own cost per tile."""
+    from zmqvision.models import ensure, resolve
+
+    spec = resolve(model)
+    cpu = []
+    for iters in (100, n + 100):
+        cmd = [str(Path(sys.executable).parent / "benchmark_app"), "-m", str(ensure(spec)),
+               "-d", "CPU", "-hint", "throughput", "-niter", str(iters)]
+        if spec.input_multiple is not None:
+            w, h = spec.input_size
+            cmd += ["-shape", f"[1,3,{h},{w}]" if spec.preprocess.layout == "NCHW"
+                    else f"[1,{h},{w},3]"]
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             cwd=tempfile.gettempdir())
+        cpu.append(_cpu_of(p))
+    return (cpu[1] - cpu[0]) * 1000 / n
+
+
 def plain_loop(model: str, folder: Path) -> float:
     p = subprocess.run([sys.executable, "-c", PLAIN_LOOP, model, str(folder)],
                        capture_output=True, text=True, cwd=ROOT)
@@ -130,7 +151,19 @@ def _announced(proc: subprocess.Popen) -> dict:
 
 def role_cpu(model: str, folder: Path, n: int) -> dict[str, float]:
     """CPU milliseconds per image of the sink, a worker and the ventilator, each its own
-    command over ipc endpoints."""
+    command over ipc endpoints; each role's start-up and shut-down (imports, model
+    compilation), measured on a job of one image in the same way, is taken off first."""
+    import shutil
+
+    with tempfile.TemporaryDirectory() as one:
+        shutil.copy(min(folder.glob("*.jpg")), one)
+        fixed = _role_seconds(model, Path(one))
+    busy = _role_seconds(model, folder)
+    return {k: (busy[k] - fixed[k]) * 1000 / (n - 1) for k in busy}
+
+
+def _role_seconds(model: str, folder: Path) -> dict[str, float]:
+    """CPU seconds (user + system) of each role over one job on ``folder``."""
     with tempfile.TemporaryDirectory() as tmp:
         tiles, results = f"ipc://{tmp}/t", f"ipc://{tmp}/r"
         sink = subprocess.Popen([*ZV, "sink", "--out", f"{tmp}/r.jsonl", "--bind-results",
@@ -151,7 +184,7 @@ def role_cpu(model: str, folder: Path, n: int) -> dict[str, float]:
                 p.send_signal(signal.SIGTERM)
         cpu["worker"] = _cpu_of(worker)
         cpu["sink"] = _cpu_of(sink)
-    return {k: v * 1000 / n for k, v in cpu.items()}
+    return cpu
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,6 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--bench-seconds", type=int, default=10)
+    ap.add_argument("--roles-only", action="store_true",
+                    help="only the CPU per image of each role (quick, and robust to a busy "
+                         "machine: CPU time, not wall time)")
     args = ap.parse_args(argv)
     from zmqvision.models import resolve
 
@@ -175,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zv-small-") as tmp:
         folder = Path(tmp)
         make_inputs(folder, args.images, size)
+        if args.roles_only:
+            cpu = [{**role_cpu(args.model, folder, args.images),
+                    "inference": inference_cpu_ms(args.model)} for _ in range(args.repeats)]
+            _print_roles(cpu, args.repeats)
+            return 0
         for r in range(args.repeats):
             got = {"benchmark_app": benchmark_app(args.model, args.bench_seconds),
                    "plain loop": plain_loop(args.model, folder)}
@@ -197,10 +238,19 @@ def main(argv: list[str] | None = None) -> int:
     for k, v in rows.items():
         print(f"| {k} | {statistics.median(v):.0f} | {min(v):.0f}–{max(v):.0f} | "
               f"{statistics.median(ratios[k]):.2f} | {statistics.median(v) / plain:.2f} |")
-    print("\n| role | CPU ms per image (median) |\n|---|---|")
+    _print_roles(cpu, args.repeats)
+    return 0
+
+
+def _print_roles(cpu: list[dict[str, float]], repeats: int) -> None:
+    print(f"\n| role | CPU ms per image (median of {repeats}, start-up excluded) |\n|---|---|")
     for role in ("ventilator", "worker", "sink"):
         print(f"| {role} | {statistics.median(c[role] for c in cpu):.2f} |")
-    return 0
+    if all("inference" in c for c in cpu):
+        print(f"| (benchmark_app: one inference) | "
+              f"{statistics.median(c['inference'] for c in cpu):.2f} |")
+        print(f"| worker beyond inference | "
+              f"{statistics.median(c['worker'] - c['inference'] for c in cpu):.2f} |")
 
 
 if __name__ == "__main__":
