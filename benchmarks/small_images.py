@@ -16,6 +16,8 @@ noisy machine slows every row alike; ratios are taken per round, side by side):
     python benchmarks/small_images.py                               # ssd-mobilenetv2-oid
     python benchmarks/small_images.py --model blazeface-short --images 2000
     python benchmarks/small_images.py --model centerface --images 300 --repeats 3
+    python benchmarks/small_images.py --model all                   # the three of issue 18
+    python benchmarks/small_images.py --roles-only --repeats 2      # CPU per role only
 """
 
 from __future__ import annotations
@@ -187,10 +189,17 @@ def _role_seconds(model: str, folder: Path) -> dict[str, float]:
     return cpu
 
 
+DEFAULT_IMAGES = {"ssd-mobilenetv2-oid": 1200, "centerface": 300, "blazeface-short": 2000}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="ssd-mobilenetv2-oid")
-    ap.add_argument("--images", type=int, default=1200)
+    ap.add_argument("--model", default="ssd-mobilenetv2-oid",
+                    help="a model, several separated by commas, or 'all' (the three of "
+                         "issue 18: ssd-mobilenetv2-oid 300², centerface 640², "
+                         "blazeface-short 128²)")
+    ap.add_argument("--images", type=int,
+                    help="images per model (default: 1200 SSD, 300 CenterFace, 2000 BlazeFace)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--workers", default="1,2")
     ap.add_argument("--bench-seconds", type=int, default=10)
@@ -198,10 +207,20 @@ def main(argv: list[str] | None = None) -> int:
                     help="only the CPU per image of each role (quick, and robust to a busy "
                          "machine: CPU time, not wall time)")
     args = ap.parse_args(argv)
+    models = (list(DEFAULT_IMAGES) if args.model == "all" else args.model.split(","))
+    for model in models:
+        measure(model, args.images or DEFAULT_IMAGES.get(model, 1200), args.repeats,
+                [int(w) for w in args.workers.split(",")], args.bench_seconds,
+                args.roles_only)
+    return 0
+
+
+def measure(model: str, images: int, repeats: int, workers: list[int], bench_seconds: int,
+            roles_only: bool) -> None:
+    """Print one model's tables: throughput rows side by side, then CPU per role."""
     from zmqvision.models import resolve
 
-    size = resolve(args.model).input_size
-    workers = [int(w) for w in args.workers.split(",")]
+    size = resolve(model).input_size
     rows: dict[str, list[float]] = {"benchmark_app": [], "plain loop": []}
     for w in workers:
         rows[f"zmqvision run, {w} worker(s): wall"] = []
@@ -210,36 +229,36 @@ def main(argv: list[str] | None = None) -> int:
     cpu: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="zv-small-") as tmp:
         folder = Path(tmp)
-        make_inputs(folder, args.images, size)
-        if args.roles_only:
-            cpu = [{**role_cpu(args.model, folder, args.images),
-                    "inference": inference_cpu_ms(args.model)} for _ in range(args.repeats)]
-            _print_roles(cpu, args.repeats)
-            return 0
-        for r in range(args.repeats):
-            got = {"benchmark_app": benchmark_app(args.model, args.bench_seconds),
-                   "plain loop": plain_loop(args.model, folder)}
+        make_inputs(folder, images, size)
+        if roles_only:
+            cpu = [{**role_cpu(model, folder, images), "inference": inference_cpu_ms(model)}
+                   for _ in range(repeats)]
+            print(f"\n{images} JPEGs of {size[0]}x{size[1]}, {model}")
+            _print_roles(cpu, repeats)
+            return
+        for r in range(repeats):
+            got = {"benchmark_app": benchmark_app(model, bench_seconds),
+                   "plain loop": plain_loop(model, folder)}
             for w in workers:
-                wall, job = zv_run(args.model, folder, w, args.images)
+                wall, job = zv_run(model, folder, w, images)
                 got[f"zmqvision run, {w} worker(s): wall"] = wall
                 got[f"zmqvision run, {w} worker(s): JobDone"] = job
-            cpu.append(role_cpu(args.model, folder, args.images))
+            cpu.append({**role_cpu(model, folder, images),
+                        "inference": inference_cpu_ms(model)})
             for k, v in got.items():
                 rows[k].append(v)
                 ratios[k].append(v / got["benchmark_app"])
-            print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{k}={v:.0f}"
-                                                               for k, v in got.items()),
-                  file=sys.stderr)
-    print(f"\n{args.images} JPEGs of {size[0]}x{size[1]}, {args.model}, {os.cpu_count()} "
-          f"cores, medians of {args.repeats}\n")
+            print(f"{model} round {r + 1}/{repeats}: " + ", ".join(
+                f"{k}={v:.0f}" for k, v in got.items()), file=sys.stderr)
+    print(f"\n{images} JPEGs of {size[0]}x{size[1]}, {model}, {os.cpu_count()} "
+          f"cores, medians of {repeats}\n")
     print("| what | images/s | min–max | ÷ benchmark_app | ÷ plain loop |")
     print("|---|---|---|---|---|")
     plain = statistics.median(rows["plain loop"])
     for k, v in rows.items():
         print(f"| {k} | {statistics.median(v):.0f} | {min(v):.0f}–{max(v):.0f} | "
               f"{statistics.median(ratios[k]):.2f} | {statistics.median(v) / plain:.2f} |")
-    _print_roles(cpu, args.repeats)
-    return 0
+    _print_roles(cpu, repeats)
 
 
 def _print_roles(cpu: list[dict[str, float]], repeats: int) -> None:

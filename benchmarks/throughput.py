@@ -23,6 +23,11 @@ The headline is ``steady ÷ benchmark_app`` (median over repeats of the per-repe
     python benchmarks/throughput.py --model centerface --images 4
     python benchmarks/throughput.py --model efficientnet-lite0 --images 300 --size 640x480
 
+Its 1920x1080 images are 40 tiles each, which hides every per-image cost; the workload
+users have most, many ordinary images of one tile each, has its own table:
+
+    python benchmarks/throughput.py --small-images       # = small_images.py --model all
+
 A classifier (``efficientnet-lite0``) sees each image whole, one tile per image
 (``zmqvision.tasks.classification``): its rows count images, and the feed and naive rows
 cut and infer the way its task does (stretched cuts, ``Classifier.infer``, top 5).
@@ -466,7 +471,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-probe", action="store_true",
                     help="do not subscribe to worker heartbeats (mean in_flight per worker)")
     ap.add_argument("--out", help="also write the table: .md (markdown) or .json")
+    ap.add_argument("--small-images", action="store_true",
+                    help="the many-small-images table instead (benchmarks/small_images.py "
+                         "--model all): single-tile JPEGs of SSD, CenterFace and BlazeFace, "
+                         "the plain loop, 1 and 2 workers, the limit, CPU per role")
     args = ap.parse_args(argv)
+    if args.small_images:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        import small_images
+
+        return small_images.main(["--model", "all", "--repeats", str(args.repeats),
+                                  "--workers", ",".join(map(str, args.workers)),
+                                  "--bench-seconds", str(args.bench_seconds)])
     if args.repeats < 1 or args.images < 1:
         ap.error("--repeats and --images must be >= 1")
 
