@@ -501,14 +501,13 @@ def detections_from_buffers(n: int, bufs: Sequence) -> Detections:
 _BOX_BYTES = 4 * BOX_DTYPE.itemsize  # one detection's share of each frame
 _SCORE_BYTES = SCORE_DTYPE.itemsize
 _LABEL_BYTES = LABEL_DTYPE.itemsize
-_SUM = np.add.reduce
+_ALL = np.logical_and.reduce
 
 
 def _all_finite(a: np.ndarray) -> bool:
-    """``np.isfinite(a).all()``, sooner for the usual array: a sum is finite only when
-    every number in it is (a sum of huge finite numbers may still overflow: then each
-    number is looked at)."""
-    return math.isfinite(_SUM(a, None)) or bool(np.isfinite(a).all())
+    """``np.isfinite(a).all()`` without ndarray.all's Python wrapper (a fifth of the
+    check on a few detections)."""
+    return bool(_ALL(np.isfinite(a), None))
 
 
 def _fields_header(msg: Any) -> dict:
