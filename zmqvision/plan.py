@@ -21,6 +21,10 @@ from zmqvision.tiling import Tile
 
 Reduce = Callable[[int, int], int]
 
+# Image sizes whose tile plans (and draft factors) a JobPlan keeps: a folder of photos has
+# a few sizes, each planned once instead of once (twice, with the draft factor) per image.
+PLANNED_SIZES = 256
+
 
 @dataclass(frozen=True)
 class JobSettings:
@@ -92,6 +96,9 @@ class JobPlan:
             self.stage2 = stage2.plan(settings.stage2, spec.name, gallery=settings.gallery,
                                       threshold=settings.identity_threshold)
             self.tile_request = {"points": True}
+        self._tiles: dict[tuple[int, int], list[Tile]] = {}  # by image size
+        self._reducer: Reduce | None = None
+        self._reduced: dict[tuple[int, int], int] = {}
 
     @property
     def model_ref(self) -> str:
@@ -148,14 +155,40 @@ class JobPlan:
         every one of its tiles shrinks anyway (``tiling.draft_factor``)."""
         if not self.settings.jpeg_draft or self.stage2 is not None:
             return None  # a second stage crops from the full pixels (as its reference)
-        return self.task.reducer(self.scales, self.settings.overlap, self.spec.input_size)
+        if self._reducer is None:
+            self._reducer = self.task.reducer(self.scales, self.settings.overlap,
+                                              self.spec.input_size)
+        return self._reduce
+
+    def _reduce(self, width: int, height: int) -> int:
+        # Called on the decoding threads: a dict's get and set are atomic, and a size
+        # planned twice at once is planned alike.
+        factor = self._reduced.get((width, height))
+        if factor is None:
+            factor = self._reducer(width, height)
+            _keep(self._reduced, (width, height), factor)
+        return factor
 
     def tiles(self, width: int, height: int) -> list[Tile]:
-        """The image's tiles, as the task plans them (segmentation: whole or a grid)."""
-        return self.task.plan(width, height, self.scales, self.settings.overlap,
-                              self.spec.input_size)
+        """The image's tiles, as the task plans them (segmentation: whole or a grid).
+        Planned once per size: the list is shared by every image of that size (read it,
+        never change it)."""
+        tiles = self._tiles.get((width, height))
+        if tiles is None:
+            tiles = self.task.plan(width, height, self.scales, self.settings.overlap,
+                                   self.spec.input_size)
+            _keep(self._tiles, (width, height), tiles)
+        return tiles
 
     def cut(self, pixels: np.ndarray, tile: Tile, reduced: int) -> tuple[np.ndarray, float]:
         """A tile's pixels at the model's input size, as the task cuts them (detection
         letterboxes, classification stretches)."""
         return self.task.cut(pixels, tile, self.spec.input_size, reduced)
+
+
+def _keep(memo: dict, key, value) -> None:
+    """Remember ``value``, forgetting every size when more than ``PLANNED_SIZES`` came (a
+    folder of all-different sizes plans each image as before)."""
+    if len(memo) >= PLANNED_SIZES:
+        memo.clear()
+    memo[key] = value
