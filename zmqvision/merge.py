@@ -19,6 +19,7 @@ with a tie-break on coordinates and class, and every later step follows that ran
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,12 @@ _GREEDY_CHUNK = 1 << 12
 _GREEDY_CHUNK_MAX = 1 << 20
 # Cells per axis at the finest level are capped so cell keys fit in int64.
 _MAX_CELLS_PER_AXIS = 1 << 20
+# Up to this many boxes (all finite), ranking and matching run as plain Python over all
+# pairs (``_SmallMerge``): for the few boxes of a single-tile image numpy's cost per call
+# on tiny arrays outweighs the work. Past it the quadratic loop loses to the spatial hash
+# when the boxes are of one class (the worst case for the loop).
+_SMALL = 24
+_ONE = np.zeros(1, np.intp)
 
 
 @dataclass(frozen=True)
@@ -81,15 +88,28 @@ def merge(dets: Detections, config: MergeConfig = MergeConfig()) -> Detections:
     n = len(dets)
     if n == 0:
         return Detections.empty()
-    rank_order = _ranking(dets.boxes, dets.scores, dets.labels)
-    if config.method == "none" or n == 1:
+    if n == 1:
+        return dets.take(_ONE)
+    small = _SmallMerge.of(dets) if n <= _SMALL else None
+    if small is not None:
+        rank_order = np.array(small.order, np.intp)
+    else:
+        rank_order = _ranking(dets.boxes, dets.scores, dets.labels)
+    if config.method == "none":
         return dets.take(rank_order)
     # Work in rank space: position r is the r-th best box.
     ranked = dets.take(rank_order)
-    src, dst = _matching_pairs(ranked, config)
-    absorbed_by = _greedy(n, src, dst)
+    if small is not None:
+        absorbed_by = small.absorbed_by(config)
+        if absorbed_by is None:  # nothing matched: the ranked boxes are the result
+            return ranked
+    else:
+        src, dst = _matching_pairs(ranked, config)
+        if not len(src):
+            return ranked
+        absorbed_by = _greedy(n, src, dst)
     keep = absorbed_by < 0
-    if config.method == "nms" or not len(src):
+    if config.method == "nms":
         return ranked.take(keep)
     boxes = ranked.boxes  # a fresh array from take(): grow the unions in place
     members = np.flatnonzero(~keep)
@@ -103,6 +123,72 @@ def merge(dets: Detections, config: MergeConfig = MergeConfig()) -> Detections:
     # Unions may change the coordinate tie-break between equal scores: re-rank keepers.
     kept = np.flatnonzero(keep)
     return ranked.take(kept[_ranking(boxes[kept], ranked.scores[kept], ranked.labels[kept])])
+
+
+class _SmallMerge:
+    """Ranking and greedy matching of a few finite boxes in plain Python, all pairs.
+
+    Gives exactly what ``_ranking``, ``_matching_pairs`` and ``_greedy`` give (the same
+    order, the same pairs decided by the same float64 arithmetic in the same order as
+    ``_pair_overlap``, the same keepers); tests/test_merge_small.py checks it against
+    them. Non-finite input goes the general way (``of`` returns None): NaN's place in
+    numpy's sorts is not Python's.
+    """
+
+    def __init__(self, boxes: list, scores: list, labels: list) -> None:
+        n = len(scores)
+        # Best score first; ties by x1, y1, x2, y2, class, then input order (stable).
+        self.order = sorted(range(n), key=lambda i: (-scores[i], *boxes[i], labels[i]))
+        self.boxes = [boxes[i] for i in self.order]
+        self.labels = [labels[i] for i in self.order]
+
+    @classmethod
+    def of(cls, dets: Detections) -> _SmallMerge | None:
+        boxes, scores = dets.boxes.tolist(), dets.scores.tolist()
+        # A finite sum means finite terms (NaN and inf propagate; an overflow only sends
+        # finite boxes the general way).
+        if not math.isfinite(sum(scores) + sum(map(sum, boxes))):
+            return None
+        return cls(boxes, scores, dets.labels.tolist())
+
+    def absorbed_by(self, config: MergeConfig) -> np.ndarray | None:
+        """Per rank, the rank of the keeper that absorbed it, or -1 (``_greedy``'s
+        answer); None when no pair matches. Pairs are visited by source rank, then
+        target, as ``_greedy`` visits them, so the keepers are the same."""
+        boxes, labels = self.boxes, self.labels
+        n = len(boxes)
+        area = [max(x2 - x1, 0.0) * max(y2 - y1, 0.0) for x1, y1, x2, y2 in boxes]
+        iou = config.metric == "iou"
+        agnostic = config.class_agnostic
+        threshold = config.threshold
+        # Out of play: absorbed, or of zero area (matches nothing, as the general way).
+        gone = [a <= 0.0 for a in area]
+        owner: dict[int, int] = {}
+        for s in range(n - 1):
+            if gone[s]:
+                continue
+            sx1, sy1, sx2, sy2 = boxes[s]
+            sa, sl = area[s], labels[s]
+            for d in range(s + 1, n):
+                if gone[d] or (not agnostic and labels[d] != sl):
+                    continue
+                dx1, dy1, dx2, dy2 = boxes[d]
+                iw = min(sx2, dx2) - max(sx1, dx1)
+                ih = min(sy2, dy2) - max(sy1, dy1)
+                if iw <= 0.0 or ih <= 0.0:
+                    continue  # no intersection: overlap 0, below any threshold
+                inter = iw * ih
+                da = area[d]
+                denom = sa + da - inter if iou else min(sa, da)
+                if denom > 0.0 and inter / denom >= threshold:
+                    gone[d] = True
+                    owner[d] = s
+        if not owner:
+            return None
+        out = np.full(n, -1, np.int64)
+        for d, s in owner.items():
+            out[d] = s
+        return out
 
 
 def _largest_members_points(ranked: Detections, members: np.ndarray,

@@ -113,7 +113,12 @@ def record_json(record: dict) -> bytes:
     """A record as one line of JSON, without the newline: the one serialiser for the
     results file and for records published to callers (``zv.record``), so both hold the
     same bytes. ASCII (non-ASCII and surrogate-escaped path characters are escaped)."""
-    return json.dumps(record, separators=(",", ":")).encode("ascii")
+    return _RECORD_ENCODER.encode(record).encode("ascii")
+
+
+# What ``json.dumps(record, separators=(",", ":"))`` builds on every call, built once (it
+# keeps no state between calls).
+_RECORD_ENCODER = json.JSONEncoder(separators=(",", ":"))
 
 
 class FileLocked(OSError):

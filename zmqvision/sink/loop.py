@@ -33,6 +33,12 @@ log = logging.getLogger("zmqvision.sink")
 # dropped under normal load; only a subscriber that stops reading for that long loses any.
 PUB_SNDHWM = 100_000
 POLL_MS = 50
+# After a poll that brought results, the loop lets more gather this long before it polls
+# again: a job of small images sends a message or two every few milliseconds, and each
+# wake-up of the loop (poll, receive until empty, acks and progress due?) costs more CPU
+# than decoding a message. Records and acks wait at most this much longer (acks go out
+# every ACK_EVERY_S, 0.1 s, anyway); a stop request still ends the wait at once.
+GATHER_S = 0.02
 # What the results port takes: every frame of every message for it is at most a header
 # (1 MiB), detection arrays (10,000 boxes: 320 KiB) or a segmentation tile's score map
 # (protocol.MAX_SCORES_BYTES, 16 MiB; deeplabv3's are 5.5 MB). ZeroMQ queues messages by
@@ -144,6 +150,8 @@ def _serve(sink: Sink, pull: zmq.Socket, pub: zmq.Socket, wake: sockets.WakePipe
     poller.register(pull, zmq.POLLIN)
     poller.register(pub, zmq.POLLIN)
     poller.register(wake.r, zmq.POLLIN)
+    gather = zmq.Poller()
+    gather.register(wake.r, zmq.POLLIN)
     next_status = 0.0
     bad_seen = 0
     while not stop.is_set():
@@ -165,6 +173,8 @@ def _serve(sink: Sink, pull: zmq.Socket, pub: zmq.Socket, wake: sockets.WakePipe
                 sink.on_message(msg, security.peer_roles(peer) if config.curve else None)
         sink.flush_acks()
         sink.publish_progress()
+        if pull in events and not (config.once and sink.jobs_done):
+            gather.poll(GATHER_S * 1000)  # returns early only for a stop request
         if config.once and sink.jobs_done:
             # Give subscribers a moment to hear JobDone before the PUB socket goes.
             for _ in range(3):

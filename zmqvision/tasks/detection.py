@@ -75,5 +75,8 @@ class Detection(Task):
                           points_to_image_coords(dets.landmarks, tile.box, tile.scale))
 
     def merge(self, parts, merge_config):
+        if len(parts) == 1:  # a single-tile image: no copy (merge never writes its input)
+            (only,) = parts.values()
+            return merge(only, merge_config)
         # In tile order (not arrival order): equal to the single-process reference.
         return merge(Detections.concat([parts[i] for i in sorted(parts)]), merge_config)
