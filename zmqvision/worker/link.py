@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 import zmq
 
 from zmqvision import protocol, sockets
+from zmqvision.worker import send
 
 _TILES = (protocol.MsgType.TILE, protocol.MsgType.IMAGE_WORK, protocol.MsgType.TRAIN_INVITE)
 
@@ -78,7 +79,7 @@ class TileLink:
         """Send what is owed to ``src``; True when nothing is owed any more."""
         if not self.owed[src]:
             return True
-        if sockets.try_send(self.dealers[src], self._ready(self.owed[src])):
+        if send.try_send(self.dealers[src], self._ready(self.owed[src])):
             self.owed[src] = 0
             if src in self.waiting_for_room:
                 self.waiting_for_room.discard(src)
