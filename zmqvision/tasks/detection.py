@@ -42,7 +42,7 @@ class Detection(Task):
     def decode(self, network, request, tile, score_threshold):
         if tile.task is not None and tile.task.get("points"):
             return Decoded(self._with_points(network, request, tile, score_threshold))
-        dets = network.decode(network.outputs_of(request), score_threshold)
+        dets = network.decode(network.outputs_of(request, copy=False), score_threshold)
         return Decoded(Detections(to_image_coords(dets.boxes, tile.box, tile.scale),
                                   dets.scores, dets.labels))
 

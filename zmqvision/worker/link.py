@@ -6,6 +6,11 @@ poller then also watches that socket for room. A lost Ready would be a slot the 
 never fills again. Owed credit also goes before any heartbeat on its socket, so a
 ventilator always hears a worker's Ready before its first heartbeat (a heartbeat first
 would make it seed credit from the heartbeat's free slots: see ``dispatch.Dispatcher``).
+
+Credit freed while the loop works is only owed (``owe``) and goes out in one Ready per
+ventilator when the loop is done with what woke it (``send_owed``, before it polls
+again): tiles finished together cost one message, not one each. Credit is still never
+held while the loop waits, so a worker with free slots has always told its ventilator.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from collections.abc import Iterator, Sequence
 import zmq
 
 from zmqvision import protocol, sockets
+from zmqvision.worker import send
 
 _TILES = (protocol.MsgType.TILE, protocol.MsgType.IMAGE_WORK, protocol.MsgType.TRAIN_INVITE)
 
@@ -39,6 +45,9 @@ class TileLink:
         self.owed = [first_credit] * len(self.dealers)
         self.waiting_for_room: set[int] = set()  # owed, and polled for room (POLLOUT)
         self.bad = sockets.BadMessages(f"worker {worker_id}")
+        # A Ready's frames by credit: the same few (1 … requests) go out once per tile, and
+        # encoding one (a dataclass to a dict to msgpack) costs more than sending it.
+        self._ready_frames: dict[int, list] = {}
 
     def connect(self) -> None:
         for d, endpoint in zip(self.dealers, self.endpoints, strict=True):
@@ -51,8 +60,14 @@ class TileLink:
             yield tile
 
     def give_credit(self, src: int, n: int = 1) -> None:
+        """Owe ``n`` more to ``src`` and send what is owed now."""
         self.owed[src] += n
         self._send_credit(src)
+
+    def owe(self, src: int, n: int = 1) -> None:
+        """Owe ``n`` more to ``src``, sent with the rest by the next ``send_owed`` (which
+        the loop calls before it waits)."""
+        self.owed[src] += n
 
     def send_owed(self) -> None:
         """Send every owed Ready that has room now."""
@@ -64,8 +79,7 @@ class TileLink:
         """Send what is owed to ``src``; True when nothing is owed any more."""
         if not self.owed[src]:
             return True
-        ready = protocol.Ready(self.worker_id, self.owed[src])
-        if sockets.try_send(self.dealers[src], protocol.encode(ready)):
+        if send.try_send(self.dealers[src], self._ready(self.owed[src])):
             self.owed[src] = 0
             if src in self.waiting_for_room:
                 self.waiting_for_room.discard(src)
@@ -75,6 +89,14 @@ class TileLink:
             self.waiting_for_room.add(src)
             self.poller.register(self.dealers[src], zmq.POLLIN | zmq.POLLOUT)
         return False
+
+    def _ready(self, credit: int) -> list:
+        frames = self._ready_frames.get(credit)
+        if frames is None:
+            frames = protocol.encode(protocol.Ready(self.worker_id, credit))
+            if len(self._ready_frames) < 64:  # a backlog's odd sums are not worth keeping
+                self._ready_frames[credit] = frames
+        return frames
 
     def beat(self, heartbeat: Sequence) -> None:
         """A heartbeat to every ventilator, each after the credit it is owed."""

@@ -104,7 +104,8 @@ class Worker:
             self.engine.wake.drain()
         for c in self.engine.completed():
             self._finish(c)
-        self._take_decoded()
+        if self.images.pending or self.images.wake.r in events:
+            self._take_decoded()
         for src, d in enumerate(self.link.dealers):
             if events.get(d, 0) & zmq.POLLIN:
                 for msg in self.link.tiles(src):
@@ -115,16 +116,18 @@ class Worker:
                     else:
                         self.waiting.append((src, msg))
         self.training.serve(events)
-        if self.link.waiting_for_room:
-            self.link.send_owed()
         self._start_waiting()
+        # The credit freed in this step, in one Ready per ventilator (also what was owed
+        # while its pipe was full), before the loop waits again.
+        self.link.send_owed()
 
     def _start_waiting(self) -> None:
         engine = self.engine
         while self.waiting and engine.has_room():
             src, tile = self.waiting.popleft()
             if tile.task is not None and tile.task.get("stage") == 2:
-                self._second_stage(src, tile)
+                self._second_stage(src, tile)  # run here and now: its credit goes at once
+                self.link.send_owed()
                 continue
             refusal = engine.refusal(tile)
             if refusal is not None:
@@ -181,7 +184,7 @@ class Worker:
         else:
             self.done += 1
         self.results.send(result)
-        self.link.give_credit(src)
+        self.link.owe(src)  # sent at the end of the step (send_owed), before any wait
 
     def _beat(self) -> None:
         hb = self.beats.message(self.done, self.failed, self.engine.in_flight,
@@ -207,6 +210,7 @@ class Worker:
             c = self.engine.wait_completion(min(left, 1.0))
             if c is not None:
                 self._finish(c)
+            self.link.send_owed()
 
     def close(self) -> None:
         """Close in the order that never hangs: the device first (no callback after)."""

@@ -16,6 +16,7 @@ import zmq
 from zmqvision import protocol, sockets
 from zmqvision.boxes import Detections
 from zmqvision.worker.engine import Completion
+from zmqvision.worker.send import send_now
 
 log = logging.getLogger("zmqvision.worker")
 
@@ -63,7 +64,7 @@ class ResultSender:
         """Queue a result for the sink; False if given up on (stopped, the sink gone)."""
         frames = protocol.encode(result)
         try:
-            self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=True)
+            send_now(self.sock, frames)
             return True
         except zmq.Again:
             return self._wait_for_room(frames)
@@ -79,7 +80,7 @@ class ResultSender:
                     return False
             self.sock.poll(100, zmq.POLLOUT)
             try:
-                self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=True)
+                send_now(self.sock, frames)
                 return True
             except zmq.Again:
                 pass
