@@ -307,8 +307,7 @@ def _job_options(f):
         click.option("--embed", is_flag=True,
                      help="Classification: also write each image's embedding (the "
                           "network's last pooled features, 1,280 numbers for "
-                          "efficientnet-lite0) into its record. Such jobs bypass the "
-                          "result cache."),
+                          "efficientnet-lite0) into its record, or into --embed-file."),
         click.option("--identify", is_flag=True,
                      help="Two-stage: find faces (centerface, with landmarks), then align "
                           "and embed each (mobilefacenet, on the workers) and name it from "
@@ -452,6 +451,11 @@ def _output_options(f):
                      show_default=True)(f)
     f = click.option("--out", "-o", type=click.Path(dir_okay=False), default="results.jsonl",
                      show_default=True, callback=_writable_out, help="Results file.")(f)
+    f = click.option("--embed-file", type=click.Path(dir_okay=False), default=None,
+                     callback=_writable_out,
+                     help="With --embed: the embeddings go to this float32 .npy file "
+                          "[rows, D], each record naming its \"embedding_row\", instead "
+                          "of a list of numbers in each record (docs/protocol.md).")(f)
     return f
 
 
@@ -751,7 +755,7 @@ def cli() -> None:
 @click.option("-v", "--verbose", count=True)
 @_insecure_option
 def run(inputs, workers, device, threads, events, resume, progress, cache_url, no_cache,
-        verbose, out, fmt, draw, masks, insecure, **kw):
+        verbose, out, fmt, draw, masks, insecure, embed_file, **kw):
     """Run the whole job on this machine: sink, workers and ventilator."""
     from zmqvision.console import JobProgressBar
     from zmqvision.run import RunPlan, run_job
@@ -763,6 +767,8 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
     _check_model(kw)
     if resume and fmt != "jsonl":
         raise click.BadParameter("--resume needs the JSONL format", param_hint="--resume")
+    if embed_file and not kw["embed"]:
+        raise click.BadParameter("needs --embed", param_hint="--embed-file")
     cache = _cache_choice(cache_url, no_cache)
     job = _vent_config(inputs, kw, resume=out if resume else None, cache=cache)
     _show_tiling(job)
@@ -771,7 +777,7 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
         job=job,
         sink=SinkConfig(out=out, format=fmt, draw=draw, masks=masks, events=events,
                         events_fallback="tcp://127.0.0.1:0", once=False, append=resume,
-                        cache=cache, insecure=insecure),
+                        cache=cache, insecure=insecure, embed_file=embed_file),
         worker=WorkerConfig(model=kw["model"], task=kw["task"], input_size=kw["input_size"],
                             device=device, threads=threads,
                             score_threshold=kw["score_threshold"],
@@ -895,7 +901,8 @@ def sink_config(params: Mapping) -> SinkConfig:
                       format=params["fmt"], draw=params["draw"], masks=params["masks"],
                       append=not params["overwrite"], once=params["once"],
                       cache=_cache_choice(params["cache_url"], params["no_cache"]),
-                      curve=params["curve"], insecure=params["insecure"])
+                      curve=params["curve"], insecure=params["insecure"],
+                      embed_file=params["embed_file"])
 
 
 @cli.command()

@@ -77,6 +77,7 @@ SINK_FLAGS: FlagTable = {
     "cache": Custom(_cache_args),
     "curve": Flag("--curve"),
     "insecure": Flag("--insecure", switch=True),
+    "embed_file": Flag("--embed-file"),
 }
 
 WORKER_FLAGS: FlagTable = {

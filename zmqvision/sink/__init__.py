@@ -6,6 +6,8 @@ Module map (one job each):
 - ``jobs``: merge state per job (images in flight, early results, counters, Progress).
 - ``journal``: the results file as the journal: the one-writer lock, what each job
   already has, the sync before acks.
+- ``embeddings_file``: ``--embed-file``'s ``.npy`` sidecar, locked, synced and continued
+  with the journal.
 - ``output``: where a record goes (``options["records"]``: write, publish, both), the
   COCO file rewritten from its journal at each job end, drawings.
 - ``acks``: tile and image acks to ventilators, after the journal is synced.

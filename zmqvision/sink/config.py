@@ -27,6 +27,9 @@ class SinkConfig:
     cache: str | None = "auto"  # result cache URL; "auto": $ZMQVISION_RESULTS_CACHE or SQLite
     curve: str | None = None  # key directory: CURVE on both bound sockets (security.py)
     insecure: bool = False  # allow a plain-text bind that other hosts can reach
+    # Classification embeddings into this float32 .npy [rows, D] (records name their row)
+    # instead of a JSON list in each record (zmqvision.sink.embeddings_file).
+    embed_file: str | None = None
 
     @property
     def journal(self) -> str:

@@ -97,7 +97,8 @@ class Sink:
         self.sink_id = sink_id
         self.cache = cache  # results are saved here as images complete
         if journal is None:
-            journal = Journal(config.journal, keep=config.append)
+            journal = Journal(config.journal, keep=config.append,
+                              embed_file=config.embed_file)
             journal.open()
         self.journal = journal
         self.bad = sockets.BadMessages("sink")
@@ -412,7 +413,8 @@ class Sink:
             tiles=info.tiles if info.cached is None else info.cached.tiles,
             settings=job.settings, cached=info.cached is not None,
             frame=info.frame, frames=info.frames, time=info.time,
-            task=job.task.name, extra=job.record_fields(img, dets),
+            task=job.task.name,
+            extra=job.record_fields(img, dets, self.output.embedding_rows(job)),
             per_detection=img.extras,
         )
         self.output.deliver(job, record, info.abspath or info.path)

@@ -18,6 +18,8 @@ import os
 
 from zmqvision import results
 from zmqvision.idset import IdSet
+from zmqvision.sink import embeddings_file
+from zmqvision.sink.embeddings_file import EmbeddingsFile
 from zmqvision.sink.jobs import JournalCounts
 
 log = logging.getLogger("zmqvision.sink")
@@ -27,10 +29,21 @@ class Journal:
     """The records written so far, per job: which images (8 bytes each, so a repeat is
     never written twice) and their counts (a restarted sink's progress starts there)."""
 
-    def __init__(self, path: str, *, keep: bool) -> None:
+    def __init__(self, path: str, *, keep: bool, embed_file: str | None = None) -> None:
+        """``embed_file``: the ``.npy`` sidecar of classification embeddings
+        (``--embed-file``, zmqvision.sink.embeddings_file), locked with the records and
+        synced before them."""
         self.path = path
         self.keep = keep  # continue what the file holds; else start it afresh at open()
         self.writer = results.JsonlWriter(path, append=True)  # FileLocked: another writer
+        try:
+            self.embeddings = None if embed_file is None else EmbeddingsFile(embed_file)
+        except BaseException:  # the sidecar is another's: leave nothing behind
+            if self.writer.created:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+            self.writer.close()
+            raise
         self.opened = False
         self.unsynced = False  # records written since the last sync
         self.written: dict[str, IdSet] = {}
@@ -43,8 +56,30 @@ class Journal:
             self.writer.truncate()
         else:
             self.writer.repair()
+            self._check_rows()
             self._load()
+        if self.embeddings is not None:
+            self.embeddings.open(keep=self.keep)
         self.opened = True
+
+    def _check_rows(self) -> None:
+        """Continuing with a sidecar: records whose row did not survive (a power loss
+        after they were written, before their sync) are cut, so their images are done
+        again. A sidecar with no rows while records name some is refused (a wrong or
+        lost --embed-file): ValueError, and nothing is cut."""
+        if self.embeddings is None:
+            return
+        rows, _ = self.embeddings.present()
+        if rows == 0 and embeddings_file.max_row(self.path) >= 0:
+            raise ValueError(
+                f"{self.path} has records whose embeddings are rows of another file than "
+                f"{self.embeddings.path} (it has none): give the --embed-file they were "
+                "written to, or start afresh (--overwrite)")
+        cut = embeddings_file.cut_records_past(self.path, rows)
+        if cut:
+            log.warning("journal %s: %d records name embedding rows that %s lost (a crash "
+                        "before they were synced); their images will be done again",
+                        self.path, cut, self.embeddings.path)
 
     def _load(self) -> None:
         for rec in results.read_jsonl(self.path, skip_bad=True):
@@ -78,7 +113,10 @@ class Journal:
         return written is not None and image in written
 
     def sync(self) -> None:
+        """Records durable, and before them the sidecar rows they name."""
         if self.unsynced:
+            if self.embeddings is not None:
+                self.embeddings.sync()
             self.writer.sync()
             self.unsynced = False
 
@@ -88,4 +126,8 @@ class Journal:
         if not self.opened and self.writer.created:
             with contextlib.suppress(OSError):
                 os.unlink(self.path)
-        self.writer.close()
+        try:
+            if self.embeddings is not None:
+                self.embeddings.close()  # synced first (its records may be, at exit)
+        finally:
+            self.writer.close()

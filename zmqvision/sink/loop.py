@@ -82,7 +82,7 @@ def run_sink(config: SinkConfig, stop: sockets.StopFlag | None = None,
     # One cleanup for every way out, a refused CURVE key or a taken --out included.
     journal = secured = sink = wake = None
     try:
-        journal = Journal(config.journal, keep=config.append)
+        journal = Journal(config.journal, keep=config.append, embed_file=config.embed_file)
         # Results: ventilators and workers (each message then checked by its key's role);
         # events: every role, watchers included (a SUB can only subscribe).
         secured = security.secure(ctx, config.curve, servers=(

@@ -13,6 +13,10 @@
 
 One serialiser (``results.record_json``) makes the line for both, so a published record
 is byte-identical to the line that ``write`` would append.
+
+With ``--embed-file`` the embeddings of a written job go to the journal's ``.npy``
+sidecar (``zmqvision.sink.embeddings_file``) and its records say ``embedding_row``; a
+publish-only job touches no file, so its records keep the vectors.
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ class RecordOutput:
         self.journal = journal
         self.publish = publish
         self.sink_id = sink_id
+
+    def embedding_rows(self, job: JobState) -> Callable | None:
+        """Where the job's embeddings go instead of its records: the sidecar's ``append``
+        (vector → row, None when it cannot take it), or None (no --embed-file, or the
+        job's records are not written)."""
+        sidecar = self.journal.embeddings
+        return sidecar.append if sidecar is not None and job.writes else None
 
     def deliver(self, job: JobState, record: dict, source: str) -> None:
         """``source``: the image file as the sink can read it (for ``--draw``)."""

@@ -14,7 +14,10 @@ on request, the image's embedding.
 - **sink**: tiles are kept apart, in tile order (no NMS: classes of different regions do
   not overlap). A one-tile record has ``labels`` (and ``embedding``); a grid record has
   ``grid`` (each tile's ``box``, ``labels``, ``embedding``) and image-level ``labels``:
-  per class the best score over the tiles, the k best of those.
+  per class the best score over the tiles, the k best of those. With the sink's
+  ``--embed-file`` each ``embedding`` is ``embedding_row`` instead, a row of that file.
+- **cache**: an entry keeps the embeddings (one float32 row per tile) beside the rows,
+  so a repeated ``--embed`` job is answered from the cache with the same records.
 """
 
 from __future__ import annotations
@@ -71,29 +74,39 @@ class Classification(Task):
     def merge(self, parts, merge_config):
         return Detections.concat([parts[i] for i in sorted(parts)])
 
-    def record_fields(self, settings, detections, embeddings, labels, score_threshold=None):
+    def record_fields(self, settings, detections, embeddings, labels, score_threshold=None,
+                      rows=None):
         if detections is None:  # a failed image: the fields exist, empty
             return {"labels": [], "grid": []} if settings.grid else {"labels": []}
         thr = score_threshold or 0.0
         tiles = _by_tile(detections)
-        vectors = [embeddings[i].tolist() for i in sorted(embeddings)]
+        vectors = [embeddings[i] for i in sorted(embeddings)]
         if not settings.grid:
             out = {"labels": _labels(tiles[0] if tiles else Detections.empty(), labels, thr)}
             if settings.embed:
-                out["embedding"] = vectors[0] if vectors else []
+                out.update(_embedding(vectors[0] if vectors else None, rows))
             return out
         grid = []
         for i, part in enumerate(tiles):
             entry = {"box": [int(v) for v in part.boxes[0].tolist()],
                      "labels": _labels(part, labels, thr)}
             if settings.embed and i < len(vectors):
-                entry["embedding"] = vectors[i]
+                entry.update(_embedding(vectors[i], rows))
             grid.append(entry)
         return {"labels": _labels(_best_per_class(detections, settings.top_k), labels, thr),
                 "grid": grid}
 
     def counted(self, detections):
         return 0  # classes are not detections: the job's detection count stays 0
+
+
+def _embedding(vector: np.ndarray | None, rows) -> dict:
+    """A vector's field: ``"embedding_row"``, its row in the sidecar (``rows``: the sink's
+    ``--embed-file`` writer, None without one), else ``"embedding"``, its numbers."""
+    if vector is None:
+        return {"embedding": []}
+    row = None if rows is None else rows(vector)
+    return {"embedding": vector.tolist()} if row is None else {"embedding_row": row}
 
 
 def _by_tile(dets: Detections) -> list[Detections]:

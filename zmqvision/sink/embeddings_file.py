@@ -1,0 +1,225 @@
+"""``--embed-file PATH.npy``: a classification job's embeddings as one float32 ``.npy``
+array of shape ``[rows, D]`` beside the records, instead of 1,280 numbers of JSON in each.
+
+A record then says ``"embedding_row": k`` (each ``grid`` entry likewise): row ``k`` of
+the file, which ``numpy.load(PATH, mmap_mode="r")`` maps without reading it all.
+
+The file is written like the records (docs/reliability.md):
+
+- **one writer**: an exclusive ``flock`` for the sink's life, as the results file has
+  (``results.FileLocked`` names the holder); taken in ``__init__``, and the file changed
+  only at ``open()``, once the sink is sure to run.
+- **appended**: each row goes to the end (``pwrite`` at the tracked end: a file opened
+  ``O_APPEND`` would ignore the offset of the header rewrites). The header has a fixed
+  length (``HEADER_BYTES``), so growing the shape never moves the data.
+- **durable before its record**: ``sync()`` rewrites the header's shape to the rows
+  written and fsyncs; the journal calls it before it fsyncs the records (the group commit
+  before acks), so a synced record's row is on disk. Between syncs the header may count
+  fewer rows than the data holds; a reader sees the rows of synced records.
+- **continued** (a restarted sink, ``run --resume``): the rows are counted from the file's
+  size (the truth, whatever the header last said), a partial last row is cut, and the
+  records file is cut at its first record whose row did not survive (a power loss can
+  keep a record written after the last sync and lose its row): rows are appended in
+  record order, so those records are the file's tail, and their images are done again.
+
+A row whose length is not the file's ``D`` (another model into the same file) is not
+written: ``append`` returns None and the record keeps its vector as a JSON list.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import fcntl
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from zmqvision import results
+
+log = logging.getLogger("zmqvision.sink")
+
+MAGIC = b"\x93NUMPY\x01\x00"  # .npy version 1.0: a 2-byte header length follows
+HEADER_BYTES = 128  # the whole header, padded: room for any shape, 64-byte aligned
+DTYPE = np.dtype("<f4")
+
+
+def header(rows: int, dim: int) -> bytes:
+    """The .npy header (magic, version, length, dict, spaces, newline) of a C-order
+    little-endian float32 ``[rows, dim]`` array, exactly HEADER_BYTES long."""
+    text = f"{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {dim}), }}"
+    body = text.encode("ascii")
+    pad = HEADER_BYTES - len(MAGIC) - 2 - len(body) - 1
+    if pad < 0:
+        raise ValueError(f"shape ({rows}, {dim}) does not fit the header")
+    return MAGIC + (HEADER_BYTES - len(MAGIC) - 2).to_bytes(2, "little") + body + \
+        b" " * pad + b"\n"
+
+
+def read_header(data: bytes) -> tuple[int, int]:
+    """(rows, dim) of a header this module wrote; ValueError for anything else (another
+    dtype, order or header length: not a file to append to)."""
+    if len(data) < HEADER_BYTES or not data.startswith(MAGIC):
+        raise ValueError("not a .npy file written by zmqvision (--embed-file)")
+    length = int.from_bytes(data[len(MAGIC):len(MAGIC) + 2], "little")
+    if len(MAGIC) + 2 + length != HEADER_BYTES:
+        raise ValueError("a .npy header of another length than zmqvision writes")
+    try:
+        d = ast.literal_eval(data[len(MAGIC) + 2:HEADER_BYTES].decode("ascii").strip())
+    except (ValueError, SyntaxError, UnicodeDecodeError):
+        raise ValueError("an unreadable .npy header") from None
+    shape = d.get("shape") if isinstance(d, dict) else None
+    if (not isinstance(d, dict) or d.get("descr") != "<f4" or d.get("fortran_order") is not False
+            or not isinstance(shape, tuple) or len(shape) != 2
+            or not all(isinstance(v, int) and v >= 0 for v in shape)):
+        raise ValueError("the .npy file is not a C-order float32 [rows, D] array")
+    return shape[0], shape[1]
+
+
+class EmbeddingsFile:
+    """Rows appended to one locked ``.npy`` file; ``sync`` makes them durable."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        """Lock the file (created if missing); FileLocked when another process has it,
+        before anything is changed."""
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
+        try:
+            self.fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+            self.created = True
+        except FileExistsError:
+            self.fd = os.open(self.path, flags)
+            self.created = False
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = results.lock_holder(self.fd)
+            os.close(self.fd)
+            who = f"process {pid}" if pid is not None else "another process"
+            raise results.FileLocked(
+                f"{self.path} is being written by {who} (a sink or `zmqvision run`); "
+                "stop it or choose another --embed-file") from None
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.rows = 0
+        self.dim = 0
+        self.synced_rows = 0
+        self.unsynced = False
+        self.opened = False
+
+    def present(self) -> tuple[int, int]:
+        """(rows, D) the file holds whole, counted from its size (the header may count
+        fewer: rows written after the last sync); (0, 0) for an empty file. ValueError:
+        it is not an array this module can append to."""
+        size = os.fstat(self.fd).st_size
+        if size == 0:
+            return 0, 0
+        _, dim = read_header(os.pread(self.fd, HEADER_BYTES, 0))
+        return ((size - HEADER_BYTES) // (dim * DTYPE.itemsize) if dim else 0), dim
+
+    def open(self, *, keep: bool) -> None:
+        """Start afresh (an empty ``[0, 0]`` array), or continue the rows the file holds
+        (a partial last row is cut; ValueError: not an array this module appends to)."""
+        if keep:
+            self.rows, self.dim = self.present()
+            self.synced_rows = self.rows
+        os.ftruncate(self.fd, HEADER_BYTES + self.rows * self.dim * DTYPE.itemsize)
+        os.pwrite(self.fd, header(self.rows, self.dim), 0)
+        os.fsync(self.fd)
+        self.opened = True
+
+    def append(self, vector: np.ndarray) -> int | None:
+        """Write one row; its index, or None when its length is not the file's."""
+        vec = np.ascontiguousarray(vector, DTYPE).reshape(-1)
+        if self.dim == 0:
+            if vec.size == 0:
+                return None
+            self.dim = vec.size
+            os.pwrite(self.fd, header(self.rows, self.dim), 0)  # rows is 0 here
+        elif vec.size != self.dim:
+            return None
+        offset = HEADER_BYTES + self.rows * self.dim * DTYPE.itemsize
+        view = memoryview(vec).cast("B")
+        while view:  # pwrite may write less than asked (a signal, a full disk → OSError)
+            n = os.pwrite(self.fd, view, offset)
+            view, offset = view[n:], offset + n
+        self.rows += 1
+        self.unsynced = True
+        return self.rows - 1
+
+    def sync(self) -> None:
+        """The header counts every row written, and all is on disk."""
+        if not self.unsynced:
+            return
+        os.pwrite(self.fd, header(self.rows, self.dim), 0)
+        os.fsync(self.fd)
+        self.synced_rows = self.rows
+        self.unsynced = False
+
+    def close(self) -> None:
+        """Sync and release the lock; a file this process created but never opened (the
+        sink failed to start) is removed."""
+        if self.fd < 0:
+            return
+        try:
+            if self.opened:
+                self.sync()
+            elif self.created:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.path)
+        finally:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def record_rows(rec: dict) -> list[int]:
+    """The sidecar rows a record names (its own, and its grid entries')."""
+    out = []
+    for entry in (rec, *(rec.get("grid") or ())):
+        row = entry.get("embedding_row") if isinstance(entry, dict) else None
+        if isinstance(row, int) and not isinstance(row, bool):
+            out.append(row)
+    return out
+
+
+def cut_records_past(records: str | os.PathLike, rows: int) -> int:
+    """Cut the records file at its first record that names a row >= ``rows`` (a row lost
+    with the power while its record survived); how many records were cut. Rows go in
+    record order, so what is cut is the file's tail."""
+    cut_at, pos, cut = None, 0, 0
+    with open(records, "rb") as fh:
+        for line in fh:
+            if b'"embedding_row"' in line:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    rec = None
+                if isinstance(rec, dict) and any(r >= rows for r in record_rows(rec)):
+                    cut_at = pos if cut_at is None else cut_at
+            if cut_at is not None and line.strip():
+                cut += 1
+            pos += len(line)
+    if cut_at is not None:
+        os.truncate(records, cut_at)
+    return cut
+
+
+def max_row(records: str | os.PathLike) -> int:
+    """The highest sidecar row the records file names; -1 for none."""
+    best = -1
+    with open(records, "rb") as fh:
+        for line in fh:
+            if b'"embedding_row"' not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                best = max([best, *record_rows(rec)])
+    return best
