@@ -77,8 +77,8 @@ def test_cache_key_holds_the_task_settings():
             for s in ({}, {"top_k": 3}, {"tile_size": (200, 200)}, {"embed": True})}
     assert len(keys) == 4
     assert job_fingerprint(JobPlan(JobSettings(model="centerface")).job_start("j")) not in keys
-    # An --embed job never looks the cache up: an entry holds no embeddings.
-    assert JobPlan(JobSettings(model=MODEL, embed=True)).lookup_in(object()) is None
+    # An --embed job looks the cache up too: its entries keep the embeddings.
+    assert JobPlan(JobSettings(model=MODEL, embed=True)).lookup_in(object()) is not None
 
 
 # ---------------------------------------------------------------- wire

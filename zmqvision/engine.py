@@ -313,7 +313,7 @@ class Engine:
             info = protocol.ImageInfo(**base, width=hit.width, height=hit.height,
                                       error=loaded.error, cached=protocol.Cached(
                                           tiles=hit.tiles, detections=hit.detections,
-                                          created=hit.created))
+                                          created=hit.created, embeddings=hit.embeddings))
             job.cached += 1
         elif img is None:
             info = protocol.ImageInfo(**base, error=loaded.error)

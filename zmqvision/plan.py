@@ -141,14 +141,16 @@ class JobPlan:
                 or self.stage2 is not None):
             # A two-stage record holds what an entry cannot (landmarks, identities, read
             # at the sink against a gallery that changes): such jobs skip the cache.
-            # An entry holds an image's rows, not its embeddings (1,280 floats per tile)
-            # nor its mask: an --embed or segmentation job computes every image and saves
-            # nothing (docs/cache.md, zmqvision.tasks.segmentation).
+            # An entry holds an image's rows (and an --embed job's embeddings), not its
+            # mask: a segmentation job computes every image and saves nothing
+            # (docs/cache.md, zmqvision.tasks.segmentation).
             return None
         from zmqvision.cache import job_fingerprint
 
         fingerprint, ref = job_fingerprint(self.job_start("")), self.spec.ref
-        return lambda content_hash: cache.lookup(fingerprint, content_hash, ref)
+        embeddings = self.task_settings.embed
+        return lambda content_hash: cache.lookup(fingerprint, content_hash, ref,
+                                                 embeddings=embeddings)
 
     def reducer(self) -> Reduce | None:
         """How far a JPEG of a given size may be reduced as it is decoded: by the factor

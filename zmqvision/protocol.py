@@ -588,6 +588,8 @@ class Cached:
     tiles: int
     detections: Detections
     created: float = 0.0
+    # A classification ``--embed`` job's: float32 [tiles, D], one row per tile in order.
+    embeddings: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -632,10 +634,17 @@ class ImageInfo:
         if self.cached is not None:
             h["cached"] = {"tiles": self.cached.tiles, "n": len(self.cached.detections),
                            "created": self.cached.created}
+            if self.cached.embeddings is not None:
+                h["cached"]["embed"] = list(self.cached.embeddings.shape)
         return h
 
     def buffers(self) -> list:
-        return [] if self.cached is None else detection_arrays(self.cached.detections)
+        if self.cached is None:
+            return []
+        arrays = detection_arrays(self.cached.detections)
+        if self.cached.embeddings is not None:
+            arrays.append(np.ascontiguousarray(self.cached.embeddings, EMBEDDING_DTYPE))
+        return arrays
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence) -> ImageInfo:
@@ -643,9 +652,12 @@ class ImageInfo:
         c = None if h.get("cached") is None else _req(h, "cached", dict)
         if c is not None:
             tiles = _count(c, "tiles")
-            dets = detections_from_buffers(_int(c, "n"), bufs)
+            shape = _req(c, "embed", list, optional=True)
+            dets = detections_from_buffers(_int(c, "n"), bufs[:3] if shape is not None else bufs)
             cached = Cached(tiles=tiles, detections=dets,
-                            created=_float(c, "created", optional=True) or 0.0)
+                            created=_float(c, "created", optional=True) or 0.0,
+                            embeddings=None if shape is None
+                            else embeddings_from_buffer(shape, tiles, bufs[3:]))
         msg = _built(
             cls,
             job=_name(h, "job"),
@@ -1065,6 +1077,25 @@ def scores_from_buffer(shape: Any, buf: Any) -> np.ndarray:
     if not SCORES_DTYPE.isnative:  # a big-endian host: native order for numpy
         scores = scores.astype(np.float32)
     return scores
+
+
+def embeddings_from_buffer(shape: list, tiles: int, bufs: Sequence) -> np.ndarray:
+    """A cached image's embeddings: float32 ``[tiles, D]`` from one frame, sized as the
+    header says and all finite; ProtocolError otherwise."""
+    if (len(shape) != 2 or not all(isinstance(v, int) and not isinstance(v, bool)
+                                   for v in shape) or shape[0] != tiles or tiles < 1):
+        raise ProtocolError(f"cached embeddings shaped {shape}, the image had {tiles} tiles")
+    if len(bufs) != 1:
+        raise ProtocolError(f"cached embeddings need 1 frame, got {len(bufs)}")
+    if not 1 <= shape[1] <= MAX_EMBEDDING or tiles > MAX_RESULT_BOXES:
+        raise ProtocolError(f"cached embeddings shaped {shape}: out of bounds")
+    view = _buffer(bufs[0])
+    if view.nbytes != tiles * shape[1] * EMBEDDING_DTYPE.itemsize:
+        raise ProtocolError(f"cached embeddings frame has {view.nbytes} bytes, shape {shape}")
+    vecs = np.frombuffer(view, EMBEDDING_DTYPE).astype(np.float32).reshape(tiles, shape[1])
+    if not _all_finite(vecs):
+        raise ProtocolError("non-finite numbers in the cached embeddings")
+    return vecs
 
 
 def embedding_from_buffer(dim: int, buf: Any) -> np.ndarray:

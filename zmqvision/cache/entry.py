@@ -5,13 +5,17 @@ a socket)::
 
     {"v": 1, "key": str, "model": "name@version", "w": int, "h": int, "tiles": int,
      "n": int, "boxes": bin (n×4 little-endian float64), "scores": bin (n float32),
-     "labels": bin (n int32), "error": null | {"type": str, "message": str}, "t": float}
+     "labels": bin (n int32), "error": null | {"type": str, "message": str}, "t": float,
+     "emb": [rows, D], "embs": bin (rows×D little-endian float32)}
 
 The arrays are the merged detections exactly as the sink wrote them, so a record made
-from a hit is identical to the one made from inference. ``key`` repeats the key the entry
-was stored under: an entry found under another key (a foreign or mixed-up entry) is
-refused like a corrupt one. Anything that does not parse raises ``EntryError``; callers
-treat it as a miss.
+from a hit is identical to the one made from inference. ``emb``/``embs`` (a classification
+``--embed`` job's embeddings, one row per tile in tile order) are there only when the
+entry has them: an entry without them (every entry of an older version) reads as before,
+with ``embeddings`` None, and a version-1 reader that does not know them ignores them.
+``key`` repeats the key the entry was stored under: an entry found under another key (a
+foreign or mixed-up entry) is refused like a corrupt one. Anything that does not parse
+raises ``EntryError``; callers treat it as a miss.
 """
 
 from __future__ import annotations
@@ -21,9 +25,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import numpy as np
 
 from zmqvision.boxes import Detections
-from zmqvision.protocol import ProtocolError, detection_arrays, detections_from_buffers
+from zmqvision.protocol import (
+    EMBEDDING_DTYPE,
+    ProtocolError,
+    detection_arrays,
+    detections_from_buffers,
+    embeddings_from_buffer,
+)
 
 ENTRY_VERSION = 1
 
@@ -44,16 +55,22 @@ class Entry:
     detections: Detections
     error: dict | None = None
     created: float = 0.0
+    embeddings: np.ndarray | None = None  # float32 [tiles, D]: an --embed job's
 
 
 def encode(entry: Entry) -> bytes:
     boxes, scores, labels = (a.tobytes() for a in detection_arrays(entry.detections))
-    return msgpack.packb({
+    m = {
         "v": ENTRY_VERSION, "key": entry.key, "model": entry.model, "w": entry.width,
         "h": entry.height, "tiles": entry.tiles, "n": len(entry.detections),
         "boxes": boxes, "scores": scores, "labels": labels,
         "error": entry.error, "t": float(entry.created),
-    }, use_bin_type=True)
+    }
+    if entry.embeddings is not None:
+        embs = np.ascontiguousarray(entry.embeddings, EMBEDDING_DTYPE)
+        m["emb"] = list(embs.shape)
+        m["embs"] = memoryview(embs).cast("B")  # packed as bin, without a tobytes copy
+    return msgpack.packb(m, use_bin_type=True)
 
 
 def _get(m: dict, key: str, types: type | tuple[type, ...]) -> Any:
@@ -104,8 +121,15 @@ def decode(data: bytes, key: str) -> Entry:
     created = float(_get(m, "t", (int, float)))
     if not math.isfinite(created):
         raise EntryError("non-finite time")
+    embeddings = None
+    if "emb" in m:
+        try:
+            embeddings = embeddings_from_buffer(_get(m, "emb", list), tiles,
+                                                [_get(m, "embs", bytes)])
+        except ProtocolError as exc:
+            raise EntryError(str(exc)) from None
     return Entry(key=key, model=_get(m, "model", str), width=width, height=height, tiles=tiles,
-                 detections=detections, error=error, created=created)
+                 detections=detections, error=error, created=created, embeddings=embeddings)
 
 
 def created_of(data: bytes) -> float | None:

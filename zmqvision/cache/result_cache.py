@@ -16,6 +16,8 @@ import logging
 import threading
 import time
 
+import numpy as np
+
 from zmqvision.boxes import Detections
 from zmqvision.cache.entry import Entry, EntryError, decode, encode
 from zmqvision.cache.guard import Guarded
@@ -37,10 +39,12 @@ class ResultCache:
         self._pending: list[tuple[str, bytes, float]] = []
         self.hits = self.misses = self.corrupt = self.saved = 0
 
-    def lookup(self, settings: str, content_hash: str, model: str) -> Entry | None:
+    def lookup(self, settings: str, content_hash: str, model: str, *,
+               embeddings: bool = False) -> Entry | None:
         """The entry for these bytes under these settings, or None (a miss). A corrupt,
         foreign or other-version entry is a miss: logged and deleted, so the result
-        computed now replaces it."""
+        computed now replaces it. ``embeddings``: the job's records need them (``--embed``;
+        its settings are already another key): an entry without them is unusable too."""
         key = entry_key(settings, content_hash)
         data = None if key is None else self.guard.call("get", None, key)
         if data is None:
@@ -50,6 +54,8 @@ class ResultCache:
             entry = decode(bytes(data), key)
             if entry.model != model:
                 raise EntryError(f"entry of model {entry.model}, job uses {model}")
+            if embeddings and entry.error is None and entry.embeddings is None:
+                raise EntryError("entry without the embeddings the job needs")
         except EntryError as exc:
             self._count("corrupt")
             self._count("misses")
@@ -67,15 +73,17 @@ class ResultCache:
         return entry
 
     def save(self, settings: str, content_hash: str, *, model: str, width: int, height: int,
-             tiles: int, detections: Detections | None, error: dict | None = None) -> bool:
-        """Queue one image's result; False when it cannot be keyed or is a failure."""
+             tiles: int, detections: Detections | None, error: dict | None = None,
+             embeddings: np.ndarray | None = None) -> bool:
+        """Queue one image's result (``embeddings``: float32 [tiles, D], an ``--embed``
+        job's); False when it cannot be keyed or is a failure."""
         key = entry_key(settings, content_hash)
         if key is None or error is not None:
             return False
         now = time.time()
         entry = Entry(key=key, model=model, width=width, height=height, tiles=tiles,
                       detections=detections if detections is not None else Detections.empty(),
-                      error=error, created=now)
+                      error=error, created=now, embeddings=embeddings)
         with self._lock:
             self._pending.append((key, encode(entry), now))
             if len(self._pending) > MAX_PENDING:

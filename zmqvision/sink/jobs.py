@@ -368,11 +368,18 @@ class JobState:
             self.detections += self.task.counted(dets)
         return dets
 
-    def record_fields(self, img: ImageState, dets: Detections | None) -> dict:
+    def record_fields(self, img: ImageState, dets: Detections | None, rows=None) -> dict:
         """The task's own fields of an image's record (none for detection); those of its
-        running merge (segmentation's) when it had one."""
-        out = self.task.record_fields(self.task_settings, dets, img.embeddings, self.labels,
-                                      self.settings["score_threshold"])
+        running merge (segmentation's) when it had one. ``rows``: the ``--embed-file``
+        writer an ``embed`` job's vectors go to (``Task.record_fields``). A cached image's
+        embeddings are the entry's (one per tile)."""
+        embeddings = img.embeddings
+        cached = img.info.cached
+        if cached is not None and cached.embeddings is not None:
+            embeddings = dict(enumerate(cached.embeddings))
+        kw = {"rows": rows} if rows is not None and self.task_settings.embed else {}
+        out = self.task.record_fields(self.task_settings, dets, embeddings, self.labels,
+                                      self.settings["score_threshold"], **kw)
         if img.fields is not None and img.error is None:
             out.update(img.fields)
         return out

@@ -1,6 +1,9 @@
-"""Computed results into the result cache as images complete (docs/cache.md)."""
+"""Computed results into the result cache as images complete (docs/cache.md), with a
+classification ``--embed`` job's embeddings (one float32 row per tile)."""
 
 from __future__ import annotations
+
+import numpy as np
 
 from zmqvision import protocol
 from zmqvision.boxes import Detections
@@ -18,8 +21,13 @@ class ResultSaver:
         info = img.info
         if (self.cache is None or info.hash is None or info.cached is not None
                 or img.error is not None or not job.task.cacheable(job.task_settings)):
-            return  # (an entry holds no embeddings nor masks: such jobs are never looked up)
+            return  # (an entry holds no masks: segmentation jobs are never looked up)
+        embeddings = None
+        if job.task_settings.embed:  # one vector per tile, in tile order
+            if sorted(img.embeddings) != list(range(info.tiles)):
+                return  # (check_part makes every tile bring one: never here)
+            embeddings = np.stack([img.embeddings[i] for i in range(info.tiles)])
         self.cache.save(job.fingerprint, protocol.frame_hash(info.hash, info.frame),
                         model=job.model,
                         width=info.width, height=info.height, tiles=info.tiles,
-                        detections=dets)
+                        detections=dets, embeddings=embeddings)

@@ -115,9 +115,10 @@ class Task:
         return plan_scales(width, height, scales, overlap)
 
     def cacheable(self, settings: TaskSettings) -> bool:
-        """Whether a result-cache entry (an image's rows) holds all a record of these
-        settings needs; False: the job neither looks up nor saves."""
-        return not settings.embed
+        """Whether a result-cache entry (an image's rows, and a classifier's embeddings,
+        one per tile) holds all a record of these settings needs; False: the job neither
+        looks up nor saves."""
+        return True
 
     def tile_request(self, settings: TaskSettings) -> dict | None:
         """``protocol.Tile.task``: what the worker returns for a tile; None: nothing
@@ -148,10 +149,12 @@ class Task:
 
     def record_fields(self, settings: TaskSettings, detections: Detections | None,
                       embeddings: dict[int, np.ndarray], labels: Sequence[str],
-                      score_threshold: float | None = None) -> dict:
+                      score_threshold: float | None = None,
+                      rows: Callable[[np.ndarray], int | None] | None = None) -> dict:
         """Fields a record of this task has beside the common ones (``detections`` is
         always there; ``results.make_record`` fills it for detection). ``detections``
-        None: the image failed."""
+        None: the image failed. ``rows`` (given for ``embed`` jobs only): writes a vector
+        to the sink's ``--embed-file`` and returns its row (None: keep it in the record)."""
         return {}
 
     def counted(self, detections: Detections) -> int:
