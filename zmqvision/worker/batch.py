@@ -30,6 +30,11 @@ class TileBatch:
     def __init__(self) -> None:
         self.items: list[tuple[int, protocol.Tile, float]] = []
         self.left = 0
+        # The batch's input tensor, and through it its pixels' block, kept alive until
+        # the request is done: OpenVINO reads the block in place and a tensor passed to
+        # start_async and then dropped by Python lets the block be freed while it runs
+        # (measured: the first tile of a batch then decoded from reused memory).
+        self.tensor = None
 
     def __len__(self) -> int:
         return len(self.items)

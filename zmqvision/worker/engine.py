@@ -153,7 +153,8 @@ class InferenceEngine:
         self._batches += 1
         self.batch_sizes[len(batch)] += 1
         try:
-            self._start_async(self.detector.batch_tensor(batch.pixels()), batch)
+            batch.tensor = self.detector.batch_tensor(batch.pixels())
+            self._start_async(batch.tensor, batch)
         except Exception as exc:  # every tile of it answered with the error, none lost
             self._batches -= 1
             batch.left = 0
