@@ -219,6 +219,19 @@ def _curve_option(f):
              "CURVE [default: plain text, for one host or a trusted network].")(f)
 
 
+def _batch_options(f):
+    """``--batch`` and ``--batch-wait-ms``: the worker's real batches (worker.batch)."""
+    f = click.option(
+        "--batch-wait-ms", type=click.FloatRange(0, 1000), default=2.0, show_default=True,
+        help="With --batch: longest a gathered tile waits for more before its batch "
+             "goes.")(f)
+    return click.option(
+        "--batch", type=click.IntRange(1, 64), default=1, show_default=True,
+        help="Tiles per inference (a real batch dimension; models that have one: "
+             "centerface, plates-det, ppocr-v4-det). Pays on GPUs and NPUs, not on CPUs "
+             "(docs/performance.md).")(f)
+
+
 def _insecure_option(f):
     return click.option(
         "--insecure", is_flag=True,
@@ -751,11 +764,12 @@ def cli() -> None:
 @click.option("--resume", is_flag=True,
               help="Keep --out and do only the images it has no record of yet.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
+@_batch_options
 @_cache_options
 @click.option("-v", "--verbose", count=True)
 @_insecure_option
-def run(inputs, workers, device, threads, events, resume, progress, cache_url, no_cache,
-        verbose, out, fmt, draw, masks, insecure, embed_file, **kw):
+def run(inputs, workers, device, threads, events, resume, progress, batch, batch_wait_ms,
+        cache_url, no_cache, verbose, out, fmt, draw, masks, insecure, embed_file, **kw):
     """Run the whole job on this machine: sink, workers and ventilator."""
     from zmqvision.console import JobProgressBar
     from zmqvision.run import RunPlan, run_job
@@ -781,7 +795,8 @@ def run(inputs, workers, device, threads, events, resume, progress, cache_url, n
         worker=WorkerConfig(model=kw["model"], task=kw["task"], input_size=kw["input_size"],
                             device=device, threads=threads,
                             score_threshold=kw["score_threshold"],
-                            stage2=_stage2_worker_model(job)),
+                            stage2=_stage2_worker_model(job), batch=batch,
+                            batch_wait_ms=batch_wait_ms),
         workers=workers,
         log_level=level,
     )
@@ -930,6 +945,7 @@ def sink_config(params: Mapping) -> SinkConfig:
               help="Also run this second-stage model for two-stage jobs' crops: "
                    "mobilefacenet (run --identify), plates-rec or ppocr-v4-rec (run "
                    "--model plates/ocr) [default with --model plates/ocr: its reader].")
+@_batch_options
 @click.option("-v", "--verbose", count=True)
 @_curve_option
 @_child_options
@@ -961,6 +977,7 @@ def worker_config(params: Mapping) -> WorkerConfig:
         score_threshold=params["score_threshold"], heartbeat_s=params["heartbeat"],
         worker_id=params["worker_id"],
         curve=params["curve"], stage2=params.get("stage2"),
+        batch=params.get("batch", 1), batch_wait_ms=params.get("batch_wait_ms", 2.0),
     )
 
 
@@ -1040,6 +1057,9 @@ def _byte_size(ctx, param, value):
               help="Largest request body (bytes, or 512K, 32M); past it: 413.")
 @click.option("--max-pixels", type=click.IntRange(1), default=None,
               help="Refuse images with more pixels (422, too_large) [default: the CLI's].")
+@click.option("--batch", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Tiles per inference of the embedded workers (`zmqvision worker "
+                   "--batch`); not with --connect.")
 @_cache_options
 @click.option("-v", "--verbose", count=True)
 @_curve_option
@@ -1047,7 +1067,7 @@ def _byte_size(ctx, param, value):
 @_child_options
 def serve(host, port, model, input_size, connect_host, bind_tiles, sink_results,
           sink_events, workers, device, threads, timeout, max_queue, header_timeout,
-          read_timeout, max_body, max_pixels,
+          read_timeout, max_body, max_pixels, batch,
           cache_url, no_cache, verbose, curve, insecure, announce, parent_pid, log_level):
     """Serve the pool over HTTP: /v1/detect, KServe v2 (/v2/...), /metrics."""
     from zmqvision import Pool
@@ -1058,6 +1078,10 @@ def serve(host, port, model, input_size, connect_host, bind_tiles, sink_results,
     if connect_host is None and (bind_tiles or sink_results or sink_events):
         raise click.BadParameter("--bind, --sink-results and --sink-events go with "
                                  "--connect", param_hint="--connect")
+    if connect_host is not None and batch != 1:
+        raise click.BadParameter("--batch is for the embedded workers; give it to the "
+                                 "cluster's workers (zmqvision worker --batch)",
+                                 param_hint="--batch")
     cache = _cache_choice(cache_url, no_cache)
     settings = {"input_size": input_size}
     if max_pixels is not None:
@@ -1069,7 +1093,7 @@ def serve(host, port, model, input_size, connect_host, bind_tiles, sink_results,
     stop = _stop_flag(parent_pid)
     if connect_host is None:
         pool = Pool(model=model, workers=workers, device=device, threads=threads,
-                    cache=cache, log_level=level, **settings)
+                    cache=cache, log_level=level, batch=batch, **settings)
     else:
         _check_binds({"--bind": bind_tiles or ""}, curve, insecure)
         pool = Pool.connect(connect_host, tiles=bind_tiles, sink=sink_results,

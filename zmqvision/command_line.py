@@ -95,6 +95,8 @@ WORKER_FLAGS: FlagTable = {
     "worker_id": Flag("--id"),
     "curve": Flag("--curve"),
     "stage2": Flag("--stage2"),
+    "batch": Flag("--batch"),
+    "batch_wait_ms": Flag("--batch-wait-ms"),
 }
 
 

@@ -55,6 +55,7 @@ JOB_ERRORS: tuple[tuple[str, str, ExitCode, str], ...] = (
     ("zmqvision.ventilator", "JobFailed", ExitCode.JOB_FAILED, "job failed: "),
     ("zmqvision.models.store", "ModelStoreError", ExitCode.JOB_FAILED, ""),
     ("zmqvision.models.runtime", "DeviceError", ExitCode.JOB_FAILED, ""),
+    ("zmqvision.models.runtime", "BatchError", ExitCode.USAGE, ""),  # --batch, this model
 )
 
 # Stop flags of the running command (see :func:`register_stop`): a job that fails while

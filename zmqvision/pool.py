@@ -75,7 +75,7 @@ class Pool:
                  threads: int | None = None, in_process: bool = False,
                  cache: str | None = "auto", window: int = 256, decode_threads: int = 2,
                  lease_s: float = 120.0, log_level: int = logging.WARNING,
-                 **settings: Any) -> None:
+                 batch: int = 1, **settings: Any) -> None:
         from zmqvision.sink import SinkConfig
         from zmqvision.worker import WorkerConfig
 
@@ -86,7 +86,8 @@ class Pool:
         sink = SinkConfig(out=os.path.join(self._tmp, "results.jsonl"),
                           events="tcp://127.0.0.1:0", cache=cache)
         worker = WorkerConfig(model=model, input_size=defaults.input_size, device=device,
-                              threads=threads, score_threshold=defaults.score_threshold)
+                              threads=threads, score_threshold=defaults.score_threshold,
+                              batch=batch)  # --batch: tiles per infer request
         cluster = LocalCluster(sink, worker, workers=workers, log_level=log_level,
                                in_process=in_process)
         self._setup(defaults, cache=cache, window=window, decode_threads=decode_threads,

@@ -91,6 +91,10 @@ class DeviceError(ValueError):
     """The requested OpenVINO device is not present on this machine."""
 
 
+class BatchError(ValueError):
+    """The model cannot take a batch dimension (``--batch``): it names the model and why."""
+
+
 class Network:
     """A compiled model that takes the wire's tiles: what a detector and a classifier share
     (device checks, the compile cache, thread settings, zero-copy input). Subclasses say
@@ -107,20 +111,32 @@ class Network:
         cache_dir: str | Path | None = None,
         model_path: str | Path | None = None,
         core: ov.Core | None = None,
+        batch: int = 1,
     ) -> None:
         self.spec = spec
         self.device = device
+        self.batch = int(batch)
         core = core or ov.Core()
         check_device(core, device)
         path = Path(model_path) if model_path is not None else store.ensure(spec, log=log.info)
         model = build_model(core.read_model(str(path)), spec)
         self._extend(model)
+        # Outputs are told apart by their shapes for one tile: with a batch, known before
+        # its dimension makes the first of them (with some graphs others too) dynamic.
+        one = None
+        if self.batch > 1:
+            one = [(set(o.get_names()), tuple(o.get_partial_shape().to_shape()))
+                   for o in model.outputs]
+            reshape_batch(model, spec, self.batch)
         self.compiled = compile_for(core, model, device, hint=hint, threads=threads,
                                     cache_dir=cache_dir)
         self.input_size = spec.input_size
-        self._outputs = self._order(
-            [(set(o.get_names()), tuple(o.get_shape())) for o in self.compiled.outputs]
-        )
+        if one is None:
+            one = [(set(o.get_names()), tuple(o.get_shape())) for o in self.compiled.outputs]
+        self._outputs = self._order(one)
+        self._one_shapes = [shape for _, shape in one]
+        if self.batch > 1:
+            check_batch_independent(self.compiled, spec, self.batch)
 
     def _extend(self, model: ov.Model) -> None:
         """Add outputs to the graph before it is compiled (nothing by default)."""
@@ -148,6 +164,24 @@ class Network:
         if not pixels.flags.c_contiguous:
             raise ValueError("tile pixels must be C-contiguous (zero-copy input)")
         return ov.Tensor(pixels[None], [1, h, w, 3], ov.Type.u8)
+
+    def batch_tensor(self, tiles: list[np.ndarray]) -> ov.Tensor:
+        """The tiles of one batch as one u8 ``[k, H, W, 3]`` tensor, 1 <= k <= ``batch``:
+        the batch's one copy of its pixels (a batch dimension is one block of memory;
+        OpenVINO's CPU plugin would gather separate tensors into one too). The compiled
+        batch is dynamic (``reshape_batch``), so a partial batch costs its own tiles."""
+        w, h = self.input_size
+        if not 1 <= len(tiles) <= self.batch:
+            raise ValueError(f"{len(tiles)} tiles for a batch of at most {self.batch}")
+        block = np.empty((len(tiles), h, w, 3), np.uint8)
+        for k, pixels in enumerate(tiles):
+            if pixels.dtype != np.uint8 or pixels.shape != (h, w, 3):
+                raise ValueError(
+                    f"tile must be uint8 [{h}, {w}, 3] for {self.spec.ref}, "
+                    f"got {pixels.dtype} {list(pixels.shape)}"
+                )
+            block[k] = pixels
+        return ov.Tensor(block, shared_memory=True)
 
     def _order(self, outputs: list[tuple[set[str], tuple[int, ...]]]) -> list[int]:
         raise NotImplementedError
@@ -223,7 +257,7 @@ class Classifier(Network):
         """Numbers in the embedding; 0 when the network has no global pooling to read."""
         if len(self._outputs) < 2:
             return 0
-        return int(np.prod(self.compiled.outputs[self._outputs[1]].get_shape()))
+        return int(np.prod(self._one_shapes[self._outputs[1]]))
 
     def outputs_of(self, request: ov.InferRequest, embed: bool = False) -> list[np.ndarray]:
         """Copies of the scores (and with ``embed`` the embedding), so the request can be
@@ -324,6 +358,74 @@ def build_model(model: ov.Model, spec: ModelSpec) -> ov.Model:
     if pre.scale != 1.0:
         steps.scale(float(pre.scale))
     return ppp.build()
+
+
+def reshape_batch(model: ov.Model, spec: ModelSpec, batch: int) -> None:
+    """Give a built batch-1 model (``build_model``: u8 NHWC input) a dynamic batch of 1 to
+    ``batch`` tiles, or raise BatchError naming it.
+
+    Dynamic, not a static ``batch`` padded with blank tiles: measured on the 2-core CPU
+    (centerface 640x640, docs/performance.md), a lone tile took 33 ms in a ``[1..4]``
+    model, as in a batch-1 one, and 156 ms padded to a static 4; a full batch of 4 costs
+    the same either way (177-180 ms).
+
+    Some models bake batch 1 into Reshape constants (the TF-Lite ones, ../MODELS.md): the
+    reshape then fails (SSD, efficientnet-lite0) or succeeds while folding the batch into
+    another axis (BlazeFace: ``[1, 3584, 16]`` for 4 tiles). So the model is first
+    reshaped to a static ``batch``, where every output must become ``[batch, *its shape
+    for one tile]``; ``check_batch_independent`` then proves on the compiled model that
+    no tile's outputs depend on another's."""
+    one = [tuple(o.get_partial_shape().to_shape()) if o.get_partial_shape().is_static
+           else None for o in model.outputs]
+    shape = list(model.inputs[0].get_partial_shape().to_shape())
+    try:
+        model.reshape({model.inputs[0]: [batch, *shape[1:]]})
+    except Exception as exc:
+        raise BatchError(f"model {spec.ref} cannot take a batch of {batch} (--batch): its "
+                         f"graph refuses a batch dimension ({_first_line(exc)}); run it "
+                         "without --batch") from exc
+    for o, before in zip(model.outputs, one, strict=True):
+        ps = o.get_partial_shape()
+        got = tuple(ps.to_shape()) if ps.is_static else None
+        if before is None or got is None or before[:1] != (1,) or \
+                got != (batch, *before[1:]):
+            raise BatchError(
+                f"model {spec.ref} cannot take a batch of {batch} (--batch): output "
+                f"{o.get_any_name() if o.get_names() else o.get_index()} is {ps} for "
+                f"{batch} tiles, {list(before) if before else '?'} for one (its graph "
+                "does not keep the batch apart); run it without --batch")
+    model.reshape({model.inputs[0]: ov.PartialShape([ov.Dimension(1, batch), *shape[1:]])})
+
+
+def check_batch_independent(compiled: ov.CompiledModel, spec: ModelSpec, batch: int) -> None:
+    """Prove once at start that a tile's outputs are its own: the first tile of a full
+    batch, of another full batch sharing only that tile, and alone must give the same
+    outputs (to float rounding), else BatchError. A model whose shapes look batched but
+    whose numbers mix tiles is refused rather than answering wrongly."""
+    w, h = spec.input_size
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
+    b = a.copy()
+    b[1:] = rng.integers(0, 256, (batch - 1, h, w, 3), dtype=np.uint8)
+    request = compiled.create_infer_request()
+    request.infer({0: a})
+    first = [np.array(request.get_output_tensor(i).data[:1], copy=True)
+             for i in range(len(compiled.outputs))]
+    for run in (b, a[:1]):
+        request.infer({0: run})
+        for i, want in enumerate(first):
+            got = request.get_output_tensor(i).data[:1]
+            if got.shape != want.shape or \
+                    not np.allclose(got, want, rtol=1e-4, atol=1e-5, equal_nan=True):
+                raise BatchError(
+                    f"model {spec.ref} cannot take a batch of {batch} (--batch): output "
+                    f"{i} of a tile changes with the other tiles of its batch (its graph "
+                    "mixes them); run it without --batch")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[0][:160] if lines else type(exc).__name__
 
 
 def check_device(core: ov.Core, device: str) -> None:
