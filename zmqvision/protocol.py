@@ -1928,6 +1928,29 @@ def tile_identity(frames: Sequence) -> tuple[str, str, int, int] | None:
         return None
 
 
+def image_work_identity(frames: Sequence) -> tuple[str, str, int, int] | None:
+    """``(job, image, tiles, attempt)`` of a ``zv.image_work`` that failed to decode, read
+    from its header alone, ``tiles`` being how many boxes it plans (1..MAX_IMAGE_WORK_TILES):
+    as ``tile_identity``, the worker answers each of those tiles ``bad_tile``. None when
+    the message is not an image's work or its header does not name one."""
+    try:
+        if peek_type(frames) is not MsgType.IMAGE_WORK or len(frames) < 2:
+            return None
+        raw = _buffer(frames[1])
+        if raw.nbytes > MAX_HEADER_BYTES:
+            return None
+        h = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+        if not isinstance(h, dict) or type(h.get("v")) is not int or h["v"] != VERSION:
+            return None
+        boxes = h.get("boxes")
+        if type(boxes) is not list or not 1 <= len(boxes) <= MAX_IMAGE_WORK_TILES:
+            return None
+        return (_name(h, "job"), _name(h, "image"), len(boxes),
+                _count(h, "attempt", optional=True) or 0)
+    except Exception:  # garbage of any kind: nothing to answer
+        return None
+
+
 def peek_type(frames: Sequence) -> MsgType:
     """The message type from frame 0 alone, without parsing the rest."""
     if not frames:

@@ -17,12 +17,9 @@ from __future__ import annotations
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import replace
-
-import numpy as np
 
 from zmqvision import io, protocol, sockets, tiling
-from zmqvision.worker.results import tile_error
+from zmqvision.worker.results import named_error
 
 log = logging.getLogger("zmqvision.worker")
 
@@ -66,14 +63,8 @@ class ImageCutter:
 
     def _errors(self, work: protocol.ImageWork, kind: str, message: str) -> list[protocol.Result]:
         log.warning("image %s of job %s: %s", work.image, work.job, message)
-        stub = protocol.Tile(job=work.job, image=work.image, index=0, box=(0, 0, 1, 1),
-                             scale=1.0, model=work.model, pixels=_NO_PIXELS,
-                             attempt=work.attempt)
-        return [tile_error(replace(stub, index=index), self.worker, self.model, kind, message)
-                for index in range(len(work.boxes))]
-
-
-_NO_PIXELS = np.zeros((1, 1, 3), np.uint8)
+        return [named_error(work.job, work.image, index, work.attempt, self.worker,
+                            self.model, kind, message) for index in range(len(work.boxes))]
 
 
 class ImageDecoder:

@@ -11,18 +11,49 @@ Credit freed while the loop works is only owed (``owe``) and goes out in one Rea
 ventilator when the loop is done with what woke it (``send_owed``, before it polls
 again): tiles finished together cost one message, not one each. Credit is still never
 held while the loop waits, so a worker with free slots has always told its ventilator.
+
+A tile that does not decode was still sent on a credit (docs/protocol.md, worker step 4):
+its credit comes back too, and when its header names it the loop answers it ``bad_tile``
+(``BadTile``), else it would cost its ventilator one credit for good. Only what was sent
+on credit earns it back: the link counts what each ventilator may still send
+(``unspent``: credit sent, less the tiles received), and a message that does not decode
+arriving when none is left was not sent on credit (a ventilator sends only once it has
+heard the Ready), so it is dropped with nothing back. A ventilator that floods a worker
+with garbage cannot so make it promise more tiles than it can hold.
 """
 
 from __future__ import annotations
 
+import functools
+import logging
+from collections import deque
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 
 import zmq
 
 from zmqvision import protocol, sockets
 from zmqvision.worker import send
 
+log = logging.getLogger("zmqvision.worker")
+
 _TILES = (protocol.MsgType.TILE, protocol.MsgType.IMAGE_WORK, protocol.MsgType.TRAIN_INVITE)
+# Sent on the tile link without credit (every 0.5 s until answered): a bad one earns none.
+_NO_CREDIT_TAG = protocol.MsgType.TRAIN_INVITE.value.encode()
+_REASON_CHARS = 500  # of a decode error, in a bad tile's answer
+
+
+@dataclass(frozen=True)
+class BadTile:
+    """Tiles sent on credit whose message did not decode but whose header names them: one
+    tile, or each tile of a whole image (``indices``). The loop answers each ``bad_tile``,
+    and each answer gives its credit back, as any answer does."""
+
+    job: str
+    image: str
+    indices: range
+    attempt: int
+    reason: str
 
 
 class TileLink:
@@ -43,8 +74,16 @@ class TileLink:
             poller.register(d, zmq.POLLIN)
         # The first Ready (every request) is owed to each ventilator until it is sent.
         self.owed = [first_credit] * len(self.dealers)
+        # Tiles each ventilator may still send on credit: Readies sent, less tiles received
+        # (a whole image weighs its tiles, so this may go below zero).
+        self.unspent = [0] * len(self.dealers)
+        self.beyond_credit = 0  # bad messages that came with no credit left: nothing back
+        self._bad_tiles: deque[BadTile] = deque()
         self.waiting_for_room: set[int] = set()  # owed, and polled for room (POLLOUT)
         self.bad = sockets.BadMessages(f"worker {worker_id}")
+        self._receivers = [
+            sockets.Receiver(d, self.bad, _TILES, refused=functools.partial(self._refused, src))
+            for src, d in enumerate(self.dealers)]
         # A Ready's frames by credit: the same few (1 … requests) go out once per tile, and
         # encoding one (a dataclass to a dict to msgpack) costs more than sending it.
         self._ready_frames: dict[int, list] = {}
@@ -53,11 +92,53 @@ class TileLink:
         for d, endpoint in zip(self.dealers, self.endpoints, strict=True):
             d.connect(endpoint)
 
-    def tiles(self, src: int) -> Iterator[protocol.Tile | protocol.ImageWork]:
-        """The tiles (and whole images) ventilator ``src`` has sent that are ready now
-        (call after a poll)."""
-        for _, tile in sockets.receive(self.dealers[src], self.bad, _TILES):
-            yield tile
+    def tiles(self, src: int) -> Iterator[protocol.Tile | protocol.ImageWork
+                                          | protocol.TrainInvite | BadTile]:
+        """The tiles (and whole images, training invites, and tiles that did not decode
+        but are named) ventilator ``src`` has sent that are ready now, in the order they
+        came (call after a poll)."""
+        unspent = self.unspent
+        bad = self._bad_tiles
+        for _, msg in self._receivers[src]():
+            while bad:  # refused while receiving, before this one
+                yield bad.popleft()
+            kind = type(msg)
+            if kind is protocol.Tile:
+                unspent[src] -= 1
+            elif kind is protocol.ImageWork:
+                unspent[src] -= len(msg.boxes)
+            yield msg
+        while bad:
+            yield bad.popleft()
+
+    def _refused(self, src: int, frames: Sequence, exc: protocol.ProtocolError) -> None:
+        """A message from ``src`` that did not decode (already counted as bad): its credit
+        back, with a ``BadTile`` for the loop to answer when its header names it; nothing
+        when it was not sent on credit."""
+        tag = frames[0]
+        if len(tag) == len(_NO_CREDIT_TAG) and bytes(tag) == _NO_CREDIT_TAG:
+            return
+        if self.unspent[src] < 1:
+            self.beyond_credit += 1
+            if self.beyond_credit <= 10 or self.beyond_credit % 1000 == 0:
+                log.warning("worker %s: a bad message beyond its ventilator's credit "
+                            "(#%d): no credit back", self.worker_id, self.beyond_credit)
+            return
+        named = protocol.tile_identity(frames)
+        if named is not None:
+            job, image, index, attempt = named
+            indices = range(index, index + 1)
+        else:
+            image_work = protocol.image_work_identity(frames)
+            if image_work is None:  # nothing to answer: only the credit goes back
+                self.unspent[src] -= 1
+                self.owed[src] += 1
+                return
+            job, image, count, attempt = image_work
+            indices = range(count)
+        self.unspent[src] -= len(indices)
+        self._bad_tiles.append(BadTile(job, image, indices, attempt,
+                                       str(exc)[:_REASON_CHARS]))
 
     def give_credit(self, src: int, n: int = 1) -> None:
         """Owe ``n`` more to ``src`` and send what is owed now."""
@@ -80,6 +161,7 @@ class TileLink:
         if not self.owed[src]:
             return True
         if send.try_send(self.dealers[src], self._ready(self.owed[src])):
+            self.unspent[src] += self.owed[src]  # the ventilator may spend it from now on
             self.owed[src] = 0
             if src in self.waiting_for_room:
                 self.waiting_for_room.discard(src)

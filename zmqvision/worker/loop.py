@@ -16,8 +16,8 @@ from zmqvision.worker.config import WorkerConfig, new_worker_id
 from zmqvision.worker.engine import Completion, InferenceEngine
 from zmqvision.worker.heartbeat import Heartbeats
 from zmqvision.worker.images import ImageCutter, ImageDecoder
-from zmqvision.worker.link import TileLink
-from zmqvision.worker.results import ResultSender, tile_error, tile_result
+from zmqvision.worker.link import BadTile, TileLink
+from zmqvision.worker.results import ResultSender, named_error, tile_error, tile_result
 from zmqvision.worker.train import TrainService
 
 log = logging.getLogger("zmqvision.worker")
@@ -109,12 +109,15 @@ class Worker:
         for src, d in enumerate(self.link.dealers):
             if events.get(d, 0) & zmq.POLLIN:
                 for msg in self.link.tiles(src):
-                    if isinstance(msg, protocol.ImageWork):
-                        self._take_image(src, msg)
-                    elif isinstance(msg, protocol.TrainInvite):
-                        self.training.invite(msg)
-                    else:
+                    kind = type(msg)
+                    if kind is protocol.Tile:
                         self.waiting.append((src, msg))
+                    elif kind is protocol.ImageWork:
+                        self._take_image(src, msg)
+                    elif kind is BadTile:
+                        self._answer_bad(src, msg)
+                    else:
+                        self.training.invite(msg)
         self.training.serve(events)
         self._start_waiting()
         # The credit freed in this step, in one Ready per ventilator (also what was owed
@@ -161,6 +164,14 @@ class Worker:
             model=runner.ref, detections=Detections.empty(), attempt=tile.attempt,
             infer_ms=(time.perf_counter() - t0) * 1000.0, embedding=embedding, text=text,
             text_score=text_score), failed=False)
+
+    def _answer_bad(self, src: int, bad: BadTile) -> None:
+        """Tiles whose message did not decode, named by its header: ``bad_tile`` for each
+        at once (its image's record is an error now, not after its lease), and each one's
+        credit back (docs/protocol.md, worker step 4)."""
+        for index in bad.indices:
+            self._answer(src, named_error(bad.job, bad.image, index, bad.attempt, self.id,
+                                          self.model, "bad_tile", bad.reason), failed=True)
 
     def _take_image(self, src: int, work: protocol.ImageWork) -> None:
         """A whole image: decoded and cut on the decoder's thread (``_take_decoded``)."""

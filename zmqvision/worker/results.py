@@ -24,10 +24,18 @@ log = logging.getLogger("zmqvision.worker")
 def tile_error(tile: protocol.Tile, worker: str, model: str, kind: str,
                message: str) -> protocol.Result:
     """A tile this worker could not infer, answered so its image still completes."""
+    return named_error(tile.job, tile.image, tile.index, tile.attempt, worker, model, kind,
+                       message)
+
+
+def named_error(job: str, image: str, index: int, attempt: int, worker: str, model: str,
+                kind: str, message: str) -> protocol.Result:
+    """An error result for a tile known by its ids alone (one whose message did not
+    decode, or one never cut from its image)."""
     return protocol.Result(
-        job=tile.job, image=tile.image, index=tile.index, worker=worker, model=model,
+        job=job, image=image, index=index, worker=worker, model=model,
         detections=Detections.empty(), error={"type": kind, "message": message},
-        attempt=tile.attempt,
+        attempt=attempt,
     )
 
 
