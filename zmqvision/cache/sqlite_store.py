@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 BUSY_TIMEOUT_MS = 10_000
@@ -24,6 +25,27 @@ CREATE TABLE IF NOT EXISTS results (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS results_created ON results (created);
 """
+
+
+def _while_locked(step: Callable[[], object]) -> None:
+    """Run ``step``, again while another process holds the lock, up to the busy timeout.
+
+    SQLite does not call its busy handler for every lock: switching a new file to WAL
+    while another process creates the same file answers "database is locked" at once
+    (seen with four processes opening one new cache together), so a cache shared by
+    several processes would fail to open by chance. Retried with a short, growing pause.
+    """
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(0.1, pause * 2)
 
 
 class SqliteStore:
@@ -44,9 +66,9 @@ class SqliteStore:
             conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000,
                                    isolation_level=None, check_same_thread=False)
             conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA journal_mode=WAL")
+            _while_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"))
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.executescript(SCHEMA)
+            _while_locked(lambda: conn.executescript(SCHEMA))
             self._local.conn = conn
             with self._lock:
                 self._all.append(conn)
