@@ -141,6 +141,10 @@ class Sink:
         if self.cache is not None and self.cache.pending:
             self.cache.flush()
 
+    def images_in_progress(self) -> int:
+        """Images announced and not yet complete, over every job."""
+        return sum(len(job.images) for job in self.jobs.values())
+
     def flush_acks(self, force: bool = False) -> None:
         self.acks.flush(force)
 
