@@ -142,8 +142,6 @@ class Engine:
         self._deadlines: list[tuple[float, int, Request]] = []
         self._reread_cache: tuple[str, np.ndarray] | None = None
         self._next_housekeeping = 0.0
-        # What the last poll found readable; None before the first: read every socket.
-        self._readable: dict | None = None
         # JPEG tiles are cut and encoded on this many threads (Pillow releases the GIL),
         # leased in the order picked and sent in that order once a batch is encoded.
         self.encode_threads = encode_threads()
@@ -242,14 +240,8 @@ class Engine:
         for something to happen (at most ``timeout_ms``)."""
         while self._calls:
             self._calls.popleft()()
-        # Only the sockets the last poll found readable are read: reading an empty one
-        # costs an exception (zmq.Again), twice a pass. What arrived since is polled below
-        # and read at the next pass.
-        readable = self._readable
-        if readable is None or self.workers.router in readable:
-            self.workers.receive()
-        if readable is None or self.sink.events in readable:
-            self._from_sink()
+        self.workers.receive()
+        self._from_sink()
         now = time.monotonic()
         if now >= self._next_housekeeping:
             self._next_housekeeping = now + HOUSEKEEPING_S
@@ -260,8 +252,7 @@ class Engine:
         self._dispatch()
         if timeout_ms is None:
             timeout_ms = 20 if self.dispatch.total_credit() else 100
-        self._readable = dict(self.poller.poll(timeout_ms))
-        if self._readable.get(self.wake.r):
+        if dict(self.poller.poll(timeout_ms)).get(self.wake.r):
             self.wake.drain()
 
     def _expire_requests(self, now: float) -> None:

@@ -294,24 +294,13 @@ class ReadAhead:
         # False (``--wire image``): still images are only probed, their workers decode them
         self._decode = decode
         self.exhausted = False  # no path left to read and nothing pending
-        # The loop asked for an input and none was ready: a finished load wakes it. Loads
-        # that finish while it is busy (its window full, tiles waiting for credit) do not:
-        # it asks again when it has room, and a wake per image cost the loop a pass.
-        self._asked = False
         self._fill()
 
     def _submit(self, fn: Callable, *args, **kwargs) -> Future:
         future = self._pool.submit(fn, *args, **kwargs)
         if self._on_ready is not None:
-            future.add_done_callback(self._loaded)
+            future.add_done_callback(lambda _f: self._on_ready())
         return future
-
-    def _loaded(self, _future: Future) -> None:
-        # On the decoding thread, after the result is set: ``ready`` sets ``_asked``
-        # before it looks at the loads, so either it sees this one done or this sees it
-        # asked (never neither).
-        if self._asked:
-            self._on_ready()
 
     def _fill(self) -> None:
         while len(self._pending) <= self._depth:
@@ -332,9 +321,7 @@ class ReadAhead:
                 decode=self._decode))
 
     def ready(self) -> Loaded | None:
-        """The next input if it is loaded; None while it is not (or none is left): then
-        the load that finishes next wakes the loop (``on_ready``)."""
-        self._asked = True
+        """The next input if it is loaded; None while it is not (or none is left)."""
         if self._take is not None and not self.exhausted:
             self._fill()  # live inputs: what arrived since
         while self._pending and self._pending[0].done():
@@ -349,7 +336,6 @@ class ReadAhead:
                 self._pending.appendleft(following)
             self._fill()
             if loaded is not None:  # None: a multi-frame file's frames ran out
-                self._asked = False
                 return loaded
         return None
 
