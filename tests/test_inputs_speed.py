@@ -53,8 +53,10 @@ def test_grey_and_cmyk_still_converted():
 
 
 def test_read_ahead_wakes_the_loop_that_asked(tmp_path: Path):
-    """ready() found nothing: the load that finishes wakes the loop, every time; loads
-    that finish while the loop asked for nothing wake nobody."""
+    """ready() found nothing: the load that finishes wakes the loop, every time. (Loads
+    finishing while the loop asked for nothing also wake it: waking only a loop that
+    asked saved 0.1 ms a image but left the loop asleep in its 20 ms poll while decoded
+    images and credit waited, 8 % fewer images/s with one worker.)"""
     for i in range(6):
         (tmp_path / f"{i}.jpg").write_bytes(_jpeg(orientation=1 + i % 8))
     woke = threading.Event()
@@ -69,7 +71,6 @@ def test_read_ahead_wakes_the_loop_that_asked(tmp_path: Path):
         reader = ReadAhead(paths, pool, 1, zio.DEFAULT_MAX_PIXELS, on_ready=on_ready)
         for f in list(reader._pending):
             f.result(timeout=30)
-        assert not wakes  # done before anyone asked: no wake
         got = []
         while len(got) < len(paths):
             woke.clear()
