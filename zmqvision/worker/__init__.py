@@ -18,7 +18,6 @@ The parts, each with one job:
   heartbeats and Bye out.
 - ``results``: ``ResultSender``, the PUSH to the sink, and what a tile's result is.
 - ``heartbeat``: ``Heartbeats``, when a beat is due and what it says.
-- ``send``: ``send_now``, a multipart message queued without pyzmq's per-frame enum work.
 - ``loop``: ``Worker``, which wires them, and ``run_worker``, its entry point.
 """
 

@@ -33,7 +33,6 @@ from dataclasses import dataclass
 import zmq
 
 from zmqvision import protocol, sockets
-from zmqvision.worker import send
 
 log = logging.getLogger("zmqvision.worker")
 
@@ -160,7 +159,7 @@ class TileLink:
         """Send what is owed to ``src``; True when nothing is owed any more."""
         if not self.owed[src]:
             return True
-        if send.try_send(self.dealers[src], self._ready(self.owed[src])):
+        if sockets.try_send(self.dealers[src], self._ready(self.owed[src])):
             self.unspent[src] += self.owed[src]  # the ventilator may spend it from now on
             self.owed[src] = 0
             if src in self.waiting_for_room:

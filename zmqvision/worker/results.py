@@ -16,7 +16,6 @@ import zmq
 from zmqvision import protocol, sockets
 from zmqvision.boxes import Detections
 from zmqvision.worker.engine import Completion
-from zmqvision.worker.send import send_now
 
 log = logging.getLogger("zmqvision.worker")
 
@@ -72,7 +71,7 @@ class ResultSender:
         """Queue a result for the sink; False if given up on (stopped, the sink gone)."""
         frames = protocol.encode(result)
         try:
-            send_now(self.sock, frames)
+            sockets.send_now(self.sock, frames)
             return True
         except zmq.Again:
             return self._wait_for_room(frames)
@@ -88,7 +87,7 @@ class ResultSender:
                     return False
             self.sock.poll(100, zmq.POLLOUT)
             try:
-                send_now(self.sock, frames)
+                sockets.send_now(self.sock, frames)
                 return True
             except zmq.Again:
                 pass
