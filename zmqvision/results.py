@@ -153,6 +153,32 @@ def lock_holder(fd: int) -> int | None:
     return by_inode
 
 
+def open_locked(path: Path, flags: int, option: str) -> tuple[int, bool]:
+    """``(fd, created)``: ``path`` opened with ``flags`` (created if missing, never
+    truncated) under an exclusive ``flock`` held for the fd's life (the kernel releases it
+    when the process dies, even by SIGKILL). Another holder: ``FileLocked`` naming its pid,
+    before anything is changed; ``option`` is the flag the user may change instead."""
+    flags |= getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o666)
+        created = True
+    except FileExistsError:
+        fd = os.open(path, flags)
+        created = False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = lock_holder(fd)
+        os.close(fd)
+        who = f"process {pid}" if pid is not None else "another process"
+        raise FileLocked(f"{path} is being written by {who} (a sink or `zmqvision run`); "
+                         f"stop it or choose another {option}") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, created
+
+
 class JsonlWriter:
     """Appends one line per record and flushes it: a reader (or a crash) sees whole lines.
 
@@ -168,25 +194,8 @@ class JsonlWriter:
         self.path = Path(path)
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_WRONLY | os.O_APPEND | getattr(os, "O_CLOEXEC", 0)
-        try:
-            fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666)
-            self.created = True  # by this writer: a caller that gives up may remove it
-        except FileExistsError:
-            fd = os.open(self.path, flags)
-            self.created = False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = lock_holder(fd)
-            os.close(fd)
-            who = f"process {pid}" if pid is not None else "another process"
-            raise FileLocked(
-                f"{self.path} is being written by {who} (a sink or `zmqvision run`); "
-                "stop it or choose another --out") from None
-        except BaseException:
-            os.close(fd)
-            raise
+        # created: by this writer, so a caller that gives up may remove it
+        fd, self.created = open_locked(self.path, os.O_WRONLY | os.O_APPEND, "--out")
         self._fh = os.fdopen(fd, "ab")
         if not append:
             self.truncate()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -87,25 +86,7 @@ class EmbeddingsFile:
         before anything is changed."""
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        flags = os.O_RDWR | getattr(os, "O_CLOEXEC", 0)
-        try:
-            self.fd = os.open(self.path, flags | os.O_CREAT | os.O_EXCL, 0o666)
-            self.created = True
-        except FileExistsError:
-            self.fd = os.open(self.path, flags)
-            self.created = False
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = results.lock_holder(self.fd)
-            os.close(self.fd)
-            who = f"process {pid}" if pid is not None else "another process"
-            raise results.FileLocked(
-                f"{self.path} is being written by {who} (a sink or `zmqvision run`); "
-                "stop it or choose another --embed-file") from None
-        except BaseException:
-            os.close(self.fd)
-            raise
+        self.fd, self.created = results.open_locked(self.path, os.O_RDWR, "--embed-file")
         self.rows = 0
         self.dim = 0
         self.synced_rows = 0
