@@ -19,7 +19,7 @@ from zmqvision.cache import open_cache
 from zmqvision.cache.entry import Entry, EntryError, decode, encode
 from zmqvision.plan import JobPlan, JobSettings
 from zmqvision.sink import Sink, SinkConfig
-from zmqvision.sink.embeddings_file import HEADER_BYTES, EmbeddingsFile
+from zmqvision.sink.embeddings_file import HEADER_BYTES, EmbeddingsFile, header, read_header
 from zmqvision.sink.journal import Journal
 
 MODEL = "efficientnet-lite0"
@@ -91,6 +91,20 @@ def test_a_file_that_is_not_our_array_is_refused_on_continuing(tmp_path):
     with pytest.raises(ValueError, match="zmqvision|float32"):
         f.open(keep=True)
     f.close()
+
+
+def test_a_header_is_matched_never_evaluated(tmp_path):
+    """Our own header reads back; a header of our length holding anything else (another
+    shape form, an expression) is refused as it stands, nothing in it evaluated."""
+    assert read_header(header(7, 1280)) == (7, 1280)
+    ours = header(7, 1280)
+    for body in (b"{'descr': '<f4', 'fortran_order': False, 'shape': (7, 1280, 1), }",
+                 b"{'descr': '<f4', 'fortran_order': False, 'shape': (7, 2**99), }",
+                 b"__import__('os').system('false')"):
+        hostile = ours[:10] + body.ljust(HEADER_BYTES - 11) + b"\n"
+        assert len(hostile) == HEADER_BYTES
+        with pytest.raises(ValueError, match="zmqvision writes it"):
+            read_header(hostile)
 
 
 def _journal_lines(path, rows):

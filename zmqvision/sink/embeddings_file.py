@@ -28,11 +28,11 @@ written: ``append`` returns None and the record keeps its vector as a JSON list.
 
 from __future__ import annotations
 
-import ast
 import contextlib
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +58,10 @@ def header(rows: int, dim: int) -> bytes:
         b" " * pad + b"\n"
 
 
+_HEADER_DICT = re.compile(
+    rb"\{'descr': '<f4', 'fortran_order': False, 'shape': \(([0-9]{1,19}), ([0-9]{1,19})\), \} *\n")
+
+
 def read_header(data: bytes) -> tuple[int, int]:
     """(rows, dim) of a header this module wrote; ValueError for anything else (another
     dtype, order or header length: not a file to append to)."""
@@ -66,16 +70,13 @@ def read_header(data: bytes) -> tuple[int, int]:
     length = int.from_bytes(data[len(MAGIC):len(MAGIC) + 2], "little")
     if len(MAGIC) + 2 + length != HEADER_BYTES:
         raise ValueError("a .npy header of another length than zmqvision writes")
-    try:
-        d = ast.literal_eval(data[len(MAGIC) + 2:HEADER_BYTES].decode("ascii").strip())
-    except (ValueError, SyntaxError, UnicodeDecodeError):
-        raise ValueError("an unreadable .npy header") from None
-    shape = d.get("shape") if isinstance(d, dict) else None
-    if (not isinstance(d, dict) or d.get("descr") != "<f4" or d.get("fortran_order") is not False
-            or not isinstance(shape, tuple) or len(shape) != 2
-            or not all(isinstance(v, int) and v >= 0 for v in shape)):
-        raise ValueError("the .npy file is not a C-order float32 [rows, D] array")
-    return shape[0], shape[1]
+    # Matched against the one form ``header`` writes, never evaluated (the file is the
+    # user's: nothing read from it is run, not even as a literal).
+    m = _HEADER_DICT.fullmatch(data[len(MAGIC) + 2:HEADER_BYTES])
+    if m is None:
+        raise ValueError("the .npy file is not a C-order float32 [rows, D] array as "
+                         "zmqvision writes it")
+    return int(m.group(1)), int(m.group(2))
 
 
 class EmbeddingsFile:
