@@ -56,17 +56,24 @@ def make_inputs(folder: Path, n: int, size: tuple[int, int], seed: int = 0) -> N
         crop.save(folder / f"small_{i:05d}.jpg", quality=90)
 
 
-def benchmark_app(model: str, seconds: int) -> float:
+def benchmark_app_cmd(model: str, *run: str) -> list[str]:
+    """``benchmark_app`` on the model's file at its input size (throughput hint, CPU),
+    then ``run`` (how long: ``-t S`` or ``-niter N``)."""
     from zmqvision.models import ensure, resolve
 
     spec = resolve(model)
     cmd = [str(Path(sys.executable).parent / "benchmark_app"), "-m", str(ensure(spec)),
-           "-d", "CPU", "-hint", "throughput", "-t", str(seconds)]
+           "-d", "CPU", "-hint", "throughput", *run]
     if spec.input_multiple is not None:
         w, h = spec.input_size
         cmd += ["-shape", f"[1,3,{h},{w}]" if spec.preprocess.layout == "NCHW"
                 else f"[1,{h},{w},3]"]
-    p = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    return cmd
+
+
+def benchmark_app(model: str, seconds: int) -> float:
+    p = subprocess.run(benchmark_app_cmd(model, "-t", str(seconds)), capture_output=True,
+                       text=True, cwd=tempfile.gettempdir())
     m = re.search(r"Throughput:\s*([0-9.]+)\s*FPS", p.stdout + p.stderr)
     if p.returncode != 0 or not m:
         raise RuntimeError(f"benchmark_app failed:\n{(p.stdout + p.stderr)[-2000:]}")
@@ -100,18 +107,10 @@ def inference_cpu_ms(model: str, n: int = 1000) -> float:
     """CPU milliseconds of one inference by ``benchmark_app`` (throughput hint): its CPU over
     ``n + 100`` iterations less its CPU over 100, so start-up and compilation cancel out.
     What a worker spends beyond this is its own cost per tile."""
-    from zmqvision.models import ensure, resolve
-
-    spec = resolve(model)
     cpu = []
     for iters in (100, n + 100):
-        cmd = [str(Path(sys.executable).parent / "benchmark_app"), "-m", str(ensure(spec)),
-               "-d", "CPU", "-hint", "throughput", "-niter", str(iters)]
-        if spec.input_multiple is not None:
-            w, h = spec.input_size
-            cmd += ["-shape", f"[1,3,{h},{w}]" if spec.preprocess.layout == "NCHW"
-                    else f"[1,{h},{w},3]"]
-        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        p = subprocess.Popen(benchmark_app_cmd(model, "-niter", str(iters)),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              cwd=tempfile.gettempdir())
         cpu.append(_cpu_of(p))
     return (cpu[1] - cpu[0]) * 1000 / n
