@@ -143,6 +143,92 @@ def test_records_naming_rows_of_an_empty_sidecar_are_refused_not_cut(tmp_path):
     assert out.read_bytes() == before and not npy.exists()
 
 
+def _rows_then_die(npy, n, synced):
+    """A sink killed after writing ``n`` rows (``synced`` of them synced): no close()."""
+    f = EmbeddingsFile(npy)
+    f.open(keep=False)
+    for i in range(n):
+        f.append(vec(i))
+        if i + 1 == synced:
+            f.sync()
+    os.close(f.fd)
+    f.fd = -1
+
+
+@pytest.mark.parametrize("synced", [5, 3])
+def test_orphan_rows_past_the_records_are_reclaimed_on_continuing(tmp_path, caplog, synced):
+    """Rows 3 and 4 were written, their records never reached the journal (the sink died
+    in between, before or after the rows' sync): continuing cuts them, the next row is 3,
+    and no record's row changes."""
+    out, npy = tmp_path / "r.jsonl", tmp_path / "e.npy"
+    _rows_then_die(npy, 5, synced)
+    _journal_lines(out, [None, 0, 1, 2])
+    before = out.read_bytes()
+    j = Journal(str(out), keep=True, embed_file=str(npy))
+    j.open()
+    assert "2 embedding rows past the last one its records name" in caplog.text
+    assert out.read_bytes() == before  # every record kept, as it was
+    arr = np.load(npy, mmap_mode="r")
+    assert arr.shape == (3, 8) and all(np.array_equal(arr[i], vec(i)) for i in range(3))
+    assert os.path.getsize(npy) == HEADER_BYTES + 3 * 8 * 4
+    assert j.embeddings.append(vec(9)) == 3  # the first free row: the one after the records'
+    j.close()
+    arr = np.load(npy)
+    assert arr.shape == (4, 8) and np.array_equal(arr[3], vec(9))
+    assert all(np.array_equal(arr[i], vec(i)) for i in range(3))
+
+
+def test_a_records_file_that_names_no_row_reclaims_them_all(tmp_path):
+    """The sink died after the first row, before any record naming one (an error record
+    only): every row is an orphan; the file is an empty array again."""
+    out, npy = tmp_path / "r.jsonl", tmp_path / "e.npy"
+    _rows_then_die(npy, 2, 2)
+    _journal_lines(out, [None])
+    j = Journal(str(out), keep=True, embed_file=str(npy))
+    j.open()
+    assert np.load(npy).shape == (0, 0)
+    assert j.embeddings.append(vec(0, d=4)) == 0  # any length again: no row fixes it
+    j.close()
+    assert np.load(npy).shape == (1, 4)
+    out.write_bytes(b"")  # an empty records file too (it existed: the sink made it)
+    j = Journal(str(out), keep=True, embed_file=str(npy))
+    j.open()
+    j.close()
+    assert np.load(npy).shape == (0, 0)
+
+
+def test_lost_records_then_orphan_rows_in_one_continuation(tmp_path):
+    """A power loss kept the record of row 3 and lost the row: that record (and the tail
+    after it) is cut; then, with row 2's record gone too, row 2 is an orphan."""
+    out, npy = tmp_path / "r.jsonl", tmp_path / "e.npy"
+    _rows_then_die(npy, 3, 3)
+    _journal_lines(out, [0, 1, None, 2, 3, None])
+    j = Journal(str(out), keep=True, embed_file=str(npy))
+    j.open()
+    j.close()
+    assert [json.loads(x).get("embedding_row") for x in out.read_text().splitlines()] == \
+        [0, 1, None, 2]
+    assert np.load(npy).shape == (3, 8)
+    _journal_lines(out, [0, 1])
+    j = Journal(str(out), keep=True, embed_file=str(npy))
+    j.open()
+    assert np.load(npy).shape == (2, 8) and j.embeddings.append(vec(5)) == 2
+    j.close()
+
+
+def test_rows_without_their_records_file_are_refused_not_cut(tmp_path):
+    """A records file that did not exist: the rows are another results file's (or its
+    records were lost), not orphans; nothing is cut and the new file goes again."""
+    npy = tmp_path / "e.npy"
+    _rows_then_die(npy, 2, 2)
+    before = npy.read_bytes()
+    j = Journal(str(tmp_path / "new.jsonl"), keep=True, embed_file=str(npy))
+    with pytest.raises(ValueError, match="2 embedding rows and .*new.jsonl did not exist"):
+        j.open()
+    j.close()
+    assert npy.read_bytes() == before and not (tmp_path / "new.jsonl").exists()
+
+
 # ---------------------------------------------------------------- the sink
 
 

@@ -269,7 +269,13 @@ def write_coco(records: Iterable[dict], labels: list[str], out: str | Path) -> N
     become one annotation per class present: ``"segmentation": {"size": [h, w],
     "counts": ...}`` (pycocotools' compressed RLE), ``area`` its pixels and ``score``
     1.0 (a semantic mask has no score; COCO's evaluation wants one). No ``bbox``:
-    pycocotools' ``loadRes`` computes it from the RLE."""
+    pycocotools' ``loadRes`` computes it from the RLE.
+
+    With ``--embed-file`` a classification record's embedding is a row of the ``.npy``
+    sidecar: its COCO image entry carries ``"embedding_row"`` (the embedding is the
+    image's, not one label's), and for a ``--tile`` grid ``"grid"``, each cut's ``box``
+    and ``embedding_row`` in tile order. Embeddings inline in the records (``--embed``
+    without ``--embed-file``) stay out of the COCO file: 1,280 numbers per image."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     categories = [{"id": i + 1, "name": n} for i, n in enumerate(labels)]
@@ -296,6 +302,7 @@ def write_coco(records: Iterable[dict], labels: list[str], out: str | Path) -> N
         )
         if rec.get("frames") is not None:  # one COCO image per frame of the file
             images[-1].update(frame=rec.get("frame"), frames=rec["frames"])
+        images[-1].update(_embedding_rows(rec))
         if rec["error"] is not None:
             errors.append({"image_id": img_id, "file_name": rec["image"], **rec["error"]})
         for d in rec["detections"]:
@@ -336,6 +343,20 @@ def write_coco(records: Iterable[dict], labels: list[str], out: str | Path) -> N
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def _embedding_rows(rec: dict) -> dict:
+    """A classification record's ``--embed-file`` rows, as its COCO image entry says
+    them: ``embedding_row``, and ``grid`` (each cut's ``box`` and row) for a tiled one;
+    {} without rows (no --embed-file, or vectors kept inline)."""
+    out = {}
+    if "embedding_row" in rec:
+        out["embedding_row"] = rec["embedding_row"]
+    grid = [{"box": g.get("box"), "embedding_row": g["embedding_row"]}
+            for g in rec.get("grid") or () if isinstance(g, dict) and "embedding_row" in g]
+    if grid:
+        out["grid"] = grid
+    return out
 
 
 def label_font(image_size: tuple[int, int]):

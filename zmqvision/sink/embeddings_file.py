@@ -16,11 +16,20 @@ The file is written like the records (docs/reliability.md):
   written and fsyncs; the journal calls it before it fsyncs the records (the group commit
   before acks), so a synced record's row is on disk. Between syncs the header may count
   fewer rows than the data holds; a reader sees the rows of synced records.
-- **continued** (a restarted sink, ``run --resume``): the rows are counted from the file's
-  size (the truth, whatever the header last said), a partial last row is cut, and the
-  records file is cut at its first record whose row did not survive (a power loss can
-  keep a record written after the last sync and lose its row): rows are appended in
-  record order, so those records are the file's tail, and their images are done again.
+- **continued** (a restarted sink, ``run --resume``): ``match_records`` then ``open``.
+  The rows are counted from the file's size (the truth, whatever the header last said),
+  a partial last row is cut, and the records file (the journal the sink continues: the
+  JSONL ``--out``, or the COCO output's journal) is cut at its first record whose row
+  did not survive (a power loss can keep a record written after the last sync and lose
+  its row): rows are appended in record order, so those records are the file's tail, and
+  their images are done again. The other way round, rows past the highest one the
+  surviving records name are **orphans** (the sink died after writing a row, before its
+  record reached the records file; or its record was just cut): in record order nothing
+  after them can name them, so they are cut (the file truncated, its header rewritten,
+  fsynced) and the next row takes the first free index: the file's rows are exactly its
+  records'. A records file that names no row (all the rows orphans) leaves ``[0, 0]``;
+  one that did not exist before this sink is refused instead while the file has rows
+  (they are another results file's, or the records were lost: nothing is cut).
 
 A row whose length is not the file's ``D`` (another model into the same file) is not
 written: ``append`` returns None and the record keeps its vector as a JSON list.
@@ -93,6 +102,7 @@ class EmbeddingsFile:
         self.synced_rows = 0
         self.unsynced = False
         self.opened = False
+        self.keep_rows: int | None = None  # continuing: the rows the records name (match_records)
 
     def present(self) -> tuple[int, int]:
         """(rows, D) the file holds whole, counted from its size (the header may count
@@ -104,11 +114,44 @@ class EmbeddingsFile:
         _, dim = read_header(os.pread(self.fd, HEADER_BYTES, 0))
         return ((size - HEADER_BYTES) // (dim * DTYPE.itemsize) if dim else 0), dim
 
+    def match_records(self, records: str | os.PathLike, *, new: bool) -> None:
+        """Before continuing (``open(keep=True)``), make ``records`` (the records file the
+        sink continues, locked by it; ``new``: created by this sink) and the rows agree:
+        records whose row was lost are cut from it, and ``open`` keeps only the rows the
+        rest name (the module doc). ValueError, nothing changed: records name rows of a
+        file with none, or a records file that did not exist meets a file with rows."""
+        rows, _ = self.present()
+        scan = RowScan(records, rows)
+        if rows == 0 and scan.named_max >= 0:
+            raise ValueError(
+                f"{records} has records whose embeddings are rows of another file than "
+                f"{self.path} (it has none): give the --embed-file they were written to, "
+                "or start afresh (--overwrite)")
+        if rows and new:
+            raise ValueError(
+                f"{self.path} has {rows} embedding rows and {records} did not exist: the "
+                "rows are another results file's (give that one, or another --embed-file), "
+                "or start afresh (--overwrite)")
+        if scan.cut:
+            os.truncate(records, scan.cut_at)
+            log.warning("journal %s: %d records name embedding rows that %s lost (a crash "
+                        "before they were synced); their images will be done again",
+                        records, scan.cut, self.path)
+        self.keep_rows = scan.kept_max + 1
+
     def open(self, *, keep: bool) -> None:
         """Start afresh (an empty ``[0, 0]`` array), or continue the rows the file holds
-        (a partial last row is cut; ValueError: not an array this module appends to)."""
+        (a partial last row is cut, and after ``match_records`` the orphan rows past its
+        records'; ValueError: not an array this module appends to)."""
         if keep:
             self.rows, self.dim = self.present()
+            if self.keep_rows is not None and self.keep_rows < self.rows:
+                log.warning("%s: %d embedding rows past the last one its records name "
+                            "(written, their records lost to a crash) reclaimed; %d kept",
+                            self.path, self.rows - self.keep_rows, self.keep_rows)
+                self.rows = self.keep_rows
+            if self.rows == 0:
+                self.dim = 0  # no row left: the next job's model sets the length afresh
             self.synced_rows = self.rows
         os.ftruncate(self.fd, HEADER_BYTES + self.rows * self.dim * DTYPE.itemsize)
         os.pwrite(self.fd, header(self.rows, self.dim), 0)
@@ -169,39 +212,31 @@ def record_rows(rec: dict) -> list[int]:
     return out
 
 
-def cut_records_past(records: str | os.PathLike, rows: int) -> int:
-    """Cut the records file at its first record that names a row >= ``rows`` (a row lost
-    with the power while its record survived); how many records were cut. Rows go in
-    record order, so what is cut is the file's tail."""
-    cut_at, pos, cut = None, 0, 0
-    with open(records, "rb") as fh:
-        for line in fh:
-            if b'"embedding_row"' in line:
-                try:
-                    rec = json.loads(line)
-                except ValueError:
-                    rec = None
-                if isinstance(rec, dict) and any(r >= rows for r in record_rows(rec)):
-                    cut_at = pos if cut_at is None else cut_at
-            if cut_at is not None and line.strip():
-                cut += 1
-            pos += len(line)
-    if cut_at is not None:
-        os.truncate(records, cut_at)
-    return cut
+class RowScan:
+    """One pass over a records file against a sidecar of ``rows`` rows: ``cut_at``, the
+    offset of its first record that names a row >= ``rows`` (a row lost with the power
+    while its record survived; rows go in record order, so from there on it is the tail
+    to cut), None when all survived; ``cut``, the records from there; ``kept_max``, the
+    highest row the records before it name (-1 for none); ``named_max``, over all."""
 
-
-def max_row(records: str | os.PathLike) -> int:
-    """The highest sidecar row the records file names; -1 for none."""
-    best = -1
-    with open(records, "rb") as fh:
-        for line in fh:
-            if b'"embedding_row"' not in line:
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                best = max([best, *record_rows(rec)])
-    return best
+    def __init__(self, records: str | os.PathLike, rows: int) -> None:
+        self.cut_at: int | None = None
+        self.cut = 0
+        self.kept_max = self.named_max = -1
+        pos = 0
+        with open(records, "rb") as fh:
+            for line in fh:
+                if b'"embedding_row"' in line:
+                    try:
+                        rec = json.loads(line)
+                    except ValueError:
+                        rec = None
+                    named = record_rows(rec) if isinstance(rec, dict) else []
+                    if any(r >= rows for r in named) and self.cut_at is None:
+                        self.cut_at = pos
+                    self.named_max = max([self.named_max, *named])
+                    if self.cut_at is None:
+                        self.kept_max = max([self.kept_max, *named])
+                if self.cut_at is not None and line.strip():
+                    self.cut += 1
+                pos += len(line)

@@ -18,7 +18,6 @@ import os
 
 from zmqvision import results
 from zmqvision.idset import IdSet
-from zmqvision.sink import embeddings_file
 from zmqvision.sink.embeddings_file import EmbeddingsFile
 from zmqvision.sink.jobs import JournalCounts
 
@@ -63,23 +62,10 @@ class Journal:
         self.opened = True
 
     def _check_rows(self) -> None:
-        """Continuing with a sidecar: records whose row did not survive (a power loss
-        after they were written, before their sync) are cut, so their images are done
-        again. A sidecar with no rows while records name some is refused (a wrong or
-        lost --embed-file): ValueError, and nothing is cut."""
-        if self.embeddings is None:
-            return
-        rows, _ = self.embeddings.present()
-        if rows == 0 and embeddings_file.max_row(self.path) >= 0:
-            raise ValueError(
-                f"{self.path} has records whose embeddings are rows of another file than "
-                f"{self.embeddings.path} (it has none): give the --embed-file they were "
-                "written to, or start afresh (--overwrite)")
-        cut = embeddings_file.cut_records_past(self.path, rows)
-        if cut:
-            log.warning("journal %s: %d records name embedding rows that %s lost (a crash "
-                        "before they were synced); their images will be done again",
-                        self.path, cut, self.embeddings.path)
+        """Continuing with a sidecar: records whose row did not survive are cut (their
+        images done again), and the rows no record names will be (``match_records``)."""
+        if self.embeddings is not None:
+            self.embeddings.match_records(self.path, new=self.writer.created)
 
     def _load(self) -> None:
         for rec in results.read_jsonl(self.path, skip_bad=True):

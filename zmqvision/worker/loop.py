@@ -81,9 +81,10 @@ class Worker:
         """Serve tiles until the stop flag is set, then finish those held and say Bye.
         Returns a process exit code."""
         self.link.send_owed()  # the first Ready, before any heartbeat
-        log.info("worker %s: %s on %s (%s hint), %d requests, tiles from %s, results to %s",
+        log.info("worker %s: %s on %s (%s hint), %d requests%s, tiles from %s, results to %s",
                  self.id, self.model, self.config.device, self.config.hint,
-                 self.engine.requests, self.config.tiles, self.config.results)
+                 self.engine.infer_requests, f" of {self.engine.batch} tiles (--batch)" * (
+                     self.engine.batch > 1), self.config.tiles, self.config.results)
         if on_ready is not None:
             on_ready(self.id)
         while not self.stop.is_set():
