@@ -6,6 +6,7 @@ result can be checked exactly (test_segment_models.py does the real photos).
 
 from __future__ import annotations
 
+import hashlib
 import tracemalloc
 
 import numpy as np
@@ -110,6 +111,45 @@ def test_arrival_order_and_resent_tiles_change_nothing():
         assert np.array_equal(labels, runs[0][0])
         assert np.array_equal(blended, runs[0][1])
     assert np.array_equal(runs[0][0], runs[0][1].argmax(2))
+
+
+@pytest.mark.timeout(60)
+def test_labels_and_scores_are_those_of_the_stitcher_before_trimming():
+    """Cutting held score maps down to the rows still read changes no bit: labels, scores
+    and counts of a grid plus the whole-image pass, shuffled, with re-sent tiles, hash to
+    what the stitcher gave before held tiles were trimmed (main at 6e345be)."""
+    rng = np.random.default_rng(7)
+    w, h = 900, 700
+    tiles = plan_scales(w, h, [(96, 96), None], 0.25)
+    scores = {t.index: rng.standard_normal((96, 96, 5)).astype(np.float32) for t in tiles}
+    for order in ([t.index for t in tiles], list(rng.permutation(len(tiles))) * 2):
+        st = Stitcher(w, h, tiles, (96, 96), 5, overlap=0.25, keep_scores=True,
+                      strip_rows=24)
+        labels, blended = run(st, order, scores)
+        digest = hashlib.sha256()
+        for y0 in range(0, h, 24):  # each strip's labels, then its scores, top to bottom
+            digest.update(labels[y0:y0 + 24].tobytes())
+            digest.update(blended[y0:y0 + 24].tobytes())
+        assert digest.hexdigest() == ("b78aa913fd1c53e67e19172c5d3913be"
+                                      "f46aac28164320e1877eacd05706cd99")
+        assert st.counts.tolist() == [125432, 126290, 126372, 126277, 125629]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, reason="the y feather ramps from the strip's edges, not the "
+                   "tile's: Stitcher._blend passes feather(r0, r1, ...) with r0, r1 clipped "
+                   "to the strip; fixing it changes masks (not done here)")
+def test_the_blend_does_not_depend_on_the_strip_height():
+    """The feather is a property of the tile (a ramp towards its edges), so how the image
+    is cut into strips — a memory setting — should not change a single score."""
+    rng = np.random.default_rng(1)
+    w, h, size = 700, 450, (96, 96)
+    tiles = plan_scales(w, h, [size], 0.25)
+    scores = {t.index: rng.standard_normal((96, 96, 5)).astype(np.float32) for t in tiles}
+    runs = [run(Stitcher(w, h, tiles, size, 5, overlap=0.25, keep_scores=True,
+                         strip_rows=rows), [t.index for t in tiles], scores)
+            for rows in (8, 64)]
+    assert np.allclose(runs[0][1], runs[1][1], atol=1e-5)
 
 
 @pytest.mark.timeout(30)
