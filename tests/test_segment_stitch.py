@@ -6,6 +6,7 @@ result can be checked exactly (test_segment_models.py does the real photos).
 
 from __future__ import annotations
 
+import hashlib
 import tracemalloc
 
 import numpy as np
@@ -112,6 +113,45 @@ def test_arrival_order_and_resent_tiles_change_nothing():
     assert np.array_equal(runs[0][0], runs[0][1].argmax(2))
 
 
+@pytest.mark.timeout(60)
+def test_labels_and_scores_are_those_of_the_stitcher_before_trimming():
+    """Cutting held score maps down to the rows still read changes no bit: labels, scores
+    and counts of a grid plus the whole-image pass, shuffled, with re-sent tiles, hash to
+    what the stitcher gave before held tiles were trimmed (main at 6e345be)."""
+    rng = np.random.default_rng(7)
+    w, h = 900, 700
+    tiles = plan_scales(w, h, [(96, 96), None], 0.25)
+    scores = {t.index: rng.standard_normal((96, 96, 5)).astype(np.float32) for t in tiles}
+    for order in ([t.index for t in tiles], list(rng.permutation(len(tiles))) * 2):
+        st = Stitcher(w, h, tiles, (96, 96), 5, overlap=0.25, keep_scores=True,
+                      strip_rows=24)
+        labels, blended = run(st, order, scores)
+        digest = hashlib.sha256()
+        for y0 in range(0, h, 24):  # each strip's labels, then its scores, top to bottom
+            digest.update(labels[y0:y0 + 24].tobytes())
+            digest.update(blended[y0:y0 + 24].tobytes())
+        assert digest.hexdigest() == ("b78aa913fd1c53e67e19172c5d3913be"
+                                      "f46aac28164320e1877eacd05706cd99")
+        assert st.counts.tolist() == [125432, 126290, 126372, 126277, 125629]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, reason="the y feather ramps from the strip's edges, not the "
+                   "tile's: Stitcher._blend passes feather(r0, r1, ...) with r0, r1 clipped "
+                   "to the strip; fixing it changes masks (not done here)")
+def test_the_blend_does_not_depend_on_the_strip_height():
+    """The feather is a property of the tile (a ramp towards its edges), so how the image
+    is cut into strips — a memory setting — should not change a single score."""
+    rng = np.random.default_rng(1)
+    w, h, size = 700, 450, (96, 96)
+    tiles = plan_scales(w, h, [size], 0.25)
+    scores = {t.index: rng.standard_normal((96, 96, 5)).astype(np.float32) for t in tiles}
+    runs = [run(Stitcher(w, h, tiles, size, 5, overlap=0.25, keep_scores=True,
+                         strip_rows=rows), [t.index for t in tiles], scores)
+            for rows in (8, 64)]
+    assert np.allclose(runs[0][1], runs[1][1], atol=1e-5)
+
+
 @pytest.mark.timeout(30)
 def test_one_channel_is_a_thresholded_probability():
     w, h, size = 200, 120, (64, 64)
@@ -141,33 +181,59 @@ def test_strips_leave_as_soon_as_their_tiles_are_in():
         st.add(tiles[-1].index, np.zeros((50, 100, 2), np.float32))
 
 
-@pytest.mark.timeout(120)
-def test_memory_stays_bounded_for_a_20000_pixel_wide_image():
-    """20000 × 2000 px, tiles of a 257-px model with 25 % overlap, arriving shuffled
-    within a window of 64 (credits). What the stitcher holds (its own count, and what
-    tracemalloc sees) stays within three rows of tiles (two, plus the last row, flush with
-    the border, which may sit a few pixels below the one before), the window, and one
-    strip buffer: a bound that does not involve the image height."""
-    w, h, size, c = 20000, 2000, (257, 257), 2
+def feed_wide(w: int, h: int, window: int, c: int = 2, strip_rows: int = 16):
+    """Stitch a ``w`` × ``h`` image of 257-px tiles (25 % overlap) arriving row-major,
+    shuffled within windows of ``window`` (credits); each tile a fresh buffer, as
+    received. Returns the stitcher, tracemalloc's peak, one tile's and one row's bytes."""
+    size = (257, 257)
     tiles = plan_segmentation(w, h, size)
     rng = np.random.default_rng(2)
-    order = [i for k in range(0, len(tiles), 64)
-             for i in rng.permutation(range(k, min(k + 64, len(tiles))))]
+    order = [i for k in range(0, len(tiles), window)
+             for i in rng.permutation(range(k, min(k + window, len(tiles))))]
     base = rng.standard_normal((257, 257, c)).astype(np.float32)
-    tile_bytes = base.nbytes
-    per_row = len(tile_starts(w, 257, 0.25))
-    st = Stitcher(w, h, tiles, size, c, overlap=0.25)
+    st = Stitcher(w, h, tiles, size, c, overlap=0.25, strip_rows=strip_rows)
     tracemalloc.start()
     try:
         strips = 0
         for i in order:
-            strips += len(st.add(i, base.copy()))  # a fresh buffer per tile, as received
+            strips += len(st.add(int(i), base.copy()))
         _, traced = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert strips == st.strips and st.done and st.held_bytes == 0
+    return st, traced, base.nbytes, len(tile_starts(w, 257, 0.25)) * base.nbytes
+
+
+@pytest.mark.timeout(120)
+def test_memory_stays_bounded_for_a_20000_pixel_wide_image():
+    """20000 × 1279 px, tiles of a 257-px model with 25 % overlap, arriving shuffled
+    within a window of 64 (credits). The last grid row is flush with the border, 57 px
+    below the one before (as a 20000 × 20000 image's is), so three rows of tiles overlap
+    there: the stitcher used to hold all three whole (3 rows + the window). A held tile
+    now keeps only the source rows that pending strips still read, so the most held is
+    the last row, the band of the row above it that the last row overlaps, and a sliver
+    of the row above that: under two rows. The bound does not involve the image height;
+    its own count and what tracemalloc sees both stay under it."""
+    w, h, c = 20000, 1279, 2
+    st, traced, tile_bytes, row_bytes = feed_wide(w, h, 64, c)
     strip_buffer = st.strip_rows * w * (c + 1) * 4
-    bound = (3 * per_row + 64) * tile_bytes + strip_buffer
-    assert st.peak_bytes <= bound
-    assert traced <= 1.25 * bound  # temporaries of one tile's blend on top
-    # For 20000 × 20000 the same bound is 1/15 of one float array of the image (3.2 GB).
+    bound = 2 * row_bytes + 64 * tile_bytes + strip_buffer
+    assert st.peak_bytes <= bound  # 3.07 rows before
+    assert st.peak_held_bytes <= 1.95 * row_bytes  # the flush last row: 1 + 0.83 + 0.08
+    assert traced <= 1.1 * bound  # temporaries of one tile's blend on top
+    # For deeplabv3 (21 channels) on 20000 × 20000 see docs/segmentation.md "Memory".
+
+
+@pytest.mark.timeout(120)
+def test_a_row_of_tiles_is_cut_to_its_overlap_once_the_row_below_is_in():
+    """In plan order, with the last grid row far enough from the one before (171 px) that
+    no three rows overlap: a row of tiles is held whole only until the row below it has
+    arrived, then only its overlap with that row (64 rows of 257; 86 above the last row)
+    plus the part of a strip above it. So about 1.4 rows are held at most, where whole
+    tiles (the old stitcher) meant two rows."""
+    w, h = 20000, 1200
+    st, _, _, row_bytes = feed_wide(w, h, 1)
+    starts = tile_starts(h, 257, 0.25)
+    overlap = max(a + 257 - b for a, b in zip(starts[:-1], starts[1:], strict=True))  # 86
+    assert st.peak_bytes < 1.5 * row_bytes  # 2.07 rows before
+    assert st.peak_held_bytes <= (1 + (overlap + st.strip_rows - 1) / 257) * row_bytes

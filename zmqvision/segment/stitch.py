@@ -13,11 +13,15 @@ is the label.
 Memory: the image is cut into row strips. A tile is held as it arrived (model resolution,
 no copy) until every strip it touches is done; a strip is computed — and handed out as u8
 labels — as soon as every tile touching it has arrived and the strips above it are out.
-Tiles may arrive in any order; what is held is the arrived tiles whose last strip is not
-out yet, plus one strip's float buffer (sized from ``strip_bytes``). A whole-image tile (the
-coarse pass) is held at model resolution too, never resized to the image. So memory does
-not grow with the image height, and no float array of the whole image ever exists
-(docs/segmentation.md has the figures for 20000-pixel-wide images).
+Once strips are out, a held tile whose resize no longer reads at least an eighth of its
+source rows keeps only the band it still reads (a copy; the larger array is let go): a
+row of tiles is held whole only until the row below it is in, then only its overlap
+with that row. Tiles may arrive in any order; what is held is the arrived tiles whose
+last strip is not out yet (whole or their band), plus one strip's float buffer (sized
+from ``STRIP_BYTES``). A whole-image tile (the coarse pass) is held at model resolution
+too, never resized to the image. So memory does not grow with the image height, and no
+float array of the whole image ever exists (docs/segmentation.md has the figures for
+20000-pixel-wide images).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from zmqvision.tiling import Tile
 
 STRIP_BYTES = 32 << 20  # float work buffer of one strip (rows × width × channels × 4)
 MIN_STRIP_ROWS, MAX_STRIP_ROWS = 8, 512
+TRIM_STEP = 8  # a held score map is cut down when at least 1/8 of its rows are done with
+_ONE = np.ones(1, np.float32)
 
 
 def valid_size(box: tuple[int, int, int, int], input_size: tuple[int, int]) -> tuple[int, int]:
@@ -71,6 +77,19 @@ def _axis_coeffs(start: int, stop: int, tile_start: int, tile_len: int, n_valid:
     i1 = np.minimum(i0 + 1, n_valid - 1)
     f = (pos - i0).astype(np.float32)
     return i0, i1, (1.0 - f) * weight, f * weight
+
+
+class _Held:
+    """A tile's score map as held: source rows ``row0 ..`` of its valid part, which has
+    ``nh`` rows in all (the resize is computed for the whole valid part; only the rows
+    it still reads are kept)."""
+
+    __slots__ = ("nh", "row0", "scores")
+
+    def __init__(self, scores: np.ndarray) -> None:
+        self.scores = scores
+        self.nh = scores.shape[0]
+        self.row0 = 0
 
 
 @dataclass(frozen=True)
@@ -143,8 +162,9 @@ class Stitcher:
         self._held: dict[int, np.ndarray] = {}
         self._next = 0  # first strip not handed out yet
         self.counts = np.zeros(self.classes, np.int64)
-        self.held_bytes = 0
-        self.peak_bytes = 0  # most bytes held at once: tiles + one strip's float buffers
+        self.held_bytes = 0  # score maps held now (as held: whole, or the band left)
+        self.peak_held_bytes = 0  # most score-map bytes held at once
+        self.peak_bytes = 0  # most bytes held at once: score maps + one strip's float buffers
 
     @property
     def strips(self) -> int:
@@ -167,8 +187,10 @@ class Stitcher:
             raise KeyError(f"tile {index} is not in this image's plan")
         if index in self._held or self._arrived(tile):
             return []
-        self._held[index] = self._valid_part(tile, scores)
-        self.held_bytes += self._held[index].nbytes
+        held = _Held(self._valid_part(tile, scores))
+        self._held[index] = held
+        self.held_bytes += held.scores.nbytes
+        self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
         self.peak_bytes = max(self.peak_bytes, self.held_bytes)
         for k in self._strip_range(tile):
             self._missing[k] -= 1
@@ -177,6 +199,8 @@ class Stitcher:
             out.append(self._emit(self._next))
             self._next += 1
             self._release()
+        if out:
+            self._trim()
         return out
 
     @property
@@ -211,7 +235,36 @@ class Stitcher:
 
     def _release(self) -> None:
         for index in [i for i in self._held if self._arrived(self.tiles[i])]:
-            self.held_bytes -= self._held.pop(index).nbytes
+            self.held_bytes -= self._held.pop(index).scores.nbytes
+
+    def _trim(self) -> None:
+        """Keep of each held tile only the source rows that the strips not out yet need.
+
+        The strips above ``_next`` are out; what a tile still has to give starts at image
+        row ``_next * strip_rows``, which its resize samples from source row ``first``
+        on. When that drops at least ``1 / TRIM_STEP`` of the rows held, the band left is
+        copied and the larger array let go (a row of tiles is held whole only until the
+        row below it is in; then just its overlap with that row stays).
+        """
+        y = self._next * self.strip_rows
+        for index, held in self._held.items():
+            x0, y0, x1, y1 = self.tiles[index].box
+            if y <= y0:
+                continue
+            nh = held.nh
+            if nh == y1 - y0:
+                first = y - y0
+            else:
+                first = int(_axis_coeffs(y, y + 1, y0, y1 - y0, nh, _ONE)[0][0])
+            rows = held.scores.shape[0]
+            drop = first - held.row0
+            if drop * TRIM_STEP < rows:
+                continue
+            band = held.scores[drop:].copy()
+            self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes + band.nbytes)
+            self.peak_bytes = max(self.peak_bytes, self.held_bytes + band.nbytes)
+            self.held_bytes += band.nbytes - held.scores.nbytes
+            held.scores, held.row0 = band, first
 
     def _emit(self, k: int) -> Strip:
         s0 = k * self.strip_rows
@@ -231,22 +284,23 @@ class Stitcher:
         self.counts += np.bincount(labels.ravel(), minlength=self.classes)[: self.classes]
         return Strip(s0, labels, scores)
 
-    def _blend(self, tile: Tile, scores: np.ndarray, s0: int, s1: int,
+    def _blend(self, tile: Tile, held: _Held, s0: int, s1: int,
                acc: np.ndarray, wsum: np.ndarray) -> None:
         """Add the tile's feathered, resized scores for image rows ``s0..s1-1``."""
         x0, y0, x1, y1 = tile.box
         r0, r1 = max(s0, y0), min(s1, y1)
-        nh, nw = scores.shape[:2]
+        scores, nh, row0 = held.scores, held.nh, held.row0
+        nw = scores.shape[1]
         tw, th = x1 - x0, y1 - y0
         wy = feather(r0, r1, self.height, round(th * self.overlap))
         wx = feather(x0, x1, self.width, round(tw * self.overlap))
         ys = _axis_coeffs(r0, r1, y0, th, nh, wy)
         if ys is None:
-            rows = scores[r0 - y0:r1 - y0] * wy[:, None, None]
+            rows = scores[r0 - y0 - row0:r1 - y0 - row0] * wy[:, None, None]
         else:
             i0, i1, c0, c1 = ys
-            rows = scores[i0] * c0[:, None, None]
-            rows += scores[i1] * c1[:, None, None]
+            rows = scores[i0 - row0] * c0[:, None, None]
+            rows += scores[i1 - row0] * c1[:, None, None]
         xs = _axis_coeffs(x0, x1, x0, tw, nw, wx)
         target = acc[r0 - s0:r1 - s0, x0:x1]
         if xs is None:
