@@ -9,7 +9,8 @@ not wait behind a 10,000-image job.
 
 Every image the engine announces stays in the window until the sink acknowledges its
 record; its pixels are kept only while some tile has not been sent (a file's tile that must
-go again is cut from the file read anew; a caller's in-memory image keeps its pixels). When
+go again is cut from the file read anew; a caller's in-memory image keeps its pixels), or,
+for a two-stage job, until its crops are cut, within ``STAGE2_PIXELS_BYTES``. When
 the sink restarts (a new sink id), every job is announced to it again with every image not
 yet written, and the new sink's journal turns that into exactly one record per image.
 """
@@ -45,6 +46,13 @@ MAX_RECORD_RESENDS = 3  # leases, liveness and deadlines change on a scale of se
 # bytes per tile (a JPEG photo: ~60-100 KiB), and JPEG tiles (~136 KiB each at 640²,
 # quality 95) otherwise: a PNG or TIFF would cost the link more than the tiles do.
 AUTO_IMAGE_BYTES_PER_TILE = 192 << 10
+# A two-stage job's image keeps its decoded pixels from its stage-1 tiles until its crops
+# are cut (the sink's ``zv.objects``), so that cutting them costs no second read and
+# decode of its file (a PNG decode per image: docs/recognition.md, "Measured"). At most
+# this many bytes are held so at once (all jobs together: 256 MiB is ~7 images of
+# 4000 x 3000, ~110 of 1024 x 768); an image past it drops its pixels as a one-stage
+# job's does, and its crops are cut from its file read again (``Engine.crop_rereads``).
+STAGE2_PIXELS_BYTES = 256 << 20
 
 
 def encode_threads() -> int:
@@ -89,6 +97,9 @@ class InFlight:
     # is 37 KB).
     objects: Detections | None = None
     crops: list[np.ndarray] | None = None
+    # Bytes of ``pixels`` held for its crops past its last stage-1 tile (counted in
+    # ``Engine.held_bytes``, given back once the crops are cut or the image leaves).
+    held: int = 0
 
     @property
     def tile_count(self) -> int:
@@ -114,7 +125,8 @@ class Engine:
 
     def __init__(self, *, ctx: zmq.Context | None = None, wire: str = "auto",
                  lease_s: float = 120.0, curve: str | None = None,
-                 stop: sockets.StopFlag | None = None) -> None:
+                 stop: sockets.StopFlag | None = None,
+                 stage2_pixels_bytes: int = STAGE2_PIXELS_BYTES) -> None:
         self._own_ctx = ctx is None  # a shared one (inproc to threads) is the caller's
         self.ctx = ctx if ctx is not None else zmq.Context()
         self.bad = sockets.BadMessages("ventilator")
@@ -147,6 +159,12 @@ class Engine:
         self.encode_threads = encode_threads()
         self._encoder: ThreadPoolExecutor | None = None
         self.rereads = 0  # images decoded again to cut tiles that had to be sent again
+        # Two-stage jobs: the pixels held for crops (bytes, now) and the budget they may
+        # not pass (STAGE2_PIXELS_BYTES); images whose crops were cut from a re-read file
+        # because their pixels did not fit (or were dropped by a sink restart).
+        self.stage2_pixels_bytes = stage2_pixels_bytes
+        self.held_bytes = 0
+        self.crop_rereads = 0
         # Called once, when the first image that needs tiles is admitted (run starts its
         # workers there when the job began with cached images).
         self.on_first_tiles: Callable[[], None] | None = None
@@ -229,6 +247,7 @@ class Engine:
         if entry is None:
             return
         entry.job.in_flight -= 1
+        self._release(entry)
         self.dispatch.forget_image(key)
         if self._reread_cache is not None and self._reread_cache[0] == key:
             self._reread_cache = None
@@ -453,8 +472,8 @@ class Engine:
             self._fail_tile(entry, key[1])
             return
         tile = entry.plan[key[1]]
-        if entry.all_sent and not entry.keeps_pixels:
-            entry.pixels = entry.data = None  # every tile has been cut once: they can go
+        if entry.all_sent:
+            self._all_cut(entry)  # every tile has been cut once: the pixels can go
         attempt = entry.sends[key[1]]
         entry.sends[key[1]] = min(255, attempt + 1)
         encoding = self.workers.encoding(wid)
@@ -510,7 +529,9 @@ class Engine:
             return
         pixels = entry.pixels
         if pixels is None and entry.broken is None:
+            self.crop_rereads += 1  # past the budget (STAGE2_PIXELS_BYTES)
             pixels = self._reread(key, entry)
+        self._release(entry)  # the crops are cut from ``pixels`` now, or never
         n = len(msg.detections)
         entry.objects = msg.detections
         entry.sends.extend(bytes(n))
@@ -527,10 +548,44 @@ class Engine:
             for i in range(n):
                 self._fail_tile(entry, len(entry.plan) + i, model=stage2.model)
             return
-        if not entry.keeps_pixels:
-            entry.pixels = None
         if n and key not in job.unsent:
             job.unsent.append(key)
+
+    def _all_cut(self, entry: InFlight) -> None:
+        """Every stage-1 tile of the image has been cut (or it went whole): a file's pixels
+        and bytes can go (read again if a tile must go again), except the pixels of a
+        two-stage job's image while they fit the budget: its crops are cut from them."""
+        if entry.keeps_pixels:
+            return
+        entry.data = None
+        if not self._hold(entry):
+            entry.pixels = None
+
+    def _hold(self, entry: InFlight) -> bool:
+        """Keep the image's pixels for its crops, if it has a second stage whose crops are
+        not cut yet and they fit ``stage2_pixels_bytes``. Only full-size pixels qualify:
+        a stage-2 job's plan decodes no JPEG draft (``JobPlan.reducer``), and the crops
+        must be cut from the original image, as the references cut them."""
+        if entry.held:
+            return True
+        if (entry.job.plan.stage2 is None or entry.crops is not None
+                or entry.pixels is None or entry.reduced != 1):
+            return False
+        size = entry.pixels.nbytes
+        if self.held_bytes + size > self.stage2_pixels_bytes:
+            return False
+        entry.held = size
+        self.held_bytes += size
+        return True
+
+    def _release(self, entry: InFlight) -> None:
+        """The image's crops are cut, or it left the window, or it starts again: the
+        pixels held for its crops go (a caller's array or a stream's frame stays)."""
+        if entry.held:
+            self.held_bytes -= entry.held
+            entry.held = 0
+        if not entry.keeps_pixels:
+            entry.pixels = None
 
     def _encoder_pool(self) -> ThreadPoolExecutor:
         if self._encoder is None:
@@ -549,8 +604,7 @@ class Engine:
             for index in range(len(entry.plan)):
                 self._fail_tile(entry, index)
             return
-        if not entry.keeps_pixels:
-            entry.data = entry.pixels = None  # read again if it must go again
+        self._all_cut(entry)  # read again if it must go again
         attempt = max(entry.sends)
         entry.sends[:] = bytes([min(255, attempt + 1)]) * len(entry.sends)
         plan, info = entry.job.plan, entry.info
@@ -681,7 +735,9 @@ class Engine:
             entry.crops = entry.objects = None
             del entry.sends[len(entry.plan):]
         if not entry.keeps_pixels:
-            entry.pixels = entry.data = None  # re-read on demand
+            entry.data = None  # re-read on demand; pixels held for crops not cut yet stay
+            if not entry.held:
+                entry.pixels = None
         if entry.plan and key not in entry.job.unsent:
             entry.job.unsent.append(key)
 

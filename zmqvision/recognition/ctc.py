@@ -116,6 +116,20 @@ class CtcReader:
         return max(1, min(math.ceil(self.height * w / max(h, 1)),
                           round(self.height * MAX_ASPECT)))
 
+    def batch_pixels(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        """The model's input for ``crops`` read together: each resized to the reader's
+        height, padded with mid-grey to the widest (a multiple of 8 columns). A worker's
+        second stage starts its requests with it (``tasks.stage2.Stage2Runner``)."""
+        widths = [self.width_for(c) for c in crops]
+        width = -(-max(widths) // 8) * 8  # fewer distinct shapes for the compiled graph
+        batch = np.full((len(crops), self.height, width, 3), PAD_VALUE, np.uint8)
+        for j, c in enumerate(crops):
+            if c.dtype != np.uint8 or c.ndim != 3 or c.shape[2] != 3:
+                raise ValueError(f"crops must be uint8 [h, w, 3], got {c.dtype} {c.shape}")
+            batch[j, :, :widths[j]] = np.asarray(Image.fromarray(c).resize(
+                (widths[j], self.height), Image.Resampling.BILINEAR))
+        return batch
+
     def read(self, crops: Sequence[np.ndarray]) -> list[Read]:
         """Text of each uint8 RGB crop ``[h, w, 3]`` (upright, any size)."""
         widths = [self.width_for(c) for c in crops]
@@ -123,15 +137,7 @@ class CtcReader:
         out: list[Read | None] = [None] * len(crops)
         for start in range(0, len(order), self.batch):
             idx = order[start:start + self.batch]
-            width = max(widths[i] for i in idx)
-            width = -(-width // 8) * 8  # fewer distinct shapes for the compiled graph
-            batch = np.full((len(idx), self.height, width, 3), PAD_VALUE, np.uint8)
-            for j, i in enumerate(idx):
-                c = crops[i]
-                if c.dtype != np.uint8 or c.ndim != 3 or c.shape[2] != 3:
-                    raise ValueError(f"crops must be uint8 [h, w, 3], got {c.dtype} {c.shape}")
-                batch[j, :, :widths[i]] = np.asarray(Image.fromarray(c).resize(
-                    (widths[i], self.height), Image.Resampling.BILINEAR))
+            batch = self.batch_pixels([crops[i] for i in idx])
             self._request.infer({0: u8_tensor(batch)})
             scores = self._request.get_output_tensor(0).data
             for j, r in enumerate(ctc_greedy(scores, self.characters)):

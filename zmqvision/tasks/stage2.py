@@ -167,15 +167,22 @@ MAX_CROP_SIDE = 8192  # a reader's crop: a line longer than this is not a line
 
 
 class Stage2Runner:
-    """A worker's second model: one crop in, its answer out (``answer``: for
-    ``identify`` the unit embedding, for a reader the text and its confidence). Runs
-    synchronously in the worker's loop: a 112 × 112 face takes ~2 ms on a CPU core, a
-    plate ~3 ms, a text line ~10-20 ms (docs/recognition.md), so a crop between two
-    polls never holds a heartbeat up.
+    """A worker's second model: one crop in, its answer out (for ``identify`` the unit
+    embedding, for a reader the text and its confidence).
+
+    ``answer`` runs a crop at once, through the references' own runners
+    (``FaceEmbedder.embed``, ``CtcReader.read``). The worker does not block its loop on
+    it: it starts each crop on an infer request of ``compiled`` with ``inputs`` and
+    decodes the request's output with ``decode`` (``worker.stage2.SecondStage``), the
+    same input and the same decoding as ``answer``'s, so either way a crop's answer is
+    the same, byte for byte (tests/test_worker_stage2_async.py).
 
     A reader reads each crop alone (``CtcReader.read([crop])``, batch of one), padded
     only to its own width: the single-process references read the same way
-    (``CtcReader``'s default batch is 1), so a crop reads the same in both."""
+    (``CtcReader``'s default batch is 1), so a crop reads the same in both. MobileFaceNet
+    has its batch fixed at 2 (``faces.embed.BATCH``): a crop goes paired with a copy of
+    itself, as ``FaceEmbedder.embed`` pairs an odd one out, and the copy's row is
+    dropped."""
 
     def __init__(self, model: str, *, device: str = "CPU", threads: int | None = None) -> None:
         from zmqvision.models import resolve
@@ -197,6 +204,13 @@ class Stage2Runner:
     @property
     def ref(self) -> str:
         return self.spec.ref
+
+    @property
+    def compiled(self):
+        """The compiled second model (``ov.CompiledModel``): asynchronous requests are
+        made on it (``inputs`` in, ``decode`` of output 0 out)."""
+        runner = self._reader if self._reader is not None else self._embedder
+        return runner.compiled
 
     def refusal(self, pixels: np.ndarray) -> str | None:
         if self._reader is not None:
@@ -220,7 +234,35 @@ class Stage2Runner:
         """What the worker sends for one crop: (embedding, text, text score)."""
         if self._reader is None:
             return self.run(pixels), None, None
-        read = self._reader.read([pixels])[0]
+        return self._read_answer(self._reader.read([pixels])[0])
+
+    def inputs(self, pixels: np.ndarray) -> np.ndarray:
+        """The model's input for one crop, uint8 ``[N, H, W, 3]`` C-contiguous, as
+        ``answer`` would make it: a reader's crop resized and padded
+        (``CtcReader.batch_pixels``), a face paired with a copy of itself. ValueError for
+        a crop the runners refuse."""
+        if self._reader is not None:
+            return self._reader.batch_pixels([pixels])
+        from zmqvision.faces.embed import BATCH
+
+        if pixels.dtype != np.uint8:
+            raise ValueError(f"crops must be uint8, got {pixels.dtype}")
+        return np.ascontiguousarray(np.repeat(pixels[None], BATCH, axis=0))
+
+    def decode(self, output: np.ndarray) -> Answer:
+        """The answer of one crop from its request's output 0 (made with ``inputs``):
+        the first row, as ``answer`` takes it. Called on OpenVINO's threads (it only
+        reads ``output`` and the reader's characters)."""
+        if self._reader is None:
+            from zmqvision.faces.embed import normalise
+
+            return normalise(output[:1])[0], None, None
+        from zmqvision.recognition.ctc import ctc_greedy
+
+        return self._read_answer(ctc_greedy(output[:1], self._reader.characters)[0])
+
+    @staticmethod
+    def _read_answer(read) -> Answer:
         return None, read.text, min(1.0, max(0.0, read.confidence))
 
 

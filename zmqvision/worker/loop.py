@@ -18,6 +18,7 @@ from zmqvision.worker.heartbeat import Heartbeats
 from zmqvision.worker.images import ImageCutter, ImageDecoder
 from zmqvision.worker.link import BadTile, TileLink
 from zmqvision.worker.results import ResultSender, named_error, tile_error, tile_result
+from zmqvision.worker.stage2 import SecondStage, Stage2Done
 from zmqvision.worker.train import TrainService
 
 log = logging.getLogger("zmqvision.worker")
@@ -41,13 +42,15 @@ class Worker:
         self.engine = engine if engine is not None else InferenceEngine(config, stop)
         self.id = config.worker_id or new_worker_id()
         self.model = self.engine.spec.ref
-        # The second stage's model (two-stage jobs' crops), run in this loop's thread.
-        self.stage2 = None
+        # The second stage's model (two-stage jobs' crops), asynchronous like the first:
+        # its completions are answered from this loop as stage-1 completions are.
+        self.stage2: SecondStage | None = None
         if config.stage2 is not None:
             from zmqvision.tasks.stage2 import Stage2Runner
 
-            self.stage2 = Stage2Runner(config.stage2, device=config.device,
-                                       threads=config.threads)
+            self.stage2 = SecondStage(Stage2Runner(config.stage2, device=config.device,
+                                                   threads=config.threads),
+                                      self.engine.requests, stop)
         self.waiting: deque[tuple[int, protocol.Tile]] = deque()  # received, not started
         # Whole images (--wire image) are decoded and cut on a thread of their own.
         self.images = ImageDecoder(ImageCutter(self.engine.task, self.engine.spec.input_size,
@@ -61,6 +64,8 @@ class Worker:
         self.poller = zmq.Poller()
         self.poller.register(self.engine.wake.r, zmq.POLLIN)
         self.poller.register(self.images.wake.r, zmq.POLLIN)
+        if self.stage2 is not None:
+            self.poller.register(self.stage2.wake.r, zmq.POLLIN)
         self.link: TileLink | None = None
         self.results: ResultSender | None = None
         self.secured = None
@@ -105,6 +110,11 @@ class Worker:
             self.engine.wake.drain()
         for c in self.engine.completed():
             self._finish(c)
+        if self.stage2 is not None:
+            if self.stage2.wake.r in events:
+                self.stage2.wake.drain()
+            for done in self.stage2.completed():
+                self._finish_stage2(done)
         if self.images.pending or self.images.wake.r in events:
             self._take_decoded()
         for src, d in enumerate(self.link.dealers):
@@ -126,13 +136,20 @@ class Worker:
         self.link.send_owed()
 
     def _start_waiting(self) -> None:
+        """Start the tiles received, in order, while their stage has a request free (a
+        stage-2 crop on the second model's, the others on the engine's)."""
         engine = self.engine
-        while self.waiting and engine.has_room():
-            src, tile = self.waiting.popleft()
+        while self.waiting:
+            src, tile = self.waiting[0]
             if tile.task is not None and tile.task.get("stage") == 2:
-                self._second_stage(src, tile)  # run here and now: its credit goes at once
-                self.link.send_owed()
+                if self.stage2 is not None and not self.stage2.has_room():
+                    return
+                self.waiting.popleft()
+                self._second_stage(src, tile)
                 continue
+            if not engine.has_room():
+                return
+            self.waiting.popleft()
             refusal = engine.refusal(tile)
             if refusal is not None:
                 self._answer(src, tile_error(tile, self.id, self.model, *refusal), failed=True)
@@ -144,27 +161,34 @@ class Worker:
                                              str(exc)), failed=True)
 
     def _second_stage(self, src: int, tile: protocol.Tile) -> None:
-        """A stage-2 tile (one object's crop): run here and now on the second model."""
-        runner = self.stage2
-        why = ("this worker runs no second stage (--stage2)" if runner is None else
-               f"tile for {tile.model}, this worker's second stage is {runner.ref}"
-               if tile.model != runner.ref else runner.refusal(tile.pixels))
+        """A stage-2 tile (one object's crop): refused at once, or started on the second
+        model (answered by ``_finish_stage2``)."""
+        stage2 = self.stage2
+        why = ("this worker runs no second stage (--stage2)" if stage2 is None else
+               f"tile for {tile.model}, this worker's second stage is {stage2.ref}"
+               if tile.model != stage2.ref else stage2.runner.refusal(tile.pixels))
         if why is not None:
             self._answer(src, tile_error(tile, self.id, tile.model, "model_mismatch", why),
                          failed=True)
             return
-        t0 = time.perf_counter()
         try:
-            embedding, text, text_score = runner.answer(tile.pixels)
+            stage2.start(src, tile)
         except Exception as exc:  # reported as the tile's error, never lost
-            self._answer(src, tile_error(tile, self.id, runner.ref, "inference_failed",
+            self._answer(src, tile_error(tile, self.id, stage2.ref, "inference_failed",
                                          str(exc)), failed=True)
+
+    def _finish_stage2(self, done: Stage2Done) -> None:
+        tile, ref = done.tile, self.stage2.ref
+        if done.error is not None or done.answer is None:
+            self._answer(done.src, tile_error(tile, self.id, ref, "inference_failed",
+                                              str(done.error)), failed=True)
             return
-        self._answer(src, protocol.Result(
+        embedding, text, text_score = done.answer
+        self._answer(done.src, protocol.Result(
             job=tile.job, image=tile.image, index=tile.index, worker=self.id,
-            model=runner.ref, detections=Detections.empty(), attempt=tile.attempt,
-            infer_ms=(time.perf_counter() - t0) * 1000.0, embedding=embedding, text=text,
-            text_score=text_score), failed=False)
+            model=ref, detections=Detections.empty(), attempt=tile.attempt,
+            infer_ms=(time.perf_counter() - done.t0) * 1000.0, embedding=embedding,
+            text=text, text_score=text_score), failed=False)
 
     def _answer_bad(self, src: int, bad: BadTile) -> None:
         """Tiles whose message did not decode, named by its header: ``bad_tile`` for each
@@ -199,27 +223,43 @@ class Worker:
         self.link.owe(src)  # sent at the end of the step (send_owed), before any wait
 
     def _beat(self) -> None:
-        hb = self.beats.message(self.done, self.failed, self.engine.in_flight,
+        hb = self.beats.message(self.done, self.failed, self._in_flight(),
                                 len(self.waiting) + self.images.tiles_pending)
         self.results.try_send(hb)
         self.link.beat(hb)
 
+    def _in_flight(self) -> int:
+        """Tiles started on either stage, not answered yet."""
+        return self.engine.in_flight + (self.stage2.in_flight if self.stage2 else 0)
+
     def _drain(self) -> None:
         """A clean stop: finish every tile this worker holds (bounded: DRAIN_S)."""
         deadline = time.monotonic() + DRAIN_S
-        while self.waiting or self.engine.in_flight or self.images.pending:
+        while self.waiting or self._in_flight() or self.images.pending:
             left = deadline - time.monotonic()
             if left <= 0:
                 log.warning("worker %s: stopped with %d tiles unfinished", self.id,
-                            len(self.waiting) + self.engine.in_flight
+                            len(self.waiting) + self._in_flight()
                             + self.images.tiles_pending)
                 return
             self._take_decoded()
             self._start_waiting()
+            stage2 = self.stage2
+            if stage2 is not None and stage2.in_flight:
+                # Crops answered now; then wait on stage 1 briefly, or on stage 2 alone.
+                for done in stage2.completed():
+                    self._finish_stage2(done)
+                if not self.engine.in_flight:
+                    done = stage2.wait_completion(min(left, 1.0))
+                    if done is not None:
+                        self._finish_stage2(done)
+                    self.link.send_owed()
+                    continue
             if not self.engine.in_flight:  # only images being decoded: wait for the next
                 self.images.wait(min(left, 1.0))
                 continue
-            c = self.engine.wait_completion(min(left, 1.0))
+            wait_s = 0.01 if stage2 is not None and stage2.in_flight else 1.0
+            c = self.engine.wait_completion(min(left, wait_s))
             if c is not None:
                 self._finish(c)
             self.link.send_owed()
@@ -227,6 +267,8 @@ class Worker:
     def close(self) -> None:
         """Close in the order that never hangs: the device first (no callback after)."""
         self.engine.close()
+        if self.stage2 is not None:
+            self.stage2.close()
         self.images.close()
         self.training.close()
         if self.secured is not None:
