@@ -292,7 +292,10 @@ class Stitcher:
         scores, nh, row0 = held.scores, held.nh, held.row0
         nw = scores.shape[1]
         tw, th = x1 - x0, y1 - y0
-        wy = feather(r0, r1, self.height, round(th * self.overlap))
+        # The ramp is the tile's, over its whole height: only this strip's slice of it
+        # is used (a ramp from the strip's own edges would make the blend depend on the
+        # strip height, a memory setting).
+        wy = feather(y0, y1, self.height, round(th * self.overlap))[r0 - y0:r1 - y0]
         wx = feather(x0, x1, self.width, round(tw * self.overlap))
         ys = _axis_coeffs(r0, r1, y0, th, nh, wy)
         if ys is None:
