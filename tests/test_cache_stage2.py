@@ -119,9 +119,9 @@ def _packed_s2(**changes) -> bytes:
 
 @pytest.mark.parametrize("changes", [
     {"texts": ["one"]}, {"text_scores": [0.5, 1.5]}, {"text_scores": [0.5, float("nan")]},
-    {"texts": ["a", 3]}, {"points": 5}, {"points": 0}, {"frames": []},
-    {"frames": [b"\0" * 8]}, {"embed": [2, 192]}, {"texts": ["x" * 1025, ""]},
-    {"frames": "x"},
+    {"texts": ["a", 3]}, {"points": 5}, {"points": 0}, {"frame": b""},
+    {"frame": b"\0" * 8}, {"embed": [2, 192]}, {"texts": ["x" * 1025, ""]},
+    {"frame": "x"}, {"frame": np.full((2, 4, 2), np.inf).tobytes()},
 ], ids=repr)
 def test_a_damaged_stage2_does_not_parse(changes):
     with pytest.raises(EntryError):
@@ -219,6 +219,9 @@ def test_image_announcement_carries_stage2_exactly(s2):
 def test_announcement_without_stage2_is_the_bytes_it_was():
     frames = protocol.encode(_info(None))
     assert len(frames) == 5 and b"stage2" not in bytes(frames[1])
+    from zmqvision.sockets import MAX_FRAMES
+
+    assert len(protocol.encode(_info(IDENTIFY))) <= MAX_FRAMES  # the sink takes it
 
 
 @pytest.mark.parametrize("damage", ["frame", "texts", "both", "answerless"])
@@ -254,3 +257,36 @@ def test_a_cached_image_without_its_stage2_is_an_error_at_the_sink():
     img = job.announce(_info(PLATES))
     job.stage2_from_cache(img)
     assert img.error is None and len(img.objects) == 2 and img.answers[0][1] == "京A12345"
+
+
+def test_an_ocr_record_from_a_hit_is_the_computed_one():
+    """The sink's two paths to an ocr record, with no model: an image whose lines were
+    answered by workers, and the same image announced as a hit of the entry its record
+    saved (through the wire) — the same rows, in the same reading order, lines read as
+    nothing or below 0.5 left out in both."""
+    from zmqvision.sink.jobs import JobState
+
+    boxes = np.array([[10, 200, 300, 240], [10, 20, 200, 60], [220, 20, 400, 60],
+                      [10, 120, 90, 150]], np.float64)
+    quads = np.stack([[[x0, y0], [x1, y0], [x1, y1], [x0, y1]] for x0, y0, x1, y1 in boxes])
+    objects = Detections(boxes, np.array([0.9, 0.8, 0.7, 0.6], np.float32),
+                         np.zeros(4, np.int32), quads.astype(np.float64))
+    answers = {0: (None, " bottom line ", 0.91234567), 1: (None, "top left", 0.87),
+               2: (None, "top right", 0.3), 3: (None, "", 0.99)}
+    job = JobState(_two_stage("ocr"))
+    base = dict(job="j", path="a.png", seq=0, width=500, height=300, hash=HASH, secret="s")
+    img = job.announce(protocol.ImageInfo(image="a", tiles=1, **base))
+    img.parts[0], img.objects, img.answers = objects, objects, answers
+    computed = job.finish_image(img), img.extras
+    s2 = stage2.cache_data(job.stage2, objects, answers)
+    hit = protocol.decode(protocol.encode(protocol.ImageInfo(
+        image="b", cached=protocol.Cached(
+            tiles=1, detections=Detections(boxes, objects.scores, objects.labels),
+            stage2=s2), **base)))
+    img = job.announce(hit)
+    job.stage2_from_cache(img)
+    cached = job.finish_image(img), img.extras
+    assert [e["text"] for e in computed[1]] == ["top left", "bottom line"]
+    assert cached[1] == computed[1]
+    assert cached[0].boxes.tobytes() == computed[0].boxes.tobytes()
+    assert cached[0].scores.tobytes() == computed[0].scores.tobytes()

@@ -604,9 +604,10 @@ class Stage2Cached:
     as it is at the time of the record (``tasks.stage2.Matcher``).
 
     Travels as ``cached.stage2`` in a ``zv.image`` header (``header()``: ``points`` K,
-    ``embed`` [n, D] or ``texts`` and ``text_scores``) with its arrays as frames after
-    the detections' (``arrays()``: the points, float64 ``[n, K, 2]``, then the
-    embeddings); the result cache stores the same header with those frames' bytes."""
+    ``embed`` [n, D] or ``texts`` and ``text_scores``) with its numbers as ONE frame after
+    the detections' (``frame()``: the points, float64 ``[n, K, 2]``, then the embeddings,
+    float32 ``[n, D]``; one frame keeps the message within ``sockets.MAX_FRAMES``); the
+    result cache stores the same header with that frame's bytes."""
 
     points: np.ndarray  # float64 [n, K, 2]
     embeddings: np.ndarray | None = None  # identify's (None for a reader, or no object)
@@ -622,30 +623,33 @@ class Stage2Cached:
             h["text_scores"] = [float(s) for s in self.text_scores or ()]
         return h
 
-    def arrays(self) -> list[np.ndarray]:
-        out = [np.ascontiguousarray(self.points, POINTS_DTYPE)]
-        if self.embeddings is not None:
-            out.append(np.ascontiguousarray(self.embeddings, EMBEDDING_DTYPE))
-        return out
+    def frame(self) -> bytes:
+        """The points, then the embeddings (a few KB: the copy that joins them is what
+        keeping to one frame costs)."""
+        points = np.ascontiguousarray(self.points, POINTS_DTYPE).tobytes()
+        if self.embeddings is None:
+            return points
+        return points + np.ascontiguousarray(self.embeddings, EMBEDDING_DTYPE).tobytes()
 
     @classmethod
     def parse(cls, h: dict, n: int, bufs: Sequence) -> Stage2Cached:
-        """The stage 2 of ``n`` cached objects from its header and frames (the points,
-        then the embeddings when ``embed`` is there); ProtocolError for any defect:
-        a count that is not ``n``, an embedding and texts both or (with objects) neither,
-        text over MAX_READ_CHARS, a score outside 0..1, sizes, non-finite numbers."""
+        """The stage 2 of ``n`` cached objects from its header and frame; ProtocolError
+        for any defect: a count that is not ``n``, an embedding and texts both or (with
+        objects) neither, text over MAX_READ_CHARS, a score outside 0..1, sizes,
+        non-finite numbers."""
         k = _count(h, "points", hi=MAX_POINTS)
         shape = _req(h, "embed", list, optional=True)
         texts = _req(h, "texts", list, optional=True)
         if shape is not None and texts is not None:
             raise ProtocolError("cached stage 2 has embeddings and texts")
-        if len(bufs) != 1 + (shape is not None):
-            raise ProtocolError(f"cached stage 2 needs {1 + (shape is not None)} frames, "
-                                f"got {len(bufs)}")
-        points = points_from_buffer(n, k, bufs[0])
+        if len(bufs) != 1:
+            raise ProtocolError(f"cached stage 2 needs 1 frame, got {len(bufs)}")
+        view = _buffer(bufs[0])
+        size = n * k * 2 * POINTS_DTYPE.itemsize
+        points = points_from_buffer(n, k, view if shape is None else view[:size])
         embeddings = scores = None
         if shape is not None:
-            embeddings = _object_embeddings(shape, n, bufs[1])
+            embeddings = _object_embeddings(shape, n, view[size:])
         elif texts is None and n:
             raise ProtocolError("cached stage 2 of objects without their answers")
         if texts is not None:
@@ -744,7 +748,7 @@ class ImageInfo:
         if self.cached.embeddings is not None:
             arrays.append(np.ascontiguousarray(self.cached.embeddings, EMBEDDING_DTYPE))
         if self.cached.stage2 is not None:
-            arrays.extend(self.cached.stage2.arrays())
+            arrays.append(self.cached.stage2.frame())
         return arrays
 
     @classmethod

@@ -13,7 +13,7 @@ from a hit is identical to the one made from inference. A two-stage job's entry 
 --identify``, ``--model plates``/``ocr``) has ``"s2"`` as well: the map a cached
 ``zv.image`` carries as ``cached.stage2`` (``protocol.Stage2Cached``: each object's
 points and its stage-2 answer, a face's embedding or a reader's text and score; never
-an identity) with its frames' bytes as ``"frames"``; its detections are then every
+an identity) with its frame's bytes as ``"frame"``; its detections are then every
 object stage 2 answered, and the sink makes the record from them as from a worker's
 answers. ``emb``/``embs`` (a classification
 ``--embed`` job's embeddings, one row per tile in tile order) are there only when the
@@ -80,14 +80,8 @@ def encode(entry: Entry) -> bytes:
         m["emb"] = list(embs.shape)
         m["embs"] = memoryview(embs).cast("B")  # packed as bin, without a tobytes copy
     if entry.stage2 is not None:
-        m["s2"] = {**entry.stage2.header(), "frames": [_bin(a) for a in entry.stage2.arrays()]}
+        m["s2"] = {**entry.stage2.header(), "frame": entry.stage2.frame()}
     return msgpack.packb(m, use_bin_type=True)
-
-
-def _bin(a: np.ndarray) -> memoryview | bytes:
-    """A contiguous array as msgpack bin, without a copy (a view of no bytes cannot be
-    cast)."""
-    return memoryview(a).cast("B") if a.size else b""
 
 
 def _get(m: dict, key: str, types: type | tuple[type, ...]) -> Any:
@@ -148,11 +142,8 @@ def decode(data: bytes, key: str) -> Entry:
     stage2 = None
     if "s2" in m:
         s2 = _get(m, "s2", dict)
-        frames = _get(s2, "frames", list)
-        if not all(isinstance(f, bytes) for f in frames):
-            raise EntryError("stage-2 frames are not bytes")
         try:
-            stage2 = Stage2Cached.parse(s2, n, frames)
+            stage2 = Stage2Cached.parse(s2, n, [_get(s2, "frame", bytes)])
         except ProtocolError as exc:
             raise EntryError(str(exc)) from None
     return Entry(key=key, model=_get(m, "model", str), width=width, height=height, tiles=tiles,

@@ -12,6 +12,11 @@ from zmqvision.cache import ResultCache
 from zmqvision.sink.jobs import ImageState, JobState
 from zmqvision.tasks import stage2
 
+# A reader's texts travel in the header of a hit's zv.image (at most
+# protocol.MAX_HEADER_BYTES, 1 MiB, UTF-8 up to 4 bytes a character): an image with more
+# text than this is computed on every run rather than cached.
+MAX_CACHED_TEXT_CHARS = 128 * 1024
+
 
 class ResultSaver:
     def __init__(self, cache: ResultCache | None) -> None:
@@ -35,6 +40,8 @@ class ResultSaver:
             # Every object with its points and answer, not the record's rows: the record
             # is made again from them (identities from the gallery of that moment).
             dets, s2 = img.objects, stage2.cache_data(job.stage2, img.objects, img.answers)
+            if s2.texts and sum(map(len, s2.texts)) > MAX_CACHED_TEXT_CHARS:
+                return  # its announcement's header would pass protocol.MAX_HEADER_BYTES
         self.cache.save(job.fingerprint, protocol.frame_hash(info.hash, info.frame),
                         model=job.model,
                         width=info.width, height=info.height, tiles=info.tiles,
