@@ -323,7 +323,8 @@ class Engine:
             info = protocol.ImageInfo(**base, width=hit.width, height=hit.height,
                                       error=loaded.error, cached=protocol.Cached(
                                           tiles=hit.tiles, detections=hit.detections,
-                                          created=hit.created, embeddings=hit.embeddings))
+                                          created=hit.created, embeddings=hit.embeddings,
+                                          stage2=hit.stage2))
             job.cached += 1
         elif img is None:
             info = protocol.ImageInfo(**base, error=loaded.error)

@@ -137,10 +137,7 @@ class JobPlan:
         """The result cache's lookup (content hash → entry or None) under these settings;
         None without a cache. The key's settings part is the same for every job of these
         settings (``cache.job_fingerprint`` reads no job id)."""
-        if (cache is None or not self.task.cacheable(self.task_settings)
-                or self.stage2 is not None):
-            # A two-stage record holds what an entry cannot (landmarks, identities, read
-            # at the sink against a gallery that changes): such jobs skip the cache.
+        if cache is None or not self.task.cacheable(self.task_settings):
             # An entry holds an image's rows (and an --embed job's embeddings), not its
             # mask: a segmentation job computes every image and saves nothing
             # (docs/cache.md, zmqvision.tasks.segmentation).
@@ -149,8 +146,15 @@ class JobPlan:
 
         fingerprint, ref = job_fingerprint(self.job_start("")), self.spec.ref
         embeddings = self.task_settings.embed
+        # A two-stage job's entries keep each object's points and stage-2 answer (never
+        # an identity: the sink matches cached embeddings against the gallery of now).
+        needs = None
+        if self.stage2 is not None:
+            from zmqvision.tasks.stage2 import cache_needs
+
+            needs = cache_needs(self.stage2)
         return lambda content_hash: cache.lookup(fingerprint, content_hash, ref,
-                                                 embeddings=embeddings)
+                                                 embeddings=embeddings, stage2=needs)
 
     def reducer(self) -> Reduce | None:
         """How far a JPEG of a given size may be reduced as it is decoded: by the factor

@@ -590,6 +590,107 @@ class Cached:
     created: float = 0.0
     # A classification ``--embed`` job's: float32 [tiles, D], one row per tile in order.
     embeddings: np.ndarray | None = None
+    # A two-stage job's: each object's points and stage-2 answer (``detections`` are then
+    # every object stage 2 answered, in the order the sink merged them).
+    stage2: Stage2Cached | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Stage2Cached:
+    """A two-stage job's stage 2 as the result cache keeps it, per object of the cached
+    detections: its points (a face's landmarks, a plate's corners, a line's rectangle),
+    and its answer — a face's unit embedding (float32 ``[n, D]``) or a reader's text and
+    text score. Never an identity: the sink matches the embeddings against the gallery
+    as it is at the time of the record (``tasks.stage2.Matcher``).
+
+    Travels as ``cached.stage2`` in a ``zv.image`` header (``header()``: ``points`` K,
+    ``embed`` [n, D] or ``texts`` and ``text_scores``) with its numbers as ONE frame after
+    the detections' (``frame()``: the points, float64 ``[n, K, 2]``, then the embeddings,
+    float32 ``[n, D]``; one frame keeps the message within ``sockets.MAX_FRAMES``); the
+    result cache stores the same header with that frame's bytes."""
+
+    points: np.ndarray  # float64 [n, K, 2]
+    embeddings: np.ndarray | None = None  # identify's (None for a reader, or no object)
+    texts: tuple[str, ...] | None = None  # a reader's, one per object (None: identify)
+    text_scores: tuple[float, ...] | None = None  # with texts: each 0..1
+
+    def header(self) -> dict:
+        h: dict = {"points": int(self.points.shape[1])}
+        if self.embeddings is not None:
+            h["embed"] = list(self.embeddings.shape)
+        if self.texts is not None:
+            h["texts"] = list(self.texts)
+            h["text_scores"] = [float(s) for s in self.text_scores or ()]
+        return h
+
+    def frame(self) -> bytes:
+        """The points, then the embeddings (a few KB: the copy that joins them is what
+        keeping to one frame costs)."""
+        points = np.ascontiguousarray(self.points, POINTS_DTYPE).tobytes()
+        if self.embeddings is None:
+            return points
+        return points + np.ascontiguousarray(self.embeddings, EMBEDDING_DTYPE).tobytes()
+
+    @classmethod
+    def parse(cls, h: dict, n: int, bufs: Sequence) -> Stage2Cached:
+        """The stage 2 of ``n`` cached objects from its header and frame; ProtocolError
+        for any defect: a count that is not ``n``, an embedding and texts both or (with
+        objects) neither, text over MAX_READ_CHARS, a score outside 0..1, sizes,
+        non-finite numbers."""
+        k = _count(h, "points", hi=MAX_POINTS)
+        shape = _req(h, "embed", list, optional=True)
+        texts = _req(h, "texts", list, optional=True)
+        if shape is not None and texts is not None:
+            raise ProtocolError("cached stage 2 has embeddings and texts")
+        if len(bufs) != 1:
+            raise ProtocolError(f"cached stage 2 needs 1 frame, got {len(bufs)}")
+        view = _buffer(bufs[0])
+        size = n * k * 2 * POINTS_DTYPE.itemsize
+        points = points_from_buffer(n, k, view if shape is None else view[:size])
+        embeddings = scores = None
+        if shape is not None:
+            embeddings = _object_embeddings(shape, n, view[size:])
+        elif texts is None and n:
+            raise ProtocolError("cached stage 2 of objects without their answers")
+        if texts is not None:
+            raw = _req(h, "text_scores", list)
+            if len(texts) != n or len(raw) != n:
+                raise ProtocolError(f"cached stage 2 has {len(texts)} texts and {len(raw)} "
+                                    f"scores for {n} objects")
+            if not all(type(t) is str and len(t) <= MAX_READ_CHARS for t in texts):
+                raise ProtocolError(f"cached texts must be strings of at most "
+                                    f"{MAX_READ_CHARS} characters")
+            if not all(type(s) in (int, float) and 0.0 <= s <= 1.0 for s in raw):
+                raise ProtocolError("cached text scores must be numbers in 0..1")
+            texts, scores = tuple(texts), tuple(float(s) for s in raw)
+        return cls(points=points, embeddings=embeddings, texts=texts, text_scores=scores)
+
+    @property
+    def answer(self) -> str:
+        """``"text"`` (a reader's) or ``"embedding"`` (identify's)."""
+        return "embedding" if self.texts is None else "text"
+
+    def answers(self) -> dict[int, tuple]:
+        """Object i's answer as the sink keeps a worker's: (embedding, text, text score)."""
+        n = len(self.points)
+        if self.texts is not None:
+            return {i: (None, self.texts[i], self.text_scores[i]) for i in range(n)}
+        return {i: (self.embeddings[i], None, None) for i in range(n)}
+
+
+def _object_embeddings(shape: list, n: int, buf: Any) -> np.ndarray:
+    """Cached stage-2 embeddings: float32 ``[n, D]`` from one frame, all finite."""
+    if (len(shape) != 2 or not all(type(v) is int for v in shape) or shape[0] != n
+            or not 1 <= shape[1] <= MAX_EMBEDDING):
+        raise ProtocolError(f"cached stage-2 embeddings shaped {shape}, for {n} objects")
+    view = _buffer(buf)
+    if view.nbytes != n * shape[1] * EMBEDDING_DTYPE.itemsize:
+        raise ProtocolError(f"cached stage-2 embeddings frame has {view.nbytes} bytes, "
+                            f"shape {shape}")
+    vecs = np.frombuffer(view, EMBEDDING_DTYPE).astype(np.float32).reshape(n, shape[1])
+    if not _all_finite(vecs):
+        raise ProtocolError("non-finite numbers in the cached stage-2 embeddings")
+    return vecs
 
 
 @dataclass(frozen=True)
@@ -636,6 +737,8 @@ class ImageInfo:
                            "created": self.cached.created}
             if self.cached.embeddings is not None:
                 h["cached"]["embed"] = list(self.cached.embeddings.shape)
+            if self.cached.stage2 is not None:
+                h["cached"]["stage2"] = self.cached.stage2.header()
         return h
 
     def buffers(self) -> list:
@@ -644,6 +747,8 @@ class ImageInfo:
         arrays = detection_arrays(self.cached.detections)
         if self.cached.embeddings is not None:
             arrays.append(np.ascontiguousarray(self.cached.embeddings, EMBEDDING_DTYPE))
+        if self.cached.stage2 is not None:
+            arrays.append(self.cached.stage2.frame())
         return arrays
 
     @classmethod
@@ -653,11 +758,16 @@ class ImageInfo:
         if c is not None:
             tiles = _count(c, "tiles")
             shape = _req(c, "embed", list, optional=True)
-            dets = detections_from_buffers(_int(c, "n"), bufs[:3] if shape is not None else bufs)
+            s2 = None if c.get("stage2") is None else _req(c, "stage2", dict)
+            end = 3 + (shape is not None)  # the frames before the stage-2 ones
+            dets = detections_from_buffers(
+                _int(c, "n"), bufs if shape is None and s2 is None else bufs[:3])
             cached = Cached(tiles=tiles, detections=dets,
                             created=_float(c, "created", optional=True) or 0.0,
-                            embeddings=None if shape is None
-                            else embeddings_from_buffer(shape, tiles, bufs[3:]))
+                            embeddings=None if shape is None else embeddings_from_buffer(
+                                shape, tiles, bufs[3:] if s2 is None else bufs[3:end]),
+                            stage2=None if s2 is None
+                            else Stage2Cached.parse(s2, len(dets), bufs[end:]))
         msg = _built(
             cls,
             job=_name(h, "job"),

@@ -9,10 +9,17 @@ a socket)::
      "emb": [rows, D], "embs": bin (rows×D little-endian float32)}
 
 The arrays are the merged detections exactly as the sink wrote them, so a record made
-from a hit is identical to the one made from inference. ``emb``/``embs`` (a classification
+from a hit is identical to the one made from inference. A two-stage job's entry (``run
+--identify``, ``--model plates``/``ocr``) has ``"s2"`` as well: the map a cached
+``zv.image`` carries as ``cached.stage2`` (``protocol.Stage2Cached``: each object's
+points and its stage-2 answer, a face's embedding or a reader's text and score; never
+an identity) with its frame's bytes as ``"frame"``; its detections are then every
+object stage 2 answered, and the sink makes the record from them as from a worker's
+answers. ``emb``/``embs`` (a classification
 ``--embed`` job's embeddings, one row per tile in tile order) are there only when the
 entry has them: an entry without them (every entry of an older version) reads as before,
-with ``embeddings`` None, and a version-1 reader that does not know them ignores them.
+with ``embeddings`` None, and a version-1 reader that does not know them ignores them;
+``s2`` likewise (``stage2`` None: for a two-stage job, a miss; ``ResultCache.lookup``).
 ``key`` repeats the key the entry was stored under: an entry found under another key (a
 foreign or mixed-up entry) is refused like a corrupt one. Anything that does not parse
 raises ``EntryError``; callers treat it as a miss.
@@ -31,6 +38,7 @@ from zmqvision.boxes import Detections
 from zmqvision.protocol import (
     EMBEDDING_DTYPE,
     ProtocolError,
+    Stage2Cached,
     detection_arrays,
     detections_from_buffers,
     embeddings_from_buffer,
@@ -56,6 +64,7 @@ class Entry:
     error: dict | None = None
     created: float = 0.0
     embeddings: np.ndarray | None = None  # float32 [tiles, D]: an --embed job's
+    stage2: Stage2Cached | None = None  # a two-stage job's: per object, points and answer
 
 
 def encode(entry: Entry) -> bytes:
@@ -70,6 +79,8 @@ def encode(entry: Entry) -> bytes:
         embs = np.ascontiguousarray(entry.embeddings, EMBEDDING_DTYPE)
         m["emb"] = list(embs.shape)
         m["embs"] = memoryview(embs).cast("B")  # packed as bin, without a tobytes copy
+    if entry.stage2 is not None:
+        m["s2"] = {**entry.stage2.header(), "frame": entry.stage2.frame()}
     return msgpack.packb(m, use_bin_type=True)
 
 
@@ -128,8 +139,16 @@ def decode(data: bytes, key: str) -> Entry:
                                                 [_get(m, "embs", bytes)])
         except ProtocolError as exc:
             raise EntryError(str(exc)) from None
+    stage2 = None
+    if "s2" in m:
+        s2 = _get(m, "s2", dict)
+        try:
+            stage2 = Stage2Cached.parse(s2, n, [_get(s2, "frame", bytes)])
+        except ProtocolError as exc:
+            raise EntryError(str(exc)) from None
     return Entry(key=key, model=_get(m, "model", str), width=width, height=height, tiles=tiles,
-                 detections=detections, error=error, created=created, embeddings=embeddings)
+                 detections=detections, error=error, created=created, embeddings=embeddings,
+                 stage2=stage2)
 
 
 def created_of(data: bytes) -> float | None:

@@ -8,6 +8,12 @@ feeds and decodes it (input size, labels, pre-processing, its own thresholds), t
 the merge and the job's score threshold. Both ends compute it from the job's ``zv.job``
 message, so the ventilator's lookups and the sink's saves agree without sending keys.
 
+A two-stage job's key also holds its second stage (``stage2_part``): its kind and its
+second model's identity (as the first model's), so a plate job, an ocr job and a job with
+another reader or embedder never share entries. Not its gallery nor its threshold: an
+entry keeps embeddings, never identities, and the sink matches them against the gallery
+as it is when the record is made.
+
 Not in the key, on purpose: the path (same bytes, same result), the worker's device and the
 tile wire encoding (the pipeline already treats CPU/GPU and raw/JPEG tiles as giving the
 same answer; see docs/cache.md), ``max_pixels`` (a too-large image is never cached).
@@ -44,10 +50,11 @@ def _canonical(value: Any) -> Any:
 
 
 def fingerprint(model: dict, tiling: dict, merge: dict, score_threshold: float | None,
-                task: dict | None = None) -> str:
+                task: dict | None = None, stage2: dict | None = None) -> str:
     """32 hex digits naming the settings; any change in them is another fingerprint.
     ``task``: the job's task settings (``JobStart.options["task"]``: classification's
-    top-k, embedding, grid); None for detection, whose keys stay what they were."""
+    top-k, embedding, grid); None for detection, whose keys stay what they were.
+    ``stage2``: a two-stage job's (``stage2_part``); None for a one-stage job."""
     doc = {
         "key_version": KEY_VERSION,
         "model": {k: model.get(k) for k in MODEL_FIELDS},
@@ -57,14 +64,37 @@ def fingerprint(model: dict, tiling: dict, merge: dict, score_threshold: float |
     }
     if task is not None:
         doc["task"] = task
+    if stage2 is not None:
+        doc["stage2"] = stage2
     text = json.dumps(_canonical(doc), sort_keys=True, separators=(",", ":"))
     return blake2b(text.encode(), digest_size=16).hexdigest()
+
+
+def stage2_part(options: dict) -> dict | None:
+    """What of a job's second stage (``options["stage2"]``) changes its entries: the kind
+    and the second model — its ref and, from the catalog, the fields of MODEL_FIELDS
+    (file hash, input size, charset, pre-processing). Not the gallery nor the threshold
+    (identities are never cached). None for a one-stage job."""
+    raw = options.get("stage2")
+    if not isinstance(raw, dict):
+        return None
+    ref = raw.get("model")
+    part: dict = {"kind": raw.get("kind"), "model": ref}
+    if isinstance(ref, str):
+        from zmqvision.models import CATALOG
+
+        spec = CATALOG.get(ref.split("@")[0])
+        if spec is not None and spec.ref == ref:  # another version: its ref alone
+            described = spec.describe()
+            part["model"] = {k: described.get(k) for k in MODEL_FIELDS}
+    return part
 
 
 def job_fingerprint(start: protocol.JobStart) -> str:
     """The fingerprint of a job, from its JobStart (the same on the ventilator and sink)."""
     return fingerprint(start.model, start.tiling, start.merge,
-                       start.options.get("score_threshold"), start.options.get("task"))
+                       start.options.get("score_threshold"), start.options.get("task"),
+                       stage2_part(start.options))
 
 
 def entry_key(settings: str, content_hash: str) -> str | None:

@@ -22,6 +22,7 @@ from zmqvision.boxes import Detections
 from zmqvision.cache.entry import Entry, EntryError, decode, encode
 from zmqvision.cache.guard import Guarded
 from zmqvision.cache.key import entry_key
+from zmqvision.protocol import Stage2Cached
 
 log = logging.getLogger("zmqvision.cache")
 
@@ -40,11 +41,15 @@ class ResultCache:
         self.hits = self.misses = self.corrupt = self.saved = 0
 
     def lookup(self, settings: str, content_hash: str, model: str, *,
-               embeddings: bool = False) -> Entry | None:
+               embeddings: bool = False,
+               stage2: tuple[str, int] | None = None) -> Entry | None:
         """The entry for these bytes under these settings, or None (a miss). A corrupt,
         foreign or other-version entry is a miss: logged and deleted, so the result
         computed now replaces it. ``embeddings``: the job's records need them (``--embed``;
-        its settings are already another key): an entry without them is unusable too."""
+        its settings are already another key): an entry without them is unusable too.
+        ``stage2``: a two-stage job's (answer, points per object) (``tasks.stage2.
+        cache_needs``): an entry without its stage 2 (one written before entries had it),
+        or with another kind of answer or point count, is unusable as well."""
         key = entry_key(settings, content_hash)
         data = None if key is None else self.guard.call("get", None, key)
         if data is None:
@@ -56,6 +61,8 @@ class ResultCache:
                 raise EntryError(f"entry of model {entry.model}, job uses {model}")
             if embeddings and entry.error is None and entry.embeddings is None:
                 raise EntryError("entry without the embeddings the job needs")
+            if stage2 is not None and entry.error is None:
+                _check_stage2(entry, *stage2)
         except EntryError as exc:
             self._count("corrupt")
             self._count("misses")
@@ -74,16 +81,18 @@ class ResultCache:
 
     def save(self, settings: str, content_hash: str, *, model: str, width: int, height: int,
              tiles: int, detections: Detections | None, error: dict | None = None,
-             embeddings: np.ndarray | None = None) -> bool:
+             embeddings: np.ndarray | None = None,
+             stage2: Stage2Cached | None = None) -> bool:
         """Queue one image's result (``embeddings``: float32 [tiles, D], an ``--embed``
-        job's); False when it cannot be keyed or is a failure."""
+        job's; ``stage2``: a two-stage job's objects' points and answers, ``detections``
+        being those objects); False when it cannot be keyed or is a failure."""
         key = entry_key(settings, content_hash)
         if key is None or error is not None:
             return False
         now = time.time()
         entry = Entry(key=key, model=model, width=width, height=height, tiles=tiles,
                       detections=detections if detections is not None else Detections.empty(),
-                      error=error, created=now, embeddings=embeddings)
+                      error=error, created=now, embeddings=embeddings, stage2=stage2)
         with self._lock:
             self._pending.append((key, encode(entry), now))
             if len(self._pending) > MAX_PENDING:
@@ -122,3 +131,13 @@ class ResultCache:
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
             setattr(self, name, getattr(self, name) + n)
+
+
+def _check_stage2(entry: Entry, answer: str, points: int) -> None:
+    """EntryError unless the entry holds a two-stage job's stage 2 of this kind."""
+    s2 = entry.stage2
+    if s2 is None:
+        raise EntryError("entry without the stage 2 the job needs")
+    if s2.answer != answer or s2.points.shape[1] != points:
+        raise EntryError(f"entry's stage 2 is {s2.answer}s with {s2.points.shape[1]} points, "
+                         f"the job needs {answer}s with {points}")

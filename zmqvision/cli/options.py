@@ -173,8 +173,9 @@ def job_options(f):
                      help="Two-stage: find faces (centerface, with landmarks), then align "
                           "and embed each (mobilefacenet, on the workers) and name it from "
                           "the gallery: each face gets \"landmarks\" and \"identity\" "
-                          "({name, similarity} or null). Such jobs bypass the result cache "
-                          "(docs/faces.md)."),
+                          "({name, similarity} or null). The result cache keeps the "
+                          "embeddings, never the names: a rerun is matched against the "
+                          "gallery as it is then (docs/faces.md, docs/cache.md)."),
         click.option("--gallery", default=None, envvar="ZMQVISION_FACES_GALLERY",
                      help="With --identify: the gallery (`zmqvision faces enroll`), a "
                           "SQLite path or redis://… URL [default: faces.sqlite3 in the "

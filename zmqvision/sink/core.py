@@ -297,6 +297,7 @@ class Sink:
         again = self.forgotten.pop(job.id, msg.image) == PUBLISHED
         img = job.announce(msg, again)
         if msg.cached is not None or msg.error is not None:
+            job.stage2_from_cache(img)  # a two-stage hit: its objects and their answers
             self._complete(job, img)
             return
         for result in job.take_early(msg.image):

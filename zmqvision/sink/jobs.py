@@ -291,6 +291,29 @@ class JobState:
         self.dirty = True
         return img.objects if len(img.objects) else None
 
+    def stage2_from_cache(self, img: ImageState) -> None:
+        """A two-stage image answered from the result cache: its objects and their
+        answers (embeddings or texts) as if every crop had been answered, so the record
+        is made as a computed one's (``record_extras``: identities from the gallery as it
+        is now). A cached image without the stage 2 this job needs (a ventilator's bug)
+        is the image's error, never a record without it; so is a gallery that cannot
+        open. Counts no object: no crop was cut."""
+        cached = img.info.cached
+        if self.stage2 is None or cached is None or img.error is not None:
+            return
+        try:
+            objects, answers = stage2.from_cache(self.stage2, cached)
+        except ValueError as exc:
+            img.error = {"type": "bad_result", "message": str(exc)}
+            return
+        if len(objects) and self.matcher is None and self.stage2.kind == "identify":
+            try:
+                self.matcher = stage2.Matcher(self.stage2)
+            except Exception as exc:  # as start_stage2: the image's error
+                img.error = {"type": "gallery_failed", "message": str(exc)}
+                return
+        img.objects, img.answers = objects, answers
+
     def waits_for_stage2(self, img: ImageState) -> bool:
         """Stage 1 is whole and merged, and some object has no answer yet."""
         return img.objects is not None and len(img.answers) < len(img.objects)
@@ -356,12 +379,13 @@ class JobState:
                                       "type": img.error["type"],
                                       "message": img.error["message"]})
             return None
-        if info.cached is not None:
-            dets = info.cached.detections  # merged when it was computed
-        elif img.objects is not None:
-            # A two-stage image: merged when its stage 1 was whole; the objects its
-            # record holds (text lines read as nothing are left out) in its order.
+        if img.objects is not None:
+            # A two-stage image (computed, or cached: stage2_from_cache): merged when its
+            # stage 1 was whole; the objects its record holds (text lines read as nothing
+            # are left out) in its order.
             dets = img.objects if img.kept is None else img.objects.take(img.kept)
+        elif info.cached is not None:
+            dets = info.cached.detections  # merged when it was computed
         else:
             dets = self.task.merge(img.parts, self.merge)
         if counted:

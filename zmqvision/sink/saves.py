@@ -1,5 +1,6 @@
 """Computed results into the result cache as images complete (docs/cache.md), with a
-classification ``--embed`` job's embeddings (one float32 row per tile)."""
+classification ``--embed`` job's embeddings (one float32 row per tile) and a two-stage
+job's objects with their points and stage-2 answers (``tasks.stage2.cache_data``)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ from zmqvision import protocol
 from zmqvision.boxes import Detections
 from zmqvision.cache import ResultCache
 from zmqvision.sink.jobs import ImageState, JobState
+from zmqvision.tasks import stage2
+
+# A reader's texts travel in the header of a hit's zv.image (at most
+# protocol.MAX_HEADER_BYTES, 1 MiB, UTF-8 up to 4 bytes a character): an image with more
+# text than this is computed on every run rather than cached.
+MAX_CACHED_TEXT_CHARS = 128 * 1024
 
 
 class ResultSaver:
@@ -22,12 +29,20 @@ class ResultSaver:
         if (self.cache is None or info.hash is None or info.cached is not None
                 or img.error is not None or not job.task.cacheable(job.task_settings)):
             return  # (an entry holds no masks: segmentation jobs are never looked up)
-        embeddings = None
+        embeddings = s2 = None
         if job.task_settings.embed:  # one vector per tile, in tile order
             if sorted(img.embeddings) != list(range(info.tiles)):
                 return  # (check_part makes every tile bring one: never here)
             embeddings = np.stack([img.embeddings[i] for i in range(info.tiles)])
+        if job.stage2 is not None:
+            if img.objects is None or len(img.answers) != len(img.objects):
+                return  # (finish_image comes once every object has its answer: never here)
+            # Every object with its points and answer, not the record's rows: the record
+            # is made again from them (identities from the gallery of that moment).
+            dets, s2 = img.objects, stage2.cache_data(job.stage2, img.objects, img.answers)
+            if s2.texts and sum(map(len, s2.texts)) > MAX_CACHED_TEXT_CHARS:
+                return  # its announcement's header would pass protocol.MAX_HEADER_BYTES
         self.cache.save(job.fingerprint, protocol.frame_hash(info.hash, info.frame),
                         model=job.model,
                         width=info.width, height=info.height, tiles=info.tiles,
-                        detections=dets, embeddings=embeddings)
+                        detections=dets, embeddings=embeddings, stage2=s2)

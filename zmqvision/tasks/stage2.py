@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from zmqvision import protocol
 from zmqvision.boxes import Detections
 
 # kind → (the stage-1 model it needs, its second model, points per box)
@@ -353,3 +354,46 @@ def record_extras(settings: Stage2Settings, objects: Detections,
         for i, identity in enumerate(matcher.identities(embeddings)):
             extras[i]["identity"] = identity
     return order, extras
+
+
+# ---------------------------------------------------------------------- result cache
+
+
+def cache_needs(settings: Stage2Settings) -> tuple[str, int]:
+    """What a cache entry of this kind must hold (``ResultCache.lookup``'s ``stage2``):
+    the answer (``"text"`` for a reader, ``"embedding"`` for ``identify``) and the
+    points per object."""
+    return ("text" if settings.kind in READERS else "embedding"), settings.points
+
+
+def cache_data(settings: Stage2Settings, objects: Detections,
+               answers: dict[int, Answer]) -> protocol.Stage2Cached:
+    """An image's stage 2 as the result cache keeps it: every object's points and answer
+    (an embedding, or a text and its score), never its identity — the record is made
+    again from these by ``record_extras`` with the gallery as it is then."""
+    n = len(objects)
+    points = objects.landmarks
+    if points is None:  # no object (or none with points: a stage 1 that failed, not saved)
+        points = np.zeros((n, settings.points, 2), np.float64)
+    if settings.kind in READERS:
+        return protocol.Stage2Cached(
+            points=points, texts=tuple(answers[i][1] or "" for i in range(n)),
+            text_scores=tuple(float(answers[i][2] or 0.0) for i in range(n)))
+    embeddings = (np.stack([answers[i][0] for i in range(n)]).astype(np.float32)
+                  if n else None)
+    return protocol.Stage2Cached(points=points, embeddings=embeddings)
+
+
+def from_cache(settings: Stage2Settings, cached: protocol.Cached) -> tuple[Detections, dict]:
+    """A cached image's objects (with their points) and answers, as the sink holds a
+    computed image's when its last answer comes; ValueError for a cached entry that is
+    not this kind's (no stage 2, other answers, other point count)."""
+    s2 = cached.stage2
+    if s2 is None:
+        raise ValueError("a cached two-stage image without its stage 2")
+    if (s2.answer, s2.points.shape[1]) != cache_needs(settings):
+        raise ValueError(f"a cached stage 2 of {s2.answer}s with {s2.points.shape[1]} points "
+                         f"for a {settings.kind} job")
+    d = cached.detections
+    objects = Detections(d.boxes, d.scores, d.labels, s2.points if len(d) else None)
+    return objects, s2.answers()
