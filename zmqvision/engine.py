@@ -324,7 +324,7 @@ class Engine:
                                       error=loaded.error, cached=protocol.Cached(
                                           tiles=hit.tiles, detections=hit.detections,
                                           created=hit.created, embeddings=hit.embeddings,
-                                          stage2=hit.stage2))
+                                          stage2=hit.stage2, segment=hit.segment))
             job.cached += 1
         elif img is None:
             info = protocol.ImageInfo(**base, error=loaded.error)

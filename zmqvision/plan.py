@@ -138,9 +138,6 @@ class JobPlan:
         None without a cache. The key's settings part is the same for every job of these
         settings (``cache.job_fingerprint`` reads no job id)."""
         if cache is None or not self.task.cacheable(self.task_settings):
-            # An entry holds an image's rows (and an --embed job's embeddings), not its
-            # mask: a segmentation job computes every image and saves nothing
-            # (docs/cache.md, zmqvision.tasks.segmentation).
             return None
         from zmqvision.cache import job_fingerprint
 
@@ -153,8 +150,12 @@ class JobPlan:
             from zmqvision.tasks.stage2 import cache_needs
 
             needs = cache_needs(self.stage2)
+        # A segmentation job's entries keep the mask file and class counts: one without
+        # them is a miss (docs/cache.md, zmqvision.tasks.segmentation).
+        masks = self.task.name == "segmentation"
         return lambda content_hash: cache.lookup(fingerprint, content_hash, ref,
-                                                 embeddings=embeddings, stage2=needs)
+                                                 embeddings=embeddings, stage2=needs,
+                                                 segment=masks)
 
     def reducer(self) -> Reduce | None:
         """How far a JPEG of a given size may be reduced as it is decoded: by the factor

@@ -593,6 +593,71 @@ class Cached:
     # A two-stage job's: each object's points and stage-2 answer (``detections`` are then
     # every object stage 2 answered, in the order the sink merged them).
     stage2: Stage2Cached | None = None
+    # A segmentation job's: the mask file's bytes and the pixels of each class
+    # (``detections`` are then empty).
+    segment: SegmentCached | None = None
+
+
+# A cached mask travels as one frame of a zv.image (the sink's frames may be up to
+# MAX_SCORES_BYTES); a mask file bigger than this is not kept in the result cache.
+MAX_CACHED_MASK_BYTES = 8 << 20
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentCached:
+    """A segmentation job's image as the result cache keeps it: its mask exactly as the
+    sink wrote it (``png``: the 8-bit palette PNG's bytes, at most MAX_CACHED_MASK_BYTES)
+    and the pixels of each class id (``counts[k]``, summing to the image's area; trailing
+    zeros left out). A hit writes the same bytes to the same place and makes the record's
+    ``segmentation`` from the counts (and COCO RLE from the PNG's rows when asked).
+
+    Travels as ``cached.segment`` in a ``zv.image`` header (``header()``: ``png`` its byte
+    count, ``counts``) with the PNG as ONE frame after the detections' (``frame()``; a
+    zv.image keeps to ``sockets.MAX_FRAMES``); the result cache stores the same header
+    with that frame's bytes."""
+
+    png: bytes | memoryview
+    counts: tuple[int, ...]
+
+    def header(self) -> dict:
+        return {"png": len(self.png), "counts": list(self.counts)}
+
+    def frame(self) -> bytes | memoryview:
+        return self.png
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The mask's (width, height), from its IHDR (checked by ``parse``)."""
+        v = memoryview(self.png)
+        return (int.from_bytes(v[16:20], "big"), int.from_bytes(v[20:24], "big"))
+
+    @classmethod
+    def parse(cls, h: dict, bufs: Sequence, width: int, height: int) -> SegmentCached:
+        """A cached mask of a ``width`` × ``height`` image from its header and frame;
+        ProtocolError for any defect: not one frame, a byte count that is not the frame's
+        or over MAX_CACHED_MASK_BYTES, not an 8-bit palette PNG of that size, counts that
+        are not up to MAX_SCORES_CHANNELS non-negative integers summing to the area."""
+        nbytes = _count(h, "png", hi=MAX_CACHED_MASK_BYTES)
+        counts = _req(h, "counts", list)
+        if len(bufs) != 1:
+            raise ProtocolError(f"a cached mask needs 1 frame, got {len(bufs)}")
+        view = _buffer(bufs[0])
+        if view.nbytes != nbytes:
+            raise ProtocolError(f"cached mask frame has {view.nbytes} bytes, header {nbytes}")
+        if (nbytes < 33 or view[:8] != _PNG_SIGNATURE or view[8:16] != b"\0\0\0\rIHDR"
+                or view[24:26] != b"\x08\x03"):
+            raise ProtocolError("a cached mask is not an 8-bit palette PNG")
+        if len(counts) > MAX_SCORES_CHANNELS or not all(
+                type(c) is int and 0 <= c <= MAX_COUNT for c in counts):
+            raise ProtocolError(f"cached mask counts must be at most {MAX_SCORES_CHANNELS} "
+                                "non-negative integers")
+        # bytes stay bytes (an entry's); a zmq frame is kept as its view, not copied
+        mask = cls(png=bufs[0] if isinstance(bufs[0], bytes) else view, counts=tuple(counts))
+        if mask.size != (width, height) or sum(counts) != width * height:
+            raise ProtocolError(f"a cached mask of {mask.size} with {sum(counts)} pixels "
+                                f"for a {width}x{height} image")
+        return mask
 
 
 @dataclass(frozen=True, eq=False)
@@ -739,6 +804,8 @@ class ImageInfo:
                 h["cached"]["embed"] = list(self.cached.embeddings.shape)
             if self.cached.stage2 is not None:
                 h["cached"]["stage2"] = self.cached.stage2.header()
+            if self.cached.segment is not None:
+                h["cached"]["segment"] = self.cached.segment.header()
         return h
 
     def buffers(self) -> list:
@@ -749,6 +816,8 @@ class ImageInfo:
             arrays.append(np.ascontiguousarray(self.cached.embeddings, EMBEDDING_DTYPE))
         if self.cached.stage2 is not None:
             arrays.append(self.cached.stage2.frame())
+        if self.cached.segment is not None:
+            arrays.append(self.cached.segment.frame())
         return arrays
 
     @classmethod
@@ -759,15 +828,25 @@ class ImageInfo:
             tiles = _count(c, "tiles")
             shape = _req(c, "embed", list, optional=True)
             s2 = None if c.get("stage2") is None else _req(c, "stage2", dict)
-            end = 3 + (shape is not None)  # the frames before the stage-2 ones
-            dets = detections_from_buffers(
-                _int(c, "n"), bufs if shape is None and s2 is None else bufs[:3])
+            seg = None if c.get("segment") is None else _req(c, "segment", dict)
+            # The detections' 3 frames, then one for each part there, in this order.
+            parts = [p is not None for p in (shape, s2, seg)]
+            if len(bufs) != 3 + sum(parts):
+                raise ProtocolError(f"a cached image needs {3 + sum(parts)} frames, got "
+                                    f"{len(bufs)}")
+            at = {}
+            for i, name in enumerate(n for n, p in zip(("embed", "stage2", "segment"), parts,
+                                                       strict=True) if p):
+                at[name] = bufs[3 + i:4 + i]
+            dets = detections_from_buffers(_int(c, "n"), bufs[:3])
             cached = Cached(tiles=tiles, detections=dets,
                             created=_float(c, "created", optional=True) or 0.0,
                             embeddings=None if shape is None else embeddings_from_buffer(
-                                shape, tiles, bufs[3:] if s2 is None else bufs[3:end]),
+                                shape, tiles, at["embed"]),
                             stage2=None if s2 is None
-                            else Stage2Cached.parse(s2, len(dets), bufs[end:]))
+                            else Stage2Cached.parse(s2, len(dets), at["stage2"]),
+                            segment=None if seg is None else SegmentCached.parse(
+                                seg, at["segment"], _count(h, "width"), _count(h, "height")))
         msg = _built(
             cls,
             job=_name(h, "job"),
@@ -794,6 +873,8 @@ class ImageInfo:
                 raise ProtocolError("a cached image has no tiles to send")
             if msg.error is not None and len(cached.detections):
                 raise ProtocolError("a cached error has no detections")
+            if cached.segment is not None and (len(cached.detections) or msg.error is not None):
+                raise ProtocolError("a cached mask comes without detections or an error")
         elif msg.error is None and msg.tiles == 0:
             raise ProtocolError("an image without an error must have tiles")
         return msg

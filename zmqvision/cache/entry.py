@@ -15,11 +15,17 @@ from a hit is identical to the one made from inference. A two-stage job's entry 
 points and its stage-2 answer, a face's embedding or a reader's text and score; never
 an identity) with its frame's bytes as ``"frame"``; its detections are then every
 object stage 2 answered, and the sink makes the record from them as from a worker's
-answers. ``emb``/``embs`` (a classification
+answers. A segmentation job's entry has ``"seg"``: the map a cached ``zv.image``
+carries as ``cached.segment`` (``protocol.SegmentCached``: ``png``, the mask file's byte
+count, and ``counts``, the pixels of each class id) with the mask file's bytes as
+``"frame"`` (at most ``protocol.MAX_CACHED_MASK_BYTES``); its detections are empty. A hit
+writes those bytes as the image's mask and makes the record from the counts (COCO RLE
+from the PNG's rows). ``emb``/``embs`` (a classification
 ``--embed`` job's embeddings, one row per tile in tile order) are there only when the
 entry has them: an entry without them (every entry of an older version) reads as before,
 with ``embeddings`` None, and a version-1 reader that does not know them ignores them;
-``s2`` likewise (``stage2`` None: for a two-stage job, a miss; ``ResultCache.lookup``).
+``s2`` and ``seg`` likewise (``stage2``/``segment`` None: for a two-stage or a
+segmentation job, a miss; ``ResultCache.lookup``).
 ``key`` repeats the key the entry was stored under: an entry found under another key (a
 foreign or mixed-up entry) is refused like a corrupt one. Anything that does not parse
 raises ``EntryError``; callers treat it as a miss.
@@ -38,6 +44,7 @@ from zmqvision.boxes import Detections
 from zmqvision.protocol import (
     EMBEDDING_DTYPE,
     ProtocolError,
+    SegmentCached,
     Stage2Cached,
     detection_arrays,
     detections_from_buffers,
@@ -65,6 +72,7 @@ class Entry:
     created: float = 0.0
     embeddings: np.ndarray | None = None  # float32 [tiles, D]: an --embed job's
     stage2: Stage2Cached | None = None  # a two-stage job's: per object, points and answer
+    segment: SegmentCached | None = None  # a segmentation job's: the mask PNG and counts
 
 
 def encode(entry: Entry) -> bytes:
@@ -81,6 +89,8 @@ def encode(entry: Entry) -> bytes:
         m["embs"] = memoryview(embs).cast("B")  # packed as bin, without a tobytes copy
     if entry.stage2 is not None:
         m["s2"] = {**entry.stage2.header(), "frame": entry.stage2.frame()}
+    if entry.segment is not None:  # the PNG packed as bin, not copied first
+        m["seg"] = {**entry.segment.header(), "frame": entry.segment.frame()}
     return msgpack.packb(m, use_bin_type=True)
 
 
@@ -146,9 +156,22 @@ def decode(data: bytes, key: str) -> Entry:
             stage2 = Stage2Cached.parse(s2, n, [_get(s2, "frame", bytes)])
         except ProtocolError as exc:
             raise EntryError(str(exc)) from None
+    segment = None
+    if "seg" in m:
+        seg = _get(m, "seg", dict)
+        if n or error is not None:
+            raise EntryError("a mask entry has detections or an error")
+        from zmqvision.segment.png import chunks
+
+        try:
+            segment = SegmentCached.parse(seg, [_get(seg, "frame", bytes)], width, height)
+            for _ in chunks(segment.png):  # whole, every chunk's CRC right: not written
+                pass  # to the masks folder as a damaged file
+        except (ProtocolError, ValueError) as exc:
+            raise EntryError(str(exc)) from None
     return Entry(key=key, model=_get(m, "model", str), width=width, height=height, tiles=tiles,
                  detections=detections, error=error, created=created, embeddings=embeddings,
-                 stage2=stage2)
+                 stage2=stage2, segment=segment)
 
 
 def created_of(data: bytes) -> float | None:

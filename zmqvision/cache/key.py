@@ -14,6 +14,12 @@ another reader or embedder never share entries. Not its gallery nor its threshol
 entry keeps embeddings, never identities, and the sink matches them against the gallery
 as it is when the record is made.
 
+A segmentation job's key also holds ``MASK_VERSION`` (``tasks.segmentation``), raised
+whenever the stitcher or the PNG writer would make another mask of the same tiles, so an
+entry holding a mask made before is never served for one made now. Its tiling (cut size,
+overlap), its model and the score threshold a one-channel model is cut at are in the key
+as for every job.
+
 Not in the key, on purpose: the path (same bytes, same result), the worker's device and the
 tile wire encoding (the pipeline already treats CPU/GPU and raw/JPEG tiles as giving the
 same answer; see docs/cache.md), ``max_pixels`` (a too-large image is never cached).
@@ -50,11 +56,13 @@ def _canonical(value: Any) -> Any:
 
 
 def fingerprint(model: dict, tiling: dict, merge: dict, score_threshold: float | None,
-                task: dict | None = None, stage2: dict | None = None) -> str:
+                task: dict | None = None, stage2: dict | None = None,
+                segment: dict | None = None) -> str:
     """32 hex digits naming the settings; any change in them is another fingerprint.
     ``task``: the job's task settings (``JobStart.options["task"]``: classification's
     top-k, embedding, grid); None for detection, whose keys stay what they were.
-    ``stage2``: a two-stage job's (``stage2_part``); None for a one-stage job."""
+    ``stage2``: a two-stage job's (``stage2_part``); None for a one-stage job.
+    ``segment``: a segmentation job's (``segment_part``); None for any other."""
     doc = {
         "key_version": KEY_VERSION,
         "model": {k: model.get(k) for k in MODEL_FIELDS},
@@ -66,6 +74,8 @@ def fingerprint(model: dict, tiling: dict, merge: dict, score_threshold: float |
         doc["task"] = task
     if stage2 is not None:
         doc["stage2"] = stage2
+    if segment is not None:
+        doc["segment"] = segment
     text = json.dumps(_canonical(doc), sort_keys=True, separators=(",", ":"))
     return blake2b(text.encode(), digest_size=16).hexdigest()
 
@@ -90,11 +100,22 @@ def stage2_part(options: dict) -> dict | None:
     return part
 
 
+def segment_part(options: dict) -> dict | None:
+    """A segmentation job's (``options["task"]["name"]``): the version of what a mask is
+    (``tasks.segmentation.MASK_VERSION``). None for any other task."""
+    task = options.get("task")
+    if not isinstance(task, dict) or task.get("name") != "segmentation":
+        return None
+    from zmqvision.tasks.segmentation import MASK_VERSION
+
+    return {"mask_version": MASK_VERSION}
+
+
 def job_fingerprint(start: protocol.JobStart) -> str:
     """The fingerprint of a job, from its JobStart (the same on the ventilator and sink)."""
     return fingerprint(start.model, start.tiling, start.merge,
                        start.options.get("score_threshold"), start.options.get("task"),
-                       stage2_part(start.options))
+                       stage2_part(start.options), segment_part(start.options))
 
 
 def entry_key(settings: str, content_hash: str) -> str | None:

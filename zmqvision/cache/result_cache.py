@@ -22,7 +22,7 @@ from zmqvision.boxes import Detections
 from zmqvision.cache.entry import Entry, EntryError, decode, encode
 from zmqvision.cache.guard import Guarded
 from zmqvision.cache.key import entry_key
-from zmqvision.protocol import Stage2Cached
+from zmqvision.protocol import SegmentCached, Stage2Cached
 
 log = logging.getLogger("zmqvision.cache")
 
@@ -42,14 +42,15 @@ class ResultCache:
 
     def lookup(self, settings: str, content_hash: str, model: str, *,
                embeddings: bool = False,
-               stage2: tuple[str, int] | None = None) -> Entry | None:
+               stage2: tuple[str, int] | None = None, segment: bool = False) -> Entry | None:
         """The entry for these bytes under these settings, or None (a miss). A corrupt,
         foreign or other-version entry is a miss: logged and deleted, so the result
         computed now replaces it. ``embeddings``: the job's records need them (``--embed``;
         its settings are already another key): an entry without them is unusable too.
         ``stage2``: a two-stage job's (answer, points per object) (``tasks.stage2.
         cache_needs``): an entry without its stage 2 (one written before entries had it),
-        or with another kind of answer or point count, is unusable as well."""
+        or with another kind of answer or point count, is unusable as well. ``segment``:
+        a segmentation job's; an entry without its mask (``Entry.segment``) likewise."""
         key = entry_key(settings, content_hash)
         data = None if key is None else self.guard.call("get", None, key)
         if data is None:
@@ -63,6 +64,8 @@ class ResultCache:
                 raise EntryError("entry without the embeddings the job needs")
             if stage2 is not None and entry.error is None:
                 _check_stage2(entry, *stage2)
+            if segment and entry.error is None and entry.segment is None:
+                raise EntryError("entry without the mask the job needs")
         except EntryError as exc:
             self._count("corrupt")
             self._count("misses")
@@ -82,17 +85,20 @@ class ResultCache:
     def save(self, settings: str, content_hash: str, *, model: str, width: int, height: int,
              tiles: int, detections: Detections | None, error: dict | None = None,
              embeddings: np.ndarray | None = None,
-             stage2: Stage2Cached | None = None) -> bool:
+             stage2: Stage2Cached | None = None,
+             segment: SegmentCached | None = None) -> bool:
         """Queue one image's result (``embeddings``: float32 [tiles, D], an ``--embed``
         job's; ``stage2``: a two-stage job's objects' points and answers, ``detections``
-        being those objects); False when it cannot be keyed or is a failure."""
+        being those objects; ``segment``: a segmentation job's mask file and counts);
+        False when it cannot be keyed or is a failure."""
         key = entry_key(settings, content_hash)
         if key is None or error is not None:
             return False
         now = time.time()
         entry = Entry(key=key, model=model, width=width, height=height, tiles=tiles,
                       detections=detections if detections is not None else Detections.empty(),
-                      error=error, created=now, embeddings=embeddings, stage2=stage2)
+                      error=error, created=now, embeddings=embeddings, stage2=stage2,
+                      segment=segment)
         with self._lock:
             self._pending.append((key, encode(entry), now))
             if len(self._pending) > MAX_PENDING:

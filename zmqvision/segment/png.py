@@ -6,6 +6,11 @@ chunks, so rows can be compressed as they are finished and written out in chunks
 (none): label maps are long runs of one value, which zlib's matches already take.
 The file is written under a temporary name and renamed when complete, so a reader never
 sees a half-written mask.
+
+A mask from the result cache is the bytes this writer made: ``write_bytes`` puts them in
+place the same way (temporary name, rename), ``chunks`` checks one's structure and CRCs,
+and ``read_rows`` gives its label rows back strip by strip (for COCO RLE), in bounded
+memory whatever the bytes claim.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -111,3 +117,92 @@ class PalettePNGWriter:
         if self._pending_bytes >= CHUNK or (final and self._pending):
             self._fh.write(_chunk(b"IDAT", b"".join(self._pending)))
             self._pending, self._pending_bytes = [], 0
+
+
+def write_bytes(path: str | Path, data: bytes | memoryview) -> Path:
+    """A whole mask file's bytes at ``path`` as ``PalettePNGWriter`` puts a mask there:
+    under a temporary name in the same directory, renamed when complete (mode 0644)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def chunks(data: bytes | memoryview) -> Iterator[tuple[bytes, memoryview]]:
+    """A PNG's chunks, ``(kind, payload)``, each CRC checked; ValueError for bytes that
+    are not one whole PNG (signature, lengths, CRCs, IEND last and nothing after it)."""
+    v = memoryview(data)
+    if v[:8] != SIGNATURE:
+        raise ValueError("not a PNG")
+    pos = 8
+    while True:
+        if pos + 12 > len(v):
+            raise ValueError("a PNG cut short")
+        n = int.from_bytes(v[pos:pos + 4], "big")
+        kind = bytes(v[pos + 4:pos + 8])
+        end = pos + 12 + n
+        if end > len(v):
+            raise ValueError(f"a PNG's {kind!r} chunk runs past its end")
+        payload = v[pos + 8:end - 4]
+        if zlib.crc32(payload, zlib.crc32(kind)) & 0xFFFFFFFF != int.from_bytes(
+                v[end - 4:end], "big"):
+            raise ValueError(f"a PNG's {kind!r} chunk fails its CRC")
+        yield kind, payload
+        pos = end
+        if kind == b"IEND":
+            if pos != len(v):
+                raise ValueError("bytes after a PNG's end")
+            return
+
+
+def read_rows(data: bytes | memoryview, width: int, height: int,
+              rows: int = 1024) -> Iterator[np.ndarray]:
+    """The label rows of a mask this module wrote (8-bit palette, ``width`` ×
+    ``height``, every row filter type 0), u8 ``[r, width]`` arrays of at most ``rows``
+    rows, top to bottom. Inflates at most a strip at a time, so a stream that would
+    inflate past ``height`` rows stops there. ValueError for any other PNG or damage."""
+    parts = chunks(data)
+    kind, ihdr = next(parts)
+    if kind != b"IHDR" or bytes(ihdr) != struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0,
+                                                       0):
+        raise ValueError(f"not a {width}x{height} 8-bit palette PNG")
+    stride = width + 1
+    strip = stride * max(1, rows)
+    room = stride * height  # inflated bytes still expected
+    z = zlib.decompressobj()
+    buf = bytearray()
+    for kind, payload in parts:
+        if kind != b"IDAT":
+            continue
+        pending: bytes | memoryview = payload
+        while pending:
+            if room == 0:
+                raise ValueError("a PNG with more pixels than its size")
+            out = z.decompress(pending, min(room, strip))
+            pending = z.unconsumed_tail
+            room -= len(out)
+            buf += out
+            while len(buf) >= strip:
+                yield _unfiltered(buf[:strip], stride)
+                del buf[:strip]
+    out = z.flush()
+    room -= len(out)
+    buf += out
+    if room != 0 or not z.eof:
+        raise ValueError("a PNG's pixels do not fill its size")
+    if buf:
+        yield _unfiltered(buf, stride)
+
+
+def _unfiltered(buf: bytearray, stride: int) -> np.ndarray:
+    rows = np.frombuffer(bytes(buf), np.uint8).reshape(-1, stride)
+    if rows[:, 0].any():
+        raise ValueError("a PNG row with a filter this writer does not use")
+    return rows[:, 1:]

@@ -298,6 +298,7 @@ class Sink:
         img = job.announce(msg, again)
         if msg.cached is not None or msg.error is not None:
             job.stage2_from_cache(img)  # a two-stage hit: its objects and their answers
+            job.mask_from_cache(img)  # a segmentation hit: its mask written again
             self._complete(job, img)
             return
         for result in job.take_early(msg.image):

@@ -21,7 +21,7 @@ from zmqvision.boxes import Detections
 from zmqvision.cache import job_fingerprint
 from zmqvision.merge import MergeConfig
 from zmqvision.sink.held import Budget, result_bytes
-from zmqvision.tasks import stage2
+from zmqvision.tasks import segmentation, stage2
 
 MAX_EARLY_RESULTS = 10_000  # per job: results waiting for their image's announcement
 RECENT_FAILURES = 10  # failed images a progress snapshot names
@@ -313,6 +313,23 @@ class JobState:
                 img.error = {"type": "gallery_failed", "message": str(exc)}
                 return
         img.objects, img.answers = objects, answers
+
+    def mask_from_cache(self, img: ImageState) -> None:
+        """A segmentation image answered from the result cache: the cached mask written
+        where this sink puts the image's (``--masks``, which may not be the computing
+        run's) and the record's ``segmentation`` made from it (``img.fields``), as a
+        stitched image's. A hit without a mask of this image (a ventilator's bug) is the
+        image's ``bad_result``, a mask that cannot be written its ``output_failed``;
+        never a record without its mask."""
+        if (self.task.name != "segmentation" or img.info.cached is None
+                or img.error is not None):
+            return
+        try:
+            img.fields = segmentation.from_cache(self.start, img.info, self.outputs)
+        except ValueError as exc:
+            img.error = {"type": "bad_result", "message": str(exc)}
+        except OSError as exc:  # e.g. the masks' disk is full
+            img.error = {"type": "output_failed", "message": str(exc)}
 
     def waits_for_stage2(self, img: ImageState) -> bool:
         """Stage 1 is whole and merged, and some object has no answer yet."""

@@ -15,9 +15,13 @@
   ``--format coco``). What it holds is bounded by the stitcher (docs/segmentation.md),
   not by the image. The record gets ``"segmentation"``: size, mask path, per-class
   pixels and coverage (and RLE).
-- **cache**: none. A cache entry holds an image's rows; a segmentation record's worth is
-  its mask file, which an entry cannot reproduce. Such jobs neither look up nor save
-  (the key still has the task in it, so no detection entry could answer one).
+- **cache**: an entry keeps the mask file's bytes exactly as written and each class's
+  pixels (``protocol.SegmentCached``; ``cache_data`` on the sink, after the record). A
+  hit writes the bytes as the image's mask (temporary name, rename: ``from_cache``) and
+  makes the record's field from the counts, with COCO RLE from the PNG's rows when the
+  sink writes COCO, so the record is the computed one's. A sink that writes no mask
+  (no ``--masks``, a publish-only job) or a mask over ``protocol.MAX_CACHED_MASK_BYTES``
+  saves nothing. The key holds ``MASK_VERSION`` besides model, tiling and threshold.
 """
 
 from __future__ import annotations
@@ -25,11 +29,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from zmqvision import protocol
 from zmqvision.boxes import Detections
 from zmqvision.segment.reference import plan_segmentation
 from zmqvision.segment.stitch import Stitcher, valid_size
 from zmqvision.tasks.base import Decoded, ImageMerge, MaskSettings, Task, TaskSettings
 from zmqvision.tiling import cut_tile
+
+# What a mask is, in the result cache's key (cache.key.segment_part): raise it whenever
+# the stitcher, the palette or the PNG writer would make other bytes of the same tiles,
+# so that entries made before are never served as masks made now.
+MASK_VERSION = 1
 
 
 class Segmentation(Task):
@@ -57,7 +67,7 @@ class Segmentation(Task):
         return plan_segmentation(width, height, input_size, cut, overlap)
 
     def cacheable(self, settings: TaskSettings) -> bool:
-        return False
+        return True  # the entry keeps the mask file (cache_data), the record is remade
 
     def decode(self, network, request, tile, score_threshold):
         return Decoded(Detections.empty(), scores=network.valid_scores(request, tile.box))
@@ -89,6 +99,63 @@ def mask_name(path: str, image: str, frame: int | None) -> str:
     return f"{Path(path).stem}{part}-{image[:8]}.png"
 
 
+def mask_path(outputs: MaskSettings, info) -> str | None:
+    """Where the image's mask goes (its directory made), or None: no ``--masks``, or a
+    job whose records are not written."""
+    if outputs.masks is None or not outputs.write:
+        return None
+    os.makedirs(outputs.masks, exist_ok=True)
+    return os.path.join(outputs.masks, mask_name(info.path, info.image, info.frame))
+
+
+def from_cache(start, info, outputs: MaskSettings) -> dict:
+    """The record's fields for an image the ventilator answered from the result cache
+    (``info.cached.segment``), as ``SegmentImage.finish`` gives a computed one's: the
+    cached PNG written where this sink puts the image's mask, COCO RLE from its rows
+    with ``--format coco``. ValueError: no mask came, or it is not one of this image;
+    OSError: it could not be written."""
+    from zmqvision.segment.outputs import from_cached
+
+    cached = info.cached
+    if cached is None or cached.segment is None:
+        raise ValueError("a cached segmentation image without its mask")
+    mask = cached.segment
+    return {"segmentation": from_cached(mask.png, mask.counts, info.width, info.height,
+                                        list(start.model["labels"]),
+                                        png=mask_path(outputs, info),
+                                        rle=outputs.rle and outputs.write)}
+
+
+def counts_of(value: dict) -> tuple[int, ...]:
+    """The pixels of each class id (0 up to the last present) from a record's
+    ``segmentation`` value, which lists the classes present."""
+    pixels = {c["class_id"]: c["pixels"] for c in value["classes"]}
+    return tuple(pixels.get(k, 0) for k in range(max(pixels, default=-1) + 1))
+
+
+def cache_data(value: dict, width: int, height: int) -> protocol.SegmentCached | None:
+    """What the result cache keeps of a computed image whose record has this
+    ``segmentation`` value: its mask file's bytes, read back as written, and its counts.
+    None when no file was written (no ``--masks``); ValueError for a file over
+    ``protocol.MAX_CACHED_MASK_BYTES`` or that is no longer this image's mask; OSError
+    when it cannot be read."""
+    path = value.get("mask")
+    if path is None:
+        return None
+    with open(path, "rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size > protocol.MAX_CACHED_MASK_BYTES:
+            raise ValueError(f"mask {path} has {size} bytes, over the "
+                             f"{protocol.MAX_CACHED_MASK_BYTES} the cache keeps")
+        data = fh.read(protocol.MAX_CACHED_MASK_BYTES + 1)
+    counts = counts_of(value)
+    try:  # the same checks a hit's will pass (a file replaced meanwhile is not saved)
+        return protocol.SegmentCached.parse({"png": len(data), "counts": list(counts)},
+                                            [data], width, height)
+    except protocol.ProtocolError as exc:
+        raise ValueError(f"mask {path}: {exc}") from None
+
+
 class SegmentImage(ImageMerge):
     """One image's stitching on the sink: tiles in (any order), strips out to the mask.
 
@@ -118,10 +185,7 @@ class SegmentImage(ImageMerge):
         thr = start.options.get("score_threshold")
         self.threshold = float(thr if thr is not None else model.get("score_threshold") or 0.5)
         self.width, self.height = info.width, info.height
-        self.png = None
-        if outputs.masks is not None and outputs.write:
-            os.makedirs(outputs.masks, exist_ok=True)
-            self.png = os.path.join(outputs.masks, mask_name(info.path, info.image, info.frame))
+        self.png = mask_path(outputs, info)
         self.rle = outputs.rle and outputs.write
         self.stitcher: Stitcher | None = None
         self.outputs = None
@@ -173,4 +237,5 @@ class SegmentImage(ImageMerge):
         self.stitcher = self.outputs = None
 
 
-__all__ = ["SegmentImage", "Segmentation", "mask_name"]
+__all__ = ["MASK_VERSION", "SegmentImage", "Segmentation", "cache_data", "counts_of",
+           "from_cache", "mask_name", "mask_path"]
