@@ -2,7 +2,8 @@
 ventilator processes, the real deeplabv3 and selfie models, scikit-image's photos. The
 masks must equal a single-process run of the same tiles (``segment.segment_image``),
 survive a corrupt image, a SIGKILLed worker and forged score frames, and a second run or
-``--resume`` must behave as README says (no result cache for masks)."""
+``--resume`` must behave as README says (a second run's masks come from the result cache:
+tests/integration/test_cache_segment.py)."""
 
 from __future__ import annotations
 
@@ -133,7 +134,7 @@ def test_selfie_finds_the_astronaut(tmp_path):
 
 
 def test_second_run_and_resume(seg_dir, tmp_path):
-    """No result cache for masks: a second run computes them again (identical files), a
+    """A second run with the result cache writes its masks from it (identical files), a
     --resume does only the images not yet recorded and leaves the others' masks alone."""
     (seg_dir / "mosaic.png").unlink()
     cache = f"sqlite://{tmp_path / 'cache.db'}"
@@ -145,10 +146,11 @@ def test_second_run_and_resume(seg_dir, tmp_path):
     assert len(first) == 2
     p = run("selfie-segmentation", str(seg_dir), "--out", str(out), "--masks", str(masks),
             "--cache", cache)
-    assert p.returncode == 0 and re.search(r"2 images, 0 failed, 0 cached", p.stdout), p.stdout
+    assert p.returncode == 0 and re.search(r"2 images, 0 failed, 2 cached, 0 tiles",
+                                           p.stdout), p.stdout
     assert {f.name: f.read_bytes() for f in masks.iterdir()} == \
         {n: b for n, (b, _) in first.items()}
-    assert not any(r["cached"] for r in records(out).values())
+    assert all(r["cached"] for r in records(out).values())
     second = {f.name: f.stat().st_mtime_ns for f in masks.iterdir()}
     Image.fromarray(photo("coffee")).save(seg_dir / "coffee.png")
     p = run("selfie-segmentation", str(seg_dir), "--out", str(out), "--masks", str(masks),
