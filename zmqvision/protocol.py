@@ -829,16 +829,13 @@ class ImageInfo:
             shape = _req(c, "embed", list, optional=True)
             s2 = None if c.get("stage2") is None else _req(c, "stage2", dict)
             seg = None if c.get("segment") is None else _req(c, "segment", dict)
-            # The detections' 3 frames, then one for each part there, in this order.
-            parts = [p is not None for p in (shape, s2, seg)]
-            if len(bufs) != 3 + sum(parts):
-                raise ProtocolError(f"a cached image needs {3 + sum(parts)} frames, got "
-                                    f"{len(bufs)}")
-            at = {}
-            for i, name in enumerate(n for n, p in zip(("embed", "stage2", "segment"), parts,
-                                                       strict=True) if p):
-                at[name] = bufs[3 + i:4 + i]
-            dets = detections_from_buffers(_int(c, "n"), bufs[:3])
+            # The detections' 3 frames, then one for each part there, in this order; the
+            # last takes what is left (each parser refuses frames too many or too few).
+            names = [n for n, p in zip(("embed", "stage2", "segment"), (shape, s2, seg),
+                                       strict=True) if p is not None]
+            at = {name: bufs[3 + i:] if i == len(names) - 1 else bufs[3 + i:4 + i]
+                  for i, name in enumerate(names)}
+            dets = detections_from_buffers(_int(c, "n"), bufs[:3] if names else bufs)
             cached = Cached(tiles=tiles, detections=dets,
                             created=_float(c, "created", optional=True) or 0.0,
                             embeddings=None if shape is None else embeddings_from_buffer(
