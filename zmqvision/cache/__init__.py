@@ -6,8 +6,9 @@ The parts, each one job:
 * ``key``: what names a result — the image's content hash plus a fingerprint of every
   setting that changes the result (model file, input size, tiling, merge, threshold).
 * ``entry``: the stored value — the image's merged detections (with a two-stage job's
-  points and stage-2 answers, never identities) or a bytes-intrinsic error, versioned
-  msgpack; anything unreadable is a miss, never a crash.
+  points and stage-2 answers, never identities; a segmentation job's mask file and class
+  counts) or a bytes-intrinsic error, versioned msgpack; anything unreadable is a miss,
+  never a crash.
 * ``sqlite_store`` / ``redis_store``: where entries live (SQLite file by default; Redis or
   Redis Cluster for many hosts). Bytes in, bytes out.
 * ``guard``: a store that fails (Redis gone, disk locked) makes the job go on without the
