@@ -75,7 +75,10 @@ def echo(tiles: str, results: str, workers: int, credit: int) -> None:
 
     from zmqvision import protocol
     from zmqvision.boxes import Detections
+    from zmqvision.models import resolve
 
+    # Heartbeats name the job's model: tiles go only to workers that serve theirs.
+    model_ref = resolve(MODEL).ref
     ctx = zmq.Context()
     push = ctx.socket(zmq.PUSH)
     push.connect(results)
@@ -99,7 +102,7 @@ def echo(tiles: str, results: str, workers: int, credit: int) -> None:
             next_beat = now + 0.5
             for d, name in zip(dealers, names, strict=True):
                 d.send_multipart(protocol.encode(protocol.Heartbeat(
-                    worker=name, host="echo", pid=os.getpid(), device="echo", model="echo",
+                    worker=name, host="echo", pid=os.getpid(), device="echo", model=model_ref,
                     tiles_done=0, tiles_failed=0, tiles_per_s=0.0, in_flight=0, queue=0,
                     uptime=1.0, period=1.0, requests=credit)))
         for sock, _ in poller.poll(100):

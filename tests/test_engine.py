@@ -17,6 +17,17 @@ from zmqvision import protocol, sockets
 MODEL = "blazeface-short"
 
 
+def hello(dealer: zmq.Socket, wid: str, credit: int, model: str, stage2: str | None = None,
+          in_flight: int = 0) -> None:
+    """A worker's first words: its Ready, then a heartbeat naming the models it serves
+    (refs; a ventilator sends a worker tiles only of those, and nothing before)."""
+    dealer.send_multipart(protocol.encode(protocol.Ready(wid, credit)))
+    dealer.send_multipart(protocol.encode(protocol.Heartbeat(
+        worker=wid, host="h", pid=1, device="CPU", model=model, tiles_done=0,
+        tiles_failed=0, tiles_per_s=0.0, in_flight=in_flight, queue=0, uptime=1.0,
+        requests=credit, stage2=stage2)))
+
+
 class Harness:
     """A file job on a Pool that joins a listening fake sink over ipc endpoints."""
 
@@ -54,7 +65,7 @@ class Harness:
         d.linger = 0
         d.setsockopt(zmq.ROUTING_ID, wid.encode())
         d.connect(self.config.tiles)
-        d.send_multipart(protocol.encode(protocol.Ready(wid, credit)))
+        hello(d, wid, credit, self.pool.plan(self.pool.defaults).model_ref)
         self.dealers.append(d)
         return d
 

@@ -14,13 +14,14 @@ import contextlib
 import json
 import threading
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import zmq
 from PIL import Image
 
-from tests.test_engine import FakeSink
+from tests.test_engine import FakeSink, hello
 from zmqvision import protocol, sockets
 from zmqvision.boxes import Detections
 
@@ -73,7 +74,8 @@ class TwoStageJob:
         self.worker.linger = 0
         self.worker.setsockopt(zmq.ROUTING_ID, b"w1")
         self.worker.connect(self.config.tiles)
-        self.worker.send_multipart(protocol.encode(protocol.Ready("w1", 100)))
+        plan = self.pool.plan(replace(self.pool.defaults, stage2="plates"))
+        hello(self.worker, "w1", 100, plan.model_ref, plan.stage2.model)
 
     def _run(self) -> None:
         from zmqvision.engine import JobFailed

@@ -20,6 +20,7 @@ from PIL import Image
 from tests.test_engine import MODEL, Harness
 from zmqvision import protocol
 from zmqvision.dispatch import HOARD_MIN_S, Dispatcher
+from zmqvision.models import resolve
 
 
 class Clock:
@@ -75,7 +76,8 @@ def test_a_worker_whose_tiles_stall_while_another_finishes_is_still_quarantined(
 
 def _heartbeat(wid: str, in_flight: int) -> list:
     return protocol.encode(protocol.Heartbeat(
-        worker=wid, host="h", pid=os.getpid(), device="CPU", model=MODEL, tiles_done=0,
+        worker=wid, host="h", pid=os.getpid(), device="CPU", model=resolve(MODEL).ref,
+        tiles_done=0,
         tiles_failed=0, tiles_per_s=0.0, in_flight=in_flight, queue=0, uptime=1.0,
         period=1.0, requests=2))
 

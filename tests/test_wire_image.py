@@ -270,7 +270,9 @@ def test_auto_an_image_worker_never_gets_jpeg_tiles_of_an_image_a_raw_worker_beg
     import contextlib
 
     from tests.conftest import wait_until
+    from tests.test_engine import hello
     from zmqvision.engine import JobFailed
+    from zmqvision.models import resolve
     from zmqvision.plan import JobPlan, JobSettings
     from zmqvision.pool import Pool
     from zmqvision.ventilator import VentilateConfig
@@ -306,7 +308,7 @@ def test_auto_an_image_worker_never_gets_jpeg_tiles_of_an_image_a_raw_worker_beg
         d = ctx.socket(zmq.DEALER)
         d.setsockopt(zmq.ROUTING_ID, wid.encode())
         d.connect(f"tcp://{host}:{port}")
-        d.send_multipart(protocol.encode(protocol.Ready(wid, credit)))
+        hello(d, wid, credit, resolve(MODEL).ref)
         dealers.append(d)
         return d
 

@@ -92,11 +92,13 @@ def resume_command(argv: Sequence[str], flag: str = "--resume",
     return "zmqvision " + shlex.join(args)
 
 
-def worker_hint(tiles: str, sink_results: str) -> str:
+def worker_hint(tiles: str, sink_results: str, flags: str = "") -> str:
     """How to start a worker for a ventilator bound at ``tiles`` whose sink takes results
     at ``sink_results``: ``--connect HOST`` when both use the default ports on this host,
     else the endpoints themselves (a wildcard or loopback address as other hosts name this
-    one, when the tiles socket listens on every interface)."""
+    one, when the tiles socket listens on every interface). ``flags``: the worker's own
+    (``--model M --stage2 S``: the models a job waits for)."""
+    command = f"zmqvision worker {flags}".rstrip()
     import socket
 
     here = socket.gethostname()
@@ -107,13 +109,13 @@ def worker_hint(tiles: str, sink_results: str) -> str:
     everywhere = scheme == "tcp" and host in ("*", "0.0.0.0", "[::]", "::")
     if (everywhere and port == str(sockets.TILES_PORT) and local_sink
             and sink_port == str(sockets.RESULTS_PORT)):
-        return (f"start one with `zmqvision worker` on this host, or `zmqvision worker "
+        return (f"start one with `{command}` on this host, or `{command} "
                 f"--connect {here}` on another")
     if everywhere:
         tiles = f"tcp://{here}:{port}"
         if local_sink and sink_results.startswith("tcp://"):
             sink_results = f"tcp://{here}:{sink_port}"
-    return f"start one with `zmqvision worker --tiles {tiles} --results {sink_results}`"
+    return f"start one with `{command} --tiles {tiles} --results {sink_results}`"
 
 
 class StderrRelay:

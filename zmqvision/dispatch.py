@@ -27,6 +27,14 @@ The ventilator is a load-balancing dispatcher (ZeroMQ guide, chapter 3) with lea
   its tiles are taken back and sent to others, its credit is dropped, and it gets nothing
   for ``QUARANTINE_S`` (doubled at each repeat), long before the lease (``lease_s``) would
   have run out.
+- *Models*: a worker serves the models its heartbeats name (its own, and its second
+  stage's: ``Heartbeat.models``), and a tile goes only to a worker that serves the tile's
+  model (``pick_worker(model)``): a stage-1 tile the job's, a stage-2 crop the second
+  stage's. Slots are kept grouped by model (``serving``), so picking among one model's
+  workers costs what picking among all did. A worker is in no group before its first
+  heartbeat (its first Ready comes before it): it gets nothing until it has said what it
+  serves. What it claims is not trusted beyond routing: a tile it answers
+  ``model_mismatch`` anyway is that tile's error at the sink, as before.
 - *Whole images* (``--wire image``): an image sent whole is one lease ``(image, IMAGE)``
   that weighs its tile count against the worker's credit and hold cap (credit is in
   tiles, so a worker given a 48-tile image gets nothing more until its Readies repay
@@ -78,6 +86,9 @@ class WorkerSlot:
     requests: int = 0  # infer requests its heartbeat announces (0: no heartbeat yet)
     name: str = ""  # the worker id its messages carry, for the log
     model: str = ""  # the model its heartbeats name (``name@version``; "" before the first)
+    # The models whose tiles it may be sent (its heartbeat's ``models``); () before its
+    # first heartbeat: nothing.
+    models: tuple[str, ...] = ()
     address: str = ""  # where it connects from, for the log
     progress_at: float = 0.0  # when it last had a tile done, or began holding tiles
     quarantined_until: float = 0.0
@@ -120,6 +131,8 @@ class Dispatcher:
         self.max_copies = max_copies
         self.clock = clock
         self.workers: dict[bytes, WorkerSlot] = {}
+        # The same slots by the models they serve (a slot is in one group per model).
+        self.serving: dict[str, dict[bytes, WorkerSlot]] = {}
         self.leases: dict[TileKey, Lease] = {}
         self.by_image: dict[str, set[int]] = {}
         self.resend: deque[TileKey] = deque()
@@ -136,12 +149,14 @@ class Dispatcher:
     # ------------------------------------------------------------------ workers
 
     def heard(self, wid: bytes, *, period: float | None = None,
-              free: int | None = None, held: int = 0, requests: int | None = None) -> WorkerSlot:
+              free: int | None = None, held: int = 0, requests: int | None = None,
+              models: tuple[str, ...] | None = None) -> WorkerSlot:
         """Any message from a worker. ``free`` (from a heartbeat: its idle infer requests)
         seeds the credit of a worker not seen before, e.g. one whose credit went to a
         ventilator that restarted: it only heartbeats to this one until it is given tiles.
         ``held``: the tiles it held at that heartbeat (in flight or queued). ``requests``
-        (a heartbeat's): what it can hold at most, which caps its credit."""
+        (a heartbeat's): what it can hold at most, which caps its credit. ``models`` (a
+        heartbeat's): the models it serves, which decide the tiles it may be sent."""
         now = self.clock()
         slot = self.workers.get(wid)
         if slot is None:
@@ -154,7 +169,29 @@ class Dispatcher:
         if requests:
             slot.requests = requests
             slot.cap_credit()
+        if models is not None and models != slot.models:
+            self._regroup(slot, models)
         return slot
+
+    def _regroup(self, slot: WorkerSlot, models: tuple[str, ...]) -> None:
+        """File the slot under the models it serves now (its first heartbeat; a worker
+        whose heartbeat names other models than before is believed from then on)."""
+        self._ungroup(slot)
+        slot.models = models
+        for model in models:
+            self.serving.setdefault(model, {})[slot.wid] = slot
+
+    def _ungroup(self, slot: WorkerSlot) -> None:
+        for model in slot.models:
+            group = self.serving.get(model)
+            if group is not None:
+                group.pop(slot.wid, None)
+                if not group:
+                    del self.serving[model]
+
+    def serves(self, model: str) -> bool:
+        """Whether some worker heard from serves ``model`` (quarantined or busy alike)."""
+        return model in self.serving
 
     def ready(self, wid: bytes, credit: int) -> None:
         """``credit`` more tiles may go to the worker: its requests when it connects, one
@@ -176,16 +213,26 @@ class Dispatcher:
     def bye(self, wid: bytes) -> None:
         slot = self.workers.pop(wid, None)
         if slot is not None:
+            self._ungroup(slot)
             self._requeue_from(slot)
 
     def lost(self, wid: bytes) -> None:
         """A send to this worker failed (it is gone): treat it as dead now."""
         self.bye(wid)
 
-    def pick_worker(self) -> bytes | None:
+    def _slots(self, model: str | None):
+        if model is None:
+            return self.workers.values()
+        group = self.serving.get(model)
+        return () if group is None else group.values()
+
+    def pick_worker(self, model: str | None = None) -> bytes | None:
+        """The worker a tile of ``model`` goes to: among those that serve it, the one with
+        the most tiles available, the least used on a tie; None if none may take one.
+        ``model`` None: any worker (a caller that routes no models, such as a test)."""
         best, best_rank = None, None
         now = self.clock()
-        for slot in self.workers.values():
+        for slot in self._slots(model):
             if slot.quarantined_until > now:
                 continue
             rank = (slot.available, -slot.assigned)
@@ -193,10 +240,10 @@ class Dispatcher:
                 best, best_rank = slot, rank
         return None if best is None else best.wid
 
-    def total_credit(self) -> int:
-        """Tiles that may be sent now, all workers together."""
+    def total_credit(self, model: str | None = None) -> int:
+        """Tiles of ``model`` that may be sent now, its workers together (None: all)."""
         now = self.clock()
-        return sum(max(0, s.available) for s in self.workers.values()
+        return sum(max(0, s.available) for s in self._slots(model)
                    if s.quarantined_until <= now)
 
     # ------------------------------------------------------------------ tiles
@@ -308,6 +355,7 @@ class Dispatcher:
                 if now - s.last_heard > self.dead_periods * s.period]
         for slot in dead:
             del self.workers[slot.wid]
+            self._ungroup(slot)
             self._requeue_from(slot)
         for key, lease in list(self.leases.items()):
             if now - max(lease.holders.values()) > self.lease_s:
@@ -345,9 +393,11 @@ class Dispatcher:
     def typical_tile_s(self) -> float:
         return statistics.median(self.durations) if self.durations else 1.0
 
-    def backup_candidate(self, wid: bytes) -> TileKey | None:
+    def backup_candidate(self, wid: bytes,
+                         fits: Callable[[TileKey], bool] | None = None) -> TileKey | None:
         """The oldest tile out, not already held by ``wid``, still under ``max_copies``
-        copies and out for more than twice the typical tile time (and at least 1 s)."""
+        copies and out for more than twice the typical tile time (and at least 1 s);
+        ``fits``: only a tile it accepts (one of a model ``wid`` serves)."""
         now = self.clock()
         threshold = max(1.0, 2.0 * self.typical_tile_s())
         best: tuple[float, TileKey] | None = None
@@ -356,7 +406,8 @@ class Dispatcher:
                     or key[1] == IMAGE):  # whole images: the lease and liveness bring them
                 continue
             age = now - lease.first_sent
-            if age > threshold and (best is None or age > best[0]):
+            if (age > threshold and (best is None or age > best[0])
+                    and (fits is None or fits(key))):
                 best = (age, key)
         return None if best is None else best[1]
 

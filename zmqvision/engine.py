@@ -5,7 +5,10 @@ Each pass it takes calls from other threads (a Pool's submissions, cancellations
 the workers and the sink, expires silent workers and late requests, admits images of each
 job while that job's window has room and it has no tile waiting, and hands tiles to the
 workers with credit, taking the jobs in turn (round-robin), so a one-image request does
-not wait behind a 10,000-image job.
+not wait behind a 10,000-image job. Tiles go by model: each model the jobs need (a
+two-stage job's crops first, then stage-1 tiles) is offered to the workers that serve it
+(``Dispatcher.pick_worker(model)``); tiles of a model no worker serves wait, and
+``unserved`` says since when (the Pool tells the user how to start such a worker).
 
 Every image the engine announces stays in the window until the sink acknowledges its
 record; its pixels are kept only while some tile has not been sent (a file's tile that must
@@ -148,6 +151,12 @@ class Engine:
         self.poller.register(self.sink.events, zmq.POLLIN)
         self.poller.register(self.wake.r, zmq.POLLIN)
         self.jobs: dict[str, Job] = {}
+        # The models the jobs' tiles need, each once, a second stage's before its first's
+        # (an image whose crops go first is written sooner); kept with ``jobs``.
+        self._models: tuple[str, ...] = ()
+        # Model → (since when its tiles wait with no worker serving it, the worker flags
+        # that would serve it): read by the Pool's thread for its notice.
+        self.unserved: dict[str, tuple[float, str]] = {}
         self.window: dict[str, InFlight] = {}
         self._turn = 0  # round-robin position among jobs
         self._calls: deque[Callable[[], None]] = deque()  # from other threads
@@ -206,13 +215,23 @@ class Engine:
     def add_job(self, job: Job) -> bool:
         """Announce a job to the sink; False if stopped before it could be sent."""
         self.jobs[job.id] = job
+        self._note_models()
         return self._to_sink(job.start)
+
+    def _note_models(self) -> None:
+        models: dict[str, None] = {}
+        for job in self.jobs.values():
+            if job.plan.stage2 is not None:
+                models[job.plan.stage2.model] = None
+            models[job.plan.model_ref] = None
+        self._models = tuple(models)
 
     def remove_job(self, job: Job) -> None:
         """Forget a job: its images leave the window (a finished or abandoned job)."""
         for key in [k for k, e in self.window.items() if e.job is job]:
             self._drop(key)
         self.jobs.pop(job.id, None)
+        self._note_models()
         job.close()
 
     def end_job(self, job: Job) -> None:
@@ -368,24 +387,80 @@ class Engine:
     def _takes_whole(self, wid: bytes, entry: InFlight) -> bool:
         return entry.whole and self.workers.encoding(wid) == "image"
 
-    def _next_key(self, wid: bytes) -> tuple[TileKey, bool] | None:
-        """What goes to ``wid`` next: a tile ``(image, index)``, or a whole image
-        ``(image, IMAGE)`` to a worker that takes images; and whether it is a backup."""
+    @staticmethod
+    def _model_of(entry: InFlight, index: int) -> str:
+        """The model tile ``index`` of the image is for: a crop's (past the stage-1
+        tiles) the second stage's, any other (a whole image too) the job's."""
+        plan = entry.job.plan
+        if index >= len(entry.plan) and plan.stage2 is not None:
+            return plan.stage2.model
+        return plan.model_ref
+
+    def _fits(self, model: str) -> Callable[[TileKey], bool]:
+        """Whether a tile out is one of ``model`` (a backup's choice)."""
+        def fits(key: TileKey) -> bool:
+            entry = self.window.get(key[0])
+            return entry is not None and self._model_of(entry, key[1]) == model
+        return fits
+
+    def _resend_for(self, wid: bytes, model: str) -> TileKey | None:
+        """The oldest tile of ``model`` to send again (tiles of other models keep their
+        place; those written or leased meanwhile are dropped)."""
         d = self.dispatch
-        while d.resend:
-            key = d.resend.popleft()
-            if key[0] in self.window and not d.is_leased(key):
-                if key[1] == IMAGE and not self._takes_whole(wid, self.window[key[0]]):
-                    self._send_tiles_again(key[0], self.window[key[0]])
-                    continue
+        resend, i = d.resend, 0
+        while i < len(resend):
+            key = resend[i]
+            entry = self.window.get(key[0])
+            if entry is None or d.is_leased(key):
+                del resend[i]
+                continue
+            if self._model_of(entry, key[1]) != model:
+                i += 1
+                continue
+            del resend[i]
+            if key[1] == IMAGE and not self._takes_whole(wid, entry):
+                self._send_tiles_again(key[0], entry)
+                continue
+            return key
+        return None
+
+    def _unsent_for(self, job: Job, model: str) -> str | None:
+        """The job's first image with a tile of ``model`` never sent: its next stage-1
+        tile, or for the second stage's model its next crop; None if it has none."""
+        if not self._has_unsent(job):
+            return None
+        plan = job.plan
+        if plan.stage2 is None:  # one model: the first image, as ever
+            return job.unsent[0] if model == plan.model_ref else None
+        if model == plan.stage2.model:
+            crops = True
+        elif model == plan.model_ref:
+            crops = False
+        else:
+            return None
+        for key in job.unsent:
+            entry = self.window.get(key)
+            if (entry is not None and not entry.all_sent
+                    and (entry.next_tile >= len(entry.plan)) == crops):
+                return key
+        return None
+
+    def _next_key(self, wid: bytes, model: str) -> tuple[TileKey, bool] | None:
+        """What goes to ``wid`` next, a tile of ``model`` (one it serves): a tile
+        ``(image, index)``, or a whole image ``(image, IMAGE)`` to a worker that takes
+        images; and whether it is a backup."""
+        d = self.dispatch
+        if d.resend:
+            key = self._resend_for(wid, model)
+            if key is not None:
                 return key, False
         jobs = list(self.jobs.values())
         for i in range(len(jobs)):
             job = jobs[(self._turn + i) % len(jobs)]
-            if self._has_unsent(job):
+            key = self._unsent_for(job, model)
+            if key is not None:
                 self._turn = (self._turn + i + 1) % len(jobs)
-                key = job.unsent[0]
-                if self.workers.encoding(wid) == "image":
+                if self.workers.encoding(wid) == "image" and model == job.plan.model_ref:
                     key = self._image_for(job) or key
                 entry = self.window[key]
                 if entry.next_tile == 0 and self._takes_whole(wid, entry):
@@ -398,7 +473,7 @@ class Engine:
                     job.unsent.remove(key)
                 return (key, index), False
         if all(isinstance(j, FileJob) and j.exhausted for j in jobs):
-            key = d.backup_candidate(wid)
+            key = d.backup_candidate(wid, self._fits(model))
             if key is not None:
                 return key, True
         return None
@@ -412,8 +487,8 @@ class Engine:
         while True:
             for key in job.unsent:
                 entry = self.window.get(key)
-                if entry is not None and not entry.all_sent and not (
-                        entry.whole and entry.next_tile):
+                if (entry is not None and entry.next_tile < len(entry.plan)  # not crops
+                        and not (entry.whole and entry.next_tile)):
                     return key
             if job.in_flight >= job.window:
                 return None
@@ -435,22 +510,51 @@ class Engine:
 
     def _dispatch(self) -> None:
         batch: list[tuple[bytes, Future]] = []  # JPEG tiles leased, encoding on threads
-        while True:
-            wid = self.dispatch.pick_worker()
-            if wid is None:
-                break
-            nxt = self._next_key(wid)
-            if nxt is None:
-                break
-            key, backup = nxt
-            if key[1] == IMAGE:
-                self._flush(batch)  # in the order picked
-                self._send_image(wid, key, backup)
-            else:
-                self._send_tile(wid, key, backup, batch)
-                if len(batch) >= 2 * self.encode_threads:
-                    self._flush(batch)
+        d = self.dispatch
+        for model in self._models:
+            if not d.serves(model):
+                self._note_unserved(model)
+                continue
+            while True:
+                wid = d.pick_worker(model)
+                if wid is None:
+                    break
+                nxt = self._next_key(wid, model)
+                if nxt is None:
+                    break
+                key, backup = nxt
+                if key[1] == IMAGE:
+                    self._flush(batch)  # in the order picked
+                    self._send_image(wid, key, backup)
+                else:
+                    self._send_tile(wid, key, backup, batch)
+                    if len(batch) >= 2 * self.encode_threads:
+                        self._flush(batch)
+        if self.unserved:
+            for model in [m for m in self.unserved if d.serves(m) or m not in self._models]:
+                del self.unserved[model]
         self._flush(batch)
+
+    def _note_unserved(self, model: str) -> None:
+        """No worker serves ``model``: if tiles of it wait, note since when, and the worker
+        that would serve it (the Pool's notice); they wait for one."""
+        if model in self.unserved:
+            return
+        d = self.dispatch
+        waiting = any(self._model_of(self.window[k[0]], k[1]) == model
+                      for k in d.resend if k[0] in self.window)
+        for job in self.jobs.values():
+            if waiting:
+                break
+            waiting = self._unsent_for(job, model) is not None
+        if not waiting:
+            return
+        job = next(j for j in self.jobs.values()
+                   if model in (j.plan.model_ref, getattr(j.plan.stage2, "model", None)))
+        flags = f"--model {job.plan.spec.name}"
+        if job.plan.stage2 is not None:
+            flags += f" --stage2 {job.plan.stage2.model.partition('@')[0]}"
+        self.unserved[model] = (time.monotonic(), flags)
 
     def _flush(self, batch: list[tuple[bytes, Future]]) -> None:
         """Send the encoded tiles of ``batch`` in the order they were leased."""

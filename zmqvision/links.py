@@ -43,7 +43,8 @@ def is_local_peer(frame: zmq.Frame, endpoint: str | None) -> bool:
 
 
 class WorkerLink:
-    """Workers' credit, heartbeats and goodbyes in; tiles out, each to a worker with credit.
+    """Workers' credit, heartbeats and goodbyes in; tiles out, each to a worker with credit
+    that serves the tile's model (its heartbeats say which: ``Dispatcher.pick_worker``).
 
     How work travels to a worker is chosen once, from its first message: raw pixels to a
     worker on this host, whole images (their file bytes, ``ImageWork``) to one elsewhere
@@ -75,8 +76,8 @@ class WorkerLink:
             elif isinstance(msg, protocol.Heartbeat):
                 free = max(0, msg.requests - msg.in_flight - msg.queue)
                 self.dispatch.heard(wid, period=msg.period, free=free,
-                                    held=msg.in_flight + msg.queue,
-                                    requests=msg.requests).model = msg.model
+                                    held=msg.in_flight + msg.queue, requests=msg.requests,
+                                    models=msg.models).model = msg.model
             else:
                 self.dispatch.bye(wid)
             slot = self.dispatch.workers.get(wid)

@@ -68,7 +68,8 @@ class Pool:
 
     ``settings`` (``model``, ``tile_size``, ``overlap``, ``merge``, ``score_threshold``, …,
     the fields of ``JobSettings``) are the defaults of every call; each call may override
-    them. Workers serve one model: a call naming another gets ``model_mismatch`` records.
+    them. Tiles go only to workers that serve their model (docs/protocol.md, "Which
+    worker gets a tile"): a call naming a model no worker serves waits for one.
     """
 
     def __init__(self, model: str = "centerface", *, workers: int = 1, device: str = "CPU",
@@ -499,6 +500,7 @@ class Pool:
         next_status = 0.0
         no_worker_since: float | None = None
         worker_warned = ever_worker = False
+        unserved_said: frozenset[str] = frozenset()
 
         def no_worker() -> str:
             what = "every worker has left" if ever_worker else "no worker has connected to"
@@ -531,6 +533,8 @@ class Pool:
                 elif now - no_worker_since > NO_WORKER_NOTICE_S and not worker_warned:
                     say(f"{no_worker()} (waiting)")
                     worker_warned = True
+                if dispatch.workers and self.engine.unserved:
+                    unserved_said = self._say_unserved(config, now, unserved_said, say)
             if config.timeout is not None and now - started > config.timeout:
                 why = f": {no_worker()}" if self.cluster is None and not dispatch.workers else ""
                 raise JobFailed(f"job {job.id} not complete after {config.timeout:.0f} s{why}")
@@ -539,6 +543,21 @@ class Pool:
                 say(f"no word from the sink at {self.engine.sink.events_endpoint} for "
                     f"{quiet:.0f} s; waiting")
                 warned = True
+
+    def _say_unserved(self, config, now: float, said: frozenset[str],
+                      say: Callable[[str], None]) -> frozenset[str]:
+        """Workers are connected, but tiles of a model none of them serves have waited
+        ``NO_WORKER_NOTICE_S``: say which model and the worker that would serve it (once
+        per model; the job waits for one). Returns the models said."""
+        from zmqvision.console import worker_hint
+
+        for model, (since, flags) in list(self.engine.unserved.items()):
+            if model not in said and now - since > NO_WORKER_NOTICE_S:
+                say(f"no worker connected to {self.tiles_endpoint} serves {model}: its "
+                    f"tiles wait; {worker_hint(self.tiles_endpoint, config.sink, flags)} "
+                    "(waiting)")
+                said |= {model}
+        return said
 
     # ------------------------------------------------------------------ closing
 

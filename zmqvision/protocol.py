@@ -1360,13 +1360,24 @@ class Heartbeat:
     t: float = field(default_factory=time.time)
     period: float = 1.0  # seconds between beats: watchers judge lateness by it
     requests: int = 0  # infer requests this worker keeps in flight at most
+    # The second-stage model it also runs (``--stage2``: two-stage jobs' crops), a ref;
+    # None (left out of the header, as before the field existed): it serves ``model`` only.
+    stage2: str | None = None
 
     def header(self) -> dict:  # the fields in order, spelled out: it is sent every second
-        return {"worker": self.worker, "host": self.host, "pid": self.pid,
-                "device": self.device, "model": self.model, "tiles_done": self.tiles_done,
-                "tiles_failed": self.tiles_failed, "tiles_per_s": self.tiles_per_s,
-                "in_flight": self.in_flight, "queue": self.queue, "uptime": self.uptime,
-                "t": self.t, "period": self.period, "requests": self.requests}
+        h = {"worker": self.worker, "host": self.host, "pid": self.pid,
+             "device": self.device, "model": self.model, "tiles_done": self.tiles_done,
+             "tiles_failed": self.tiles_failed, "tiles_per_s": self.tiles_per_s,
+             "in_flight": self.in_flight, "queue": self.queue, "uptime": self.uptime,
+             "t": self.t, "period": self.period, "requests": self.requests}
+        if self.stage2 is not None:
+            h["stage2"] = self.stage2
+        return h
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        """The models whose tiles this worker serves: its own, and its second stage's."""
+        return (self.model,) if self.stage2 is None else (self.model, self.stage2)
 
     @classmethod
     def parse(cls, h: dict, bufs: Sequence = ()) -> Heartbeat:
@@ -1388,6 +1399,7 @@ class Heartbeat:
             t=_float(h, "t"),
             period=period or 1.0,
             requests=_count(h, "requests", optional=True, hi=MAX_CREDIT) or 0,
+            stage2=_name(h, "stage2", optional=True),
         )
 
 

@@ -11,9 +11,10 @@ import time
 import pytest
 import zmq
 
-from tests.integration.test_reliability import Cluster, comparable, job_seconds, records
+from tests.integration.test_reliability import MODEL, Cluster, comparable, job_seconds, records
 from zmqvision import protocol as P
 from zmqvision.dispatch import MAX_WORKER_HELD
+from zmqvision.models import resolve
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
@@ -25,6 +26,8 @@ class GreedyWorker(threading.Thread):
     def __init__(self, tiles: str) -> None:
         super().__init__(daemon=True)
         self.tiles_endpoint = tiles
+        # The job's model, claimed (tiles go only to workers that serve their model).
+        self.model = resolve(MODEL).ref
         self.stop = threading.Event()
         self.tiles = 0
 
@@ -40,7 +43,7 @@ class GreedyWorker(threading.Thread):
                 if now >= next_beat:
                     dealer.send_multipart(P.encode(P.Ready("greedy", 1_000_000)))
                     dealer.send_multipart(P.encode(P.Heartbeat(
-                        worker="greedy", host="nowhere", pid=1, device="CPU", model="any",
+                        worker="greedy", host="nowhere", pid=1, device="CPU", model=self.model,
                         tiles_done=0, tiles_failed=0, tiles_per_s=0.0, in_flight=0, queue=0,
                         uptime=1.0, period=0.5, requests=1_000_000)))
                     next_beat = now + 0.5

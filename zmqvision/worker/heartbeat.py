@@ -36,12 +36,15 @@ class Heartbeats:
     """Builds a heartbeat every ``period`` seconds from the worker's counters."""
 
     def __init__(self, worker_id: str, device: str, model: str, period: float,
-                 requests: int) -> None:
+                 requests: int, stage2: str | None = None) -> None:
         self.worker_id = worker_id
         self.host = socket.gethostname()
         self.pid = os.getpid()
         self.device = device
         self.model = model
+        # Its second stage's ref: with ``model``, what ventilators route to it (a worker
+        # without one is sent no crop: docs/protocol.md, "Which worker gets a tile").
+        self.stage2 = stage2
         self.period = period
         self.requests = requests
         self.started = time.monotonic()
@@ -60,4 +63,5 @@ class Heartbeats:
             model=self.model, tiles_done=done, tiles_failed=failed,
             tiles_per_s=self.rate.update(done), in_flight=in_flight, queue=queued,
             uptime=now - self.started, period=self.period, requests=self.requests,
+            stage2=self.stage2,
         ))

@@ -58,7 +58,8 @@ class Worker:
         self.done = 0
         self.failed = 0
         self.beats = Heartbeats(self.id, config.device, self.model, config.heartbeat_s,
-                                self.engine.requests)
+                                self.engine.requests,
+                                stage2=self.stage2.ref if self.stage2 is not None else None)
         self._own_ctx = ctx is None
         self.ctx = ctx if ctx is not None else zmq.Context()
         self.poller = zmq.Poller()
