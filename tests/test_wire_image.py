@@ -72,11 +72,11 @@ def test_hostile_image_payloads_give_error_results_and_the_worker_lives(models_r
     results = sockets.bind(pull, "tcp://127.0.0.1:0")
     stop = sockets.StopFlag()
     worker = threading.Thread(target=run_worker, args=(WorkerConfig(
-        tiles=tiles, results=results, model=MODEL, threads=1, requests=1), stop))
+        tiles=tiles, results=results, model=MODEL, threads=1, requests=4), stop))
     worker.start()
     try:
         assert router.poll(60_000)
-        wid = router.recv_multipart()[0]  # its Ready
+        wid = router.recv_multipart()[0]  # its Ready: 4 tiles, each image needs 1
         good = _jpeg()
         cases = {
             "bomb": (_bomb_png(), 30000, 30000, "too_large"),

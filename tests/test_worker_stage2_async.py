@@ -174,7 +174,8 @@ def test_a_worker_answers_crops_from_its_loop_and_gives_every_credit_back(plate_
                                       box=(0.0, 0.0, float(side), float(side)), scale=1.0,
                                       model=det.ref, pixels=np.zeros((side, side, 3), np.uint8)))
         tiles.append(tile_of(101, plate_crops_[0], "plates-rec@0"))  # another second model
-        for t in tiles:
+        for sent, t in enumerate(tiles):  # each on credit, as a ventilator sends
+            vent.wait(lambda sent=sent: vent.credit() > sent, 30, "credit")
             assert vent.send("w1", t)
         results = {r.index: r for r in sink.wait_results(len(tiles))}
         assert len(results) == len(tiles)

@@ -20,6 +20,22 @@ on credit earns it back: the link counts what each ventilator may still send
 arriving when none is left was not sent on credit (a ventilator sends only once it has
 heard the Ready), so it is dropped with nothing back. A ventilator that floods a worker
 with garbage cannot so make it promise more tiles than it can hold.
+
+Good tiles are held to credit as well (``BeyondCredit``). An honest ventilator sends a
+message only while it has a tile of credit left, so one arrives with ``unspent`` >= 1
+(a whole image then takes it down by its tile count, to 1 - tiles at least). A tile or
+image that arrives with ``unspent`` below ``1 - margin`` was sent beyond credit: it is not
+queued (a ventilator that ignores credit, by bug or on purpose, would otherwise grow the
+worker's queue without bound and starve other ventilators' jobs), it is answered
+``beyond_credit`` for each of its tiles so its image's record is an error, not a silent
+loss, and it earns no credit back. So a worker holds at most ``margin`` tiles beyond what
+it granted a ventilator, plus one whole image's weight less one.
+
+The ``margin`` (the worker's requests + ``dispatch.CREDIT_MARGIN``: the most credit a
+ventilator may hold) covers the one way an honest ventilator's books run ahead of the
+worker's: a ventilator that declares the worker dead (a stalled loop) while tiles it sent
+are still on their way forgets them, and seeds the worker's credit again from its next
+heartbeat, built before those tiles arrived (``dispatch.Dispatcher.heard``).
 """
 
 from __future__ import annotations
@@ -33,6 +49,7 @@ from dataclasses import dataclass
 import zmq
 
 from zmqvision import protocol, sockets
+from zmqvision.dispatch import CREDIT_MARGIN
 
 log = logging.getLogger("zmqvision.worker")
 
@@ -40,6 +57,7 @@ _TILES = (protocol.MsgType.TILE, protocol.MsgType.IMAGE_WORK, protocol.MsgType.T
 # Sent on the tile link without credit (every 0.5 s until answered): a bad one earns none.
 _NO_CREDIT_TAG = protocol.MsgType.TRAIN_INVITE.value.encode()
 _REASON_CHARS = 500  # of a decode error, in a bad tile's answer
+BEYOND_CREDIT = "beyond_credit"  # the error a tile sent beyond credit is answered with
 
 
 @dataclass(frozen=True)
@@ -47,6 +65,19 @@ class BadTile:
     """Tiles sent on credit whose message did not decode but whose header names them: one
     tile, or each tile of a whole image (``indices``). The loop answers each ``bad_tile``,
     and each answer gives its credit back, as any answer does."""
+
+    job: str
+    image: str
+    indices: range
+    attempt: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class BeyondCredit:
+    """A tile, or each tile of a whole image (``indices``), that decoded but was sent beyond
+    the credit its ventilator was given (and the margin): the loop answers each
+    ``beyond_credit`` and gives no credit back, since none was spent on it."""
 
     job: str
     image: str
@@ -77,6 +108,11 @@ class TileLink:
         # (a whole image weighs its tiles, so this may go below zero).
         self.unspent = [0] * len(self.dealers)
         self.beyond_credit = 0  # bad messages that came with no credit left: nothing back
+        # Good tiles (a whole image: its tiles) sent beyond credit and the margin: answered
+        # beyond_credit, not queued, nothing back (see the module doc).
+        self.tiles_beyond_credit = 0
+        self._refusals = 0  # messages refused so, for the rate-limited log
+        self.margin = first_credit + CREDIT_MARGIN
         self._bad_tiles: deque[BadTile] = deque()
         self.waiting_for_room: set[int] = set()  # owed, and polled for room (POLLOUT)
         self.bad = sockets.BadMessages(f"worker {worker_id}")
@@ -92,23 +128,40 @@ class TileLink:
             d.connect(endpoint)
 
     def tiles(self, src: int) -> Iterator[protocol.Tile | protocol.ImageWork
-                                          | protocol.TrainInvite | BadTile]:
-        """The tiles (and whole images, training invites, and tiles that did not decode
-        but are named) ventilator ``src`` has sent that are ready now, in the order they
-        came (call after a poll)."""
+                                          | protocol.TrainInvite | BadTile | BeyondCredit]:
+        """The tiles (and whole images, training invites, tiles that did not decode but
+        are named, and tiles sent beyond credit) ventilator ``src`` has sent that are
+        ready now, in the order they came (call after a poll)."""
         unspent = self.unspent
         bad = self._bad_tiles
+        floor = 1 - self.margin  # the least credit left a tile may come with
         for _, msg in self._receivers[src]():
             while bad:  # refused while receiving, before this one
                 yield bad.popleft()
             kind = type(msg)
-            if kind is protocol.Tile:
-                unspent[src] -= 1
-            elif kind is protocol.ImageWork:
-                unspent[src] -= len(msg.boxes)
+            if kind is protocol.Tile or kind is protocol.ImageWork:
+                if unspent[src] < floor:
+                    yield self._beyond(src, msg)
+                    continue
+                unspent[src] -= 1 if kind is protocol.Tile else len(msg.boxes)
             yield msg
         while bad:
             yield bad.popleft()
+
+    def _beyond(self, src: int, msg: protocol.Tile | protocol.ImageWork) -> BeyondCredit:
+        """A good tile or image from ``src`` sent beyond its credit: counted, logged
+        (rate-limited), and named for the loop to answer."""
+        indices = (range(msg.index, msg.index + 1) if type(msg) is protocol.Tile
+                   else range(len(msg.boxes)))
+        self.tiles_beyond_credit += len(indices)
+        self._refusals += 1
+        reason = (f"worker {self.worker_id}: the ventilator at {self.endpoints[src]} sent "
+                  f"this tile beyond the credit it was given (it already had {-self.unspent[src]} "
+                  f"tiles out beyond it, {self.margin} allowed): not run, no credit back")
+        if self._refusals <= 10 or self._refusals % 1000 == 0:
+            log.warning("%s (#%d; %d tiles so)", reason, self._refusals,
+                        self.tiles_beyond_credit)
+        return BeyondCredit(msg.job, msg.image, indices, msg.attempt, reason)
 
     def _refused(self, src: int, frames: Sequence, exc: protocol.ProtocolError) -> None:
         """A message from ``src`` that did not decode (already counted as bad): its credit

@@ -16,7 +16,7 @@ from zmqvision.worker.config import WorkerConfig, new_worker_id
 from zmqvision.worker.engine import Completion, InferenceEngine
 from zmqvision.worker.heartbeat import Heartbeats
 from zmqvision.worker.images import ImageCutter, ImageDecoder
-from zmqvision.worker.link import BadTile, TileLink
+from zmqvision.worker.link import BEYOND_CREDIT, BadTile, BeyondCredit, TileLink
 from zmqvision.worker.results import ResultSender, named_error, tile_error, tile_result
 from zmqvision.worker.stage2 import SecondStage, Stage2Done
 from zmqvision.worker.train import TrainService
@@ -128,6 +128,8 @@ class Worker:
                         self._take_image(src, msg)
                     elif kind is BadTile:
                         self._answer_bad(src, msg)
+                    elif kind is BeyondCredit:
+                        self._answer_beyond(msg)
                     else:
                         self.training.invite(msg)
         self.training.serve(events)
@@ -198,6 +200,15 @@ class Worker:
         for index in bad.indices:
             self._answer(src, named_error(bad.job, bad.image, index, bad.attempt, self.id,
                                           self.model, "bad_tile", bad.reason), failed=True)
+
+    def _answer_beyond(self, beyond: BeyondCredit) -> None:
+        """Tiles sent beyond their ventilator's credit: ``beyond_credit`` for each at once
+        (its image's record is an error, nothing is lost silently), never queued, and no
+        credit back, since none was spent on them (docs/protocol.md, worker step 4)."""
+        for index in beyond.indices:
+            self.failed += 1
+            self.results.send(named_error(beyond.job, beyond.image, index, beyond.attempt,
+                                          self.id, self.model, BEYOND_CREDIT, beyond.reason))
 
     def _take_image(self, src: int, work: protocol.ImageWork) -> None:
         """A whole image: decoded and cut on the decoder's thread (``_take_decoded``)."""
