@@ -69,7 +69,8 @@ class Pool:
     ``settings`` (``model``, ``tile_size``, ``overlap``, ``merge``, ``score_threshold``, …,
     the fields of ``JobSettings``) are the defaults of every call; each call may override
     them. Tiles go only to workers that serve their model (docs/protocol.md, "Which
-    worker gets a tile"): a call naming a model no worker serves waits for one.
+    worker gets a tile"): a call naming a model this pool's own workers do not serve is
+    refused (ValueError); over ``Pool.connect`` it waits for such a worker to join.
     """
 
     def __init__(self, model: str = "centerface", *, workers: int = 1, device: str = "CPU",
@@ -78,6 +79,7 @@ class Pool:
                  lease_s: float = 120.0, log_level: int = logging.WARNING,
                  batch: int = 1, **settings: Any) -> None:
         from zmqvision.sink import SinkConfig
+        from zmqvision.tasks.stage2 import worker_model
         from zmqvision.worker import WorkerConfig
 
         defaults = JobSettings(model=model, **settings)
@@ -88,7 +90,8 @@ class Pool:
                           events="tcp://127.0.0.1:0", cache=cache)
         worker = WorkerConfig(model=model, input_size=defaults.input_size, device=device,
                               threads=threads, score_threshold=defaults.score_threshold,
-                              batch=batch)  # --batch: tiles per infer request
+                              batch=batch,  # --batch: tiles per infer request
+                              stage2=worker_model(defaults.stage2))
         cluster = LocalCluster(sink, worker, workers=workers, log_level=log_level,
                                in_process=in_process)
         self._setup(defaults, cache=cache, window=window, decode_threads=decode_threads,
@@ -147,6 +150,7 @@ class Pool:
         self.stream_idle_s = STREAM_IDLE_S
         self._swept_at = time.monotonic()
         self._plans: dict[JobSettings, JobPlan] = {}
+        self._served: dict[str, str] = {}  # its workers' models (names, paths) → refs
         self._pending: set[Request] = set()
         self._closed = False
         self._failure: BaseException | None = None
@@ -221,9 +225,41 @@ class Pool:
             plan = self._plans.get(settings)
         if plan is None:
             plan = JobPlan(settings)  # ValueError here, in the caller's thread
+            self._check_served(plan)
             with self._lock:
                 plan = self._plans.setdefault(settings, plan)
         return plan
+
+    def _check_served(self, plan: JobPlan) -> None:
+        """A pool that started its own workers knows every model they serve: a call that
+        needs another (a different ``model``, or a second stage they were not started
+        with) is refused here, in the caller's thread, rather than waiting for a worker
+        that will never come (tiles go only to workers that serve their model). A pool
+        over a running cluster cannot know: it waits, and says so (``_say_unserved``)."""
+        if self.cluster is None:
+            return
+        config = self.cluster.worker_config
+        served = {self._served_ref(config.model)}
+        if config.stage2 is not None:
+            served.add(self._served_ref(config.stage2))
+        needed = {plan.model_ref: "model"}
+        if plan.stage2 is not None:
+            needed[plan.stage2.model] = f"second stage ({plan.stage2.kind})"
+        for ref, what in needed.items():
+            if ref not in served:
+                raise ValueError(
+                    f"this pool's workers serve {', '.join(sorted(served))}, not the "
+                    f"{what} {ref}: open a Pool with that model (Pool(model=...), and "
+                    f"stage2=... for a second stage) or use Pool.connect to a cluster "
+                    f"whose workers serve it")
+
+    def _served_ref(self, model: str) -> str:
+        ref = self._served.get(model)
+        if ref is None:
+            from zmqvision.models import resolve
+
+            ref = self._served[model] = resolve(model).ref
+        return ref
 
     def _stream(self, settings: JobSettings) -> StreamJob:
         """The job that ``submit`` calls with these settings share; the caller that made

@@ -43,9 +43,9 @@ def vent_config(inputs, kw, **extra):
 
 def stage2_worker_model(job) -> str | None:
     """The second model `run`'s workers compile beside the first (--identify)."""
-    from zmqvision.tasks.stage2 import KINDS
+    from zmqvision.tasks.stage2 import worker_model
 
-    return None if job.stage2 is None else KINDS[job.stage2][1]
+    return worker_model(job.stage2)
 
 
 def stage2_config(kw) -> dict:

@@ -49,6 +49,13 @@ KINDS: dict[str, tuple[str, str, int]] = {
 PAIRS: dict[str, tuple[str, str]] = {"plates": ("plates-det", "plates"),
                                      "ocr": ("ppocr-v4-det", "ocr")}
 READERS = ("plates", "ocr")
+
+
+def worker_model(kind: str | None) -> str | None:
+    """The second model a job of this kind needs its workers to compile beside the first
+    (``worker --stage2``); None for a one-stage job."""
+    return None if kind is None else KINDS[kind][1]
+
 READ_MIN_CONFIDENCE = 0.5  # ocr: rapidocr's text_score, as recognition.text.read_text
 MAX_GALLERY_CHARS = 4096
 
