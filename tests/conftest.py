@@ -62,6 +62,16 @@ def photos() -> list[Path]:
     return paths
 
 
+@pytest.fixture
+def ctx():
+    """A ZeroMQ context of the test's own, terminated after it (its sockets closed first)."""
+    import zmq
+
+    c = zmq.Context()
+    yield c
+    c.term()
+
+
 def wait_event(events: str, msg_type, accept, timeout: float = 120.0, alive=None,
                what: str = "the event"):
     """The first ``msg_type`` message on the PUB socket at ``events`` for which

@@ -135,13 +135,6 @@ class InProcessWorker:
 
 
 @pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.term()
-
-
-@pytest.fixture
 def link(ctx, request, models_ready):
     """A ventilator (or two), a sink and an in-process worker with 2 requests."""
     n_vents = getattr(request, "param", 1)

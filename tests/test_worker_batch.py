@@ -81,13 +81,6 @@ class WorkerThread:
 
 
 @pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.term()
-
-
-@pytest.fixture
 def batched(ctx, request, models_ready):
     """A ventilator, a sink and a centerface worker: 2 infer requests of batch 4."""
     wait_ms = getattr(request, "param", 2.0)

@@ -120,13 +120,6 @@ def rig(procs, tmp_path, ctx, models_ready):
             s.close()
 
 
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.term()
-
-
 @pytest.mark.parametrize("kind", ["frame_size", "field_out_of_bounds", "jpeg_not_shape"])
 def test_a_named_tile_that_does_not_decode_is_answered_bad_tile_and_its_credit_comes_back(
         rig, kind):

@@ -16,7 +16,6 @@ import time
 
 import numpy as np
 import pytest
-import zmq
 
 from tests.conftest import ipc
 from tests.integration.test_worker_bad_tiles import CreditVentilator
@@ -41,13 +40,6 @@ def _image(name: str, tiles: int) -> protocol.ImageWork:
         job="j", image=name, model=REF, width=SIDE * tiles, height=SIDE,
         boxes=tuple((i * SIDE, 0, (i + 1) * SIDE, SIDE) for i in range(tiles)),
         full=(False,) * tiles, data=data, attempt=2, max_pixels=100_000_000)
-
-
-@pytest.fixture
-def ctx():
-    c = zmq.Context()
-    yield c
-    c.term()
 
 
 @pytest.fixture
