@@ -317,3 +317,17 @@ def test_inconsistent_cached_images_are_refused(change):
     frames[1] = msgpack.packb(header)
     with pytest.raises(protocol.ProtocolError):
         protocol.decode([bytes(memoryview(f)) if not isinstance(f, bytes) else f for f in frames])
+
+
+def test_a_heartbeat_says_what_its_worker_refused_and_a_bad_count_is_refused():
+    beat = P.Heartbeat(worker="w", host="h", pid=1, device="CPU", model="m@1", tiles_done=5,
+                       tiles_failed=0, tiles_per_s=1.0, in_flight=0, queue=0, uptime=1.0,
+                       refused=7)
+    frames = P.encode(beat)
+    assert P.decode(frames).refused == 7
+    header = msgpack.unpackb(frames[1])
+    assert "refused" not in msgpack.unpackb(P.encode(
+        P.Heartbeat(**{**vars(beat), "refused": 0}))[1])  # as before the field existed
+    for bad in (-1, 1.5, True, "7"):
+        with pytest.raises(P.ProtocolError, match="refused"):
+            P.decode([frames[0], msgpack.packb({**header, "refused": bad})])

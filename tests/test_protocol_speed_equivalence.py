@@ -172,8 +172,9 @@ def _in(module: ModuleType, value):
     if is_dataclass(value) and type(value).__module__ == P.__name__:
         cls = getattr(module, type(value).__name__)
         known = {f.name for f in fields(cls)}
-        # A field added since (Cached.embeddings) is only ever compared at its default.
-        assert all(getattr(value, f.name) is None for f in fields(value)
+        # A field added since (Cached.embeddings, Heartbeat.refused) is only ever
+        # compared at its default (None, or 0 for a count left out of the header at 0).
+        assert all(getattr(value, f.name) == f.default for f in fields(value)
                    if f.name not in known), f"{value!r} uses a field {REFERENCE} lacks"
         return cls(**{f.name: _in(module, getattr(value, f.name)) for f in fields(value)
                       if f.name in known})
@@ -222,9 +223,11 @@ def _same(a, b, where: str = "") -> None:
         assert type(a).__name__ == type(b).__name__, where
         names = [f.name for f in fields(a)]
         theirs = [f.name for f in fields(b)]
-        # Fields added since REFERENCE (Cached.embeddings) come last, at their default.
+        # Fields added since REFERENCE (Cached.embeddings, Heartbeat.refused) come last,
+        # at their default.
         assert names[:len(theirs)] == theirs, where
-        assert all(getattr(a, n) is None for n in names[len(theirs):]), where
+        default = {f.name: f.default for f in fields(a)}
+        assert all(getattr(a, n) == default[n] for n in names[len(theirs):]), where
         assert list(vars(a)) == names, f"{where}: attributes {list(vars(a))}"
         for n in theirs:
             _same(getattr(a, n), getattr(b, n), f"{where}.{n}")

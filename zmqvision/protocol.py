@@ -1363,6 +1363,9 @@ class Heartbeat:
     # The second-stage model it also runs (``--stage2``: two-stage jobs' crops), a ref;
     # None (left out of the header, as before the field existed): it serves ``model`` only.
     stage2: str | None = None
+    # Messages from ventilators it refused: tiles beyond the credit it gave, and messages
+    # that did not decode (docs/protocol.md, worker step 4). 0 is left out of the header.
+    refused: int = 0
 
     def header(self) -> dict:  # the fields in order, spelled out: it is sent every second
         h = {"worker": self.worker, "host": self.host, "pid": self.pid,
@@ -1372,6 +1375,8 @@ class Heartbeat:
              "t": self.t, "period": self.period, "requests": self.requests}
         if self.stage2 is not None:
             h["stage2"] = self.stage2
+        if self.refused:
+            h["refused"] = self.refused
         return h
 
     @property
@@ -1400,6 +1405,7 @@ class Heartbeat:
             period=period or 1.0,
             requests=_count(h, "requests", optional=True, hi=MAX_CREDIT) or 0,
             stage2=_name(h, "stage2", optional=True),
+            refused=_count(h, "refused", optional=True) or 0,
         )
 
 

@@ -206,6 +206,7 @@ class WatchState:
                 "tiles_per_s": round(b.tiles_per_s, 2), "in_flight": b.in_flight,
                 "requests": b.requests, "queue": b.queue, "uptime": round(b.uptime, 1),
                 "last_seen": round(now - w.seen, 2), "period": b.period,
+                "refused": b.refused,
             })
         jobs = []
         for jid, j in self.jobs.items():
@@ -310,7 +311,8 @@ def render(state: WatchState, endpoint: str, width: int = WIDE):
             "device": w["device"], "model": w["model"],
             "state": Text(w["state"], style=colours[w["state"]]),
             "tiles": f"{w['tiles_done']}"
-            + (f" ({w['tiles_failed']} failed)" if w["tiles_failed"] else ""),
+            + (f" ({w['tiles_failed']} failed)" if w["tiles_failed"] else "")
+            + (f" ({w['refused']} refused)" if w.get("refused") else ""),
             "tiles/s": f"{w['tiles_per_s']:.1f}",
             "in flight": f"{w['in_flight']}/{w['requests']}", "queue": str(w["queue"]),
             "uptime": _dur(w["uptime"]), "last seen": f"{w['last_seen']:.1f}s ago",

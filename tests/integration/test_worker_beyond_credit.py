@@ -93,6 +93,9 @@ def test_tiles_flooded_beyond_credit_are_answered_beyond_credit_not_queued(rig):
     beats = vent.of_type(protocol.Heartbeat)
     assert beats and max(b.in_flight + b.queue for b in beats) <= REQUESTS + MARGIN, [
         (b.in_flight, b.queue) for b in beats]
+    # ... and the worker says what it refused, for `zmqvision watch` (each image tile).
+    vent.wait(lambda: max(b.refused for b in vent.of_type(protocol.Heartbeat))
+              == len(beyond), 30, "a heartbeat counting the refused tiles")
 
     # The worker's books and the ventilator's agree again: within credit, served in full.
     vent.spent = len(good)

@@ -54,8 +54,10 @@ class Heartbeats:
     def seconds_left(self, now: float) -> float:
         return self.next_at - now
 
-    def message(self, done: int, failed: int, in_flight: int, queued: int) -> list:
-        """The frames of a heartbeat now; the next is due a period later."""
+    def message(self, done: int, failed: int, in_flight: int, queued: int,
+                refused: int = 0) -> list:
+        """The frames of a heartbeat now; the next is due a period later. ``refused``:
+        messages from ventilators refused so far (beyond credit, or not decodable)."""
         now = time.monotonic()
         self.next_at = now + self.period
         return protocol.encode(protocol.Heartbeat(
@@ -63,5 +65,5 @@ class Heartbeats:
             model=self.model, tiles_done=done, tiles_failed=failed,
             tiles_per_s=self.rate.update(done), in_flight=in_flight, queue=queued,
             uptime=now - self.started, period=self.period, requests=self.requests,
-            stage2=self.stage2,
+            stage2=self.stage2, refused=refused,
         ))

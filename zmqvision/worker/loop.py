@@ -235,8 +235,10 @@ class Worker:
         self.link.owe(src)  # sent at the end of the step (send_owed), before any wait
 
     def _beat(self) -> None:
+        link = self.link
         hb = self.beats.message(self.done, self.failed, self._in_flight(),
-                                len(self.waiting) + self.images.tiles_pending)
+                                len(self.waiting) + self.images.tiles_pending,
+                                link.tiles_beyond_credit + link.bad.count)
         self.results.try_send(hb)
         self.link.beat(hb)
 
