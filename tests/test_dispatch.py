@@ -311,3 +311,28 @@ def test_readies_without_results_buy_no_more_tiles():
             d.assign(("img", n), b"h")
             n += 1
     assert len(d.workers[b"h"].leases) == HOLD_FACTOR * (2 + 2)
+
+
+def test_a_worker_back_from_silence_is_not_credited_the_room_its_old_tiles_take():
+    """Declared dead while holding a whole image (weight 6), a worker that was only stalled
+    still gets those tiles; its next heartbeat, built before they came, says 4 requests
+    free. Seeding 4 would let this ventilator send beyond the worker's credit (answered
+    ``beyond_credit``): the old tiles' weight is taken off the seed, and the Readies they
+    earn later are new credit."""
+    d, clock = make()
+    d.heard(b"a", period=0.5, requests=4)
+    d.ready(b"a", 4)
+    d.assign(("big", 0), b"a", weight=6)
+    clock.t += 2.0
+    assert d.expire() == [b"a"] and set(d.resend) == {("big", 0)}
+    d.heard(b"a", period=0.5, free=4, held=0, requests=4)  # back, its old beat's word
+    assert d.workers[b"a"].credit == 0 and d.pick_worker() is None
+    d.ready(b"a", 6)  # the image's tiles finished: their credit is the worker's to give
+    assert d.workers[b"a"].credit == d.workers[b"a"].credit_cap
+    # One that held nothing when it went silent is seeded as before.
+    d.heard(b"b", period=0.5, requests=4)
+    clock.t += 2.0
+    d.heard(b"a", period=0.5)
+    assert d.expire() == [b"b"]
+    d.heard(b"b", period=0.5, free=3, requests=4)
+    assert d.workers[b"b"].credit == 3

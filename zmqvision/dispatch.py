@@ -67,6 +67,7 @@ HOLD_FACTOR = 4  # tiles held at most: this many times the credit cap ...
 MAX_WORKER_HELD = 128  # ... and never more than this
 QUARANTINE_S = 30.0  # first quarantine; each repeat doubles it
 MAX_PERIOD_S = 30.0  # a heartbeat period longer than this counts as this
+MAX_SILENCED = 1024  # workers declared dead whose held tiles are remembered (see expire)
 
 
 @dataclass
@@ -133,6 +134,10 @@ class Dispatcher:
         self.workers: dict[bytes, WorkerSlot] = {}
         # The same slots by the models they serve (a slot is in one group per model).
         self.serving: dict[str, dict[bytes, WorkerSlot]] = {}
+        # Workers declared dead by silence, and the tiles they held then: if one was only
+        # stalled, those tiles still reach it (or are in its queue) while this ventilator
+        # has forgotten them, so its next heartbeat's free requests overstate its room.
+        self._silenced: dict[bytes, int] = {}
         self.leases: dict[TileKey, Lease] = {}
         self.by_image: dict[str, set[int]] = {}
         self.resend: deque[TileKey] = deque()
@@ -160,9 +165,12 @@ class Dispatcher:
         now = self.clock()
         slot = self.workers.get(wid)
         if slot is None:
-            seed = min(max(0, free or 0), MAX_WORKER_CREDIT)
+            # A worker back from silence: the tiles it held when declared dead take the
+            # room its heartbeat may still call free (and their Readies are explained).
+            owed = self._silenced.pop(wid, 0)
+            seed = min(max(0, (free or 0) - owed), MAX_WORKER_CREDIT)
             slot = self.workers[wid] = WorkerSlot(wid, now, credit=seed, seeded=seed,
-                                                  held_at_seed=max(0, held))
+                                                  held_at_seed=max(0, held) + owed)
         slot.last_heard = now
         if period:
             slot.period = min(period, MAX_PERIOD_S)  # a claimed day-long beat keeps no slot
@@ -356,6 +364,11 @@ class Dispatcher:
         for slot in dead:
             del self.workers[slot.wid]
             self._ungroup(slot)
+            held = len(slot.leases) + slot.heavy
+            if held:
+                if len(self._silenced) >= MAX_SILENCED:  # the oldest first: a dict's order
+                    del self._silenced[next(iter(self._silenced))]
+                self._silenced[slot.wid] = held
             self._requeue_from(slot)
         for key, lease in list(self.leases.items()):
             if now - max(lease.holders.values()) > self.lease_s:
