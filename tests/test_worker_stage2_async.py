@@ -1,9 +1,10 @@
 """The worker's second stage runs asynchronously (``worker.stage2.SecondStage``: its own
 infer requests, completions answered from the loop) and answers every crop exactly as
 ``Stage2Runner.answer`` does, byte for byte: the readers (plates-rec, ppocr-v4-rec) on
-real plate and text-line crops, MobileFaceNet (batch fixed at 2) on real faces. And in a
-worker: crops and a stage-1 tile answered, a crop for another model refused as before,
-every tile's credit back."""
+real plate and text-line crops, MobileFaceNet (batch fixed at 2: two queued faces share
+one inference, a lone one goes with a copy of itself) on real faces. And in a worker:
+crops and a stage-1 tile answered, a crop for another model refused as before, every
+tile's credit back; face crops answered with the bytes each gives alone."""
 
 from __future__ import annotations
 
@@ -127,11 +128,12 @@ class FailingDecode:
     def __init__(self, runner) -> None:
         self.runner = runner
         self.ref, self.compiled = runner.ref, runner.compiled
+        self.per_request = runner.per_request
 
-    def inputs(self, pixels):
-        return self.runner.inputs(pixels)
+    def inputs_of(self, crops):
+        return self.runner.inputs_of(crops)
 
-    def decode(self, output):
+    def decode_of(self, output, n):
         raise RuntimeError("output of an unexpected shape")
 
 
@@ -142,12 +144,112 @@ def test_a_crop_that_fails_on_the_device_comes_back_as_its_error(face_crops):
     stage = SecondStage(FailingDecode(Stage2Runner("mobilefacenet", threads=1)), 2)
     try:
         stage.start(0, tile_of(7, face_crops[0], "x"))
+        stage.flush()
         done = stage.wait_completion(30)
         assert done is not None and done.tile.index == 7 and done.answer is None
         assert "unexpected shape" in str(done.error)
         assert stage.in_flight == 0
+        stage.start(0, tile_of(8, face_crops[0], "x"))  # a pair: both come back as errors
+        stage.start(0, tile_of(9, face_crops[1], "x"))
+        got = [stage.wait_completion(30) for _ in range(2)]
+        assert sorted(d.tile.index for d in got) == [8, 9]
+        assert all("unexpected shape" in str(d.error) for d in got)
+        assert stage.in_flight == 0
     finally:
         stage.close()
+
+
+def test_two_queued_faces_share_one_inference_and_answer_as_alone(face_crops):
+    """As the worker's loop starts what it received, then flushes: every two face crops
+    one request, an odd one out alone (at once, paired with itself); each answer equal to
+    ``Stage2Runner.answer``'s byte for byte, whichever crop it was paired with."""
+    from zmqvision.tasks.stage2 import Stage2Runner
+    from zmqvision.worker.stage2 import SecondStage
+
+    runner = Stage2Runner("mobilefacenet", threads=1)
+    assert runner.per_request == 2
+    sync = [runner.answer(c) for c in face_crops]
+    for order in (list(range(len(face_crops))), [5, 0, 4, 1, 3, 2], [2, 4, 1, 3, 0]):
+        stage = SecondStage(runner, len(order))
+        try:
+            for k in order:
+                stage.start(0, tile_of(k, face_crops[k], runner.ref))
+            assert stage.in_flight == len(order) and stage.inferences == len(order) // 2
+            stage.flush()
+            assert stage.inferences == (len(order) + 1) // 2
+            got = {}
+            while len(got) < len(order):
+                done = stage.wait_completion(30)
+                assert done is not None and done.error is None, done
+                got[done.tile.index] = done.answer
+            assert stage.in_flight == 0
+            assert all(same(got[k], sync[k]) for k in order), order
+        finally:
+            stage.close()
+
+
+def test_a_lone_face_starts_at_once_and_unpaired_is_one_per_request(face_crops):
+    from zmqvision.tasks.stage2 import Stage2Runner
+    from zmqvision.worker.stage2 import SecondStage
+
+    runner = Stage2Runner("mobilefacenet", threads=1)
+    stage = SecondStage(runner, 2)
+    try:
+        stage.start(0, tile_of(0, face_crops[0], runner.ref))
+        assert stage.inferences == 0  # held: the loop may have its partner queued
+        done = stage.wait_completion(30)  # nothing else comes: it starts alone
+        assert done is not None and same(done.answer, runner.answer(face_crops[0]))
+        assert stage.inferences == 1 and stage.in_flight == 0
+    finally:
+        stage.close()
+    unpaired = SecondStage(runner, 4, pairs=False)  # the behaviour before pairing
+    try:
+        for k in range(4):
+            unpaired.start(0, tile_of(k, face_crops[k], runner.ref))
+        assert unpaired.inferences == 4
+        got = [unpaired.wait_completion(30) for _ in range(4)]
+        assert all(same(d.answer, runner.answer(face_crops[d.tile.index])) for d in got)
+    finally:
+        unpaired.close()
+
+
+def test_a_worker_pairs_face_crops_and_sends_the_embeddings_alone_would_give(face_crops,
+                                                                              models_ready):
+    """Face crops sent at once to a worker of centerface + mobilefacenet: every result's
+    embedding is, byte for byte, ``Stage2Runner.answer``'s for its crop."""
+    from tests.test_worker import InProcessWorker, Sink, Ventilator
+    from zmqvision.tasks.stage2 import Stage2Runner
+    from zmqvision.worker import WorkerConfig
+
+    ref = resolve("mobilefacenet").ref
+    sync = [Stage2Runner("mobilefacenet", threads=1).answer(c) for c in face_crops]
+    ctx = zmq.Context()
+    vent = Ventilator(ctx, "inproc://s2f-tiles")
+    sink = Sink(ctx, "inproc://s2f-results")
+    worker = None
+    try:
+        n = len(face_crops)
+        worker = InProcessWorker(ctx, WorkerConfig(
+            tiles=vent.endpoint, results=sink.endpoint, model="centerface",
+            stage2="mobilefacenet", requests=n, threads=1, heartbeat_s=0.1, worker_id="w1"))
+        vent.wait(lambda: vent.credit() == n, 30, "initial credit")
+        for i, c in enumerate(face_crops):
+            assert vent.send("w1", tile_of(i, c, ref))
+        results = {r.index: r for r in sink.wait_results(n)}
+        for i, (embedding, _, _) in enumerate(sync):
+            r = results[i]
+            assert r.error is None and r.model == ref
+            assert r.embedding.dtype == embedding.dtype
+            assert r.embedding.tobytes() == embedding.tobytes(), i
+        vent.wait(lambda: vent.credit() == 2 * n, 30, "credit back for every crop")
+    finally:
+        try:
+            if worker is not None:
+                worker.close()
+        finally:
+            vent.close()
+            sink.close()
+            ctx.term()
 
 
 def test_a_worker_answers_crops_from_its_loop_and_gives_every_credit_back(plate_crops_,

@@ -4,7 +4,11 @@ cosine similarity of two faces.
 The model (MobileFaceNet, catalog ``mobilefacenet``) has its batch baked in at 2; a
 TFLite reshape to another batch size folds or fails (MODELS.md, "Batching caveat"), so
 faces go through in pairs and an odd one out is paired with a copy of itself (its
-result is dropped). As in ``models.runtime.Detector``, the normalisation
+result is dropped). A face's row does not depend on the face it is paired with: it is
+bit-identical to the face paired with itself (OpenVINO CPU, tests/test_faces_pairs.py),
+so ``embed`` of a list equals each face embedded alone, and a worker may pair whichever
+two crops it has queued (``worker.stage2.SecondStage``). As in
+``models.runtime.Detector``, the normalisation
 ``(x - 127.5) / 128`` is part of the compiled graph, so callers hand over uint8 RGB.
 """
 

@@ -188,9 +188,12 @@ class Stage2Runner:
     A reader reads each crop alone (``CtcReader.read([crop])``, batch of one), padded
     only to its own width: the single-process references read the same way
     (``CtcReader``'s default batch is 1), so a crop reads the same in both. MobileFaceNet
-    has its batch fixed at 2 (``faces.embed.BATCH``): a crop goes paired with a copy of
-    itself, as ``FaceEmbedder.embed`` pairs an odd one out, and the copy's row is
-    dropped."""
+    has its batch fixed at 2 (``faces.embed.BATCH``): two crops share one inference
+    (``per_request`` is 2: ``inputs_of`` / ``decode_of``), as ``FaceEmbedder.embed``
+    pairs a list, and a lone crop goes paired with a copy of itself whose row is dropped.
+    A face's row of a pair is bit-identical to its row when paired with itself (the rows
+    of a batch do not mix; tests/test_faces_pairs.py pins it on real faces), so the
+    pairing never changes an answer."""
 
     def __init__(self, model: str, *, device: str = "CPU", threads: int | None = None) -> None:
         from zmqvision.models import resolve
@@ -212,6 +215,16 @@ class Stage2Runner:
     @property
     def ref(self) -> str:
         return self.spec.ref
+
+    @property
+    def per_request(self) -> int:
+        """How many crops one inference can answer: MobileFaceNet's fixed batch (2), a
+        reader's 1 (each line read alone, padded to its own width)."""
+        if self._embedder is None:
+            return 1
+        from zmqvision.faces.embed import BATCH
+
+        return BATCH
 
     @property
     def compiled(self):
@@ -249,25 +262,41 @@ class Stage2Runner:
         ``answer`` would make it: a reader's crop resized and padded
         (``CtcReader.batch_pixels``), a face paired with a copy of itself. ValueError for
         a crop the runners refuse."""
-        if self._reader is not None:
-            return self._reader.batch_pixels([pixels])
-        from zmqvision.faces.embed import BATCH
+        return self.inputs_of([pixels])
 
-        if pixels.dtype != np.uint8:
-            raise ValueError(f"crops must be uint8, got {pixels.dtype}")
-        return np.ascontiguousarray(np.repeat(pixels[None], BATCH, axis=0))
+    def inputs_of(self, crops: list[np.ndarray]) -> np.ndarray:
+        """The model's input for up to ``per_request`` crops that share one inference: a
+        reader's one crop as ``inputs``; one or two faces stacked (a lone face with a copy
+        of itself). ValueError for a crop the runners refuse."""
+        if not 0 < len(crops) <= self.per_request:
+            raise ValueError(f"{len(crops)} crops for one request of {self.ref} "
+                             f"(1 to {self.per_request})")
+        if self._reader is not None:
+            return self._reader.batch_pixels(crops)
+        for pixels in crops:
+            if pixels.dtype != np.uint8:
+                raise ValueError(f"crops must be uint8, got {pixels.dtype}")
+        if len(crops) < self.per_request:
+            crops = [*crops, *[crops[0]] * (self.per_request - len(crops))]
+        return np.ascontiguousarray(np.stack(crops))
 
     def decode(self, output: np.ndarray) -> Answer:
         """The answer of one crop from its request's output 0 (made with ``inputs``):
         the first row, as ``answer`` takes it. Called on OpenVINO's threads (it only
         reads ``output`` and the reader's characters)."""
+        return self.decode_of(output, 1)[0]
+
+    def decode_of(self, output: np.ndarray, n: int) -> list[Answer]:
+        """The answers of the first ``n`` crops of a request made with ``inputs_of``,
+        each row decoded alone exactly as ``decode`` decodes row 0."""
         if self._reader is None:
             from zmqvision.faces.embed import normalise
 
-            return normalise(output[:1])[0], None, None
+            return [(normalise(output[k:k + 1])[0], None, None) for k in range(n)]
         from zmqvision.recognition.ctc import ctc_greedy
 
-        return self._read_answer(ctc_greedy(output[:1], self._reader.characters)[0])
+        return [self._read_answer(ctc_greedy(output[k:k + 1], self._reader.characters)[0])
+                for k in range(n)]
 
     @staticmethod
     def _read_answer(read) -> Answer:

@@ -140,18 +140,19 @@ class Worker:
 
     def _start_waiting(self) -> None:
         """Start the tiles received, in order, while their stage has a request free (a
-        stage-2 crop on the second model's, the others on the engine's)."""
+        stage-2 crop on the second model's, the others on the engine's); then a face crop
+        held for a partner starts alone (``SecondStage.flush``: no wait for one)."""
         engine = self.engine
         while self.waiting:
             src, tile = self.waiting[0]
             if tile.task is not None and tile.task.get("stage") == 2:
                 if self.stage2 is not None and not self.stage2.has_room():
-                    return
+                    break
                 self.waiting.popleft()
                 self._second_stage(src, tile)
                 continue
             if not engine.has_room():
-                return
+                break
             self.waiting.popleft()
             refusal = engine.refusal(tile)
             if refusal is not None:
@@ -162,6 +163,8 @@ class Worker:
             except Exception as exc:
                 self._answer(src, tile_error(tile, self.id, self.model, "inference_failed",
                                              str(exc)), failed=True)
+        if self.stage2 is not None:
+            self.stage2.flush()
 
     def _second_stage(self, src: int, tile: protocol.Tile) -> None:
         """A stage-2 tile (one object's crop): refused at once, or started on the second
