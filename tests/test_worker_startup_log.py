@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from tests.test_worker_batch import batched, ctx  # noqa: F401 - fixtures
+from tests.test_worker_batch import batched  # noqa: F401 - a fixture
 
 pytestmark = pytest.mark.timeout(300)
 
