@@ -86,7 +86,7 @@ def sink_config(params: Mapping) -> SinkConfig:
 @click.option("--threads", type=click.IntRange(1), default=None,
               help="Inference threads (share cores between workers on one host).")
 @click.option("--requests", type=click.IntRange(1), default=None,
-              help="Infer requests in flight [default: the device's optimum + 1].")
+              help="Infer requests in flight [default: 2 x the device's optimum + 1].")
 @click.option("--hint", type=click.Choice(["THROUGHPUT", "LATENCY"]), default="THROUGHPUT",
               show_default=True)
 @click.option("--score-threshold", type=click.FloatRange(0, 1), default=None)

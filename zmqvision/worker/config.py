@@ -20,7 +20,7 @@ class WorkerConfig:
     device: str = "CPU"
     threads: int | None = None
     hint: str = "THROUGHPUT"
-    requests: int | None = None  # in-flight infer requests; None = the device's optimum + 1
+    requests: int | None = None  # in-flight infer requests; None = engine.default_requests
     score_threshold: float | None = None
     heartbeat_s: float = 1.0
     worker_id: str | None = None

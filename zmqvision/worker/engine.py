@@ -56,6 +56,23 @@ def direct_start(ov, queue) -> Callable[[object, object], None]:
     return queue.start_async
 
 
+def default_requests(optimal: int, batch: int = 1) -> int:
+    """Infer requests a worker runs when not told (``--requests``): a tile queued behind
+    the running one on each of the device's ``optimal`` streams, and one more.
+
+    A request freed by a finished tile is refilled only after a credit round trip
+    (the worker's Ready, the ventilator's cut, the tile back). On 2 busy cores that trip
+    took about 6 ms (median; 15 ms p90) against 8 ms for a classifier tile on a stream, so
+    with ``optimal + 1`` requests a stream idled while its next tile was on its way:
+    efficientnet-lite0 kept 1.3 of 3 requests busy and ran at 0.31 of benchmark_app.
+    The queued tiles wait inside OpenVINO, which starts one the moment a stream frees
+    (docs/performance.md, "Classification: why the worker starved"). A batch (``batch``
+    > 1) already holds ``batch`` tiles per request, so it keeps ``optimal + 1``."""
+    if batch > 1:
+        return optimal + 1
+    return 2 * optimal + 1
+
+
 class InferenceEngine:
     """Starts tiles on the device and hands back their completions to the socket thread.
 
@@ -88,9 +105,8 @@ class InferenceEngine:
             if self.batch > 1:
                 kwargs["batch"] = self.batch
             self.detector = load_network(self.spec, **kwargs)
-        # One request more than the device's optimum: while Python hands a finished tile
-        # over and starts the next, the device still has a tile queued.
-        self.infer_requests = config.requests or self.detector.optimal_requests() + 1
+        self.infer_requests = config.requests or default_requests(
+            self.detector.optimal_requests(), self.batch)
         self.requests = self.infer_requests * self.batch
         w, h = self.detector.input_size
         self.input_shape = (h, w, 3)
