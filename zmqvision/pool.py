@@ -150,7 +150,7 @@ class Pool:
         self.stream_idle_s = STREAM_IDLE_S
         self._swept_at = time.monotonic()
         self._plans: dict[JobSettings, JobPlan] = {}
-        self._served: dict[str, str] = {}  # its workers' models (names, paths) → refs
+        self._served: dict[tuple, str] = {}  # its workers' models → their refs
         self._pending: set[Request] = set()
         self._closed = False
         self._failure: BaseException | None = None
@@ -239,9 +239,12 @@ class Pool:
         if self.cluster is None:
             return
         config = self.cluster.worker_config
-        served = {self._served_ref(config.model)}
-        if config.stage2 is not None:
-            served.add(self._served_ref(config.stage2))
+        try:  # the refs its workers' heartbeats give, resolved as they resolve them
+            served = {self._served_ref(config.model, config.input_size, config.task)}
+            if config.stage2 is not None:
+                served.add(self._served_ref(config.stage2))
+        except ValueError:  # a model its own workers cannot load: they say so themselves
+            return
         needed = {plan.model_ref: "model"}
         if plan.stage2 is not None:
             needed[plan.stage2.model] = f"second stage ({plan.stage2.kind})"
@@ -253,12 +256,14 @@ class Pool:
                     f"stage2=... for a second stage) or use Pool.connect to a cluster "
                     f"whose workers serve it")
 
-    def _served_ref(self, model: str) -> str:
-        ref = self._served.get(model)
+    def _served_ref(self, model: str, input_size: tuple[int, int] | None = None,
+                    task: str | None = None) -> str:
+        key = (model, input_size, task)
+        ref = self._served.get(key)
         if ref is None:
             from zmqvision.models import resolve
 
-            ref = self._served[model] = resolve(model).ref
+            ref = self._served[key] = resolve(model, input_size, task).ref
         return ref
 
     def _stream(self, settings: JobSettings) -> StreamJob:
