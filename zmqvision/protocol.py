@@ -2114,19 +2114,30 @@ def _pack(header: dict) -> bytes:
         return msgpack.packb(_for_wire(header), use_bin_type=True)
 
 
+def _header_alone(frames: Sequence, kind: MsgType) -> dict | None:
+    """The header map of a message of ``kind`` that failed to decode, read on its own
+    (within MAX_HEADER_BYTES, this protocol's version), for ``tile_identity`` and
+    ``image_work_identity``; None when it is not one or has no such header. Raises on
+    garbage (its callers catch everything)."""
+    if peek_type(frames) is not kind or len(frames) < 2:
+        return None
+    raw = _buffer(frames[1])
+    if raw.nbytes > MAX_HEADER_BYTES:
+        return None
+    h = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    if not isinstance(h, dict) or type(h.get("v")) is not int or h["v"] != VERSION:
+        return None
+    return h
+
+
 def tile_identity(frames: Sequence) -> tuple[str, str, int, int] | None:
     """``(job, image, index, attempt)`` of a ``zv.tile`` that failed to decode, read from
     its header alone, when those four are valid: a worker answers such a tile with a
     ``bad_tile`` error result (docs/protocol.md) instead of leaving it to the lease. None
     when the message is not a tile or its header does not name one."""
     try:
-        if peek_type(frames) is not MsgType.TILE or len(frames) < 2:
-            return None
-        raw = _buffer(frames[1])
-        if raw.nbytes > MAX_HEADER_BYTES:
-            return None
-        h = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-        if not isinstance(h, dict) or type(h.get("v")) is not int or h["v"] != VERSION:
+        h = _header_alone(frames, MsgType.TILE)
+        if h is None:
             return None
         return (_name(h, "job"), _name(h, "image"), _count(h, "index"),
                 _count(h, "attempt", optional=True) or 0)
@@ -2140,13 +2151,8 @@ def image_work_identity(frames: Sequence) -> tuple[str, str, int, int] | None:
     as ``tile_identity``, the worker answers each of those tiles ``bad_tile``. None when
     the message is not an image's work or its header does not name one."""
     try:
-        if peek_type(frames) is not MsgType.IMAGE_WORK or len(frames) < 2:
-            return None
-        raw = _buffer(frames[1])
-        if raw.nbytes > MAX_HEADER_BYTES:
-            return None
-        h = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-        if not isinstance(h, dict) or type(h.get("v")) is not int or h["v"] != VERSION:
+        h = _header_alone(frames, MsgType.IMAGE_WORK)
+        if h is None:
             return None
         boxes = h.get("boxes")
         if type(boxes) is not list or not 1 <= len(boxes) <= MAX_IMAGE_WORK_TILES:
