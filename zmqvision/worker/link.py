@@ -14,14 +14,14 @@ held while the loop waits, so a worker with free slots has always told its venti
 
 A tile that does not decode was still sent on a credit (docs/protocol.md, worker step 4):
 its credit comes back too, and when its header names it the loop answers it ``bad_tile``
-(``BadTile``), else it would cost its ventilator one credit for good. Only what was sent
+(``Refused``), else it would cost its ventilator one credit for good. Only what was sent
 on credit earns it back: the link counts what each ventilator may still send
 (``unspent``: credit sent, less the tiles received), and a message that does not decode
 arriving when none is left was not sent on credit (a ventilator sends only once it has
 heard the Ready), so it is dropped with nothing back. A ventilator that floods a worker
 with garbage cannot so make it promise more tiles than it can hold.
 
-Good tiles are held to credit as well (``BeyondCredit``). An honest ventilator sends a
+Good tiles are held to credit as well (``Refused``, ``beyond_credit``). An honest ventilator sends a
 message only while it has a tile of credit left, so one arrives with ``unspent`` >= 1
 (a whole image then takes it down by its tile count, to 1 - tiles at least). A tile or
 image that arrives with ``unspent`` below ``1 - margin`` was sent beyond credit: it is not
@@ -57,33 +57,25 @@ _TILES = (protocol.MsgType.TILE, protocol.MsgType.IMAGE_WORK, protocol.MsgType.T
 # Sent on the tile link without credit (every 0.5 s until answered): a bad one earns none.
 _NO_CREDIT_TAG = protocol.MsgType.TRAIN_INVITE.value.encode()
 _REASON_CHARS = 500  # of a decode error, in a bad tile's answer
+BAD_TILE = "bad_tile"  # the error a named tile that did not decode is answered with
 BEYOND_CREDIT = "beyond_credit"  # the error a tile sent beyond credit is answered with
 
 
 @dataclass(frozen=True)
-class BadTile:
-    """Tiles sent on credit whose message did not decode but whose header names them: one
-    tile, or each tile of a whole image (``indices``). The loop answers each ``bad_tile``,
-    and each answer gives its credit back, as any answer does."""
+class Refused:
+    """Tiles the link will not queue, named for the loop to answer each with ``error``:
+    one tile, or each tile of a whole image (``indices``). ``bad_tile``: sent on credit,
+    its message did not decode but its header names it; each answer gives its credit
+    back, as any answer does. ``beyond_credit``: it decoded but came beyond the credit its
+    ventilator was given (and the margin); no credit back, since none was spent on it."""
 
     job: str
     image: str
     indices: range
     attempt: int
+    error: str  # BAD_TILE or BEYOND_CREDIT
     reason: str
-
-
-@dataclass(frozen=True)
-class BeyondCredit:
-    """A tile, or each tile of a whole image (``indices``), that decoded but was sent beyond
-    the credit its ventilator was given (and the margin): the loop answers each
-    ``beyond_credit`` and gives no credit back, since none was spent on it."""
-
-    job: str
-    image: str
-    indices: range
-    attempt: int
-    reason: str
+    credit_back: bool
 
 
 class TileLink:
@@ -113,7 +105,7 @@ class TileLink:
         self.tiles_beyond_credit = 0
         self._refusals = 0  # messages refused so, for the rate-limited log
         self.margin = first_credit + CREDIT_MARGIN
-        self._bad_tiles: deque[BadTile] = deque()
+        self._bad_tiles: deque[Refused] = deque()
         self.waiting_for_room: set[int] = set()  # owed, and polled for room (POLLOUT)
         self.bad = sockets.BadMessages(f"worker {worker_id}")
         self._receivers = [
@@ -128,7 +120,7 @@ class TileLink:
             d.connect(endpoint)
 
     def tiles(self, src: int) -> Iterator[protocol.Tile | protocol.ImageWork
-                                          | protocol.TrainInvite | BadTile | BeyondCredit]:
+                                          | protocol.TrainInvite | Refused]:
         """The tiles (and whole images, training invites, tiles that did not decode but
         are named, and tiles sent beyond credit) ventilator ``src`` has sent that are
         ready now, in the order they came (call after a poll)."""
@@ -148,7 +140,7 @@ class TileLink:
         while bad:
             yield bad.popleft()
 
-    def _beyond(self, src: int, msg: protocol.Tile | protocol.ImageWork) -> BeyondCredit:
+    def _beyond(self, src: int, msg: protocol.Tile | protocol.ImageWork) -> Refused:
         """A good tile or image from ``src`` sent beyond its credit: counted, logged
         (rate-limited), and named for the loop to answer."""
         indices = (range(msg.index, msg.index + 1) if type(msg) is protocol.Tile
@@ -161,12 +153,13 @@ class TileLink:
         if self._refusals <= 10 or self._refusals % 1000 == 0:
             log.warning("%s (#%d; %d tiles so)", reason, self._refusals,
                         self.tiles_beyond_credit)
-        return BeyondCredit(msg.job, msg.image, indices, msg.attempt, reason)
+        return Refused(msg.job, msg.image, indices, msg.attempt, BEYOND_CREDIT, reason,
+                       credit_back=False)
 
     def _refused(self, src: int, frames: Sequence, exc: protocol.ProtocolError) -> None:
         """A message from ``src`` that did not decode (already counted as bad): its credit
-        back, with a ``BadTile`` for the loop to answer when its header names it; nothing
-        when it was not sent on credit."""
+        back, with a ``Refused`` (``bad_tile``) for the loop to answer when its header
+        names it; nothing when it was not sent on credit."""
         tag = frames[0]
         if len(tag) == len(_NO_CREDIT_TAG) and bytes(tag) == _NO_CREDIT_TAG:
             return
@@ -189,8 +182,8 @@ class TileLink:
             job, image, count, attempt = image_work
             indices = range(count)
         self.unspent[src] -= len(indices)
-        self._bad_tiles.append(BadTile(job, image, indices, attempt,
-                                       str(exc)[:_REASON_CHARS]))
+        self._bad_tiles.append(Refused(job, image, indices, attempt, BAD_TILE,
+                                       str(exc)[:_REASON_CHARS], credit_back=True))
 
     def give_credit(self, src: int, n: int = 1) -> None:
         """Owe ``n`` more to ``src`` and send what is owed now."""

@@ -16,7 +16,7 @@ from zmqvision.worker.config import WorkerConfig, new_worker_id
 from zmqvision.worker.engine import Completion, InferenceEngine
 from zmqvision.worker.heartbeat import Heartbeats
 from zmqvision.worker.images import ImageCutter, ImageDecoder
-from zmqvision.worker.link import BEYOND_CREDIT, BadTile, BeyondCredit, TileLink
+from zmqvision.worker.link import Refused, TileLink
 from zmqvision.worker.results import ResultSender, named_error, tile_error, tile_result
 from zmqvision.worker.stage2 import SecondStage, Stage2Done
 from zmqvision.worker.train import TrainService
@@ -126,10 +126,8 @@ class Worker:
                         self.waiting.append((src, msg))
                     elif kind is protocol.ImageWork:
                         self._take_image(src, msg)
-                    elif kind is BadTile:
-                        self._answer_bad(src, msg)
-                    elif kind is BeyondCredit:
-                        self._answer_beyond(msg)
+                    elif kind is Refused:
+                        self._answer_refused(src, msg)
                     else:
                         self.training.invite(msg)
         self.training.serve(events)
@@ -196,22 +194,15 @@ class Worker:
             infer_ms=(time.perf_counter() - done.t0) * 1000.0, embedding=embedding,
             text=text, text_score=text_score), failed=False)
 
-    def _answer_bad(self, src: int, bad: BadTile) -> None:
-        """Tiles whose message did not decode, named by its header: ``bad_tile`` for each
-        at once (its image's record is an error now, not after its lease), and each one's
-        credit back (docs/protocol.md, worker step 4)."""
-        for index in bad.indices:
-            self._answer(src, named_error(bad.job, bad.image, index, bad.attempt, self.id,
-                                          self.model, "bad_tile", bad.reason), failed=True)
-
-    def _answer_beyond(self, beyond: BeyondCredit) -> None:
-        """Tiles sent beyond their ventilator's credit: ``beyond_credit`` for each at once
-        (its image's record is an error, nothing is lost silently), never queued, and no
-        credit back, since none was spent on them (docs/protocol.md, worker step 4)."""
-        for index in beyond.indices:
-            self.failed += 1
-            self.results.send(named_error(beyond.job, beyond.image, index, beyond.attempt,
-                                          self.id, self.model, BEYOND_CREDIT, beyond.reason))
+    def _answer_refused(self, src: int, refused: Refused) -> None:
+        """Tiles the link would not queue: each answered with its error at once (its
+        image's record is an error now, not after a lease; nothing is lost silently).
+        A ``bad_tile`` gives its credit back; a ``beyond_credit`` does not, since none was
+        spent on it (docs/protocol.md, worker step 4)."""
+        for index in refused.indices:
+            result = named_error(refused.job, refused.image, index, refused.attempt, self.id,
+                                 self.model, refused.error, refused.reason)
+            self._answer(src, result, failed=True, credit=refused.credit_back)
 
     def _take_image(self, src: int, work: protocol.ImageWork) -> None:
         """A whole image: decoded and cut on the decoder's thread (``_take_decoded``)."""
@@ -229,13 +220,15 @@ class Worker:
     def _finish(self, c: Completion) -> None:
         self._answer(c.src, tile_result(c, self.id, self.model), failed=c.error is not None)
 
-    def _answer(self, src: int, result: protocol.Result, failed: bool) -> None:
+    def _answer(self, src: int, result: protocol.Result, failed: bool,
+                credit: bool = True) -> None:
         if failed:
             self.failed += 1
         else:
             self.done += 1
         self.results.send(result)
-        self.link.owe(src)  # sent at the end of the step (send_owed), before any wait
+        if credit:
+            self.link.owe(src)  # sent at the end of the step (send_owed), before any wait
 
     def _beat(self) -> None:
         link = self.link
