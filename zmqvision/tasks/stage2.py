@@ -180,8 +180,8 @@ class Stage2Runner:
 
     ``answer`` runs a crop at once, through the references' own runners
     (``FaceEmbedder.embed``, ``CtcReader.read``). The worker does not block its loop on
-    it: it starts each crop on an infer request of ``compiled`` with ``inputs`` and
-    decodes the request's output with ``decode`` (``worker.stage2.SecondStage``), the
+    it: it starts each crop on an infer request of ``compiled`` with ``inputs_of`` and
+    decodes the request's output with ``decode_of`` (``worker.stage2.SecondStage``), the
     same input and the same decoding as ``answer``'s, so either way a crop's answer is
     the same, byte for byte (tests/test_worker_stage2_async.py).
 
@@ -229,7 +229,7 @@ class Stage2Runner:
     @property
     def compiled(self):
         """The compiled second model (``ov.CompiledModel``): asynchronous requests are
-        made on it (``inputs`` in, ``decode`` of output 0 out)."""
+        made on it (``inputs_of`` in, ``decode_of`` of output 0 out)."""
         runner = self._reader if self._reader is not None else self._embedder
         return runner.compiled
 
@@ -257,17 +257,11 @@ class Stage2Runner:
             return self.run(pixels), None, None
         return self._read_answer(self._reader.read([pixels])[0])
 
-    def inputs(self, pixels: np.ndarray) -> np.ndarray:
-        """The model's input for one crop, uint8 ``[N, H, W, 3]`` C-contiguous, as
-        ``answer`` would make it: a reader's crop resized and padded
-        (``CtcReader.batch_pixels``), a face paired with a copy of itself. ValueError for
-        a crop the runners refuse."""
-        return self.inputs_of([pixels])
-
     def inputs_of(self, crops: list[np.ndarray]) -> np.ndarray:
-        """The model's input for up to ``per_request`` crops that share one inference: a
-        reader's one crop as ``inputs``; one or two faces stacked (a lone face with a copy
-        of itself). ValueError for a crop the runners refuse."""
+        """The model's input for up to ``per_request`` crops that share one inference, uint8
+        ``[N, H, W, 3]`` C-contiguous, as ``answer`` would make it: a reader's one crop
+        resized and padded (``CtcReader.batch_pixels``); one or two faces stacked (a lone
+        face with a copy of itself). ValueError for a crop the runners refuse."""
         if not 0 < len(crops) <= self.per_request:
             raise ValueError(f"{len(crops)} crops for one request of {self.ref} "
                              f"(1 to {self.per_request})")
@@ -280,15 +274,10 @@ class Stage2Runner:
             crops = [*crops, *[crops[0]] * (self.per_request - len(crops))]
         return np.ascontiguousarray(np.stack(crops))
 
-    def decode(self, output: np.ndarray) -> Answer:
-        """The answer of one crop from its request's output 0 (made with ``inputs``):
-        the first row, as ``answer`` takes it. Called on OpenVINO's threads (it only
-        reads ``output`` and the reader's characters)."""
-        return self.decode_of(output, 1)[0]
-
     def decode_of(self, output: np.ndarray, n: int) -> list[Answer]:
-        """The answers of the first ``n`` crops of a request made with ``inputs_of``,
-        each row decoded alone exactly as ``decode`` decodes row 0."""
+        """The answers of the first ``n`` crops of a request made with ``inputs_of``
+        (output 0), each row decoded alone exactly as ``answer`` decodes its crop. Called
+        on OpenVINO's threads (it only reads ``output`` and the reader's characters)."""
         if self._reader is None:
             from zmqvision.faces.embed import normalise
 
