@@ -23,6 +23,7 @@ dropped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -150,7 +151,6 @@ class Pool:
         self.stream_idle_s = STREAM_IDLE_S
         self._swept_at = time.monotonic()
         self._plans: dict[JobSettings, JobPlan] = {}
-        self._served: dict[tuple, str] = {}  # its workers' models → their refs
         self._pending: set[Request] = set()
         self._closed = False
         self._failure: BaseException | None = None
@@ -236,14 +236,8 @@ class Pool:
         with) is refused here, in the caller's thread, rather than waiting for a worker
         that will never come (tiles go only to workers that serve their model). A pool
         over a running cluster cannot know: it waits, and says so (``_say_unserved``)."""
-        if self.cluster is None:
-            return
-        config = self.cluster.worker_config
-        try:  # the refs its workers' heartbeats give, resolved as they resolve them
-            served = {self._served_ref(config.model, config.input_size, config.task)}
-            if config.stage2 is not None:
-                served.add(self._served_ref(config.stage2))
-        except ValueError:  # a model its own workers cannot load: they say so themselves
+        served = self._served_refs
+        if served is None:
             return
         needed = {plan.model_ref: "model"}
         if plan.stage2 is not None:
@@ -256,15 +250,23 @@ class Pool:
                     f"stage2=... for a second stage) or use Pool.connect to a cluster "
                     f"whose workers serve it")
 
-    def _served_ref(self, model: str, input_size: tuple[int, int] | None = None,
-                    task: str | None = None) -> str:
-        key = (model, input_size, task)
-        ref = self._served.get(key)
-        if ref is None:
-            from zmqvision.models import resolve
+    @functools.cached_property
+    def _served_refs(self) -> frozenset[str] | None:
+        """The refs its own workers' heartbeats give (resolved as they resolve them, once:
+        their config does not change); None for a pool over a running cluster, or when
+        its workers' model does not resolve (they report that themselves)."""
+        if self.cluster is None:
+            return None
+        from zmqvision.models import resolve
 
-            ref = self._served[key] = resolve(model, input_size, task).ref
-        return ref
+        config = self.cluster.worker_config
+        try:
+            refs = {resolve(config.model, config.input_size, config.task).ref}
+            if config.stage2 is not None:
+                refs.add(resolve(config.stage2).ref)
+        except ValueError:
+            return None
+        return frozenset(refs)
 
     def _stream(self, settings: JobSettings) -> StreamJob:
         """The job that ``submit`` calls with these settings share; the caller that made
