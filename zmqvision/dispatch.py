@@ -219,10 +219,16 @@ class Dispatcher:
         slot.cap_credit()
 
     def bye(self, wid: bytes) -> None:
-        slot = self.workers.pop(wid, None)
+        slot = self.workers.get(wid)
         if slot is not None:
-            self._ungroup(slot)
-            self._requeue_from(slot)
+            self._remove(slot)
+
+    def _remove(self, slot: WorkerSlot) -> None:
+        """The worker is gone (its Bye, a failed send, or silence): out of every group,
+        its tiles sent again."""
+        del self.workers[slot.wid]
+        self._ungroup(slot)
+        self._requeue_from(slot)
 
     def lost(self, wid: bytes) -> None:
         """A send to this worker failed (it is gone): treat it as dead now."""
@@ -362,14 +368,12 @@ class Dispatcher:
         dead = [s for s in self.workers.values()
                 if now - s.last_heard > self.dead_periods * s.period]
         for slot in dead:
-            del self.workers[slot.wid]
-            self._ungroup(slot)
             held = len(slot.leases) + slot.heavy
             if held:
                 if len(self._silenced) >= MAX_SILENCED:  # the oldest first: a dict's order
                     del self._silenced[next(iter(self._silenced))]
                 self._silenced[slot.wid] = held
-            self._requeue_from(slot)
+            self._remove(slot)
         for key, lease in list(self.leases.items()):
             if now - max(lease.holders.values()) > self.lease_s:
                 self._requeue(key)
