@@ -8,6 +8,8 @@ tile's credit back; face crops answered with the bytes each gives alone."""
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import zmq
@@ -17,6 +19,33 @@ from zmqvision import protocol
 from zmqvision.models import resolve
 
 pytestmark = pytest.mark.timeout(300)
+
+
+@contextlib.contextmanager
+def worker_rig(name: str, **config):
+    """A real worker in this process (``config``: its ``WorkerConfig`` beyond endpoints,
+    one thread, a fast heartbeat, id ``w1``) between a test ventilator and a test sink on
+    inproc; ``(ventilator, sink)``, everything closed after."""
+    from tests.test_worker import InProcessWorker, Sink, Ventilator
+    from zmqvision.worker import WorkerConfig
+
+    ctx = zmq.Context()
+    vent = Ventilator(ctx, f"inproc://{name}-tiles")
+    sink = Sink(ctx, f"inproc://{name}-results")
+    worker = None
+    try:
+        worker = InProcessWorker(ctx, WorkerConfig(
+            tiles=vent.endpoint, results=sink.endpoint, threads=1, heartbeat_s=0.1,
+            worker_id="w1", **config))
+        yield vent, sink
+    finally:
+        try:
+            if worker is not None:
+                worker.close()
+        finally:
+            vent.close()
+            sink.close()
+            ctx.term()
 
 
 @pytest.fixture(scope="module")
@@ -217,21 +246,13 @@ def test_a_worker_pairs_face_crops_and_sends_the_embeddings_alone_would_give(fac
                                                                               models_ready):
     """Face crops sent at once to a worker of centerface + mobilefacenet: every result's
     embedding is, byte for byte, ``Stage2Runner.answer``'s for its crop."""
-    from tests.test_worker import InProcessWorker, Sink, Ventilator
     from zmqvision.tasks.stage2 import Stage2Runner
-    from zmqvision.worker import WorkerConfig
 
     ref = resolve("mobilefacenet").ref
     sync = [Stage2Runner("mobilefacenet", threads=1).answer(c) for c in face_crops]
-    ctx = zmq.Context()
-    vent = Ventilator(ctx, "inproc://s2f-tiles")
-    sink = Sink(ctx, "inproc://s2f-results")
-    worker = None
-    try:
-        n = len(face_crops)
-        worker = InProcessWorker(ctx, WorkerConfig(
-            tiles=vent.endpoint, results=sink.endpoint, model="centerface",
-            stage2="mobilefacenet", requests=n, threads=1, heartbeat_s=0.1, worker_id="w1"))
+    n = len(face_crops)
+    with worker_rig("s2f", model="centerface", stage2="mobilefacenet", requests=n) as (
+            vent, sink):
         vent.wait(lambda: vent.credit() == n, 30, "initial credit")
         for i, c in enumerate(face_crops):
             assert vent.send("w1", tile_of(i, c, ref))
@@ -242,33 +263,17 @@ def test_a_worker_pairs_face_crops_and_sends_the_embeddings_alone_would_give(fac
             assert r.embedding.dtype == embedding.dtype
             assert r.embedding.tobytes() == embedding.tobytes(), i
         vent.wait(lambda: vent.credit() == 2 * n, 30, "credit back for every crop")
-    finally:
-        try:
-            if worker is not None:
-                worker.close()
-        finally:
-            vent.close()
-            sink.close()
-            ctx.term()
 
 
 def test_a_worker_answers_crops_from_its_loop_and_gives_every_credit_back(plate_crops_,
                                                                           models_ready):
-    from tests.test_worker import InProcessWorker, Sink, Ventilator
     from zmqvision.tasks.stage2 import Stage2Runner
-    from zmqvision.worker import WorkerConfig
 
     rec = resolve("plates-rec").ref
     det = resolve("plates-det")
     sync = [Stage2Runner("plates-rec", threads=1).answer(c) for c in plate_crops_]
-    ctx = zmq.Context()
-    vent = Ventilator(ctx, "inproc://s2-tiles")
-    sink = Sink(ctx, "inproc://s2-results")
-    worker = None
-    try:
-        worker = InProcessWorker(ctx, WorkerConfig(
-            tiles=vent.endpoint, results=sink.endpoint, model="plates-det", stage2="plates-rec",
-            requests=2, threads=1, heartbeat_s=0.1, worker_id="w1"))
+    with worker_rig("s2", model="plates-det", stage2="plates-rec", requests=2) as (
+            vent, sink):
         vent.wait(lambda: vent.credit() == 2, 30, "initial credit")
         side = det.input_size[0]
         tiles = [tile_of(i, c, rec) for i, c in enumerate(plate_crops_)]
@@ -288,11 +293,3 @@ def test_a_worker_answers_crops_from_its_loop_and_gives_every_credit_back(plate_
         assert results[100].error is None and results[100].model == det.ref
         assert results[101].error["type"] == "model_mismatch", results[101].error
         vent.wait(lambda: vent.credit() == 2 + len(tiles), 30, "credit back for every tile")
-    finally:
-        try:
-            if worker is not None:
-                worker.close()
-        finally:
-            vent.close()
-            sink.close()
-            ctx.term()
